@@ -1,0 +1,21 @@
+//! matgrad: closed-form matrix-calculus derivatives, checked by computation.
+//!
+//! The pipeline, one module per stage:
+//! [`parse`] (text → syntax tree) → [`types`] (shapes inferred, typed DAG in an arena) →
+//! [`diff`] (reverse- and forward-mode symbolic derivatives) → [`simplify`] (canonical,
+//! cookbook-like forms) → [`print`] (text, unicode, LaTeX, JSON). [`eval`] evaluates any
+//! expression in float64; [`verify`] compares derivatives with central finite differences;
+//! [`catalog`] decides every seed identity; [`generate`] makes random well-typed programs for
+//! property tests.
+
+pub mod catalog;
+pub mod diagnostic;
+pub mod diff;
+pub mod eval;
+pub mod expr;
+pub mod generate;
+pub mod parse;
+pub mod print;
+pub mod simplify;
+pub mod types;
+pub mod verify;

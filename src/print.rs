@@ -1,0 +1,638 @@
+//! Stage 5: expression → text, unicode, LaTeX or JSON.
+//!
+//! In: a node of a [`Graph`]. Out: a string. One precedence-aware writer serves the three
+//! textual formats; they differ only in their tokens ([`Style`]). Invariants: the `text`
+//! format is the input language itself, so what it prints parses back (with the program's
+//! declarations) to an expression of the same value; parentheses appear only where
+//! precedence or readability needs them (`2*A'*(A*x+b)`, `(x'*a)*b`); a sum at the top
+//! level is spaced (`A'*C*(D*x+e) + D'*C'*(A*x+b)`), nested sums are not.
+
+use serde_json::{json, Value};
+
+use crate::expr::{Dim, Func, Graph, Id, Node, Shape};
+
+/// The output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Unicode,
+    Latex,
+    Json,
+}
+
+impl Format {
+    pub fn from_name(name: &str) -> Option<Format> {
+        match name {
+            "text" => Some(Format::Text),
+            "unicode" => Some(Format::Unicode),
+            "latex" => Some(Format::Latex),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+}
+
+/// Prints `id` in `format` (JSON pretty-printed).
+pub fn render(graph: &Graph, id: Id, format: Format) -> String {
+    match format {
+        Format::Text => text(graph, id),
+        Format::Unicode => Writer::new(graph, Style::Unicode).top(id),
+        Format::Latex => Writer::new(graph, Style::Latex).top(id),
+        Format::Json => serde_json::to_string_pretty(&json_tree(graph, id)).unwrap_or_default(),
+    }
+}
+
+/// The input language's syntax.
+pub fn text(graph: &Graph, id: Id) -> String {
+    Writer::new(graph, Style::Text).top(id)
+}
+
+/// The expression tree with every node's shape.
+pub fn json_tree(graph: &Graph, id: Id) -> Value {
+    let shape = shape_json(graph, graph.shape(id));
+    let args: Vec<Value> = graph
+        .node(id)
+        .args()
+        .into_iter()
+        .map(|a| json_tree(graph, a))
+        .collect();
+    let mut obj = match graph.node(id) {
+        Node::Var(v) => json!({"op": "var", "name": graph.vars[v as usize].name}),
+        Node::Const(c) => json!({"op": "const", "value": c.get()}),
+        Node::Fill(c, _) => json!({"op": "fill", "value": c.get()}),
+        Node::Eye(_) => json!({"op": "eye"}),
+        Node::Add(..) => json!({"op": "add"}),
+        Node::Neg(_) => json!({"op": "neg"}),
+        Node::MatMul(..) => json!({"op": "matmul"}),
+        Node::Scale(..) => json!({"op": "scale"}),
+        Node::Div(..) => json!({"op": "div"}),
+        Node::Hadamard(..) => json!({"op": "hadamard"}),
+        Node::ElemDiv(..) => json!({"op": "elemdiv"}),
+        Node::Pow(..) => json!({"op": "pow"}),
+        Node::ElemPow(..) => json!({"op": "elempow"}),
+        Node::MatPow(_, k) => json!({"op": "matpow", "power": k}),
+        Node::Transpose(_) => json!({"op": "transpose"}),
+        Node::Map(f, _) => json!({"op": "map", "func": f.name()}),
+        Node::Sum(_) => json!({"op": "sum"}),
+        Node::Norm1(_) => json!({"op": "norm1"}),
+        Node::Norm2(_) => json!({"op": "norm2"}),
+        Node::Trace(_) => json!({"op": "tr"}),
+        Node::Det(_) => json!({"op": "det"}),
+        Node::LogDet(_) => json!({"op": "logdet"}),
+        Node::Inv(_) => json!({"op": "inv"}),
+        Node::Diag(_) => json!({"op": "diag"}),
+        Node::DiagPart(_) => json!({"op": "diagpart"}),
+    };
+    obj["shape"] = shape;
+    if !args.is_empty() {
+        obj["args"] = Value::Array(args);
+    }
+    obj
+}
+
+fn shape_json(graph: &Graph, shape: Shape) -> Value {
+    let dim = |d: Dim| match d {
+        Dim::One => json!(1),
+        Dim::Sym(i) => match &graph.dims[i as usize] {
+            info if info.size.is_some() => json!(info.size),
+            info => json!(info.name),
+        },
+    };
+    json!([dim(shape.rows), dim(shape.cols)])
+}
+
+/// Formats a number so that it reads back exactly (`2`, `0.5`, `-1`).
+pub fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Style {
+    Text,
+    Unicode,
+    Latex,
+}
+
+/// Binding strength, loosest first.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Prec {
+    Sum = 1,
+    Product = 2,
+    Unary = 3,
+    Power = 4,
+    Postfix = 5,
+    Atom = 6,
+}
+
+struct Writer<'g> {
+    g: &'g Graph,
+    style: Style,
+}
+
+impl<'g> Writer<'g> {
+    fn new(g: &'g Graph, style: Style) -> Writer<'g> {
+        Writer { g, style }
+    }
+
+    fn top(&self, id: Id) -> String {
+        self.expr(id, true, false).0
+    }
+
+    fn paren(&self, s: String) -> String {
+        match self.style {
+            Style::Latex => format!("\\left({s}\\right)"),
+            _ => format!("({s})"),
+        }
+    }
+
+    /// Prints `id` so that it binds at least as tightly as `min`.
+    fn operand(&self, id: Id, min: Prec, scalar_prefix: bool) -> String {
+        let (s, p) = self.expr(id, false, scalar_prefix);
+        if p < min {
+            self.paren(s)
+        } else {
+            s
+        }
+    }
+
+    /// A node is negative-looking when it prints with a leading minus.
+    fn is_negative(&self, id: Id) -> bool {
+        match self.g.node(id) {
+            Node::Neg(_) => true,
+            Node::Const(c) => c.get() < 0.0,
+            _ => false,
+        }
+    }
+
+    fn expr(&self, id: Id, spaced: bool, scalar_prefix: bool) -> (String, Prec) {
+        let g = self.g;
+        let text = self.style == Style::Text;
+        match g.node(id) {
+            Node::Var(v) => (self.name(&g.vars[v as usize].name), Prec::Atom),
+            Node::Const(c) => {
+                let s = number(c.get());
+                let p = if c.get() < 0.0 {
+                    Prec::Unary
+                } else {
+                    Prec::Atom
+                };
+                (s, p)
+            }
+            Node::Fill(c, shape) => self.fill(c.get(), shape),
+            Node::Eye(_) => (if text { "eye".into() } else { "I".into() }, Prec::Atom),
+            Node::Add(a, b) => {
+                let left = self.operand_sum(a, spaced);
+                let (op, right_id) = match g.node(b) {
+                    Node::Neg(inner) => (self.minus(spaced), inner),
+                    _ => (self.plus(spaced), b),
+                };
+                let right = self.operand(right_id, Prec::Product, false);
+                (format!("{left}{op}{right}"), Prec::Sum)
+            }
+            Node::Neg(a) => {
+                let inner = self.operand(a, Prec::Product, false);
+                let minus = if self.style == Style::Unicode {
+                    "−"
+                } else {
+                    "-"
+                };
+                (format!("{minus}{inner}"), Prec::Unary)
+            }
+            Node::MatMul(a, b) | Node::Scale(a, b) => {
+                let in_prefix = matches!(g.node(id), Node::Scale(..)) && !g.shape(b).is_scalar();
+                let prefix_flag = scalar_prefix || in_prefix;
+                let left = self.product_operand(a, true, prefix_flag && g.shape(a).is_scalar());
+                let right = self.product_operand(b, false, scalar_prefix && g.shape(b).is_scalar());
+                if scalar_prefix && matches!(g.node(id), Node::MatMul(..)) {
+                    // A 1×1 product among scalar factors: keep it visibly one factor.
+                    let joined = self.join_product(&left, &right);
+                    return (self.paren(joined), Prec::Atom);
+                }
+                (self.join_product(&left, &right), Prec::Product)
+            }
+            Node::Div(a, b) => {
+                if self.style == Style::Latex {
+                    let num = self.expr(a, false, false).0;
+                    let den = self.expr(b, false, false).0;
+                    return (format!("\\frac{{{num}}}{{{den}}}"), Prec::Atom);
+                }
+                let left = self.product_operand(a, true, false);
+                let right = self.operand(b, Prec::Unary, false);
+                let right = if self.is_negative(b) || self.expr(b, false, false).1 <= Prec::Product
+                {
+                    self.paren(self.expr(b, false, false).0)
+                } else {
+                    right
+                };
+                (format!("{left}/{right}"), Prec::Product)
+            }
+            Node::Hadamard(a, b) | Node::ElemDiv(a, b) => {
+                let op = match (g.node(id), self.style) {
+                    (Node::Hadamard(..), Style::Text) => ".*",
+                    (Node::Hadamard(..), Style::Unicode) => " ∘ ",
+                    (Node::Hadamard(..), Style::Latex) => " \\odot ",
+                    (_, Style::Text) => "./",
+                    (_, Style::Unicode) => " ⊘ ",
+                    (_, Style::Latex) => " \\oslash ",
+                };
+                let left = self.product_operand(a, true, false);
+                let right = self.strict_right(b);
+                (format!("{left}{op}{right}"), Prec::Product)
+            }
+            Node::Pow(a, b) | Node::ElemPow(a, b) => {
+                let elementwise = matches!(g.node(id), Node::ElemPow(..));
+                let base = self.operand(a, Prec::Postfix, false);
+                let exponent = self.expr(b, false, false);
+                let exponent_value = match g.node(b) {
+                    Node::Const(c) => Some(c.get()),
+                    _ => None,
+                };
+                (
+                    self.power(&base, exponent, exponent_value, elementwise),
+                    Prec::Power,
+                )
+            }
+            Node::MatPow(a, k) => {
+                let base = self.operand(a, Prec::Postfix, false);
+                let k = k as f64;
+                (
+                    self.power(&base, (number(k), Prec::Atom), Some(k), false),
+                    Prec::Power,
+                )
+            }
+            Node::Transpose(a)
+                if self.style != Style::Text && matches!(g.node(a), Node::Inv(_)) =>
+            {
+                let inv = g.node(a).args()[0];
+                let base = self.operand(inv, Prec::Atom, false);
+                let mark = if self.style == Style::Unicode {
+                    "⁻ᵀ"
+                } else {
+                    "^{-\\top}"
+                };
+                (format!("{base}{mark}"), Prec::Postfix)
+            }
+            Node::Transpose(a) => {
+                let base = self.operand(a, Prec::Postfix, false);
+                let mark = match self.style {
+                    Style::Text => "'",
+                    Style::Unicode => "ᵀ",
+                    Style::Latex => "^\\top",
+                };
+                (format!("{base}{mark}"), Prec::Postfix)
+            }
+            Node::Inv(a) => self.inverse(a),
+            Node::Map(f, a) => (self.map(f, a), Prec::Atom),
+            Node::Sum(a) => (self.call("sum", a), Prec::Atom),
+            Node::Trace(a) => (self.call("tr", a), Prec::Atom),
+            Node::Det(a) => (self.call("det", a), Prec::Atom),
+            Node::LogDet(a) => (self.call("logdet", a), Prec::Atom),
+            Node::Diag(a) | Node::DiagPart(a) => (self.call("diag", a), Prec::Atom),
+            Node::Norm1(a) | Node::Norm2(a) => {
+                let one = matches!(g.node(id), Node::Norm1(_));
+                let arg = self.expr(a, false, false).0;
+                let s = match self.style {
+                    Style::Text => format!("{}({arg})", if one { "norm1" } else { "norm2" }),
+                    Style::Unicode => {
+                        let sub = if one {
+                            "₁"
+                        } else if g.shape(a).is_column() || g.shape(a).is_row() {
+                            "₂"
+                        } else {
+                            "_F"
+                        };
+                        format!("‖{arg}‖{sub}")
+                    }
+                    Style::Latex => {
+                        let sub = if one {
+                            "1"
+                        } else if g.shape(a).is_column() || g.shape(a).is_row() {
+                            "2"
+                        } else {
+                            "F"
+                        };
+                        format!("\\left\\|{arg}\\right\\|_{sub}")
+                    }
+                };
+                (s, Prec::Atom)
+            }
+        }
+    }
+
+    fn operand_sum(&self, id: Id, spaced: bool) -> String {
+        let (s, p) = self.expr(id, spaced, false);
+        if p < Prec::Sum {
+            self.paren(s)
+        } else {
+            s
+        }
+    }
+
+    fn plus(&self, spaced: bool) -> &'static str {
+        match (self.style, spaced) {
+            (Style::Text, false) => "+",
+            _ => " + ",
+        }
+    }
+
+    fn minus(&self, spaced: bool) -> &'static str {
+        match (self.style, spaced) {
+            (Style::Text, false) => "-",
+            (Style::Unicode, _) => " − ",
+            _ => " - ",
+        }
+    }
+
+    /// An operand of `*`: products chain freely (they are associative), anything looser
+    /// or negative is parenthesised.
+    fn product_operand(&self, id: Id, left: bool, scalar_prefix: bool) -> String {
+        let (s, p) = self.expr(id, false, scalar_prefix);
+        let is_product = matches!(self.g.node(id), Node::MatMul(..) | Node::Scale(..));
+        let needs = p < Prec::Product
+            || (!left && (self.is_negative(id) || (p == Prec::Product && !is_product)));
+        if needs {
+            self.paren(s)
+        } else {
+            s
+        }
+    }
+
+    /// The right operand of a non-associative product-level operator.
+    fn strict_right(&self, id: Id) -> String {
+        let (s, p) = self.expr(id, false, false);
+        if p <= Prec::Product || self.is_negative(id) {
+            self.paren(s)
+        } else {
+            s
+        }
+    }
+
+    fn join_product(&self, left: &str, right: &str) -> String {
+        match self.style {
+            Style::Text => format!("{left}*{right}"),
+            Style::Latex => format!("{left} {right}"),
+            Style::Unicode => {
+                let sep = juxtaposition(left, right);
+                format!("{left}{sep}{right}")
+            }
+        }
+    }
+
+    fn power(
+        &self,
+        base: &str,
+        exponent: (String, Prec),
+        value: Option<f64>,
+        elementwise: bool,
+    ) -> String {
+        match self.style {
+            Style::Text => {
+                let op = if elementwise { ".^" } else { "^" };
+                let e = if exponent.1 < Prec::Power
+                    && !(exponent.1 == Prec::Unary && value.is_some())
+                {
+                    format!("({})", exponent.0)
+                } else {
+                    exponent.0
+                };
+                format!("{base}{op}{e}")
+            }
+            Style::Unicode => {
+                let circle = if elementwise { "∘" } else { "" };
+                match value.filter(|v| v.fract() == 0.0 && v.abs() < 1e6) {
+                    Some(v) => format!("{base}{circle}{}", superscript(&number(v))),
+                    None => format!("{base}^{circle}({})", exponent.0),
+                }
+            }
+            Style::Latex => {
+                let circle = if elementwise { "\\circ " } else { "" };
+                format!("{base}^{{{circle}{}}}", exponent.0)
+            }
+        }
+    }
+
+    fn inverse(&self, a: Id) -> (String, Prec) {
+        let (inner, transposed) = match self.g.node(a) {
+            Node::Transpose(x) => (x, true),
+            _ => (a, false),
+        };
+        match self.style {
+            Style::Text => {
+                let s = format!("inv({})", self.expr(inner, false, false).0);
+                if transposed {
+                    (format!("{s}'"), Prec::Postfix)
+                } else {
+                    (s, Prec::Atom)
+                }
+            }
+            Style::Unicode | Style::Latex => {
+                let base = self.operand(inner, Prec::Atom, false);
+                let mark = match (self.style, transposed) {
+                    (Style::Unicode, false) => "⁻¹",
+                    (Style::Unicode, true) => "⁻ᵀ",
+                    (_, false) => "^{-1}",
+                    (_, true) => "^{-\\top}",
+                };
+                (format!("{base}{mark}"), Prec::Postfix)
+            }
+        }
+    }
+
+    fn call(&self, name: &str, a: Id) -> String {
+        let arg = self.expr(a, false, false).0;
+        match self.style {
+            Style::Text => format!("{name}({arg})"),
+            Style::Unicode => {
+                let name = if name == "logdet" { "log det" } else { name };
+                format!("{name}({arg})")
+            }
+            Style::Latex => {
+                let name = match name {
+                    "det" => "\\det".to_string(),
+                    "logdet" => "\\log\\det".to_string(),
+                    other => format!("\\operatorname{{{other}}}"),
+                };
+                format!("{name}\\left({arg}\\right)")
+            }
+        }
+    }
+
+    fn map(&self, f: Func, a: Id) -> String {
+        let arg = self.expr(a, false, false).0;
+        match (self.style, f) {
+            (Style::Text, _) => format!("{}({arg})", f.name()),
+            (Style::Unicode, Func::Abs) => format!("|{arg}|"),
+            (Style::Unicode, Func::Sqrt) => format!("√({arg})"),
+            (Style::Unicode, _) => format!("{}({arg})", f.name()),
+            (Style::Latex, Func::Abs) => format!("\\left|{arg}\\right|"),
+            (Style::Latex, Func::Sqrt) => format!("\\sqrt{{{arg}}}"),
+            (Style::Latex, Func::Sign | Func::Relu) => {
+                format!("\\operatorname{{{}}}\\left({arg}\\right)", f.name())
+            }
+            (Style::Latex, _) => format!("\\{}\\left({arg}\\right)", f.name()),
+        }
+    }
+
+    fn fill(&self, c: f64, shape: Shape) -> (String, Prec) {
+        let row = shape.is_row();
+        let s = match self.style {
+            Style::Text => {
+                let kind = if shape.is_column() || row {
+                    "vector"
+                } else {
+                    "matrix"
+                };
+                let s = format!("{kind}({})", number(c));
+                if row {
+                    return (format!("{s}'"), Prec::Postfix);
+                }
+                s
+            }
+            Style::Unicode => {
+                let ones = if row { "𝟏ᵀ" } else { "𝟏" };
+                match c {
+                    0.0 => "0".into(),
+                    1.0 => ones.into(),
+                    _ => format!("{}{ones}", number(c)),
+                }
+            }
+            Style::Latex => {
+                let ones = if row {
+                    "\\mathbf{1}^\\top"
+                } else {
+                    "\\mathbf{1}"
+                };
+                match c {
+                    0.0 => "0".into(),
+                    1.0 => ones.into(),
+                    _ => format!("{} {ones}", number(c)),
+                }
+            }
+        };
+        (s, Prec::Atom)
+    }
+
+    fn name(&self, name: &str) -> String {
+        match self.style {
+            Style::Latex if name.len() > 1 => format!("\\mathit{{{}}}", name.replace('_', "\\_")),
+            _ => name.to_string(),
+        }
+    }
+}
+
+/// The separator between two juxtaposed factors in unicode: nothing when single letters,
+/// parentheses or a leading number make the product unambiguous, else a middle dot.
+fn juxtaposition(left: &str, right: &str) -> &'static str {
+    let trailing: String = left
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let leading: String = right
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect();
+    if trailing.is_empty() || leading.is_empty() {
+        return "";
+    }
+    let left_number = trailing.chars().all(|c| c.is_ascii_digit());
+    let right_number = leading.chars().all(|c| c.is_ascii_digit());
+    match (left_number, right_number) {
+        (true, true) => "·",
+        (true, false) => {
+            if leading.len() == 1 {
+                ""
+            } else {
+                "·"
+            }
+        }
+        (false, _) => {
+            if trailing.len() == 1 && leading.len() == 1 && !right_number {
+                ""
+            } else {
+                "·"
+            }
+        }
+    }
+}
+
+fn superscript(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '0' => '⁰',
+            '1' => '¹',
+            '2' => '²',
+            '3' => '³',
+            '4' => '⁴',
+            '5' => '⁵',
+            '6' => '⁶',
+            '7' => '⁷',
+            '8' => '⁸',
+            '9' => '⁹',
+            '-' => '⁻',
+            other => other,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::check_program;
+
+    fn check(source: &str, format: Format, expected: &str) {
+        let p = check_program(source).unwrap_or_else(|e| panic!("{}", e.render(source)));
+        assert_eq!(
+            render(&p.graph, p.root, format),
+            expected,
+            "program: {source}"
+        );
+    }
+
+    #[test]
+    fn text_keeps_only_needed_parentheses() {
+        check("(A*x+b)'*(A*x+b)", Format::Text, "(A*x+b)'*(A*x+b)");
+        check("x: vector; a: vector; (x'*a)*a", Format::Text, "(x'*a)*a");
+        check("A.*(B*C)", Format::Text, "A.*(B*C)");
+        check("x - (y - z)", Format::Text, "x - (y-z)");
+        check("inv(X')", Format::Text, "inv(X)'");
+        check("(X^2)'", Format::Text, "(X^2)'");
+        check("a^-1", Format::Text, "a^-1");
+        check("vector(1)+exp(x)", Format::Text, "vector(1) + exp(x)");
+    }
+
+    #[test]
+    fn unicode_and_latex() {
+        check("2*A'*(A*x+b)", Format::Unicode, "2Aᵀ(Ax + b)");
+        check(
+            "2*A'*(A*x+b)",
+            Format::Latex,
+            "2 A^\\top \\left(A x + b\\right)",
+        );
+        check("inv(X)'", Format::Unicode, "X⁻ᵀ");
+        check("tr(X^3)", Format::Unicode, "tr(X³)");
+        check(
+            "norm2(x)/2",
+            Format::Latex,
+            "\\frac{\\left\\|x\\right\\|_2}{2}",
+        );
+        check(
+            "x1: vector(n); A: matrix(n,n); A*x1",
+            Format::Unicode,
+            "A·x1",
+        );
+    }
+
+    #[test]
+    fn json_has_shapes() {
+        let p = check_program("A: matrix(m,n); x: vector(n); A*x").unwrap();
+        let v = json_tree(&p.graph, p.root);
+        assert_eq!(v["op"], "matmul");
+        assert_eq!(v["shape"], json!(["m", 1]));
+        assert_eq!(v["args"][0]["name"], "A");
+    }
+}

@@ -1,0 +1,1520 @@
+//! Stage 4: any expression → an equal expression that reads like the Matrix Cookbook.
+//!
+//! In: a node of a [`Graph`] (typically a raw reverse-mode derivative, full of `1*`, `x''`
+//! and repeated terms). Out: a node of the same graph with the same shape and, for every input,
+//! the same value. Method: a hand-written canonicalizer, one bottom-up pass. Each node becomes
+//! a [`Poly`], a sum of terms `coef * scalars * F1*F2*...*Fk`, where the scalars commute and
+//! the matrix chain does not; each factor is an atom raised to an integer power (`inv(X)` is
+//! `X^-1`, so `X*inv(X)` cancels). Transposes are pushed to the atoms (`(A*B)' = B'*A'`,
+//! `C' = C` for a symmetric `C`); like terms are collected; a 1×1 chain becomes a scalar in
+//! the orientation with fewer transposes (`x'*a` and `a'*x` are one term); `tr` takes the
+//! rotation that reads best. Sums are *not* expanded, so `A'*(A*x+b)` keeps its factor; when a
+//! sum is rebuilt, its common coefficient, scalars, left factors and right factors are pulled
+//! out (`C'*X*a*a' + C*X*a*a'` → `(C+C')*X*a*a'`).
+//!
+//! Invariants: value and shape are preserved (a property test checks this on random
+//! programs); the pass visits each node once and no rule applies to its own output, so time
+//! and size are bounded by a polynomial in the input's size (no term list grows beyond the
+//! number of terms the input itself spells out, since nothing is distributed); the result is
+//! deterministic (terms are ordered by their printed text).
+
+use std::collections::HashMap;
+
+use crate::expr::{Dim, Func, Graph, Id, Node, Num, Shape};
+
+/// Simplifies `root`; returns the simplified node (in the same graph).
+pub fn simplify(graph: &mut Graph, root: Id) -> Id {
+    let mut s = Simplifier {
+        g: graph,
+        polys: HashMap::new(),
+        texts: HashMap::new(),
+    };
+    let p = s.poly(root);
+    s.build(&p)
+}
+
+/// A matrix factor: an atom raised to a non-zero integer power (negative: inverse).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Factor {
+    base: Id,
+    power: i32,
+}
+
+/// `coef * Π scalar^exponent * chain`; for a scalar-shaped poly the chain is empty.
+#[derive(Clone, Debug, PartialEq)]
+struct Term {
+    coef: f64,
+    /// Scalar atoms with exponents, sorted by handle, no zero exponents.
+    scalars: Vec<(Id, Num)>,
+    chain: Vec<Factor>,
+}
+
+impl Term {
+    fn unit() -> Term {
+        Term {
+            coef: 1.0,
+            scalars: vec![],
+            chain: vec![],
+        }
+    }
+}
+
+/// A sum of terms of one shape; no terms is zero, one term with nothing in it is the
+/// identity (or 1 for scalars).
+#[derive(Clone, Debug, PartialEq)]
+struct Poly {
+    shape: Shape,
+    terms: Vec<Term>,
+}
+
+impl Poly {
+    fn zero(shape: Shape) -> Poly {
+        Poly {
+            shape,
+            terms: vec![],
+        }
+    }
+
+    fn single(shape: Shape, term: Term) -> Poly {
+        Poly {
+            shape,
+            terms: vec![term],
+        }
+    }
+
+    /// The value of a constant scalar.
+    fn constant(&self) -> Option<f64> {
+        if !self.shape.is_scalar() {
+            return None;
+        }
+        match self.terms.as_slice() {
+            [] => Some(0.0),
+            [t] if t.scalars.is_empty() && t.chain.is_empty() && self.shape.is_scalar() => {
+                Some(t.coef)
+            }
+            _ => None,
+        }
+    }
+}
+
+struct Simplifier<'g> {
+    g: &'g mut Graph,
+    polys: HashMap<Id, Poly>,
+    texts: HashMap<Id, String>,
+}
+
+/// Terms that share the parts factored out of a sum.
+struct Factored {
+    coef: f64,
+    scalars: Vec<(Id, Num)>,
+    prefix: Vec<Factor>,
+    rest: Poly,
+    suffix: Vec<Factor>,
+}
+
+impl<'g> Simplifier<'g> {
+    fn text(&mut self, id: Id) -> String {
+        if let Some(t) = self.texts.get(&id) {
+            return t.clone();
+        }
+        let t = crate::print::text(self.g, id);
+        self.texts.insert(id, t.clone());
+        t
+    }
+
+    fn shape(&self, id: Id) -> Shape {
+        self.g.shape(id)
+    }
+
+    /// The normal form of a node, memoized.
+    fn poly(&mut self, id: Id) -> Poly {
+        if let Some(p) = self.polys.get(&id) {
+            return p.clone();
+        }
+        let p = self.compute_poly(id);
+        self.polys.insert(id, p.clone());
+        p
+    }
+
+    fn atom(&mut self, id: Id) -> Poly {
+        let shape = self.shape(id);
+        if let Node::Const(c) = self.g.node(id) {
+            return self.constant(c.get());
+        }
+        if let Some(v) = self.fold_constant(id) {
+            return self.constant(v);
+        }
+        if shape.is_scalar() {
+            Poly::single(
+                shape,
+                Term {
+                    coef: 1.0,
+                    scalars: vec![(id, Num::new(1.0))],
+                    chain: vec![],
+                },
+            )
+        } else {
+            Poly::single(
+                shape,
+                Term {
+                    coef: 1.0,
+                    scalars: vec![],
+                    chain: vec![Factor { base: id, power: 1 }],
+                },
+            )
+        }
+    }
+
+    /// The value of a scalar that reads no variable and whose sizes are all declared
+    /// (`sum(matrix(1))` with `matrix(3,4)` context is 12). Folding it keeps printed text
+    /// exact: printed alone, `sum(matrix(1))` would lose the sizes its context gave it.
+    fn fold_constant(&self, id: Id) -> Option<f64> {
+        if !self.shape(id).is_scalar() || matches!(self.g.node(id), Node::Var(_)) {
+            return None;
+        }
+        let order = self.g.topo_order(id);
+        let mut env = crate::eval::Env {
+            dim_sizes: vec![0; self.g.dims.len()],
+            values: vec![],
+        };
+        for &n in &order {
+            if let Node::Var(_) = self.g.node(n) {
+                return None;
+            }
+            let shape = self.shape(n);
+            for d in [shape.rows, shape.cols] {
+                if let Dim::Sym(i) = d {
+                    env.dim_sizes[i as usize] = self.g.dims[i as usize].size?;
+                }
+            }
+        }
+        let v = crate::eval::evaluate(self.g, id, &env).ok()?.data[0];
+        v.is_finite().then_some(v)
+    }
+
+    fn constant(&self, c: f64) -> Poly {
+        if c == 0.0 {
+            Poly::zero(Shape::SCALAR)
+        } else {
+            Poly::single(
+                Shape::SCALAR,
+                Term {
+                    coef: c,
+                    ..Term::unit()
+                },
+            )
+        }
+    }
+
+    fn ones(&mut self, shape: Shape) -> Poly {
+        if shape.is_scalar() {
+            return self.constant(1.0);
+        }
+        let f = self.g.fill(1.0, shape);
+        self.atom(f)
+    }
+
+    fn compute_poly(&mut self, id: Id) -> Poly {
+        let shape = self.shape(id);
+        match self.g.node(id) {
+            Node::Var(_) => self.atom(id),
+            Node::Const(c) => self.constant(c.get()),
+            Node::Fill(c, _) => {
+                let mut p = self.ones(shape);
+                scale_poly(&mut p, c.get());
+                p
+            }
+            Node::Eye(_) => Poly::single(shape, Term::unit()),
+            Node::Add(a, b) => {
+                let (pa, pb) = (self.poly(a), self.poly(b));
+                self.add(pa, pb)
+            }
+            Node::Neg(a) => {
+                let mut p = self.poly(a);
+                scale_poly(&mut p, -1.0);
+                p
+            }
+            Node::MatMul(a, b) | Node::Scale(a, b) => {
+                let (pa, pb) = (self.poly(a), self.poly(b));
+                self.mul(pa, pb)
+            }
+            Node::Div(a, s) => {
+                let pa = self.poly(a);
+                let ps = self.poly(s);
+                let inv = self.pow_scalar(ps, -1.0);
+                self.mul(pa, inv)
+            }
+            Node::Hadamard(a, b) => {
+                let (pa, pb) = (self.poly(a), self.poly(b));
+                self.hadamard(pa, pb)
+            }
+            Node::ElemDiv(a, b) => {
+                let (pa, pb) = (self.poly(a), self.poly(b));
+                self.elem_div(pa, pb)
+            }
+            Node::Pow(a, b) => {
+                let pa = self.poly(a);
+                let pb = self.poly(b);
+                match pb.constant() {
+                    Some(c) => self.pow_scalar(pa, c),
+                    None => {
+                        let (na, nb) = (self.build(&pa), self.build(&pb));
+                        let p = self.g.pow(na, nb);
+                        self.atom(p)
+                    }
+                }
+            }
+            Node::ElemPow(a, b) => {
+                let pa = self.poly(a);
+                let pb = self.poly(b);
+                self.elem_pow(pa, pb, shape)
+            }
+            Node::MatPow(a, k) => {
+                let pa = self.poly(a);
+                self.pow_int(pa, k as i32)
+            }
+            Node::Transpose(a) => {
+                let pa = self.poly(a);
+                self.transpose(pa)
+            }
+            Node::Map(f, a) => {
+                let pa = self.poly(a);
+                self.map(f, pa)
+            }
+            Node::Sum(a) => {
+                let pa = self.poly(a);
+                if pa.shape.is_scalar() {
+                    return pa;
+                }
+                self.linear_scalar(pa, Reduction::Sum)
+            }
+            Node::Trace(a) => {
+                let pa = self.poly(a);
+                if pa.shape.is_scalar() {
+                    return pa;
+                }
+                self.linear_scalar(pa, Reduction::Trace)
+            }
+            Node::Norm1(a) | Node::Norm2(a) => {
+                let pa = self.poly(a);
+                if pa.shape.is_scalar() {
+                    return self.map(Func::Abs, pa);
+                }
+                let norm1 = matches!(self.g.node(id), Node::Norm1(_));
+                self.norm(pa, norm1)
+            }
+            Node::Det(a) | Node::LogDet(a) => {
+                let pa = self.poly(a);
+                let is_log = matches!(self.g.node(id), Node::LogDet(_));
+                if pa.shape.is_scalar() {
+                    return if is_log { self.map(Func::Log, pa) } else { pa };
+                }
+                let arg = self.best_orientation(pa);
+                let node = if is_log {
+                    Node::LogDet(arg)
+                } else {
+                    Node::Det(arg)
+                };
+                let d = self.g.push(node);
+                self.atom(d)
+            }
+            Node::Inv(a) => {
+                let pa = self.poly(a);
+                self.pow_int(pa, -1)
+            }
+            Node::Diag(a) => {
+                let pa = self.poly(a);
+                self.pull_out(pa, shape, |g, v| g.diag(v))
+            }
+            Node::DiagPart(a) => {
+                let pa = self.poly(a);
+                if let [t] = pa.terms.as_slice() {
+                    if let [f] = t.chain.as_slice() {
+                        if let (Node::Diag(v), 1) = (self.g.node(f.base), f.power) {
+                            let mut pv = self.poly(v);
+                            let (coef, scalars) = (t.coef, t.scalars.clone());
+                            for term in &mut pv.terms {
+                                term.coef *= coef;
+                                term.scalars = merge_scalars(&term.scalars, &scalars);
+                            }
+                            return pv;
+                        }
+                    }
+                }
+                if let [t] = pa.terms.as_slice() {
+                    if let [u, v] = t.chain.as_slice() {
+                        let (su, sv) = (self.shape(u.base), self.shape(v.base));
+                        if su.is_column() && sv.is_row() {
+                            // diag(u*v') = u.*v
+                            let (coef, scalars) = (t.coef, t.scalars.clone());
+                            let pu = self.factor_poly(*u);
+                            let pv = self.factor_poly(*v);
+                            let pvt = self.transpose(pv);
+                            let mut h = self.hadamard(pu, pvt);
+                            for term in &mut h.terms {
+                                term.coef *= coef;
+                                term.scalars = merge_scalars(&term.scalars, &scalars);
+                            }
+                            return h;
+                        }
+                    }
+                }
+                let oriented = self.orient_single(pa);
+                self.pull_out(oriented, shape, |g, v| g.diag_part(v))
+            }
+        }
+    }
+
+    /// The poly of a single chain factor.
+    fn factor_poly(&mut self, f: Factor) -> Poly {
+        let base = self.atom(f.base);
+        self.pow_int(base, f.power)
+    }
+
+    // ----- sums and products -----
+
+    fn add(&mut self, a: Poly, b: Poly) -> Poly {
+        let mut terms = a.terms;
+        terms.extend(b.terms);
+        Poly {
+            shape: a.shape,
+            terms: collect(terms),
+        }
+    }
+
+    fn mul(&mut self, a: Poly, b: Poly) -> Poly {
+        let shape = if a.shape.is_scalar() {
+            b.shape
+        } else if b.shape.is_scalar() {
+            a.shape
+        } else {
+            Shape::new(a.shape.rows, b.shape.cols)
+        };
+        if a.terms.is_empty() || b.terms.is_empty() {
+            return Poly::zero(shape);
+        }
+        if a.shape.is_scalar() || b.shape.is_scalar() {
+            let (s, m) = if a.shape.is_scalar() { (a, b) } else { (b, a) };
+            let (coef, scalars) = self.as_scalar_factor(s);
+            let terms = m
+                .terms
+                .into_iter()
+                .map(|t| Term {
+                    coef: t.coef * coef,
+                    scalars: merge_scalars(&t.scalars, &scalars),
+                    chain: t.chain,
+                })
+                .collect();
+            return Poly {
+                shape,
+                terms: collect(terms),
+            };
+        }
+        let ta = self.as_term(a);
+        let tb = self.as_term(b);
+        let mut chain = ta.chain;
+        for f in tb.chain {
+            push_factor(&mut chain, f);
+        }
+        let term = Term {
+            coef: ta.coef * tb.coef,
+            scalars: merge_scalars(&ta.scalars, &tb.scalars),
+            chain,
+        };
+        let term = self.normalize_term(term, shape);
+        Poly {
+            shape,
+            terms: collect(vec![term]),
+        }
+    }
+
+    /// Moves every 1×1 segment of the chain (a row vector times … times a column vector)
+    /// into the scalars, in its best orientation.
+    fn normalize_term(&mut self, mut term: Term, shape: Shape) -> Term {
+        loop {
+            let mut segment = None;
+            'search: for i in 0..term.chain.len() {
+                if self.shape(term.chain[i].base).rows != Dim::One {
+                    continue;
+                }
+                for j in i..term.chain.len() {
+                    if self.shape(term.chain[j].base).cols == Dim::One {
+                        segment = Some((i, j));
+                        break 'search;
+                    }
+                }
+            }
+            let Some((i, j)) = segment else { break };
+            if i == 0 && j + 1 == term.chain.len() && !shape.is_scalar() {
+                break;
+            }
+            let inner: Vec<Factor> = term.chain.drain(i..=j).collect();
+            let atom = self.scalar_chain_atom(inner);
+            match self.fold_constant(atom) {
+                Some(v) => term.coef *= v,
+                None => term.scalars = merge_scalars(&term.scalars, &[(atom, Num::new(1.0))]),
+            }
+        }
+        term
+    }
+
+    /// The node for a 1×1 chain, oriented so that it has the fewest transposes.
+    fn scalar_chain_atom(&mut self, chain: Vec<Factor>) -> Id {
+        let shape = Shape::SCALAR;
+        let direct = self.build_chain(&chain, shape);
+        let as_poly = Poly::single(
+            shape,
+            Term {
+                chain,
+                ..Term::unit()
+            },
+        );
+        let transposed = self.transpose_chain_only(as_poly);
+        match transposed {
+            Some(t) => {
+                let flipped = self.build_chain(&t, shape);
+                self.better(direct, flipped)
+            }
+            None => direct,
+        }
+    }
+
+    /// The chain of the transpose of a single-factor-chain term, when it stays a chain.
+    fn transpose_chain_only(&mut self, p: Poly) -> Option<Vec<Factor>> {
+        let [term] = p.terms.as_slice() else {
+            return None;
+        };
+        let mut out = Vec::new();
+        for f in term.chain.iter().rev() {
+            let tp = self.transpose_factor(*f);
+            match tp.terms.as_slice() {
+                [t] if t.coef == 1.0 && t.scalars.is_empty() => {
+                    for g in &t.chain {
+                        push_factor(&mut out, *g);
+                    }
+                }
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
+    /// Of two equal nodes, the one with fewer transposes, then the shorter text.
+    fn better(&mut self, a: Id, b: Id) -> Id {
+        if a == b {
+            return a;
+        }
+        let ka = (self.count_transposes(a), self.text(a));
+        let kb = (self.count_transposes(b), self.text(b));
+        if kb < ka {
+            b
+        } else {
+            a
+        }
+    }
+
+    fn count_transposes(&self, id: Id) -> usize {
+        self.g
+            .topo_order(id)
+            .into_iter()
+            .filter(|&n| matches!(self.g.node(n), Node::Transpose(_)))
+            .count()
+    }
+
+    /// A scalar poly as a coefficient and scalar factors (a sum becomes one factor).
+    fn as_scalar_factor(&mut self, s: Poly) -> (f64, Vec<(Id, Num)>) {
+        if let [t] = s.terms.as_slice() {
+            return (t.coef, t.scalars.clone());
+        }
+        match self.factor_out(&s) {
+            Some(f) => {
+                let inner = self.build_sum(&f.rest);
+                let scalars = merge_scalars(&f.scalars, &[(inner, Num::new(1.0))]);
+                (f.coef, scalars)
+            }
+            None => {
+                let inner = self.build_sum(&s);
+                (1.0, vec![(inner, Num::new(1.0))])
+            }
+        }
+    }
+
+    /// A non-scalar poly as one term (a sum becomes one factor, after factoring).
+    fn as_term(&mut self, p: Poly) -> Term {
+        if p.terms.len() == 1 {
+            return p.terms.into_iter().next().unwrap_or_else(Term::unit);
+        }
+        match self.factor_out(&p) {
+            Some(f) => {
+                let inner = self.build_sum(&f.rest);
+                let mut chain = f.prefix;
+                chain.push(Factor {
+                    base: inner,
+                    power: 1,
+                });
+                chain.extend(f.suffix);
+                Term {
+                    coef: f.coef,
+                    scalars: f.scalars,
+                    chain,
+                }
+            }
+            None => {
+                let inner = self.build_sum(&p);
+                Term {
+                    chain: vec![Factor {
+                        base: inner,
+                        power: 1,
+                    }],
+                    ..Term::unit()
+                }
+            }
+        }
+    }
+
+    /// Pulls out what every term of a sum shares.
+    fn factor_out(&mut self, p: &Poly) -> Option<Factored> {
+        if p.terms.len() < 2 {
+            return None;
+        }
+        let coefs: Vec<f64> = p.terms.iter().map(|t| t.coef).collect();
+        let coef = common_coefficient(&coefs);
+        let scalars: Vec<(Id, Num)> = p.terms[0]
+            .scalars
+            .iter()
+            .filter(|s| p.terms.iter().all(|t| t.scalars.contains(s)))
+            .copied()
+            .collect();
+        let min_len = p.terms.iter().map(|t| t.chain.len()).min().unwrap_or(0);
+        let mut prefix_len = 0;
+        while prefix_len + 1 < min_len
+            && p.terms
+                .iter()
+                .all(|t| t.chain[prefix_len] == p.terms[0].chain[prefix_len])
+        {
+            prefix_len += 1;
+        }
+        let mut suffix_len = 0;
+        while prefix_len + suffix_len + 1 < min_len
+            && p.terms.iter().all(|t| {
+                t.chain[t.chain.len() - 1 - suffix_len]
+                    == p.terms[0].chain[p.terms[0].chain.len() - 1 - suffix_len]
+            })
+        {
+            suffix_len += 1;
+        }
+        if coef == 1.0 && scalars.is_empty() && prefix_len == 0 && suffix_len == 0 {
+            return None;
+        }
+        let first = &p.terms[0].chain;
+        let prefix: Vec<Factor> = first[..prefix_len].to_vec();
+        let suffix: Vec<Factor> = first[first.len() - suffix_len..].to_vec();
+        let rows = match prefix.last() {
+            Some(f) => self.shape(f.base).cols,
+            None => p.shape.rows,
+        };
+        let cols = match suffix.first() {
+            Some(f) => self.shape(f.base).rows,
+            None => p.shape.cols,
+        };
+        let rest_terms = p
+            .terms
+            .iter()
+            .map(|t| Term {
+                coef: t.coef / coef,
+                scalars: t
+                    .scalars
+                    .iter()
+                    .filter(|s| !scalars.contains(s))
+                    .copied()
+                    .collect(),
+                chain: t.chain[prefix_len..t.chain.len() - suffix_len].to_vec(),
+            })
+            .collect();
+        Some(Factored {
+            coef,
+            scalars,
+            prefix,
+            rest: Poly {
+                shape: Shape::new(rows, cols),
+                terms: rest_terms,
+            },
+            suffix,
+        })
+    }
+
+    // ----- powers and inverses -----
+
+    /// A scalar raised to a constant.
+    fn pow_scalar(&mut self, p: Poly, c: f64) -> Poly {
+        if c == 1.0 {
+            return p;
+        }
+        if c == 0.0 {
+            return self.constant(1.0);
+        }
+        if let Some(v) = p.constant() {
+            return self.constant(v.powf(c));
+        }
+        let integer = c.fract() == 0.0;
+        if let [t] = p.terms.as_slice() {
+            if integer {
+                return Poly::single(
+                    Shape::SCALAR,
+                    Term {
+                        coef: t.coef.powf(c),
+                        scalars: t
+                            .scalars
+                            .iter()
+                            .map(|&(s, e)| (s, Num::new(e.get() * c)))
+                            .collect(),
+                        chain: vec![],
+                    },
+                );
+            }
+            if t.coef > 0.0 && t.scalars.len() == 1 && t.scalars[0].1.get() == 1.0 {
+                return Poly::single(
+                    Shape::SCALAR,
+                    Term {
+                        coef: t.coef.powf(c),
+                        scalars: vec![(t.scalars[0].0, Num::new(c))],
+                        chain: vec![],
+                    },
+                );
+            }
+        }
+        let base = self.build(&p);
+        Poly::single(
+            Shape::SCALAR,
+            Term {
+                coef: 1.0,
+                scalars: vec![(base, Num::new(c))],
+                chain: vec![],
+            },
+        )
+    }
+
+    /// A square matrix (or scalar) raised to an integer power; negative means inverse.
+    fn pow_int(&mut self, p: Poly, k: i32) -> Poly {
+        if p.shape.is_scalar() {
+            return self.pow_scalar(p, k as f64);
+        }
+        if k == 1 {
+            return p;
+        }
+        if k < 0 {
+            let inverse = self.invert(p);
+            return self.pow_int(inverse, -k);
+        }
+        let mut out = Poly::single(p.shape, Term::unit());
+        for _ in 0..k {
+            out = self.mul(out, p.clone());
+        }
+        out
+    }
+
+    fn invert(&mut self, p: Poly) -> Poly {
+        let shape = p.shape;
+        if p.terms.is_empty() {
+            let z = self.build(&p);
+            let i = self.g.inv(z);
+            return self.atom(i);
+        }
+        let t = self.as_term(p);
+        let all_square = t.chain.iter().all(|f| self.shape(f.base).is_square());
+        let chain = if all_square {
+            let mut out = Vec::new();
+            for f in t.chain.iter().rev() {
+                push_factor(
+                    &mut out,
+                    Factor {
+                        base: f.base,
+                        power: -f.power,
+                    },
+                );
+            }
+            out
+        } else {
+            let base = self.build_chain(&t.chain, shape);
+            vec![Factor { base, power: -1 }]
+        };
+        Poly::single(
+            shape,
+            Term {
+                coef: 1.0 / t.coef,
+                scalars: t
+                    .scalars
+                    .iter()
+                    .map(|&(s, e)| (s, Num::new(-e.get())))
+                    .collect(),
+                chain,
+            },
+        )
+    }
+
+    // ----- transposes -----
+
+    fn transpose(&mut self, p: Poly) -> Poly {
+        if p.shape.is_scalar() {
+            return p;
+        }
+        if p.terms.len() < 2 {
+            return self.transpose_terms(p);
+        }
+        // A transposed sum reads better as `(A*x+b)'` than as `b'+x'*A'`, unless the sum
+        // is symmetric (`(C+C')' = C+C'`) or pushing the transpose in removes transposes.
+        let sum = self.build(&p);
+        let pushed = self.transpose_terms(p);
+        if !matches!(self.g.node(sum), Node::Add(..)) {
+            return pushed;
+        }
+        let pushed_node = self.build(&pushed);
+        let wrapped = self.g.transpose(sum);
+        if self.better(pushed_node, wrapped) == wrapped {
+            self.atom(wrapped)
+        } else {
+            pushed
+        }
+    }
+
+    /// The transpose, term by term, with every factor transposed in reverse order.
+    fn transpose_terms(&mut self, p: Poly) -> Poly {
+        let shape = p.shape.transposed();
+        let mut out = Poly::zero(shape);
+        for term in p.terms {
+            let mut acc = Poly::single(
+                Shape::SCALAR,
+                Term {
+                    coef: term.coef,
+                    scalars: term.scalars,
+                    chain: vec![],
+                },
+            );
+            if term.chain.is_empty() {
+                acc = self.mul(acc, Poly::single(shape, Term::unit()));
+            }
+            for f in term.chain.iter().rev() {
+                let tf = self.transpose_factor(*f);
+                acc = self.mul(acc, tf);
+            }
+            out = self.add(out, acc);
+        }
+        out
+    }
+
+    fn transpose_factor(&mut self, f: Factor) -> Poly {
+        let base = self.transpose_base(f.base);
+        self.pow_int(base, f.power)
+    }
+
+    fn transpose_base(&mut self, base: Id) -> Poly {
+        let shape = self.shape(base).transposed();
+        match self.g.node(base) {
+            Node::Var(v) => {
+                if self.g.vars[v as usize].symmetric {
+                    self.atom(base)
+                } else {
+                    let t = self.g.transpose(base);
+                    self.atom(t)
+                }
+            }
+            Node::Transpose(x) => self.poly(x),
+            Node::Fill(c, _) => {
+                let f = self.g.fill(c.get(), shape);
+                self.atom(f)
+            }
+            Node::Diag(_) | Node::Eye(_) => self.atom(base),
+            Node::Map(func, x) => {
+                let px = self.poly(x);
+                let tx = self.transpose(px);
+                self.map(func, tx)
+            }
+            Node::Hadamard(a, b) | Node::ElemDiv(a, b) | Node::ElemPow(a, b) => {
+                let (pa, pb) = (self.poly(a), self.poly(b));
+                let ta = self.transpose(pa);
+                let tb = self.transpose(pb);
+                match self.g.node(base) {
+                    Node::Hadamard(..) => self.hadamard(ta, tb),
+                    Node::ElemDiv(..) => self.elem_div(ta, tb),
+                    _ => self.elem_pow(ta, tb, shape),
+                }
+            }
+            Node::Add(..)
+            | Node::Neg(_)
+            | Node::MatMul(..)
+            | Node::Scale(..)
+            | Node::Div(..)
+            | Node::MatPow(..)
+            | Node::Inv(_) => {
+                let p = self.poly(base);
+                self.transpose(p)
+            }
+            _ => {
+                let t = self.g.transpose(base);
+                self.atom(t)
+            }
+        }
+    }
+
+    /// A single-term poly turned around when that has fewer transposes (for functions
+    /// that do not see a transpose: `det`, `sum`, norms, the diagonal).
+    fn orient_single(&mut self, p: Poly) -> Poly {
+        if p.terms.len() != 1 || p.shape.is_scalar() || !p.shape.is_square() {
+            return p;
+        }
+        let direct = self.build(&p);
+        let tp = self.transpose(p.clone());
+        let flipped = self.build(&tp);
+        if self.better(direct, flipped) == direct {
+            p
+        } else {
+            tp
+        }
+    }
+
+    fn best_orientation(&mut self, p: Poly) -> Id {
+        let direct = self.build(&p);
+        let tp = self.transpose(p);
+        let flipped = self.build(&tp);
+        self.better(direct, flipped)
+    }
+
+    // ----- element-wise operations -----
+
+    fn hadamard(&mut self, a: Poly, b: Poly) -> Poly {
+        if a.shape.is_scalar() || b.shape.is_scalar() {
+            return self.mul(a, b);
+        }
+        let shape = a.shape;
+        if a.terms.is_empty() || b.terms.is_empty() {
+            return Poly::zero(shape);
+        }
+        let ta = self.as_term(a);
+        let tb = self.as_term(b);
+        let coef = ta.coef * tb.coef;
+        let scalars = merge_scalars(&ta.scalars, &tb.scalars);
+        let na = self.build_chain(&ta.chain, shape);
+        let nb = self.build_chain(&tb.chain, shape);
+        let node = if self.is_ones(na) {
+            nb
+        } else if self.is_ones(nb) {
+            na
+        } else if let Some(d) = self.reciprocal_of(na) {
+            self.g.push(Node::ElemDiv(nb, d))
+        } else if let Some(d) = self.reciprocal_of(nb) {
+            self.g.push(Node::ElemDiv(na, d))
+        } else if na == nb {
+            let two = self.g.constant(2.0);
+            self.g.push(Node::ElemPow(na, two))
+        } else {
+            let (x, y) = if na <= nb { (na, nb) } else { (nb, na) };
+            self.g.push(Node::Hadamard(x, y))
+        };
+        let mut p = self.poly_of_unit(node);
+        for t in &mut p.terms {
+            t.coef *= coef;
+            t.scalars = merge_scalars(&t.scalars, &scalars);
+        }
+        p
+    }
+
+    /// The poly of a node built from unit operands, without recursing into it again.
+    fn poly_of_unit(&mut self, node: Id) -> Poly {
+        match self.g.node(node) {
+            Node::Hadamard(..) | Node::ElemDiv(..) | Node::ElemPow(..) => self.atom(node),
+            _ => self.poly(node),
+        }
+    }
+
+    fn is_ones(&self, id: Id) -> bool {
+        matches!(self.g.node(id), Node::Fill(c, _) if c.get() == 1.0)
+    }
+
+    /// `d` when `id` is `ones ./ d`.
+    fn reciprocal_of(&self, id: Id) -> Option<Id> {
+        match self.g.node(id) {
+            Node::ElemDiv(n, d) if self.is_ones(n) => Some(d),
+            _ => None,
+        }
+    }
+
+    fn elem_div(&mut self, a: Poly, b: Poly) -> Poly {
+        if b.shape.is_scalar() {
+            let inv = self.pow_scalar(b, -1.0);
+            return self.mul(a, inv);
+        }
+        let shape = a.shape;
+        if a.terms.is_empty() {
+            return Poly::zero(shape);
+        }
+        let ta = self.as_term(a);
+        let tb = self.as_term(b);
+        let coef = ta.coef / tb.coef;
+        let inverted: Vec<(Id, Num)> = tb
+            .scalars
+            .iter()
+            .map(|&(s, e)| (s, Num::new(-e.get())))
+            .collect();
+        let scalars = merge_scalars(&ta.scalars, &inverted);
+        let na = self.build_chain(&ta.chain, shape);
+        let nb = self.build_chain(&tb.chain, shape);
+        let node = if self.is_ones(nb) {
+            na
+        } else {
+            self.g.push(Node::ElemDiv(na, nb))
+        };
+        let mut p = self.poly_of_unit(node);
+        for t in &mut p.terms {
+            t.coef *= coef;
+            t.scalars = merge_scalars(&t.scalars, &scalars);
+        }
+        p
+    }
+
+    fn elem_pow(&mut self, a: Poly, b: Poly, shape: Shape) -> Poly {
+        if a.shape.is_scalar() && b.shape.is_scalar() {
+            return match b.constant() {
+                Some(c) => self.pow_scalar(a, c),
+                None => {
+                    let (na, nb) = (self.build(&a), self.build(&b));
+                    let p = self.g.pow(na, nb);
+                    self.atom(p)
+                }
+            };
+        }
+        if let Some(c) = b.constant().filter(|_| b.shape.is_scalar()) {
+            if c == 1.0 {
+                return a;
+            }
+            if c == 0.0 {
+                return self.ones(shape);
+            }
+            if c.fract() == 0.0 && a.terms.len() == 1 {
+                // (k*s*A).^c = k^c * s^c * A.^c for an integer c.
+                let t = self.as_term(a);
+                let na = self.build_chain(&t.chain, shape);
+                let nc = self.g.constant(c);
+                let node = if self.is_ones(na) {
+                    na
+                } else {
+                    self.g.push(Node::ElemPow(na, nc))
+                };
+                let mut p = self.poly_of_unit(node);
+                for term in &mut p.terms {
+                    term.coef *= t.coef.powf(c);
+                    let powered: Vec<(Id, Num)> = t
+                        .scalars
+                        .iter()
+                        .map(|&(s, e)| (s, Num::new(e.get() * c)))
+                        .collect();
+                    term.scalars = merge_scalars(&term.scalars, &powered);
+                }
+                return p;
+            }
+        }
+        let na = self.build(&a);
+        let nb = self.build(&b);
+        let node = self.g.push(Node::ElemPow(na, nb));
+        self.atom(node)
+    }
+
+    fn map(&mut self, f: Func, p: Poly) -> Poly {
+        if let Some(c) = p.constant() {
+            return self.constant(f.apply(c));
+        }
+        // A constant matrix (zero, or c times ones) maps to a constant matrix.
+        let fill_value = match p.terms.as_slice() {
+            [] => Some(0.0),
+            [t] if t.scalars.is_empty()
+                && t.chain.len() == 1
+                && t.chain[0].power == 1
+                && self.is_ones(t.chain[0].base) =>
+            {
+                Some(t.coef)
+            }
+            _ => None,
+        };
+        if let Some(c) = fill_value {
+            let mut ones = self.ones(p.shape);
+            scale_poly(&mut ones, f.apply(c));
+            return ones;
+        }
+        let arg = self.build(&p);
+        let node = self.g.map(f, arg);
+        self.atom(node)
+    }
+
+    // ----- reductions -----
+
+    /// `sum` or `tr` of a poly: linear, so term by term.
+    fn linear_scalar(&mut self, p: Poly, reduction: Reduction) -> Poly {
+        let mut out = Poly::zero(Shape::SCALAR);
+        for term in p.terms {
+            let reduced = self.reduce_chain(&term.chain, p.shape, reduction);
+            let piece = Poly::single(
+                Shape::SCALAR,
+                Term {
+                    coef: term.coef,
+                    scalars: term.scalars,
+                    chain: vec![],
+                },
+            );
+            let piece = self.mul(piece, reduced);
+            out = self.add(out, piece);
+        }
+        out
+    }
+
+    fn reduce_chain(&mut self, chain: &[Factor], shape: Shape, reduction: Reduction) -> Poly {
+        let as_poly = Poly::single(
+            shape,
+            Term {
+                chain: chain.to_vec(),
+                ..Term::unit()
+            },
+        );
+        let mut candidates = vec![chain.to_vec()];
+        if let Some(t) = self.transpose_chain_only(as_poly) {
+            candidates.push(t);
+        }
+        if reduction == Reduction::Trace {
+            let mut rotations = Vec::new();
+            for c in &candidates {
+                for r in 1..c.len() {
+                    let mut rotated = c[r..].to_vec();
+                    rotated.extend_from_slice(&c[..r]);
+                    // Rotation may bring equal atoms together: merge them.
+                    let mut merged = Vec::new();
+                    for f in rotated {
+                        push_factor(&mut merged, f);
+                    }
+                    rotations.push(merged);
+                }
+            }
+            candidates.extend(rotations);
+        }
+        let mut best: Option<((bool, usize, String), Poly)> = None;
+        for c in candidates {
+            let first_is_row = c
+                .first()
+                .is_some_and(|f| self.shape(f.base).rows == Dim::One);
+            let (node, is_scalar) = if reduction == Reduction::Trace && first_is_row {
+                (self.scalar_chain_atom(c), true)
+            } else {
+                let inner_shape = match (c.first(), c.last()) {
+                    (Some(f), Some(l)) => {
+                        Shape::new(self.shape(f.base).rows, self.shape(l.base).cols)
+                    }
+                    _ => shape,
+                };
+                let inner = self.build_chain(&c, inner_shape);
+                let node = match reduction {
+                    Reduction::Trace => self.g.trace(inner),
+                    Reduction::Sum => self.g.sum(inner),
+                };
+                (node, false)
+            };
+            let key = (!is_scalar, self.count_transposes(node), self.text(node));
+            if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                let poly = self.atom(node);
+                best = Some((key, poly));
+            }
+        }
+        best.map(|(_, p)| p)
+            .unwrap_or_else(|| Poly::zero(Shape::SCALAR))
+    }
+
+    fn norm(&mut self, p: Poly, norm1: bool) -> Poly {
+        if p.terms.is_empty() {
+            return Poly::zero(Shape::SCALAR);
+        }
+        let mut coef = 1.0;
+        let mut inner = p;
+        if let [t] = inner.terms.as_mut_slice() {
+            coef = t.coef.abs();
+            t.coef = t.coef.signum();
+        }
+        let inner = self.orient_single(inner);
+        let arg = self.build(&inner);
+        let node = if norm1 {
+            self.g.push(Node::Norm1(arg))
+        } else {
+            self.g.push(Node::Norm2(arg))
+        };
+        let mut out = self.atom(node);
+        scale_poly(&mut out, coef);
+        out
+    }
+
+    /// `f(c*s*A) = c*s*f(A)` for the linear `diag` and its inverse.
+    fn pull_out(&mut self, p: Poly, shape: Shape, f: impl Fn(&mut Graph, Id) -> Id) -> Poly {
+        if p.terms.is_empty() {
+            return Poly::zero(shape);
+        }
+        let t = self.as_term(p.clone());
+        let unit = Poly::single(
+            p.shape,
+            Term {
+                chain: t.chain,
+                ..Term::unit()
+            },
+        );
+        let arg = self.build(&unit);
+        let node = f(self.g, arg);
+        let mut out = self.atom(node);
+        for term in &mut out.terms {
+            term.coef *= t.coef;
+            term.scalars = merge_scalars(&term.scalars, &t.scalars);
+        }
+        out
+    }
+
+    // ----- rebuilding nodes -----
+
+    fn build(&mut self, p: &Poly) -> Id {
+        match p.terms.len() {
+            0 => self.g.zero(p.shape),
+            1 => self.build_term(&p.terms[0], p.shape),
+            _ => match self.factor_out(p) {
+                Some(f) => {
+                    let inner = self.build_sum(&f.rest);
+                    let mut chain = f.prefix;
+                    chain.push(Factor {
+                        base: inner,
+                        power: 1,
+                    });
+                    chain.extend(f.suffix);
+                    let term = Term {
+                        coef: f.coef,
+                        scalars: f.scalars,
+                        chain,
+                    };
+                    self.build_term(&term, p.shape)
+                }
+                None => match self.group_partially(p) {
+                    Some(grouped) => self.build_sum(&grouped),
+                    None => self.build_sum(p),
+                },
+            },
+        }
+    }
+
+    /// Merges the terms that share a last (else a first) factor, when no factor is shared
+    /// by all: `A*x*x' + A'*x*x' + s*eye` → `(A+A')*x*x' + s*eye`.
+    fn group_partially(&mut self, p: &Poly) -> Option<Poly> {
+        for from_end in [true, false] {
+            let mut groups: Vec<(Factor, Vec<usize>)> = Vec::new();
+            for (i, t) in p.terms.iter().enumerate() {
+                if t.chain.len() < 2 {
+                    continue;
+                }
+                let key = if from_end {
+                    t.chain[t.chain.len() - 1]
+                } else {
+                    t.chain[0]
+                };
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, members)) => members.push(i),
+                    None => groups.push((key, vec![i])),
+                }
+            }
+            groups.retain(|(_, members)| members.len() >= 2);
+            if groups.is_empty() {
+                continue;
+            }
+            let mut grouped = vec![false; p.terms.len()];
+            let mut terms = Vec::new();
+            for (_, members) in groups {
+                let sub = Poly {
+                    shape: p.shape,
+                    terms: members.iter().map(|&i| p.terms[i].clone()).collect(),
+                };
+                members.iter().for_each(|&i| grouped[i] = true);
+                terms.push(self.as_term(sub));
+            }
+            terms.extend(
+                p.terms
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !grouped[*i])
+                    .map(|(_, t)| t.clone()),
+            );
+            return Some(Poly {
+                shape: p.shape,
+                terms,
+            });
+        }
+        None
+    }
+
+    fn build_sum(&mut self, p: &Poly) -> Id {
+        if p.terms.len() < 2 {
+            return self.build(p);
+        }
+        let mut keyed = Vec::new();
+        for t in &p.terms {
+            let positive = Term {
+                coef: t.coef.abs(),
+                ..t.clone()
+            };
+            let unit = Term {
+                coef: 1.0,
+                ..t.clone()
+            };
+            let node = self.build_term(&positive, p.shape);
+            let unit_node = self.build_term(&unit, p.shape);
+            let key = (t.coef < 0.0, self.text(unit_node));
+            keyed.push((key, node, t.coef < 0.0));
+        }
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut acc: Option<Id> = None;
+        for (_, node, negative) in keyed {
+            acc = Some(match (acc, negative) {
+                (None, false) => node,
+                (None, true) => self.g.neg(node),
+                (Some(a), false) => self.g.add(a, node),
+                (Some(a), true) => self.g.sub(a, node),
+            });
+        }
+        acc.unwrap_or_else(|| self.g.zero(p.shape))
+    }
+
+    fn build_term(&mut self, t: &Term, shape: Shape) -> Id {
+        let chain_shape = shape;
+        let chain = if t.chain.is_empty() {
+            if shape.is_scalar() {
+                None
+            } else {
+                Some(self.g.eye(shape.rows))
+            }
+        } else {
+            Some(self.build_chain(&t.chain, chain_shape))
+        };
+        let mut numerators = Vec::new();
+        let mut denominators = Vec::new();
+        for &(s, e) in &t.scalars {
+            let e = e.get();
+            let target = if e > 0.0 {
+                &mut numerators
+            } else {
+                &mut denominators
+            };
+            target.push((s, e.abs()));
+        }
+        let mut acc: Option<Id> = None;
+        if t.coef.abs() != 1.0 || (numerators.is_empty() && chain.is_none()) {
+            acc = Some(self.g.constant(t.coef.abs()));
+        }
+        for node in self.powers_sorted(numerators) {
+            acc = Some(match acc {
+                Some(a) => self.g.mul(a, node),
+                None => node,
+            });
+        }
+        let mut result = match (acc, chain) {
+            (Some(a), Some(c)) => self.g.mul(a, c),
+            (None, Some(c)) => c,
+            (Some(a), None) => a,
+            (None, None) => self.g.constant(1.0),
+        };
+        let dens = self.powers_sorted(denominators);
+        if let Some((&first, rest)) = dens.split_first() {
+            let den = rest.iter().fold(first, |a, &b| self.g.mul(a, b));
+            result = self.g.div(result, den);
+        }
+        if t.coef < 0.0 {
+            result = self.g.neg(result);
+        }
+        result
+    }
+
+    /// Scalar powers as nodes, in the order of their printed text.
+    fn powers_sorted(&mut self, powers: Vec<(Id, f64)>) -> Vec<Id> {
+        let mut nodes: Vec<(String, Id)> = Vec::new();
+        for (s, e) in powers {
+            let node = if e == 1.0 {
+                s
+            } else {
+                let c = self.g.constant(e);
+                self.g.pow(s, c)
+            };
+            let key = self.text(node);
+            nodes.push((key, node));
+        }
+        nodes.sort();
+        nodes.into_iter().map(|(_, n)| n).collect()
+    }
+
+    fn build_chain(&mut self, chain: &[Factor], shape: Shape) -> Id {
+        if chain.is_empty() {
+            return self.g.eye(shape.rows);
+        }
+        let mut acc: Option<Id> = None;
+        for f in chain {
+            let node = match f.power {
+                1 => f.base,
+                p if p > 1 => self.g.mat_pow(f.base, p as u32),
+                -1 => self.g.inv(f.base),
+                p => {
+                    let inv = self.g.inv(f.base);
+                    self.g.mat_pow(inv, (-p) as u32)
+                }
+            };
+            acc = Some(match acc {
+                Some(a) => self.g.mul(a, node),
+                None => node,
+            });
+        }
+        acc.unwrap_or_else(|| self.g.eye(shape.rows))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reduction {
+    Sum,
+    Trace,
+}
+
+fn scale_poly(p: &mut Poly, c: f64) {
+    if c == 0.0 {
+        p.terms.clear();
+    }
+    for t in &mut p.terms {
+        t.coef *= c;
+    }
+}
+
+/// Appends a factor, merging powers of the same atom and cancelling `X^k * X^-k`.
+fn push_factor(chain: &mut Vec<Factor>, f: Factor) {
+    if let Some(last) = chain.last_mut() {
+        if last.base == f.base {
+            last.power += f.power;
+            if last.power == 0 {
+                chain.pop();
+            }
+            return;
+        }
+    }
+    chain.push(f);
+}
+
+/// The product of two scalar lists: exponents of the same atom add; zeros vanish.
+fn merge_scalars(a: &[(Id, Num)], b: &[(Id, Num)]) -> Vec<(Id, Num)> {
+    let mut out: Vec<(Id, Num)> = a.to_vec();
+    for &(s, e) in b {
+        match out.iter_mut().find(|(t, _)| *t == s) {
+            Some(entry) => entry.1 = Num::new(entry.1.get() + e.get()),
+            None => out.push((s, e)),
+        }
+    }
+    out.retain(|(_, e)| e.get() != 0.0);
+    out.sort();
+    out
+}
+
+/// Adds up like terms (same scalars and chain); drops zero terms; keeps first-seen order.
+fn collect(terms: Vec<Term>) -> Vec<Term> {
+    let mut out: Vec<Term> = Vec::new();
+    for t in terms {
+        match out
+            .iter_mut()
+            .find(|o| o.scalars == t.scalars && o.chain == t.chain)
+        {
+            Some(o) => o.coef += t.coef,
+            None => out.push(t),
+        }
+    }
+    out.retain(|t| t.coef != 0.0);
+    out
+}
+
+/// What every coefficient shares: their common magnitude, or the gcd of integers, with the
+/// sign when all are negative; 1 when nothing is shared.
+fn common_coefficient(coefs: &[f64]) -> f64 {
+    let all_negative = coefs.iter().all(|&c| c < 0.0);
+    let sign = if all_negative { -1.0 } else { 1.0 };
+    let first = coefs[0].abs();
+    if coefs.iter().all(|c| c.abs() == first) {
+        return sign * first;
+    }
+    if coefs.iter().all(|c| c.fract() == 0.0 && c.abs() < 1e15) {
+        let g = coefs.iter().fold(0u64, |acc, &c| gcd(acc, c.abs() as u64));
+        if g > 1 {
+            return sign * g as f64;
+        }
+    }
+    sign
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::check_program;
+
+    /// Simplifies a program's expression and prints it.
+    fn check(source: &str, expected: &str) {
+        let mut p = check_program(source).unwrap_or_else(|e| panic!("{}", e.render(source)));
+        let s = simplify(&mut p.graph, p.root);
+        assert_eq!(
+            crate::print::text(&p.graph, s),
+            expected,
+            "program: {source}"
+        );
+    }
+
+    #[test]
+    fn identities_and_zeros_vanish() {
+        check("x: vector; 1*x + 0*x", "x");
+        check("x: vector; x - x", "vector(0)");
+        check("A: matrix(n,n); A*eye", "A");
+        check("x: vector; x''", "x");
+        check("a: scalar; a^1 + 0", "a");
+    }
+
+    #[test]
+    fn like_terms_and_orientation() {
+        check("x: vector; x + x", "2*x");
+        check("x: vector; a: vector; x'*a + a'*x", "2*a'*x");
+        check("x: vector; A: matrix; x'*A'*x", "x'*A*x");
+        check("A: matrix(n,n); A*A*A", "A^3");
+        check("X: matrix(n,n); X*inv(X)", "eye");
+        check("X: matrix(n,n); inv(X')", "inv(X)'");
+    }
+
+    #[test]
+    fn transposes_move_to_the_atoms() {
+        check("A: matrix; B: matrix; (A*B)'", "B'*A'");
+        check("C: symmetric(n); X: matrix(n,n); (C*X)'", "X'*C");
+        check("C: matrix(n,n); (C+C')'", "C + C'");
+        check(
+            "A: matrix; x: vector; b: vector; (A*x+b)'*(A*x+b)",
+            "(A*x+b)'*(A*x+b)",
+        );
+    }
+
+    #[test]
+    fn common_factors_are_pulled_out_of_sums() {
+        check(
+            "C: matrix(n,n); X: matrix(n,n); a: vector(n); C'*X*a*a' + C*X*a*a'",
+            "(C+C')*X*a*a'",
+        );
+        check(
+            "A: matrix; x: vector; b: vector; 2*A'*A*x + 2*A'*b",
+            "2*A'*(A*x+b)",
+        );
+    }
+
+    #[test]
+    fn trace_rotations() {
+        check("x: vector; a: vector; tr(x*a')", "a'*x");
+        check("A: matrix(n,n); B: matrix(n,n); tr(B*A) - tr(A*B)", "0");
+    }
+}

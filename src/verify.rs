@@ -1,0 +1,345 @@
+//! The independent witness: derivatives compared with central finite differences in f64.
+//!
+//! In: a [`Derivative`] and a point (an [`Env`]). Out: a [`Comparison`] of the derived value
+//! with a finite-difference estimate arranged in the same layout, or a reason the point is not
+//! usable (outside the function's domain, or at a kink where differences disagree with
+//! themselves). Invariants: the estimate never reads the derived formula, except for the
+//! Hessian, which is estimated from differences of the derived *gradient* (itself checked
+//! against differences of the function); steps are Richardson-extrapolated central
+//! differences (error O(h⁴)); a point is usable only when two step sizes agree to 1e-8, so a
+//! kink or pole cannot pass for a wrong formula or hide a right one.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::diff::{Derivative, Kind, Layout};
+use crate::eval::{evaluate, Env, Mat};
+use crate::expr::{Graph, Id, Shape};
+
+/// The tolerance on the relative error between a derivative and finite differences.
+///
+/// Richardson-extrapolated central differences with step 1e-3 have truncation error about
+/// 1e-12 and rounding error about 1e-13 relative to the function's scale, so 1e-6 leaves six
+/// orders of magnitude for conditioning (an `inv` of a matrix with condition number 1e3 loses
+/// three) while any wrong factor, sign or transpose shows up as an error of order 1. A
+/// derivative smaller than 1e-7 times the function's value is measured against that floor,
+/// since differences cannot resolve it more finely.
+pub const TOLERANCE: f64 = 1e-6;
+
+/// A derived value next to its finite-difference estimate.
+#[derive(Clone, Debug)]
+pub struct Comparison {
+    pub derived: Mat,
+    pub estimate: Mat,
+    pub rel_error: f64,
+}
+
+/// Why a point could not be used.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Unusable {
+    /// The function or its derivative is not finite there.
+    OutOfDomain,
+    /// Two step sizes disagree: a kink or a pole is within a step.
+    NotSmooth,
+}
+
+/// The sizes of a graph's dimensions: declared sizes, else `3, 4, 2, 5, 6, …` in order, so
+/// that different dimensions get different sizes and nothing is accidentally square.
+pub fn dimension_sizes(graph: &Graph) -> Vec<usize> {
+    const SIZES: [usize; 8] = [3, 4, 2, 5, 6, 7, 8, 9];
+    let mut next = 0;
+    graph
+        .dims
+        .iter()
+        .map(|d| match d.size {
+            Some(s) => s,
+            None => {
+                let s = SIZES[next % SIZES.len()];
+                next += 1;
+                s
+            }
+        })
+        .collect()
+}
+
+/// A standard normal sample (Box–Muller).
+pub fn normal(rng: &mut StdRng) -> f64 {
+    let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.gen::<f64>();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// Random values for every variable: standard normal entries, symmetric for `symmetric(n)`,
+/// `M*M'/n + I` for `spd(n)`.
+pub fn random_point(graph: &Graph, dim_sizes: &[usize], seed: u64) -> Env {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut env = Env {
+        dim_sizes: dim_sizes.to_vec(),
+        values: Vec::new(),
+    };
+    for var in &graph.vars {
+        let (rows, cols) = env.dims_of(var.shape);
+        let m = Mat::from_fn(rows, cols, |_, _| normal(&mut rng));
+        let value = if var.positive_definite {
+            Mat::spd_from(&m)
+        } else if var.symmetric {
+            m.zip(&m.transpose(), |a, b| 0.5 * (a + b))
+        } else {
+            m
+        };
+        env.values.push(Some(value));
+    }
+    env
+}
+
+/// `‖a − b‖ / max(‖b‖, 1e-8)` in the Frobenius norm; infinite when shapes differ or any
+/// entry of `a` is not finite while `b` is.
+pub fn relative_error(a: &Mat, b: &Mat) -> f64 {
+    relative_error_above(a, b, 1e-8)
+}
+
+/// `‖a − b‖ / max(‖b‖, floor)`; see [`relative_error`].
+pub fn relative_error_above(a: &Mat, b: &Mat, floor: f64) -> f64 {
+    if a.rows != b.rows || a.cols != b.cols || (!a.is_finite() && b.is_finite()) {
+        return f64::INFINITY;
+    }
+    let diff = a.zip(b, |x, y| x - y).norm();
+    if diff.is_nan() {
+        return f64::INFINITY;
+    }
+    diff / b.norm().max(floor)
+}
+
+/// Compares a derivative with finite differences at `env`.
+pub fn compare(d: &Derivative, env: &Env) -> Result<Comparison, Unusable> {
+    let g = &d.program.graph;
+    let derived = evaluate(g, d.node, env).map_err(|_| Unusable::OutOfDomain)?;
+    let estimate = estimate(d, env)?;
+    if !estimate.is_finite() {
+        return Err(Unusable::OutOfDomain);
+    }
+    // Differences carry an absolute error of about 1e-13 times the function's size, so a
+    // derivative much smaller than the function is compared against that floor instead.
+    let value = evaluate(g, d.program.root, env).map_err(|_| Unusable::OutOfDomain)?;
+    let floor = 1e-7 * value.norm().max(1.0);
+    let rel_error = relative_error_above(&derived, &estimate, floor);
+    Ok(Comparison {
+        derived,
+        estimate,
+        rel_error,
+    })
+}
+
+/// The finite-difference estimate of `d`, arranged in `d`'s layout.
+pub fn estimate(d: &Derivative, env: &Env) -> Result<Mat, Unusable> {
+    let g = &d.program.graph;
+    let root = d.program.root;
+    let value = evaluate(g, root, env).map_err(|_| Unusable::OutOfDomain)?;
+    if !value.is_finite() {
+        return Err(Unusable::OutOfDomain);
+    }
+    let var = &g.vars[d.wrt as usize];
+    let estimate = match d.kind {
+        Kind::Gradient if var.symmetric => symmetric_gradient(g, root, d.wrt, env)?,
+        Kind::Gradient => {
+            let columns = differences(g, root, d.wrt, env)?;
+            let (r, c) = env.dims_of(var.shape);
+            Mat::from_fn(r, c, |i, j| columns[i * c + j].data[0])
+        }
+        Kind::Jacobian => {
+            let columns = differences(g, root, d.wrt, env)?;
+            let m = columns.first().map_or(0, |c| c.data.len());
+            Mat::from_fn(columns.len(), m, |i, j| columns[i].data[j])
+        }
+        Kind::ByScalar => differences(g, root, d.wrt, env)?.remove(0),
+        Kind::Hessian | Kind::HessianVector => {
+            // The exact, unsimplified gradient, built in a copy of the graph.
+            let mut extended = g.clone();
+            let grad = crate::diff::gradient(&mut extended, root, d.wrt);
+            let columns = differences(&extended, grad, d.wrt, env)?;
+            let n = columns.len();
+            let h = Mat::from_fn(n, n, |i, k| columns[k].data[i]);
+            if d.kind == Kind::Hessian {
+                h
+            } else {
+                let v = hessian_direction(d, env).ok_or(Unusable::OutOfDomain)?;
+                h.matmul(&v)
+            }
+        }
+    };
+    let transposed = d.layout == Layout::Numerator
+        && matches!(
+            d.kind,
+            Kind::Gradient | Kind::Jacobian | Kind::HessianVector
+        );
+    Ok(if transposed {
+        estimate.transpose()
+    } else {
+        estimate
+    })
+}
+
+/// The direction `v` of a Hessian-vector product: the variable added last.
+fn hessian_direction(d: &Derivative, env: &Env) -> Option<Mat> {
+    let v = d.program.graph.vars.len().checked_sub(1)?;
+    env.values.get(v)?.clone()
+}
+
+/// For each entry of `var` (row-major), the derivative of `root` along it.
+fn differences(g: &Graph, root: Id, var: u32, env: &Env) -> Result<Vec<Mat>, Unusable> {
+    let base = env.values[var as usize]
+        .clone()
+        .ok_or(Unusable::OutOfDomain)?;
+    let mut columns = Vec::with_capacity(base.data.len());
+    for k in 0..base.data.len() {
+        let mut direction = Mat::zeros(base.rows, base.cols);
+        direction.data[k] = 1.0;
+        columns.push(directional(g, root, var, env, &direction)?);
+    }
+    Ok(columns)
+}
+
+/// `<S, D>` along every symmetric basis direction, turned back into `S` (symmetric).
+fn symmetric_gradient(g: &Graph, root: Id, var: u32, env: &Env) -> Result<Mat, Unusable> {
+    let n = env.dims_of(g.vars[var as usize].shape).0;
+    let mut s = Mat::zeros(n, n);
+    for i in 0..n {
+        for j in i..n {
+            let mut direction = Mat::zeros(n, n);
+            direction.data[i * n + j] = 1.0;
+            direction.data[j * n + i] = 1.0;
+            let d = directional(g, root, var, env, &direction)?.data[0];
+            // Along E_ij + E_ji the derivative is S_ij + S_ji = 2 S_ij off the diagonal.
+            let value = if i == j { d } else { d / 2.0 };
+            s.data[i * n + j] = value;
+            s.data[j * n + i] = value;
+        }
+    }
+    Ok(s)
+}
+
+/// The derivative of `root` at `env` along `direction` in variable `var`.
+fn directional(g: &Graph, root: Id, var: u32, env: &Env, direction: &Mat) -> Result<Mat, Unusable> {
+    let base = env.values[var as usize]
+        .clone()
+        .ok_or(Unusable::OutOfDomain)?;
+    let scale = base
+        .data
+        .iter()
+        .zip(&direction.data)
+        .filter(|(_, d)| **d != 0.0)
+        .map(|(x, _)| x.abs())
+        .fold(1.0f64, f64::max);
+    let at = |h: f64| -> Result<Mat, Unusable> {
+        let mut shifted = env.clone();
+        shifted.values[var as usize] = Some(base.zip(direction, |x, d| x + h * d));
+        let v = evaluate(g, root, &shifted).map_err(|_| Unusable::OutOfDomain)?;
+        if v.is_finite() {
+            Ok(v)
+        } else {
+            Err(Unusable::OutOfDomain)
+        }
+    };
+    let central = |h: f64| -> Result<Mat, Unusable> {
+        let (plus, minus) = (at(h)?, at(-h)?);
+        Ok(plus.zip(&minus, |p, m| (p - m) / (2.0 * h)))
+    };
+    let richardson = |h: f64| -> Result<Mat, Unusable> {
+        let (coarse, fine) = (central(h)?, central(h / 2.0)?);
+        Ok(fine.zip(&coarse, |f, c| (4.0 * f - c) / 3.0))
+    };
+    let h = 1e-3 * scale;
+    let first = richardson(h)?;
+    let second = richardson(h / 4.0)?;
+    let spread = first.zip(&second, |a, b| a - b).norm();
+    if spread > 1e-8 * first.norm().max(1.0) {
+        return Err(Unusable::NotSmooth);
+    }
+    Ok(second)
+}
+
+/// The point `env` of `source`, re-expressed for the graph `other` by variable and
+/// dimension names (for a formula that was parsed separately, such as a printed one).
+pub fn translate_env(source: &Graph, env: &Env, other: &Graph) -> Option<Env> {
+    let dim_sizes = other
+        .dims
+        .iter()
+        .map(|d| {
+            source
+                .dims
+                .iter()
+                .position(|s| s.name == d.name)
+                .map(|i| env.dim_sizes[i])
+                .or(d.size)
+        })
+        .collect::<Option<Vec<usize>>>()?;
+    let values = other
+        .vars
+        .iter()
+        .map(|v| {
+            source
+                .var_by_name(&v.name)
+                .and_then(|i| env.values.get(i as usize).cloned().flatten())
+        })
+        .collect();
+    Some(Env { dim_sizes, values })
+}
+
+/// The shape of a derivative's value for given dimension sizes.
+pub fn concrete_shape(env: &Env, shape: Shape) -> (usize, usize) {
+    env.dims_of(shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::{differentiate, Request};
+    use crate::types::check_program;
+
+    fn derive(source: &str, wrt: &str, request: Request) -> Derivative {
+        let p = check_program(source).unwrap();
+        differentiate(p, wrt, &request, Layout::Gradient).unwrap()
+    }
+
+    #[test]
+    fn finite_differences_agree_with_a_known_gradient() {
+        let d = derive(
+            "A: matrix(m,n); b: vector(m); (A*x+b)'*(A*x+b)",
+            "x",
+            Request::Derivative,
+        );
+        let sizes = dimension_sizes(&d.program.graph);
+        let env = random_point(&d.program.graph, &sizes, 7);
+        let c = compare(&d, &env).unwrap();
+        assert!(c.rel_error < 1e-9, "{c:?}");
+    }
+
+    #[test]
+    fn a_wrong_formula_is_caught() {
+        let mut d = derive("x'*A*x", "x", Request::Derivative);
+        // Replace the derivative by the classic mistake 2*A*x (right only for symmetric A).
+        let g = &mut d.program.graph;
+        let a = g.var(g.var_by_name("A").unwrap());
+        let x = g.var(g.var_by_name("x").unwrap());
+        let ax = g.mul(a, x);
+        d.node = g.scale(2.0, ax);
+        let env = random_point(&d.program.graph, &dimension_sizes(&d.program.graph), 3);
+        assert!(compare(&d, &env).unwrap().rel_error > 0.01);
+    }
+
+    #[test]
+    fn kinks_are_reported_not_compared() {
+        let d = derive("x: vector(2); sum(abs(x))", "x", Request::Derivative);
+        let mut env = random_point(&d.program.graph, &[2], 1);
+        env.values[0] = Some(Mat::from_fn(2, 1, |i, _| if i == 0 { 1e-5 } else { 1.0 }));
+        assert_eq!(compare(&d, &env).unwrap_err(), Unusable::NotSmooth);
+    }
+
+    #[test]
+    fn hessian_estimate_from_the_gradient() {
+        let d = derive("x: vector(n); sum(exp(x)) + x'*x", "x", Request::Hessian);
+        let env = random_point(&d.program.graph, &[4], 5);
+        let c = compare(&d, &env).unwrap();
+        assert!(c.rel_error < 1e-8, "{c:?}");
+    }
+}

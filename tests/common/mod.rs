@@ -1,0 +1,50 @@
+//! Helpers shared by the pipeline tests.
+
+#![allow(dead_code)]
+
+use matgrad::diff::{differentiate, Derivative, Layout, Request};
+use matgrad::eval::{evaluate, Env, Mat};
+use matgrad::types::{check_program, check_program_with_shape};
+use matgrad::verify::{
+    compare, dimension_sizes, random_point, relative_error, translate_env, Comparison,
+};
+
+/// Derives `wrt` of `source`, panicking with the rendered error.
+pub fn derive(source: &str, wrt: &str, request: Request, layout: Layout) -> Derivative {
+    let program = check_program(source).unwrap_or_else(|e| panic!("{}", e.render(source)));
+    differentiate(program, wrt, &request, layout)
+        .unwrap_or_else(|e| panic!("d/d{wrt} of {source}: {}", e.render(source)))
+}
+
+/// The first usable random point (seeds `seed`, `seed+1`, …) and the comparison there.
+pub fn first_usable(d: &Derivative, seed: u64, tries: u64) -> Option<(Env, Comparison)> {
+    let sizes = dimension_sizes(&d.program.graph);
+    (0..tries).find_map(|k| {
+        let env = random_point(&d.program.graph, &sizes, seed.wrapping_add(k));
+        compare(d, &env).ok().map(|c| (env, c))
+    })
+}
+
+/// Parses `text` with the declarations of `source` and the derivative's shape, and
+/// evaluates it at `env`.
+pub fn evaluate_printed(
+    d: &Derivative,
+    source: &str,
+    text: &str,
+    env: &Env,
+) -> Result<Mat, String> {
+    let decls: String = match source.rfind(';') {
+        Some(i) => source[..=i].to_string(),
+        None => String::new(),
+    };
+    let full = format!("{decls} {text}");
+    let g = &d.program.graph;
+    let p = check_program_with_shape(&full, Some((g, d.shape()))).map_err(|e| e.render(&full))?;
+    let penv = translate_env(g, env, &p.graph).ok_or("the point does not translate")?;
+    evaluate(&p.graph, p.root, &penv).map_err(|e| e.to_string())
+}
+
+/// `‖a − b‖ / max(‖b‖, 1e-8)`.
+pub fn rel(a: &Mat, b: &Mat) -> f64 {
+    relative_error(a, b)
+}
