@@ -236,8 +236,8 @@ impl Lu {
                 }
                 x[i] /= self.lu[i * n + i];
             }
-            for i in 0..n {
-                inv.data[i * n + col] = x[i];
+            for (i, value) in x.into_iter().enumerate() {
+                inv.data[i * n + col] = value;
             }
         }
         inv

@@ -349,9 +349,9 @@ impl Gen {
 
     fn paren(&mut self, c: Class, d: usize) -> String {
         let e = self.expr(c, d);
-        if e.chars().all(|ch| ch.is_ascii_alphanumeric()) {
-            e
-        } else if e.starts_with('(') && e.ends_with(')') {
+        // Generated composites are wrapped in parentheses already; names need none.
+        let atomic = e.chars().all(|ch| ch.is_ascii_alphanumeric());
+        if atomic || (e.starts_with('(') && e.ends_with(')')) {
             e
         } else {
             format!("({e})")

@@ -810,14 +810,7 @@ impl<'g> Simplifier<'g> {
     fn transpose_base(&mut self, base: Id) -> Poly {
         let shape = self.shape(base).transposed();
         match self.g.node(base) {
-            Node::Var(v) => {
-                if self.g.vars[v as usize].symmetric {
-                    self.atom(base)
-                } else {
-                    let t = self.g.transpose(base);
-                    self.atom(t)
-                }
-            }
+            Node::Var(v) if self.g.vars[v as usize].symmetric => self.atom(base),
             Node::Transpose(x) => self.poly(x),
             Node::Fill(c, _) => {
                 let f = self.g.fill(c.get(), shape);

@@ -1,0 +1,93 @@
+//! The conventions users meet: layouts, symmetric declarations, and the gradient by a
+//! symmetric matrix variable.
+
+mod common;
+
+use common::{derive, first_usable};
+use matgrad::diff::{Layout, Request};
+use matgrad::eval::Mat;
+use matgrad::verify::{dimension_sizes, estimate, random_point, relative_error, TOLERANCE};
+
+#[test]
+fn numerator_layout_is_the_transpose() {
+    for (program, wrt) in [
+        ("x'*A*x", "x"),
+        ("a: vector; b: vector; a'*X*b", "X"),
+        ("A*x", "x"),
+        ("x'*A", "x"),
+    ] {
+        let g = derive(program, wrt, Request::Derivative, Layout::Gradient);
+        let n = derive(program, wrt, Request::Derivative, Layout::Numerator);
+        let (env, cg) = first_usable(&g, 5, 5).expect("usable point");
+        let cn = matgrad::verify::compare(&n, &env).expect("same point is usable");
+        assert!(
+            cg.rel_error < TOLERANCE && cn.rel_error < TOLERANCE,
+            "{program}"
+        );
+        assert!(
+            relative_error(&cn.derived, &cg.derived.transpose()) < 1e-12,
+            "{program}"
+        );
+    }
+}
+
+#[test]
+fn a_symmetric_constant_is_used_by_the_simplifier() {
+    let d = derive(
+        "a: vector; C: symmetric; a'*X'*C*X*a",
+        "X",
+        Request::Derivative,
+        Layout::Gradient,
+    );
+    assert_eq!(d.text(), "2*C*X*a*a'");
+    let d = derive(
+        "C: symmetric; x'*C*x",
+        "x",
+        Request::Derivative,
+        Layout::Gradient,
+    );
+    assert_eq!(d.text(), "2*C*x");
+}
+
+/// By a symmetric variable, matgrad returns sym(G) = (G+G')/2: the symmetric matrix S with
+/// f(X+tD) = f(X) + t<S,D> + o(t) for every symmetric direction D.
+#[test]
+fn gradient_by_a_symmetric_variable_is_sym_g() {
+    let cases = [
+        ("X: symmetric(n); logdet(X)", "inv(X)"),
+        ("X: symmetric(n); A: matrix(n,n); tr(A*X)", "0.5*(A+A')"),
+        ("X: spd(n); a: vector(n); a'*X*X*a", "X*a*a' + a*a'*X"),
+    ];
+    for (program, expected) in cases {
+        let d = derive(program, "X", Request::Derivative, Layout::Gradient);
+        assert_eq!(d.text(), expected, "{program}");
+        let (_, c) = first_usable(&d, 9, 10).expect("usable point");
+        assert!(c.rel_error < TOLERANCE, "{program}: {:.2e}", c.rel_error);
+    }
+}
+
+/// The other convention in the literature, G + G' - G∘I, is not what finite differences
+/// along symmetric directions measure: the check can tell the two apart.
+#[test]
+fn the_other_symmetric_convention_fails_the_check() {
+    let d = derive(
+        "X: symmetric(n); A: matrix(n,n); tr(A*X)",
+        "X",
+        Request::Derivative,
+        Layout::Gradient,
+    );
+    let g = &d.program.graph;
+    let env = random_point(g, &dimension_sizes(g), 4);
+    let a = env.values[g.var_by_name("A").unwrap() as usize]
+        .clone()
+        .unwrap();
+    let other = Mat::from_fn(a.rows, a.cols, |i, j| {
+        if i == j {
+            a.at(i, i)
+        } else {
+            a.at(i, j) + a.at(j, i)
+        }
+    });
+    let fd = estimate(&d, &env).unwrap();
+    assert!(relative_error(&other, &fd) > 0.1);
+}
