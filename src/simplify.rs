@@ -545,20 +545,7 @@ impl<'g> Simplifier<'g> {
             return p.terms.into_iter().next().unwrap_or_else(Term::unit);
         }
         match self.factor_out(&p) {
-            Some(f) => {
-                let inner = self.build_sum(&f.rest);
-                let mut chain = f.prefix;
-                chain.push(Factor {
-                    base: inner,
-                    power: 1,
-                });
-                chain.extend(f.suffix);
-                Term {
-                    coef: f.coef,
-                    scalars: f.scalars,
-                    chain,
-                }
-            }
+            Some(f) => self.factored_term(f),
             None => {
                 let inner = self.build_sum(&p);
                 Term {
@@ -569,6 +556,22 @@ impl<'g> Simplifier<'g> {
                     ..Term::unit()
                 }
             }
+        }
+    }
+
+    /// `coef * scalars * prefix * (rest) * suffix` as one term, the rest as a sum factor.
+    fn factored_term(&mut self, f: Factored) -> Term {
+        let inner = self.build_sum(&f.rest);
+        let mut chain = f.prefix;
+        chain.push(Factor {
+            base: inner,
+            power: 1,
+        });
+        chain.extend(f.suffix);
+        Term {
+            coef: f.coef,
+            scalars: f.scalars,
+            chain,
         }
     }
 
@@ -1170,18 +1173,7 @@ impl<'g> Simplifier<'g> {
             1 => self.build_term(&p.terms[0], p.shape),
             _ => match self.factor_out(p) {
                 Some(f) => {
-                    let inner = self.build_sum(&f.rest);
-                    let mut chain = f.prefix;
-                    chain.push(Factor {
-                        base: inner,
-                        power: 1,
-                    });
-                    chain.extend(f.suffix);
-                    let term = Term {
-                        coef: f.coef,
-                        scalars: f.scalars,
-                        chain,
-                    };
+                    let term = self.factored_term(f);
                     self.build_term(&term, p.shape)
                 }
                 None => match self.group_partially(p) {

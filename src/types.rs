@@ -130,30 +130,11 @@ enum Resolved {
 
 #[derive(Clone, Debug)]
 enum Pending {
-    /// `*` or `.*` (`elementwise`).
-    Mul {
-        at: Span,
-        lhs: Ty,
-        rhs: Ty,
-        out: Ty,
-        elementwise: bool,
-    },
-    /// `./`: the right side may be a scalar; a scalar left side broadcasts.
-    ElemDiv {
-        at: Span,
-        lhs: Ty,
-        rhs: Ty,
-        out: Ty,
-    },
-    /// `^`: scalar power or matrix power.
-    Pow {
-        at: Span,
-        lhs: Ty,
-        rhs: Ty,
-        out: Ty,
-    },
-    /// `.^`: same shapes, or a scalar on either side.
-    ElemPow {
+    /// An operator whose meaning depends on whether its operands are scalars: `*` (scaling
+    /// or matrix product), `^` (scalar or matrix power), and the element-wise `.* ./ .^`
+    /// (a scalar operand broadcasts).
+    Binary {
+        op: BinOp,
         at: Span,
         lhs: Ty,
         rhs: Ty,
@@ -169,11 +150,7 @@ enum Pending {
 impl Pending {
     fn at(&self) -> Span {
         match self {
-            Pending::Mul { at, .. }
-            | Pending::ElemDiv { at, .. }
-            | Pending::Pow { at, .. }
-            | Pending::ElemPow { at, .. }
-            | Pending::Diag { at, .. } => *at,
+            Pending::Binary { at, .. } | Pending::Diag { at, .. } => *at,
         }
     }
 }
@@ -538,20 +515,6 @@ impl Checker {
                         }
                         Ok(l)
                     }
-                    BinOp::Mul | BinOp::ElemMul => {
-                        let out = self.unknown_ty();
-                        self.pending.push((
-                            Pending::Mul {
-                                at,
-                                lhs: l,
-                                rhs: r,
-                                out,
-                                elementwise: *op == BinOp::ElemMul,
-                            },
-                            k,
-                        ));
-                        Ok(out)
-                    }
                     BinOp::Div => {
                         let before = (self.describe(l), self.describe(r));
                         let s = self.scalar_ty();
@@ -567,43 +530,16 @@ impl Checker {
                         self.resolved.insert(k, Resolved::ScaleRight);
                         Ok(l)
                     }
-                    BinOp::ElemDiv => {
+                    BinOp::Mul | BinOp::ElemMul | BinOp::ElemDiv | BinOp::Pow | BinOp::ElemPow => {
                         let out = self.unknown_ty();
-                        self.pending.push((
-                            Pending::ElemDiv {
-                                at,
-                                lhs: l,
-                                rhs: r,
-                                out,
-                            },
-                            k,
-                        ));
-                        Ok(out)
-                    }
-                    BinOp::Pow => {
-                        let out = self.unknown_ty();
-                        self.pending.push((
-                            Pending::Pow {
-                                at,
-                                lhs: l,
-                                rhs: r,
-                                out,
-                            },
-                            k,
-                        ));
-                        Ok(out)
-                    }
-                    BinOp::ElemPow => {
-                        let out = self.unknown_ty();
-                        self.pending.push((
-                            Pending::ElemPow {
-                                at,
-                                lhs: l,
-                                rhs: r,
-                                out,
-                            },
-                            k,
-                        ));
+                        let pending = Pending::Binary {
+                            op: *op,
+                            at,
+                            lhs: l,
+                            rhs: r,
+                            out,
+                        };
+                        self.pending.push((pending, k));
                         Ok(out)
                     }
                 }
@@ -756,10 +692,7 @@ impl Checker {
                 break;
             };
             let tys = match p {
-                Pending::Mul { lhs, rhs, .. }
-                | Pending::ElemDiv { lhs, rhs, .. }
-                | Pending::Pow { lhs, rhs, .. }
-                | Pending::ElemPow { lhs, rhs, .. } => vec![lhs, rhs],
+                Pending::Binary { lhs, rhs, .. } => vec![lhs, rhs],
                 Pending::Diag { arg, .. } => vec![arg],
             };
             let mut changed = false;
@@ -837,159 +770,148 @@ impl Checker {
         false
     }
 
+    /// `*`: a scalar on either side scales the other; else the matrix product.
+    fn resolve_product(
+        &mut self,
+        at: Span,
+        lhs: Ty,
+        rhs: Ty,
+        out: Ty,
+    ) -> Result<Option<Resolved>, Diagnostic> {
+        match (self.is_scalar(lhs), self.is_scalar(rhs)) {
+            (Some(true), _) => {
+                self.unify_ty(out, rhs, at, "a product")?;
+                Ok(Some(Resolved::ScaleLeft))
+            }
+            (_, Some(true)) => {
+                self.unify_ty(out, lhs, at, "a product")?;
+                Ok(Some(Resolved::ScaleRight))
+            }
+            (Some(false), Some(false)) => {
+                let before = (self.describe(lhs), self.describe(rhs));
+                if self.unify(lhs.cols, rhs.rows).is_err() {
+                    let mut d = Diagnostic::new(
+                        format!(
+                            "shape mismatch: cannot multiply {} by {}",
+                            before.0, before.1
+                        ),
+                        at,
+                    );
+                    if before.0.starts_with("vector") && before.1.starts_with("vector") {
+                        d = d.with_help(
+                            "for the inner product write x'*y; for the element-wise product x.*y",
+                        );
+                    }
+                    return Err(d);
+                }
+                let o = Ty {
+                    rows: lhs.rows,
+                    cols: rhs.cols,
+                };
+                self.unify_ty(out, o, at, "a product")?;
+                Ok(Some(Resolved::MatMul))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// `.* ./ .^`: a scalar on either side broadcasts; else the shapes must agree.
+    fn resolve_elementwise(
+        &mut self,
+        op: BinOp,
+        at: Span,
+        lhs: Ty,
+        rhs: Ty,
+        out: Ty,
+    ) -> Result<Option<Resolved>, Diagnostic> {
+        match (self.is_scalar(lhs), self.is_scalar(rhs)) {
+            (Some(true), _) => {
+                self.unify_ty(out, rhs, at, "an element-wise operation")?;
+                Ok(Some(Resolved::ScaleLeft))
+            }
+            (_, Some(true)) => {
+                self.unify_ty(out, lhs, at, "an element-wise operation")?;
+                Ok(Some(Resolved::ScaleRight))
+            }
+            (Some(false), Some(false)) => {
+                let before = (self.describe(lhs), self.describe(rhs));
+                if self.unify(lhs.rows, rhs.rows).is_err()
+                    || self.unify(lhs.cols, rhs.cols).is_err()
+                {
+                    let what = match op {
+                        BinOp::ElemMul => "product",
+                        BinOp::ElemDiv => "quotient",
+                        _ => "power",
+                    };
+                    return Err(Diagnostic::new(
+                        format!(
+                            "shape mismatch: element-wise {what} of {} and {}",
+                            before.0, before.1
+                        ),
+                        at,
+                    ));
+                }
+                self.unify_ty(out, lhs, at, "an element-wise operation")?;
+                Ok(Some(Resolved::ElementWise))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// `^`: the scalar power, or the matrix power of a square matrix.
+    fn resolve_power(
+        &mut self,
+        at: Span,
+        lhs: Ty,
+        rhs: Ty,
+        out: Ty,
+    ) -> Result<Option<Resolved>, Diagnostic> {
+        match self.is_scalar(lhs) {
+            Some(true) => {
+                let before = self.describe(rhs);
+                let s = self.scalar_ty();
+                if self.unify(rhs.rows, s.rows).is_err() || self.unify(rhs.cols, s.cols).is_err() {
+                    return Err(Diagnostic::new(
+                        format!("the exponent of a scalar power must be a scalar, found {before}"),
+                        at,
+                    )
+                    .with_help("use .^ for an element-wise power"));
+                }
+                self.unify_ty(out, s, at, "a power")?;
+                Ok(Some(Resolved::ScalarPow))
+            }
+            Some(false) => {
+                let before = self.describe(lhs);
+                if self.unify(lhs.rows, lhs.cols).is_err() {
+                    return Err(Diagnostic::new(
+                        format!("`^` on {before}: a matrix power needs a square matrix"),
+                        at,
+                    )
+                    .with_help("use .^ for an element-wise power"));
+                }
+                let s = self.scalar_ty();
+                let _ = self.unify(rhs.rows, s.rows);
+                let _ = self.unify(rhs.cols, s.cols);
+                self.unify_ty(out, lhs, at, "a power")?;
+                Ok(Some(Resolved::MatrixPow))
+            }
+            None => Ok(None),
+        }
+    }
+
     fn try_resolve(&mut self, p: &Pending) -> Result<Option<Resolved>, Diagnostic> {
         match *p {
-            Pending::Mul {
+            Pending::Binary {
+                op,
                 at,
                 lhs,
                 rhs,
                 out,
-                elementwise,
-            } => {
-                let (ls, rs) = (self.is_scalar(lhs), self.is_scalar(rhs));
-                match (ls, rs) {
-                    (Some(true), _) => {
-                        self.unify_ty(out, rhs, at, "a product")?;
-                        Ok(Some(Resolved::ScaleLeft))
-                    }
-                    (_, Some(true)) => {
-                        self.unify_ty(out, lhs, at, "a product")?;
-                        Ok(Some(Resolved::ScaleRight))
-                    }
-                    (Some(false), Some(false)) if elementwise => {
-                        let before = (self.describe(lhs), self.describe(rhs));
-                        if self.unify(lhs.rows, rhs.rows).is_err()
-                            || self.unify(lhs.cols, rhs.cols).is_err()
-                        {
-                            return Err(Diagnostic::new(
-                                format!(
-                                    "shape mismatch: element-wise product of {} and {}",
-                                    before.0, before.1
-                                ),
-                                at,
-                            ));
-                        }
-                        self.unify_ty(out, lhs, at, "a product")?;
-                        Ok(Some(Resolved::ElementWise))
-                    }
-                    (Some(false), Some(false)) => {
-                        let before = (self.describe(lhs), self.describe(rhs));
-                        if self.unify(lhs.cols, rhs.rows).is_err() {
-                            let mut d = Diagnostic::new(
-                                format!(
-                                    "shape mismatch: cannot multiply {} by {}",
-                                    before.0, before.1
-                                ),
-                                at,
-                            );
-                            if before.0.starts_with("vector") && before.1.starts_with("vector") {
-                                d = d.with_help("for the inner product write x'*y; for the element-wise product x.*y");
-                            }
-                            return Err(d);
-                        }
-                        let o = Ty {
-                            rows: lhs.rows,
-                            cols: rhs.cols,
-                        };
-                        self.unify_ty(out, o, at, "a product")?;
-                        Ok(Some(Resolved::MatMul))
-                    }
-                    _ => Ok(None),
-                }
-            }
-            Pending::ElemDiv { at, lhs, rhs, out } => {
-                match (self.is_scalar(lhs), self.is_scalar(rhs)) {
-                    (_, Some(true)) => {
-                        self.unify_ty(out, lhs, at, "a quotient")?;
-                        Ok(Some(Resolved::ScaleRight))
-                    }
-                    (Some(true), Some(false)) => {
-                        self.unify_ty(out, rhs, at, "a quotient")?;
-                        Ok(Some(Resolved::ScaleLeft))
-                    }
-                    (Some(false), Some(false)) => {
-                        let before = (self.describe(lhs), self.describe(rhs));
-                        if self.unify(lhs.rows, rhs.rows).is_err()
-                            || self.unify(lhs.cols, rhs.cols).is_err()
-                        {
-                            return Err(Diagnostic::new(
-                                format!(
-                                    "shape mismatch: element-wise quotient of {} and {}",
-                                    before.0, before.1
-                                ),
-                                at,
-                            ));
-                        }
-                        self.unify_ty(out, lhs, at, "a quotient")?;
-                        Ok(Some(Resolved::ElementWise))
-                    }
-                    _ => Ok(None),
-                }
-            }
-            Pending::Pow { at, lhs, rhs, out } => {
-                match self.is_scalar(lhs) {
-                    Some(true) => {
-                        let before = self.describe(rhs);
-                        let s = self.scalar_ty();
-                        if self.unify(rhs.rows, s.rows).is_err()
-                            || self.unify(rhs.cols, s.cols).is_err()
-                        {
-                            return Err(Diagnostic::new(
-                            format!("the exponent of a scalar power must be a scalar, found {before}"),
-                            at,
-                        )
-                        .with_help("use .^ for an element-wise power"));
-                        }
-                        self.unify_ty(out, s, at, "a power")?;
-                        Ok(Some(Resolved::ScalarPow))
-                    }
-                    Some(false) => {
-                        let before = self.describe(lhs);
-                        if self.unify(lhs.rows, lhs.cols).is_err() {
-                            return Err(Diagnostic::new(
-                                format!("`^` on {before}: a matrix power needs a square matrix"),
-                                at,
-                            )
-                            .with_help("use .^ for an element-wise power"));
-                        }
-                        let s = self.scalar_ty();
-                        let _ = self.unify(rhs.rows, s.rows);
-                        let _ = self.unify(rhs.cols, s.cols);
-                        self.unify_ty(out, lhs, at, "a power")?;
-                        Ok(Some(Resolved::MatrixPow))
-                    }
-                    None => Ok(None),
-                }
-            }
-            Pending::ElemPow { at, lhs, rhs, out } => {
-                match (self.is_scalar(lhs), self.is_scalar(rhs)) {
-                    (_, Some(true)) => {
-                        self.unify_ty(out, lhs, at, "a power")?;
-                        Ok(Some(Resolved::ScaleRight))
-                    }
-                    (Some(true), Some(false)) => {
-                        self.unify_ty(out, rhs, at, "a power")?;
-                        Ok(Some(Resolved::ScaleLeft))
-                    }
-                    (Some(false), Some(false)) => {
-                        let before = (self.describe(lhs), self.describe(rhs));
-                        if self.unify(lhs.rows, rhs.rows).is_err()
-                            || self.unify(lhs.cols, rhs.cols).is_err()
-                        {
-                            return Err(Diagnostic::new(
-                                format!(
-                                    "shape mismatch: element-wise power of {} and {}",
-                                    before.0, before.1
-                                ),
-                                at,
-                            ));
-                        }
-                        self.unify_ty(out, lhs, at, "a power")?;
-                        Ok(Some(Resolved::ElementWise))
-                    }
-                    _ => Ok(None),
-                }
-            }
+            } => match op {
+                BinOp::Pow => self.resolve_power(at, lhs, rhs, out),
+                BinOp::Mul => self.resolve_product(at, lhs, rhs, out),
+                _ => self.resolve_elementwise(op, at, lhs, rhs, out),
+            },
             Pending::Diag { at, arg, out } => {
                 let (r, c) = (self.slot(arg.rows), self.slot(arg.cols));
                 match (r, c) {
