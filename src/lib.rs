@@ -7,6 +7,15 @@
 //! expression in float64; [`verify`] compares derivatives with central finite differences;
 //! [`catalog`] decides every seed identity; [`generate`] makes random well-typed programs for
 //! property tests.
+//!
+//! ```
+//! use matgrad::diff::{differentiate, Layout, Request};
+//! use matgrad::types::check_program;
+//!
+//! let program = check_program("(A*x+b)'*(A*x+b)").expect("type-checks");
+//! let gradient = differentiate(program, "x", &Request::Derivative, Layout::Gradient).expect("derives");
+//! assert_eq!(gradient.text(), "2*A'*(A*x+b)");
+//! ```
 
 pub mod catalog;
 pub mod diagnostic;
