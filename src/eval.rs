@@ -284,59 +284,81 @@ pub fn evaluate(graph: &Graph, root: Id, env: &Env) -> Result<Mat, EvalError> {
     let order = graph.topo_order(root);
     let mut values: Vec<Option<Mat>> = vec![None; graph.len()];
     for id in order {
-        let v = eval_node(graph, id, env, &values)?;
-        values[id.index()] = Some(v);
+        let (rows, cols) = env.dims_of(graph.shape(id));
+        let node = graph.node(id);
+        let value = match node {
+            Node::Var(v) => variable_value(graph, v, env, rows, cols)?,
+            _ => {
+                let args: Vec<&Mat> = node
+                    .args()
+                    .into_iter()
+                    .map(|a| {
+                        values[a.index()]
+                            .as_ref()
+                            .expect("argument evaluated first")
+                    })
+                    .collect();
+                apply(&node, &args, rows, cols)
+            }
+        };
+        values[id.index()] = Some(value);
     }
     Ok(values[root.index()]
         .take()
         .unwrap_or_else(|| Mat::scalar(f64::NAN)))
 }
 
-fn eval_node(graph: &Graph, id: Id, env: &Env, values: &[Option<Mat>]) -> Result<Mat, EvalError> {
-    let get = |a: Id| -> &Mat {
-        values[a.index()]
-            .as_ref()
-            .expect("argument evaluated first")
-    };
-    let (rows, cols) = env.dims_of(graph.shape(id));
-    Ok(match graph.node(id) {
-        Node::Var(v) => {
-            let var = &graph.vars[v as usize];
-            let value = env
-                .values
-                .get(v as usize)
-                .and_then(|x| x.as_ref())
-                .ok_or_else(|| EvalError::MissingValue(var.name.clone()))?;
-            if value.rows != rows || value.cols != cols {
-                return Err(EvalError::WrongSize {
-                    name: var.name.clone(),
-                    rows,
-                    cols,
-                    got_rows: value.rows,
-                    got_cols: value.cols,
-                });
-            }
-            value.clone()
-        }
+fn variable_value(
+    graph: &Graph,
+    v: u32,
+    env: &Env,
+    rows: usize,
+    cols: usize,
+) -> Result<Mat, EvalError> {
+    let var = &graph.vars[v as usize];
+    let value = env
+        .values
+        .get(v as usize)
+        .and_then(|x| x.as_ref())
+        .ok_or_else(|| EvalError::MissingValue(var.name.clone()))?;
+    if value.rows != rows || value.cols != cols {
+        return Err(EvalError::WrongSize {
+            name: var.name.clone(),
+            rows,
+            cols,
+            got_rows: value.rows,
+            got_cols: value.cols,
+        });
+    }
+    Ok(value.clone())
+}
+
+/// The value of one operation (any node but a variable) from its arguments' values, in
+/// float64; `rows`×`cols` is the result's size. The one definition of what each operation
+/// computes: the evaluator and the batched reference both call it.
+pub fn apply(node: &Node, args: &[&Mat], rows: usize, cols: usize) -> Mat {
+    let get = |i: usize| args[i];
+    match *node {
+        Node::Var(_) => Mat::filled(rows, cols, f64::NAN),
         Node::Const(c) => Mat::scalar(c.get()),
         Node::Fill(c, _) => Mat::filled(rows, cols, c.get()),
         Node::Eye(_) => Mat::identity(rows),
-        Node::Add(a, b) => get(a).zip(get(b), |x, y| x + y),
-        Node::Neg(a) => get(a).map(|x| -x),
-        Node::MatMul(a, b) => get(a).matmul(get(b)),
-        Node::Scale(s, a) => {
-            let s = get(s).data[0];
-            get(a).map(|x| s * x)
+        Node::Add(..) => get(0).zip(get(1), |x, y| x + y),
+        Node::Neg(_) => get(0).map(|x| -x),
+        Node::MatMul(..) => get(0).matmul(get(1)),
+        Node::Scale(..) => {
+            let s = get(0).data[0];
+            get(1).map(|x| s * x)
         }
-        Node::Div(a, s) => {
-            let s = get(s).data[0];
-            get(a).map(|x| x / s)
+        Node::Div(..) => {
+            let s = get(1).data[0];
+            get(0).map(|x| x / s)
         }
-        Node::Hadamard(a, b) => get(a).zip(get(b), |x, y| x * y),
-        Node::ElemDiv(a, b) => get(a).zip(get(b), |x, y| x / y),
-        Node::Pow(a, b) => Mat::scalar(get(a).data[0].powf(get(b).data[0])),
-        Node::ElemPow(a, b) => {
-            let (base, exponent) = (get(a), get(b));
+        Node::Hadamard(..) => get(0).zip(get(1), |x, y| x * y),
+        Node::ElemDiv(..) => get(0).zip(get(1), |x, y| x / y),
+        Node::Pow(..) => Mat::scalar(get(0).data[0].powf(get(1).data[0])),
+        Node::ElemPow(..) => {
+            let (base, exponent) = (get(0), get(1));
             if exponent.data.len() == 1 {
                 let e = exponent.data[0];
                 base.map(|x| x.powf(e))
@@ -344,35 +366,35 @@ fn eval_node(graph: &Graph, id: Id, env: &Env, values: &[Option<Mat>]) -> Result
                 base.zip(exponent, f64::powf)
             }
         }
-        Node::MatPow(a, k) => {
-            let a = get(a);
+        Node::MatPow(_, k) => {
+            let a = get(0);
             let mut out = a.clone();
             for _ in 1..k {
                 out = out.matmul(a);
             }
             out
         }
-        Node::Transpose(a) => get(a).transpose(),
-        Node::Map(f, a) => get(a).map(|x| f.apply(x)),
-        Node::Sum(a) => Mat::scalar(get(a).data.iter().sum()),
-        Node::Norm1(a) => Mat::scalar(get(a).data.iter().map(|x| x.abs()).sum()),
-        Node::Norm2(a) => Mat::scalar(get(a).norm()),
-        Node::Trace(a) => {
-            let a = get(a);
+        Node::Transpose(_) => get(0).transpose(),
+        Node::Map(f, _) => get(0).map(|x| f.apply(x)),
+        Node::Sum(_) => Mat::scalar(get(0).data.iter().sum()),
+        Node::Norm1(_) => Mat::scalar(get(0).data.iter().map(|x| x.abs()).sum()),
+        Node::Norm2(_) => Mat::scalar(get(0).norm()),
+        Node::Trace(_) => {
+            let a = get(0);
             Mat::scalar((0..a.rows).map(|i| a.at(i, i)).sum())
         }
-        Node::Det(a) => Mat::scalar(Lu::new(get(a)).det()),
-        Node::LogDet(a) => Mat::scalar(Lu::new(get(a)).log_det()),
-        Node::Inv(a) => Lu::new(get(a)).inverse(),
-        Node::Diag(a) => {
-            let a = get(a);
+        Node::Det(_) => Mat::scalar(Lu::new(get(0)).det()),
+        Node::LogDet(_) => Mat::scalar(Lu::new(get(0)).log_det()),
+        Node::Inv(_) => Lu::new(get(0)).inverse(),
+        Node::Diag(_) => {
+            let a = get(0);
             Mat::from_fn(a.rows, a.rows, |i, j| if i == j { a.data[i] } else { 0.0 })
         }
-        Node::DiagPart(a) => {
-            let a = get(a);
+        Node::DiagPart(_) => {
+            let a = get(0);
             Mat::from_fn(a.rows, 1, |i, _| a.at(i, i))
         }
-    })
+    }
 }
 
 #[cfg(test)]

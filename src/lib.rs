@@ -17,13 +17,18 @@
 //! assert_eq!(gradient.text(), "2*A'*(A*x+b)");
 //! ```
 
+pub mod batch;
 pub mod catalog;
+pub mod check;
+pub mod cpu;
 pub mod diagnostic;
 pub mod diff;
 pub mod eval;
 pub mod expr;
 pub mod generate;
+pub mod npy;
 pub mod parse;
+pub mod plan;
 pub mod print;
 pub mod simplify;
 pub mod types;

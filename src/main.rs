@@ -3,14 +3,23 @@
 //! Exit status: 0 success, 1 a check failed, 2 bad input or usage. Errors in a program are
 //! printed with the program and a caret under the offending span.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
+use std::path::Path;
+
+use matgrad::batch::{bind, non_finite_items, run_reference, Batch};
 use matgrad::catalog::{self, Verdict};
+use matgrad::check::{run_check, to_f32, CheckConfig, DeviceReport};
+use matgrad::cpu::run_cpu;
 use matgrad::diagnostic::Diagnostic;
 use matgrad::diff::{differentiate, Derivative, Kind, Layout, Request};
+use matgrad::npy::{read_npz, write_npy};
+use matgrad::plan::Plan;
 use matgrad::print::{self, Format};
 use matgrad::types::check_program;
 
@@ -52,6 +61,49 @@ enum Command {
         #[arg(long, value_enum, default_value_t = FormatArg::Text)]
         format: FormatArg,
     },
+    /// Evaluate a derivative for a whole batch of inputs from a NumPy .npz file.
+    Eval {
+        program: String,
+        #[arg(long)]
+        wrt: String,
+        /// One array per variable; one more leading axis than the variable's rank = batched.
+        #[arg(long, value_name = "FILE.npz")]
+        inputs: PathBuf,
+        /// The derivative, shape (B, ...) when any input is batched.
+        #[arg(long, value_name = "FILE.npy")]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
+        /// The Hessian instead of the first derivative.
+        #[arg(long)]
+        hessian: bool,
+        #[arg(long, value_enum, default_value_t = LayoutArg::Gradient)]
+        layout: LayoutArg,
+        /// Also write the function values.
+        #[arg(long, value_name = "FILE.npy")]
+        value_out: Option<PathBuf>,
+    },
+    /// Check a derivative on random batches: every device against the float64 reference,
+    /// and the reference against finite differences.
+    Check {
+        program: String,
+        #[arg(long)]
+        wrt: String,
+        /// Dimension sizes, e.g. m=4,n=3 (declared sizes are kept).
+        #[arg(long, value_delimiter = ',', value_name = "NAME=SIZE")]
+        dims: Vec<String>,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Batched variables (default: the --wrt variable); the others are shared.
+        #[arg(long, value_delimiter = ',', value_name = "VAR")]
+        batched: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        hessian: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Decide every seed identity by computation.
     Catalog {
         /// One JSON object per variant, as a JSON array.
@@ -61,6 +113,14 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum DeviceArg {
+    /// float64, item by item: the ground truth.
+    Reference,
+    /// float32, multithreaded.
+    Cpu,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -135,8 +195,211 @@ fn run(cli: Cli) -> u8 {
             };
             derive_and_print(&program, &wrt, &request, Layout::Gradient, format.format())
         }
+        Command::Eval {
+            program,
+            wrt,
+            inputs,
+            out,
+            device,
+            hessian,
+            layout,
+            value_out,
+        } => {
+            let request = if hessian {
+                Request::Hessian
+            } else {
+                Request::Derivative
+            };
+            let layout = match layout {
+                LayoutArg::Gradient => Layout::Gradient,
+                LayoutArg::Numerator => Layout::Numerator,
+            };
+            let derivative = match check_program(&program)
+                .and_then(|p| differentiate(p, &wrt, &request, layout))
+            {
+                Ok(d) => d,
+                Err(e) => return report(&e, &program),
+            };
+            match run_eval(&derivative, &inputs, &out, device, value_out.as_deref()) {
+                Ok(()) => 0,
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    2
+                }
+            }
+        }
+        Command::Check {
+            program,
+            wrt,
+            dims,
+            batch,
+            batched,
+            seed,
+            hessian,
+            json,
+        } => {
+            let request = if hessian {
+                Request::Hessian
+            } else {
+                Request::Derivative
+            };
+            let derivative = match check_program(&program)
+                .and_then(|p| differentiate(p, &wrt, &request, Layout::Gradient))
+            {
+                Ok(d) => d,
+                Err(e) => return report(&e, &program),
+            };
+            let mut sizes = HashMap::new();
+            for entry in &dims {
+                match entry
+                    .split_once('=')
+                    .map(|(k, v)| (k.trim(), v.trim().parse::<usize>()))
+                {
+                    Some((name, Ok(size))) => {
+                        sizes.insert(name.to_string(), size);
+                    }
+                    _ => {
+                        eprintln!("error: `--dims {entry}`: expected NAME=SIZE, e.g. m=4");
+                        return 2;
+                    }
+                }
+            }
+            let batched = if batched.is_empty() {
+                vec![wrt.clone()]
+            } else {
+                batched
+            };
+            let config = CheckConfig {
+                dims: sizes,
+                batch,
+                batched,
+                seed,
+            };
+            match run_check(&derivative, &config) {
+                Ok(reports) => print_check(&derivative, &reports, json),
+                Err(e) => report(&e, &program),
+            }
+        }
         Command::Catalog { json, seed } => run_catalog(json, seed),
     }
+}
+
+/// `matgrad eval`: read, bind, plan, run, write.
+fn run_eval(
+    d: &Derivative,
+    inputs: &Path,
+    out: &Path,
+    device: DeviceArg,
+    value_out: Option<&Path>,
+) -> Result<(), String> {
+    let g = &d.program.graph;
+    let arrays = read_npz(inputs).map_err(|e| e.to_string())?;
+    let reads = g.vars_in(d.program.root);
+    let bound = bind(g, &reads, &arrays).map_err(|e| format!("{e} (in `{}`)", inputs.display()))?;
+    for name in &bound.unused {
+        eprintln!(
+            "warning: array `{name}` in `{}` is not a variable of the program; ignored",
+            inputs.display()
+        );
+    }
+    let mut outputs = vec![d.node];
+    if value_out.is_some() {
+        outputs.push(d.program.root);
+    }
+    let plan =
+        Plan::new(g, &outputs, &bound.dim_sizes, &bound.batched).map_err(|e| e.to_string())?;
+    let batch = bound.batch.unwrap_or(1);
+    let values: Vec<&Batch<f64>> = plan
+        .inputs()
+        .iter()
+        .map(|i| {
+            bound.values[i.var as usize]
+                .as_ref()
+                .expect("bound inputs cover the plan's variables")
+        })
+        .collect();
+    let targets: Vec<&Path> = std::iter::once(out).chain(value_out).collect();
+    match device {
+        DeviceArg::Reference => {
+            for (result, path) in run_reference(&plan, &values, batch).iter().zip(targets) {
+                write_batch(result, path)?;
+            }
+        }
+        DeviceArg::Cpu => {
+            let values32: Vec<Batch<f32>> = values.iter().map(|b| to_f32(b)).collect();
+            let refs: Vec<&Batch<f32>> = values32.iter().collect();
+            for (result, path) in run_cpu(&plan, &refs, batch).iter().zip(targets) {
+                write_batch(result, path)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a result with shape `(B, item axes...)`, after reporting non-finite items.
+fn write_batch<T: matgrad::npy::Element + Into<f64>>(
+    b: &Batch<T>,
+    path: &Path,
+) -> Result<(), String> {
+    let mut shape: Vec<usize> = b.batch.into_iter().collect();
+    shape.extend(item_shape(b.rows, b.cols));
+    report_non_finite(&non_finite_items(b), b.items(), path);
+    write_npy(path, &shape, &b.data).map_err(|e| e.to_string())
+}
+
+/// The axes of one item: () for a scalar, (n,) for a column, (1, n) for a row, (m, n).
+fn item_shape(rows: usize, cols: usize) -> Vec<usize> {
+    match (rows, cols) {
+        (1, 1) => vec![],
+        (r, 1) => vec![r],
+        (r, c) => vec![r, c],
+    }
+}
+
+fn report_non_finite(items: &[usize], total: usize, path: &Path) {
+    if items.is_empty() {
+        return;
+    }
+    let first: Vec<String> = items.iter().take(5).map(|i| i.to_string()).collect();
+    eprintln!(
+        "warning: {} of {total} items of `{}` are not finite (first: {})",
+        items.len(),
+        path.display(),
+        first.join(", ")
+    );
+}
+
+fn print_check(d: &Derivative, reports: &[DeviceReport], json: bool) -> u8 {
+    let passed = reports.iter().all(|r| r.passed);
+    if json {
+        let value = json!({"derivative": d.text(), "passed": passed, "devices": reports});
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+    } else {
+        println!("derivative: {}", d.text());
+        for r in reports {
+            let skipped = if r.items_ill_conditioned > 0 {
+                format!(
+                    ", {} ill-conditioned in float32 left out",
+                    r.items_ill_conditioned
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "{:<10} vs {:<19} max relative error {:.3e} (tolerance {:.0e}, {} items{skipped}): {}",
+                r.device,
+                r.against,
+                r.max_rel_error,
+                r.tolerance,
+                r.items_compared,
+                if r.passed { "ok" } else { "FAILED" }
+            );
+        }
+    }
+    u8::from(!passed)
 }
 
 fn derive_and_print(

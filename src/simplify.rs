@@ -309,6 +309,18 @@ impl<'g> Simplifier<'g> {
                 if pa.shape.is_scalar() {
                     return if is_log { self.map(Func::Log, pa) } else { pa };
                 }
+                // det(A^k) = det(A)^k: exact, and far better conditioned in float32 than
+                // the determinant of the power.
+                if let (false, [t]) = (is_log, pa.terms.as_slice()) {
+                    if let ([f], 1.0, true) = (t.chain.as_slice(), t.coef, t.scalars.is_empty()) {
+                        if f.power != 1 {
+                            let (base, power) = (f.base, f.power);
+                            let det_base = self.g.det(base);
+                            let p = self.atom(det_base);
+                            return self.pow_scalar(p, power as f64);
+                        }
+                    }
+                }
                 let arg = self.best_orientation(pa);
                 let node = if is_log {
                     Node::LogDet(arg)

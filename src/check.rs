@@ -1,0 +1,279 @@
+//! `matgrad check`: random batches in each function's domain, every device against the
+//! float64 reference, and the reference against finite differences.
+//!
+//! In: a [`Derivative`] and a [`CheckConfig`] (dimension sizes, batch size, which variables
+//! are batched, a seed). Out: one [`DeviceReport`] per device with the largest relative error
+//! over the items and its tolerance. Invariants: shared inputs are one value for the whole
+//! batch, batched inputs one per item; an item's inputs are redrawn (up to 20 times) until
+//! the function and its finite differences are finite there, so a `log` or `logdet` outside
+//! its domain is avoided rather than reported; the reference is compared with finite
+//! differences on up to [`FD_ITEMS`] items, each device with the reference on every item.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::batch::{run_reference, Batch};
+use crate::cpu::run_cpu;
+use crate::diagnostic::Diagnostic;
+use crate::diff::Derivative;
+use crate::eval::Env;
+use crate::plan::Plan;
+use crate::verify::{compare, dimension_sizes, random_point, relative_error, TOLERANCE};
+
+/// The largest relative error (Frobenius norm, per item) allowed between a float32 device
+/// and the float64 reference. Float32 rounds at 6e-8; a derivative is tens of operations deep
+/// and `inv`/`logdet` of a matrix with condition number 1e2 amplify that by 1e2, so 1e-3
+/// leaves room for well-conditioned inputs while a wrong kernel gives errors of order 1.
+pub const F32_TOLERANCE: f64 = 1e-3;
+
+/// Items on which the reference is also compared with finite differences.
+pub const FD_ITEMS: usize = 16;
+
+/// What to check.
+#[derive(Clone, Debug)]
+pub struct CheckConfig {
+    /// Sizes by dimension name (declared sizes win; the rest default to 3, 4, 2, 5, …).
+    pub dims: HashMap<String, usize>,
+    pub batch: usize,
+    /// Batched variables by name; the others are shared.
+    pub batched: Vec<String>,
+    pub seed: u64,
+}
+
+/// One device's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceReport {
+    pub device: String,
+    /// What it is compared against.
+    pub against: String,
+    pub max_rel_error: f64,
+    pub tolerance: f64,
+    pub items_compared: usize,
+    /// Items left out because float32 cannot resolve them (see [`device_against_reference`]).
+    pub items_ill_conditioned: usize,
+    pub passed: bool,
+}
+
+/// Runs the check. Errors name the variable or dimension at fault.
+pub fn run_check(d: &Derivative, config: &CheckConfig) -> Result<Vec<DeviceReport>, Diagnostic> {
+    let g = &d.program.graph;
+    let mut sizes = dimension_sizes(g);
+    for (name, &size) in &config.dims {
+        let Some(i) = g.dims.iter().position(|dim| &dim.name == name) else {
+            let names: Vec<&str> = g.dims.iter().map(|dim| dim.name.as_str()).collect();
+            return Err(Diagnostic::without_span(format!(
+                "`--dims {name}={size}`: the program has no dimension `{name}`"
+            ))
+            .with_help(format!("its dimensions are: {}", names.join(", "))));
+        };
+        if let Some(declared) = g.dims[i].size.filter(|&s| s != size) {
+            return Err(Diagnostic::without_span(format!(
+                "`--dims {name}={size}`: `{name}` is declared as {declared}"
+            )));
+        }
+        if size == 0 {
+            return Err(Diagnostic::without_span(format!(
+                "`--dims {name}=0`: sizes must be positive"
+            )));
+        }
+        sizes[i] = size;
+    }
+    let mut batched = vec![false; g.vars.len()];
+    for name in &config.batched {
+        let v = g.var_by_name(name).ok_or_else(|| {
+            Diagnostic::without_span(format!("`--batched {name}`: there is no variable `{name}`"))
+        })?;
+        batched[v as usize] = true;
+    }
+    let batch = config.batch.max(1);
+    let plan = Plan::new(g, &[d.node], &sizes, &batched)
+        .map_err(|e| Diagnostic::without_span(e.to_string()))?;
+
+    // Shared values from one point; each item redrawn until it is inside the domain.
+    let base = random_point(g, &sizes, config.seed);
+    let mut items: Vec<Env> = Vec::with_capacity(batch);
+    for item in 0..batch {
+        let mut chosen = None;
+        for attempt in 0..20u64 {
+            let seed = config
+                .seed
+                .wrapping_mul(7919)
+                .wrapping_add((item as u64) * 1000 + attempt + 1);
+            let mut env = random_point(g, &sizes, seed);
+            for (v, value) in env.values.iter_mut().enumerate() {
+                if !batched[v] {
+                    value.clone_from(&base.values[v]);
+                }
+            }
+            let usable = compare(d, &env).is_ok();
+            chosen = Some(env);
+            if usable {
+                break;
+            }
+        }
+        items.extend(chosen);
+    }
+
+    let inputs64: Vec<Batch<f64>> = plan
+        .inputs()
+        .iter()
+        .map(|input| {
+            let v = input.var as usize;
+            let count = if input.batched { batch } else { 1 };
+            let data = (0..count)
+                .flat_map(|i| {
+                    items[i].values[v]
+                        .as_ref()
+                        .map(|m| m.data.clone())
+                        .unwrap_or_default()
+                })
+                .collect();
+            Batch {
+                batch: input.batched.then_some(batch),
+                rows: input.rows,
+                cols: input.cols,
+                data,
+            }
+        })
+        .collect();
+    let inputs64 = round_to_f32(&inputs64);
+    for (input, values) in plan.inputs().iter().zip(&inputs64) {
+        // The finite-difference points read the same rounded numbers as every device.
+        for (i, env) in items.iter_mut().enumerate() {
+            let k = if input.batched { i } else { 0 };
+            env.values[input.var as usize] = Some(values.item_mat(k));
+        }
+    }
+    let refs: Vec<&Batch<f64>> = inputs64.iter().collect();
+    let reference = run_reference(&plan, &refs, batch).remove(0);
+    let moved = perturb(&inputs64);
+    let moved_refs: Vec<&Batch<f64>> = moved.iter().collect();
+    let perturbed = run_reference(&plan, &moved_refs, batch).remove(0);
+
+    // The reference against finite differences.
+    let mut fd_error: f64 = 0.0;
+    let mut fd_items = 0;
+    for (i, env) in items.iter().enumerate().take(FD_ITEMS) {
+        if let Ok(c) = compare(d, env) {
+            let value = reference.item_mat(if plan.is_batched() { i } else { 0 });
+            fd_error = fd_error.max(relative_error(&value, &c.estimate).max(c.rel_error));
+            fd_items += 1;
+        }
+    }
+    let mut reports = vec![DeviceReport {
+        device: "reference".into(),
+        against: "finite differences".into(),
+        max_rel_error: fd_error,
+        tolerance: TOLERANCE,
+        items_compared: fd_items,
+        items_ill_conditioned: 0,
+        passed: fd_items > 0 && fd_error <= TOLERANCE,
+    }];
+
+    // The float32 CPU path against the reference.
+    let inputs32: Vec<Batch<f32>> = inputs64.iter().map(to_f32).collect();
+    let refs32: Vec<&Batch<f32>> = inputs32.iter().collect();
+    let cpu = run_cpu(&plan, &refs32, batch).remove(0);
+    reports.push(device_against_reference(
+        "cpu", &cpu, &reference, &perturbed,
+    ));
+    Ok(reports)
+}
+
+/// The largest per-item error of a float32 result against the reference, over the items
+/// where the reference is finite and well-conditioned at float32 precision.
+///
+/// An item's error is `‖got − want‖ / (‖want‖ + 1e-3·M)`, with `M` the largest `‖want‖` in
+/// the batch: relative for items of ordinary size, absolute at float32's resolution of the
+/// batch's scale for items that are tiny because terms cancelled (`1 - tanh(x)^2` is exactly 0
+/// in float32 once `tanh(x)` rounds to 1, while the reference keeps 1e-7). An item whose
+/// reference moves by more than a tenth of the tolerance when its inputs move by one float32
+/// rounding (`perturbed`: the reference on inputs scaled by 1 ± 2⁻²³) cannot be computed to the
+/// tolerance in float32 by any method, and is counted, not compared.
+pub fn device_against_reference(
+    device: &str,
+    result: &Batch<f32>,
+    reference: &Batch<f64>,
+    perturbed: &Batch<f64>,
+) -> DeviceReport {
+    let scale = (0..reference.items())
+        .map(|i| reference.item_mat(i).norm())
+        .filter(|x| x.is_finite())
+        .fold(0.0f64, f64::max);
+    let mut worst: f64 = 0.0;
+    let mut compared = 0;
+    let mut ill_conditioned = 0;
+    for i in 0..reference.items() {
+        let want = reference.item_mat(i);
+        if !want.is_finite() {
+            continue;
+        }
+        let floor = want.norm() + 1e-3 * scale;
+        let moved = perturbed.item_mat(i).zip(&want, |a, b| a - b).norm();
+        if moved > F32_TOLERANCE / 10.0 * floor {
+            ill_conditioned += 1;
+            continue;
+        }
+        let got = crate::eval::Mat {
+            rows: result.rows,
+            cols: result.cols,
+            data: result.item(i).iter().map(|&x| x as f64).collect(),
+        };
+        let diff = got.zip(&want, |a, b| a - b).norm();
+        let error = if diff.is_nan() {
+            f64::INFINITY
+        } else {
+            diff / floor.max(f64::MIN_POSITIVE)
+        };
+        worst = worst.max(error);
+        compared += 1;
+    }
+    DeviceReport {
+        device: device.into(),
+        against: "reference".into(),
+        max_rel_error: worst,
+        tolerance: F32_TOLERANCE,
+        items_compared: compared,
+        items_ill_conditioned: ill_conditioned,
+        passed: worst <= F32_TOLERANCE,
+    }
+}
+
+/// Inputs moved by one float32 rounding, alternately up and down, entry by entry.
+pub fn perturb(inputs: &[Batch<f64>]) -> Vec<Batch<f64>> {
+    let step = f32::EPSILON as f64;
+    inputs
+        .iter()
+        .map(|b| Batch {
+            data: b
+                .data
+                .iter()
+                .enumerate()
+                .map(|(k, &x)| x * if k % 2 == 0 { 1.0 + step } else { 1.0 - step })
+                .collect(),
+            ..b.clone()
+        })
+        .collect()
+}
+
+/// Each value rounded to float32 and back, so that every device reads the same numbers.
+pub fn round_to_f32(inputs: &[Batch<f64>]) -> Vec<Batch<f64>> {
+    inputs
+        .iter()
+        .map(|b| Batch {
+            data: b.data.iter().map(|&x| x as f32 as f64).collect(),
+            ..b.clone()
+        })
+        .collect()
+}
+
+/// The same batch in float32.
+pub fn to_f32(b: &Batch<f64>) -> Batch<f32> {
+    Batch {
+        batch: b.batch,
+        rows: b.rows,
+        cols: b.cols,
+        data: b.data.iter().map(|&x| x as f32).collect(),
+    }
+}

@@ -1,0 +1,487 @@
+//! The fast CPU executor: float32, multithreaded over blocks of batch items.
+//!
+//! In: a [`Plan`] and its inputs as float32 batches. Out: every output for every item, as the
+//! reference would compute it up to float32 rounding. Method: steps run in plan order; a
+//! shared step is computed once, in float64, and rounded (the hoisted work is small and this
+//! keeps it exact); a batched step runs over blocks of [`BLOCK`] items in parallel (rayon),
+//! each block with its scratch allocated once, never per item. Products of a shared matrix
+//! with a batched vector, and of a batched matrix with a shared one, are one GEMM per block
+//! (matrixmultiply); other per-item work is tight loops over small matrices.
+//! Invariant: results do not depend on the block size or the thread count beyond float32
+//! rounding of independent items (each item is computed by the same code in the same order).
+
+use std::borrow::Cow;
+
+use rayon::prelude::*;
+
+use crate::batch::Batch;
+use crate::eval::{apply, Mat};
+use crate::expr::{Func, Node};
+use crate::plan::{Plan, Step};
+
+/// Items per parallel block.
+pub const BLOCK: usize = 256;
+
+/// Runs `plan`; `inputs[k]` is the value of `plan.inputs()[k]`.
+pub fn run_cpu(plan: &Plan, inputs: &[&Batch<f32>], batch: usize) -> Vec<Batch<f32>> {
+    let steps = plan.steps();
+    let mut buffers: Vec<Cow<[f32]>> = Vec::with_capacity(steps.len());
+    for step in steps {
+        let buffer = match step.input {
+            Some(k) => Cow::Borrowed(inputs[k].data.as_slice()),
+            None if !step.batched => Cow::Owned(shared_step(step, &buffers, steps)),
+            None => Cow::Owned(batched_step(step, &buffers, steps, batch)),
+        };
+        buffers.push(buffer);
+    }
+    plan.outputs()
+        .iter()
+        .map(|&o| {
+            let step = &steps[o];
+            Batch {
+                batch: step.batched.then_some(batch),
+                rows: step.rows,
+                cols: step.cols,
+                data: buffers[o].to_vec(),
+            }
+        })
+        .collect()
+}
+
+/// A shared step: once, in float64.
+fn shared_step(step: &Step, buffers: &[Cow<[f32]>], steps: &[Step]) -> Vec<f32> {
+    let args: Vec<Mat> = step
+        .args
+        .iter()
+        .map(|&a| Mat {
+            rows: steps[a].rows,
+            cols: steps[a].cols,
+            data: buffers[a].iter().map(|&x| x as f64).collect(),
+        })
+        .collect();
+    let refs: Vec<&Mat> = args.iter().collect();
+    apply(&step.node, &refs, step.rows, step.cols)
+        .data
+        .into_iter()
+        .map(|x| x as f32)
+        .collect()
+}
+
+/// An argument as a kernel sees it: one value for all items, or one per item.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    len: usize,
+    batched: bool,
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> View<'a> {
+    fn item(&self, i: usize) -> &'a [f32] {
+        if self.batched {
+            &self.data[i * self.len..(i + 1) * self.len]
+        } else {
+            &self.data[..self.len]
+        }
+    }
+
+    /// The items `first..first+count` (batched views only).
+    fn block(&self, first: usize, count: usize) -> &'a [f32] {
+        &self.data[first * self.len..(first + count) * self.len]
+    }
+}
+
+fn batched_step(step: &Step, buffers: &[Cow<[f32]>], steps: &[Step], batch: usize) -> Vec<f32> {
+    let views: Vec<View> = step
+        .args
+        .iter()
+        .map(|&a| View {
+            data: &buffers[a],
+            len: steps[a].len(),
+            batched: steps[a].batched,
+            rows: steps[a].rows,
+            cols: steps[a].cols,
+        })
+        .collect();
+    let len = step.len();
+    let mut out = vec![0f32; batch * len];
+    out.par_chunks_mut(BLOCK * len.max(1))
+        .enumerate()
+        .for_each(|(b, chunk)| {
+            let first = b * BLOCK;
+            let count = chunk.len() / len.max(1);
+            run_block(step, &views, first, count, chunk);
+        });
+    out
+}
+
+/// One block of items of one step.
+fn run_block(step: &Step, args: &[View], first: usize, count: usize, out: &mut [f32]) {
+    let len = step.len();
+    let per_item = |out: &mut [f32], f: &mut dyn FnMut(usize, &mut [f32])| {
+        for (k, o) in out.chunks_mut(len).enumerate() {
+            f(first + k, o);
+        }
+    };
+    match step.node {
+        Node::Add(..) => per_item(out, &mut |i, o| {
+            zip_into(o, args[0].item(i), args[1].item(i), |x, y| x + y)
+        }),
+        Node::Hadamard(..) => per_item(out, &mut |i, o| {
+            zip_into(o, args[0].item(i), args[1].item(i), |x, y| x * y)
+        }),
+        Node::ElemDiv(..) => per_item(out, &mut |i, o| {
+            zip_into(o, args[0].item(i), args[1].item(i), |x, y| x / y)
+        }),
+        Node::Neg(_) => per_item(out, &mut |i, o| map_into(o, args[0].item(i), |x| -x)),
+        Node::Map(f, _) => per_item(out, &mut |i, o| {
+            map_into(o, args[0].item(i), |x| apply_f32(f, x))
+        }),
+        Node::Scale(..) => per_item(out, &mut |i, o| {
+            let s = args[0].item(i)[0];
+            map_into(o, args[1].item(i), |x| s * x)
+        }),
+        Node::Div(..) => per_item(out, &mut |i, o| {
+            let s = args[1].item(i)[0];
+            map_into(o, args[0].item(i), |x| x / s)
+        }),
+        Node::Pow(..) => per_item(out, &mut |i, o| {
+            o[0] = args[0].item(i)[0].powf(args[1].item(i)[0])
+        }),
+        Node::ElemPow(..) => per_item(out, &mut |i, o| {
+            let (base, exponent) = (args[0].item(i), args[1].item(i));
+            if exponent.len() == 1 {
+                let e = exponent[0];
+                map_into(o, base, |x| x.powf(e))
+            } else {
+                zip_into(o, base, exponent, f32::powf)
+            }
+        }),
+        Node::Transpose(_) => {
+            let (r, c) = (args[0].rows, args[0].cols);
+            per_item(out, &mut |i, o| {
+                let a = args[0].item(i);
+                for p in 0..r {
+                    for q in 0..c {
+                        o[q * r + p] = a[p * c + q];
+                    }
+                }
+            })
+        }
+        Node::MatMul(..) => matmul_block(args[0], args[1], first, count, out),
+        Node::MatPow(_, k) => {
+            let n = step.rows;
+            let mut scratch = vec![0f32; n * n];
+            per_item(out, &mut |i, o| {
+                let a = args[0].item(i);
+                o.copy_from_slice(a);
+                for _ in 1..k {
+                    scratch.copy_from_slice(o);
+                    gemm(n, n, n, &scratch, n, 1, a, n, 1, o, n);
+                }
+            })
+        }
+        Node::Sum(_) => per_item(out, &mut |i, o| {
+            o[0] = args[0].item(i).iter().map(|&x| x as f64).sum::<f64>() as f32
+        }),
+        Node::Norm1(_) => per_item(out, &mut |i, o| {
+            o[0] = args[0].item(i).iter().map(|&x| x.abs() as f64).sum::<f64>() as f32
+        }),
+        Node::Norm2(_) => per_item(out, &mut |i, o| {
+            o[0] = args[0]
+                .item(i)
+                .iter()
+                .map(|&x| (x as f64) * (x as f64))
+                .sum::<f64>()
+                .sqrt() as f32
+        }),
+        Node::Trace(_) => {
+            let n = args[0].rows;
+            per_item(out, &mut |i, o| {
+                let a = args[0].item(i);
+                o[0] = (0..n).map(|p| a[p * n + p]).sum()
+            })
+        }
+        Node::Det(_) | Node::LogDet(_) | Node::Inv(_) => {
+            let n = args[0].rows;
+            let mut lu = LuScratch::new(n);
+            let node = step.node;
+            per_item(out, &mut |i, o| {
+                lu.factor(args[0].item(i));
+                match node {
+                    Node::Det(_) => o[0] = lu.det(),
+                    Node::LogDet(_) => o[0] = lu.log_det(),
+                    _ => lu.inverse_into(o),
+                }
+            })
+        }
+        Node::Diag(_) => {
+            let n = step.rows;
+            per_item(out, &mut |i, o| {
+                o.fill(0.0);
+                for (p, &v) in args[0].item(i).iter().enumerate() {
+                    o[p * n + p] = v;
+                }
+            })
+        }
+        Node::DiagPart(_) => {
+            let n = step.rows;
+            per_item(out, &mut |i, o| {
+                let a = args[0].item(i);
+                for p in 0..n {
+                    o[p] = a[p * n + p];
+                }
+            })
+        }
+        // Inputs and constants are never batched steps.
+        Node::Var(_) | Node::Const(_) | Node::Fill(..) | Node::Eye(_) => out.fill(f32::NAN),
+    }
+}
+
+fn zip_into(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = f(x, y);
+    }
+}
+
+fn map_into(out: &mut [f32], a: &[f32], f: impl Fn(f32) -> f32) {
+    for (o, &x) in out.iter_mut().zip(a) {
+        *o = f(x);
+    }
+}
+
+/// The element-wise functions in float32.
+pub fn apply_f32(f: Func, x: f32) -> f32 {
+    match f {
+        Func::Sin => x.sin(),
+        Func::Cos => x.cos(),
+        Func::Tan => x.tan(),
+        Func::Arcsin => x.asin(),
+        Func::Arccos => x.acos(),
+        Func::Arctan => x.atan(),
+        Func::Exp => x.exp(),
+        Func::Log => x.ln(),
+        Func::Tanh => x.tanh(),
+        Func::Abs => x.abs(),
+        Func::Sqrt => x.sqrt(),
+        Func::Sign | Func::Relu => f.apply(x as f64) as f32,
+    }
+}
+
+/// `C = A*B` for row-major `A` (m×k, row stride `rsa`, column stride `csa`), `B` (k×n) and
+/// `C` (m×n, contiguous rows of stride `rsc`).
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    rsb: usize,
+    csb: usize,
+    c: &mut [f32],
+    rsc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // The last element each operand is read or written at must be inside its slice.
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
+        (rows - 1) * rs + cols.saturating_sub(1) * cs
+    };
+    assert!(
+        k == 0 || last(m, k, rsa, csa) < a.len(),
+        "gemm: A out of bounds"
+    );
+    assert!(
+        k == 0 || last(k, n, rsb, csb) < b.len(),
+        "gemm: B out of bounds"
+    );
+    assert!(last(m, n, rsc, 1) < c.len(), "gemm: C out of bounds");
+    // SAFETY: the asserts above keep every access of the strided operands inside the slices.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            0.0,
+            c.as_mut_ptr(),
+            rsc as isize,
+            1,
+        );
+    }
+}
+
+/// The product step for a block: one GEMM for shared×batched-vector and batched×shared,
+/// a small GEMM per item otherwise.
+fn matmul_block(a: View, b: View, first: usize, count: usize, out: &mut [f32]) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    match (a.batched, b.batched) {
+        (false, true) if n == 1 => {
+            // Y (count×m) = X (count×k) · Aᵀ: items are the rows of one product.
+            gemm(
+                count,
+                k,
+                m,
+                b.block(first, count),
+                k,
+                1,
+                a.data,
+                1,
+                k,
+                out,
+                m,
+            );
+        }
+        (true, false) => {
+            // Stack the items' rows: (count·m × k) · (k × n).
+            gemm(
+                count * m,
+                k,
+                n,
+                a.block(first, count),
+                k,
+                1,
+                b.data,
+                n,
+                1,
+                out,
+                n,
+            );
+        }
+        _ => {
+            for (j, o) in out.chunks_mut(m * n).enumerate() {
+                let i = first + j;
+                gemm(m, k, n, a.item(i), k, 1, b.item(i), n, 1, o, n);
+            }
+        }
+    }
+}
+
+/// LU with partial pivoting of one small matrix, reusing its buffers across items.
+struct LuScratch {
+    n: usize,
+    lu: Vec<f32>,
+    perm: Vec<usize>,
+    sign: f32,
+    singular: bool,
+    column: Vec<f32>,
+}
+
+impl LuScratch {
+    fn new(n: usize) -> LuScratch {
+        LuScratch {
+            n,
+            lu: vec![0.0; n * n],
+            perm: (0..n).collect(),
+            sign: 1.0,
+            singular: false,
+            column: vec![0.0; n],
+        }
+    }
+
+    fn factor(&mut self, a: &[f32]) {
+        let n = self.n;
+        self.lu.copy_from_slice(a);
+        self.perm.iter_mut().enumerate().for_each(|(i, p)| *p = i);
+        self.sign = 1.0;
+        self.singular = false;
+        let lu = &mut self.lu;
+        for col in 0..n {
+            let (mut pivot, mut best) = (col, lu[col * n + col].abs());
+            for row in col + 1..n {
+                let v = lu[row * n + col].abs();
+                if v > best {
+                    best = v;
+                    pivot = row;
+                }
+            }
+            if best == 0.0 || !best.is_finite() {
+                self.singular = true;
+                continue;
+            }
+            if pivot != col {
+                for j in 0..n {
+                    lu.swap(col * n + j, pivot * n + j);
+                }
+                self.perm.swap(col, pivot);
+                self.sign = -self.sign;
+            }
+            let d = lu[col * n + col];
+            for row in col + 1..n {
+                let factor = lu[row * n + col] / d;
+                lu[row * n + col] = factor;
+                for j in col + 1..n {
+                    lu[row * n + j] -= factor * lu[col * n + j];
+                }
+            }
+        }
+    }
+
+    fn det(&self) -> f32 {
+        if self.singular {
+            return 0.0;
+        }
+        (0..self.n)
+            .map(|i| self.lu[i * self.n + i])
+            .product::<f32>()
+            * self.sign
+    }
+
+    fn log_det(&self) -> f32 {
+        if self.singular {
+            return f32::NEG_INFINITY;
+        }
+        let mut sign = self.sign;
+        let mut sum = 0f64;
+        for i in 0..self.n {
+            let d = self.lu[i * self.n + i];
+            if d < 0.0 {
+                sign = -sign;
+            }
+            sum += (d.abs() as f64).ln();
+        }
+        if sign > 0.0 {
+            sum as f32
+        } else {
+            f32::NAN
+        }
+    }
+
+    fn inverse_into(&mut self, out: &mut [f32]) {
+        let n = self.n;
+        if self.singular {
+            out.fill(f32::NAN);
+            return;
+        }
+        for col in 0..n {
+            let x = &mut self.column;
+            for (i, xi) in x.iter_mut().enumerate() {
+                *xi = if self.perm[i] == col { 1.0 } else { 0.0 };
+            }
+            for i in 0..n {
+                let row = &self.lu[i * n..i * n + i];
+                let s: f32 = row.iter().zip(&x[..i]).map(|(l, v)| l * v).sum();
+                x[i] -= s;
+            }
+            for i in (0..n).rev() {
+                let row = &self.lu[i * n + i + 1..(i + 1) * n];
+                let s: f32 = row.iter().zip(&x[i + 1..]).map(|(u, v)| u * v).sum();
+                x[i] = (x[i] - s) / self.lu[i * n + i];
+            }
+            for (i, &v) in x.iter().enumerate() {
+                out[i * n + col] = v;
+            }
+        }
+    }
+}

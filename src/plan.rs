@@ -1,0 +1,346 @@
+//! Stage 6: derived formula → evaluation plan, the IR that every executor runs.
+//!
+//! In: a [`Graph`], the nodes to compute (the derivative, optionally the function value),
+//! a size for every dimension and, for every variable, whether it is *shared* (one value for
+//! the whole batch) or *batched* (one value per item). Out: a [`Plan`]: the steps in
+//! topological order, each an operation of the graph with concrete sizes and a `batched`
+//! flag. Invariants, checked once by [`Plan::new`] (a `Plan` cannot be built any other way):
+//! every argument comes before its step; sizes fit the operation; a step is batched exactly
+//! when one of its arguments (or, for an input, its variable) is; so everything that depends
+//! only on shared inputs is computed once per batch (hoisting). Common subexpressions are
+//! shared because the graph is hash-consed: a node is one step however often it is used.
+
+use std::collections::HashMap;
+
+use crate::expr::{Graph, Id, Node};
+
+/// One variable the plan reads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanInput {
+    pub name: String,
+    pub var: u32,
+    pub rows: usize,
+    pub cols: usize,
+    pub batched: bool,
+}
+
+/// One operation of the plan; `args` index earlier steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// The graph node (its own argument handles are not used: see `args`).
+    pub node: Node,
+    pub args: Vec<usize>,
+    pub rows: usize,
+    pub cols: usize,
+    pub batched: bool,
+    /// For a `Var` node, its index in [`Plan::inputs`].
+    pub input: Option<usize>,
+}
+
+impl Step {
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A validated evaluation plan.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    steps: Vec<Step>,
+    inputs: Vec<PlanInput>,
+    outputs: Vec<usize>,
+}
+
+/// Why a plan could not be built.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error("dimension `{0}` has no size")]
+    UnsizedDimension(String),
+    #[error("step {step}: {why}")]
+    Invalid { step: usize, why: String },
+}
+
+/// Floating-point operations and the bytes a plan must move at least, for one batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cost {
+    /// Operations done once per batch (the hoisted, shared-only work).
+    pub flops_shared: f64,
+    /// Operations done for each item.
+    pub flops_per_item: f64,
+    /// Bytes of shared inputs read once (f32).
+    pub bytes_shared: f64,
+    /// Bytes of batched inputs read and outputs written per item (f32).
+    pub bytes_per_item: f64,
+}
+
+impl Cost {
+    pub fn flops(&self, batch: usize) -> f64 {
+        self.flops_shared + self.flops_per_item * batch as f64
+    }
+
+    pub fn bytes(&self, batch: usize) -> f64 {
+        self.bytes_shared + self.bytes_per_item * batch as f64
+    }
+}
+
+impl Plan {
+    /// Lowers `outputs` of `graph`, with `dim_sizes[i]` the size of dimension `i` and
+    /// `batched[v]` whether variable `v` is batched, and validates the result.
+    pub fn new(
+        graph: &Graph,
+        outputs: &[Id],
+        dim_sizes: &[usize],
+        batched: &[bool],
+    ) -> Result<Plan, PlanError> {
+        for (i, d) in graph.dims.iter().enumerate() {
+            if dim_sizes.get(i).is_none_or(|&s| s == 0) {
+                return Err(PlanError::UnsizedDimension(d.name.clone()));
+            }
+        }
+        let env = crate::eval::Env {
+            dim_sizes: dim_sizes.to_vec(),
+            values: vec![],
+        };
+        let mut index: HashMap<Id, usize> = HashMap::new();
+        let mut steps: Vec<Step> = Vec::new();
+        let mut inputs: Vec<PlanInput> = Vec::new();
+        for &root in outputs {
+            for id in graph.topo_order(root) {
+                if index.contains_key(&id) {
+                    continue;
+                }
+                let node = graph.node(id);
+                let (rows, cols) = env.dims_of(graph.shape(id));
+                let args: Vec<usize> = node.args().into_iter().map(|a| index[&a]).collect();
+                let (is_batched, input) = match node {
+                    Node::Var(v) => {
+                        let var = &graph.vars[v as usize];
+                        let b = batched.get(v as usize).copied().unwrap_or(false);
+                        inputs.push(PlanInput {
+                            name: var.name.clone(),
+                            var: v,
+                            rows,
+                            cols,
+                            batched: b,
+                        });
+                        (b, Some(inputs.len() - 1))
+                    }
+                    _ => (args.iter().any(|&a| steps[a].batched), None),
+                };
+                index.insert(id, steps.len());
+                steps.push(Step {
+                    node,
+                    args,
+                    rows,
+                    cols,
+                    batched: is_batched,
+                    input,
+                });
+            }
+        }
+        let outputs = outputs.iter().map(|o| index[o]).collect();
+        let plan = Plan {
+            steps,
+            inputs,
+            outputs,
+        };
+        plan.validate()?;
+        Ok(plan)
+    }
+
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    pub fn inputs(&self) -> &[PlanInput] {
+        &self.inputs
+    }
+
+    pub fn outputs(&self) -> &[usize] {
+        &self.outputs
+    }
+
+    /// Whether any input is batched (else the batch is one item with no leading axis).
+    pub fn is_batched(&self) -> bool {
+        self.inputs.iter().any(|i| i.batched)
+    }
+
+    fn validate(&self) -> Result<(), PlanError> {
+        for (i, step) in self.steps.iter().enumerate() {
+            let fail = |why: String| Err(PlanError::Invalid { step: i, why });
+            if step.args.iter().any(|&a| a >= i) {
+                return fail("an argument does not come before its step".into());
+            }
+            let arg = |k: usize| &self.steps[step.args[k]];
+            let size = |k: usize| (arg(k).rows, arg(k).cols);
+            let (r, c) = (step.rows, step.cols);
+            let ok = match step.node {
+                Node::Var(_) => step.input.is_some_and(|k| {
+                    let input = &self.inputs[k];
+                    (input.rows, input.cols, input.batched) == (r, c, step.batched)
+                }),
+                Node::Const(_) => (r, c) == (1, 1),
+                Node::Fill(..) => true,
+                Node::Eye(_) => r == c,
+                Node::Add(..) | Node::Hadamard(..) | Node::ElemDiv(..) => {
+                    size(0) == (r, c) && size(1) == (r, c)
+                }
+                Node::Neg(_) | Node::Map(..) => size(0) == (r, c),
+                Node::MatMul(..) => size(0).0 == r && size(1).1 == c && size(0).1 == size(1).0,
+                Node::Scale(..) => size(0) == (1, 1) && size(1) == (r, c),
+                Node::Div(..) => size(1) == (1, 1) && size(0) == (r, c),
+                Node::Pow(..) => size(0) == (1, 1) && size(1) == (1, 1) && (r, c) == (1, 1),
+                Node::ElemPow(..) => size(0) == (r, c) && (size(1) == (r, c) || size(1) == (1, 1)),
+                Node::MatPow(..) | Node::Inv(_) => size(0) == (r, c) && r == c,
+                Node::Transpose(_) => size(0) == (c, r),
+                Node::Sum(_) | Node::Norm1(_) | Node::Norm2(_) => (r, c) == (1, 1),
+                Node::Trace(_) | Node::Det(_) | Node::LogDet(_) => {
+                    (r, c) == (1, 1) && size(0).0 == size(0).1
+                }
+                Node::Diag(_) => size(0) == (r, 1) && r == c,
+                Node::DiagPart(_) => size(0) == (r, r) && c == 1,
+            };
+            if !ok {
+                return fail(format!("sizes do not fit {:?}", step.node));
+            }
+            let expected_batched = match step.node {
+                Node::Var(_) => step.batched,
+                _ => step.args.iter().any(|&a| self.steps[a].batched),
+            };
+            if expected_batched != step.batched {
+                return fail("batched flag does not follow the arguments".into());
+            }
+        }
+        if self.outputs.iter().any(|&o| o >= self.steps.len()) {
+            return Err(PlanError::Invalid {
+                step: self.steps.len(),
+                why: "an output is not a step".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The operations and bytes of one batch.
+    pub fn cost(&self) -> Cost {
+        let mut cost = Cost::default();
+        for step in &self.steps {
+            let flops = step_flops(self, step);
+            if step.batched {
+                cost.flops_per_item += flops;
+            } else {
+                cost.flops_shared += flops;
+            }
+        }
+        for input in &self.inputs {
+            let bytes = 4.0 * (input.rows * input.cols) as f64;
+            if input.batched {
+                cost.bytes_per_item += bytes;
+            } else {
+                cost.bytes_shared += bytes;
+            }
+        }
+        for &o in &self.outputs {
+            let step = &self.steps[o];
+            let bytes = 4.0 * step.len() as f64;
+            if step.batched {
+                cost.bytes_per_item += bytes;
+            } else {
+                cost.bytes_shared += bytes;
+            }
+        }
+        cost
+    }
+}
+
+/// The floating-point operations of one evaluation of a step (per item if batched).
+fn step_flops(plan: &Plan, step: &Step) -> f64 {
+    let n = step.len() as f64;
+    let arg = |k: usize| &plan.steps[step.args[k]];
+    match step.node {
+        Node::Var(_) | Node::Const(_) | Node::Fill(..) | Node::Eye(_) => 0.0,
+        Node::Transpose(_) | Node::Diag(_) | Node::DiagPart(_) => 0.0,
+        Node::MatMul(..) => 2.0 * (step.rows * arg(0).cols * step.cols) as f64,
+        Node::MatPow(_, k) => 2.0 * (k.saturating_sub(1) as f64) * (step.rows as f64).powi(3),
+        Node::Sum(_) | Node::Norm1(_) => arg(0).len() as f64,
+        Node::Norm2(_) => 2.0 * arg(0).len() as f64,
+        Node::Trace(_) => arg(0).rows as f64,
+        Node::Det(_) | Node::LogDet(_) => 2.0 / 3.0 * (arg(0).rows as f64).powi(3),
+        Node::Inv(_) => 2.0 * (step.rows as f64).powi(3),
+        _ => n,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::{differentiate, Layout, Request};
+    use crate::types::check_program;
+
+    fn gradient_plan(source: &str, wrt: &str, batched: &[&str]) -> Plan {
+        let p = check_program(source).unwrap();
+        let d = differentiate(p, wrt, &Request::Derivative, Layout::Gradient).unwrap();
+        let g = &d.program.graph;
+        let flags: Vec<bool> = g
+            .vars
+            .iter()
+            .map(|v| batched.contains(&v.name.as_str()))
+            .collect();
+        let sizes = crate::verify::dimension_sizes(g);
+        Plan::new(g, &[d.node, d.program.root], &sizes, &flags).unwrap()
+    }
+
+    #[test]
+    fn shared_work_is_hoisted() {
+        // (C+C')*X*a*a' with C and a shared: C+C' and a*a' are computed once per batch.
+        let plan = gradient_plan(
+            "C: matrix(4,4); X: matrix(4,4); a: vector(4); a'*X'*C*X*a",
+            "X",
+            &["X"],
+        );
+        let shared_sums = plan
+            .steps()
+            .iter()
+            .filter(|s| matches!(s.node, Node::Add(..)) && !s.batched)
+            .count();
+        assert_eq!(shared_sums, 1, "C+C' is one shared step");
+        let cost = plan.cost();
+        assert!(cost.flops_shared > 0.0 && cost.flops_per_item > 0.0);
+    }
+
+    #[test]
+    fn common_subexpressions_are_one_step() {
+        let plan = gradient_plan(
+            "A: matrix(3,2); x: vector(2); b: vector(3); (A*x+b)'*(A*x+b)",
+            "x",
+            &["x"],
+        );
+        let products = plan
+            .steps()
+            .iter()
+            .filter(|s| matches!(s.node, Node::MatMul(..)) && s.rows == 3 && s.cols == 1)
+            .count();
+        assert_eq!(
+            products, 1,
+            "A*x is computed once for the value and the gradient"
+        );
+    }
+
+    #[test]
+    fn cost_counts_matrix_products() {
+        let plan = gradient_plan(
+            "A: matrix(64,64); x: vector(64); b: vector(64); (A*x+b)'*(A*x+b)",
+            "x",
+            &["x"],
+        );
+        let cost = plan.cost();
+        // At least A*x and A'*(...) per item: 2 * 2*64*64 operations.
+        assert!(cost.flops_per_item >= 4.0 * 64.0 * 64.0, "{cost:?}");
+        // x in, gradient out per item; A and b shared.
+        assert_eq!(cost.bytes_per_item, 4.0 * (64.0 + 64.0 + 1.0));
+        assert_eq!(cost.bytes_shared, 4.0 * (64.0 * 64.0 + 64.0));
+    }
+}

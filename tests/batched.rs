@@ -1,0 +1,272 @@
+//! Batched evaluation: the reference equals the per-item loop for every shared/batched
+//! assignment; the float32 CPU path matches the reference on the whole catalog and on
+//! random programs, with batch sizes 1, odd sizes and sizes that cross a block boundary.
+
+use matgrad::batch::{non_finite_items, run_reference, Batch};
+use matgrad::catalog::CASES;
+use matgrad::check::{device_against_reference, perturb, round_to_f32, to_f32, F32_TOLERANCE};
+use matgrad::cpu::{run_cpu, BLOCK};
+use matgrad::diff::{differentiate, Derivative, Layout, Request};
+use matgrad::eval::{evaluate, Env};
+use matgrad::generate::{random_program, Class};
+use matgrad::plan::Plan;
+use matgrad::types::check_program;
+use matgrad::verify::{dimension_sizes, random_point, relative_error};
+
+/// Per-item points: shared variables take item 0's value.
+fn points(d: &Derivative, batched: &[bool], batch: usize, seed: u64) -> Vec<Env> {
+    let g = &d.program.graph;
+    let sizes = dimension_sizes(g);
+    let base = random_point(g, &sizes, seed);
+    (0..batch)
+        .map(|i| {
+            let mut env = random_point(g, &sizes, seed * 10_007 + i as u64 + 1);
+            for (v, value) in env.values.iter_mut().enumerate() {
+                if !batched[v] {
+                    value.clone_from(&base.values[v]);
+                }
+            }
+            env
+        })
+        .collect()
+}
+
+/// The plan's inputs as batches built from per-item points.
+fn inputs(plan: &Plan, items: &[Env]) -> Vec<Batch<f64>> {
+    plan.inputs()
+        .iter()
+        .map(|input| {
+            let count = if input.batched { items.len() } else { 1 };
+            Batch {
+                batch: input.batched.then_some(items.len()),
+                rows: input.rows,
+                cols: input.cols,
+                data: (0..count)
+                    .flat_map(|i| items[i].values[input.var as usize].clone().unwrap().data)
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn derive(source: &str, wrt: &str, hessian: bool) -> Derivative {
+    let p = check_program(source).unwrap_or_else(|e| panic!("{}", e.render(source)));
+    let request = if hessian {
+        Request::Hessian
+    } else {
+        Request::Derivative
+    };
+    differentiate(p, wrt, &request, Layout::Gradient)
+        .unwrap_or_else(|e| panic!("{source}: {}", e.message))
+}
+
+/// Runs reference and CPU on `d` with the given batched flags; checks the reference against
+/// the per-item evaluator and the CPU against the reference. Returns the CPU's error.
+fn check_batched(d: &Derivative, batched: &[bool], batch: usize, seed: u64, what: &str) -> f64 {
+    let g = &d.program.graph;
+    let sizes = dimension_sizes(g);
+    let plan = Plan::new(g, &[d.node, d.program.root], &sizes, batched).unwrap();
+    let mut items = points(d, batched, batch, seed);
+    let values = round_to_f32(&inputs(&plan, &items));
+    for (input, v) in plan.inputs().iter().zip(&values) {
+        for (i, env) in items.iter_mut().enumerate() {
+            env.values[input.var as usize] = Some(v.item_mat(if input.batched { i } else { 0 }));
+        }
+    }
+    let refs: Vec<&Batch<f64>> = values.iter().collect();
+    let n = if plan.is_batched() { batch } else { 1 };
+    let outputs = run_reference(&plan, &refs, n);
+    for (out, root) in outputs.iter().zip([d.node, d.program.root]) {
+        assert_eq!(
+            out.batch.is_some(),
+            g.depends_on_any(root, batched),
+            "{what}"
+        );
+        for (i, item) in items.iter().enumerate().take(out.items()) {
+            let want = evaluate(g, root, item).unwrap();
+            let got = out.item_mat(i);
+            let same = got
+                .data
+                .iter()
+                .zip(&want.data)
+                .all(|(a, b)| a == b || (a.is_nan() && b.is_nan()));
+            assert!(
+                same,
+                "{what}: item {i} of the batch differs from the per-item evaluation"
+            );
+        }
+    }
+    let values32: Vec<Batch<f32>> = values.iter().map(to_f32).collect();
+    let refs32: Vec<&Batch<f32>> = values32.iter().collect();
+    let cpu = run_cpu(&plan, &refs32, n);
+    let moved = perturb(&values);
+    let moved_refs: Vec<&Batch<f64>> = moved.iter().collect();
+    let perturbed = run_reference(&plan, &moved_refs, n);
+    let mut worst: f64 = 0.0;
+    for ((c, r), p) in cpu.iter().zip(&outputs).zip(&perturbed) {
+        assert_eq!(
+            (c.batch, c.rows, c.cols),
+            (r.batch, r.rows, r.cols),
+            "{what}"
+        );
+        let report = device_against_reference("cpu", c, r, p);
+        assert!(
+            report.items_ill_conditioned * 4 <= r.items().max(4),
+            "{what}: {} of {} items ill-conditioned",
+            report.items_ill_conditioned,
+            r.items()
+        );
+        worst = worst.max(report.max_rel_error);
+    }
+    worst
+}
+
+trait DependsOnAny {
+    fn depends_on_any(&self, root: matgrad::expr::Id, batched: &[bool]) -> bool;
+}
+
+impl DependsOnAny for matgrad::expr::Graph {
+    fn depends_on_any(&self, root: matgrad::expr::Id, batched: &[bool]) -> bool {
+        batched
+            .iter()
+            .enumerate()
+            .any(|(v, &b)| b && self.depends_on(root, v as u32))
+    }
+}
+
+#[test]
+fn every_shared_batched_assignment_equals_the_per_item_loop() {
+    let programs = [
+        (
+            "A: matrix(4,3); x: vector(3); b: vector(4); (A*x+b)'*(A*x+b)",
+            "x",
+            false,
+        ),
+        (
+            "C: matrix(3,3); X: matrix(3,3); a: vector(3); a'*X'*C*X*a",
+            "X",
+            false,
+        ),
+        ("X: spd(3); logdet(X)", "X", false),
+        (
+            "A: matrix(3,3); B: matrix(3,3); X: matrix(3,3); tr(A*X*B*X')",
+            "X",
+            false,
+        ),
+        (
+            "X: matrix(5,3); y: vector(5); w: vector(3); sum(log(vector(1)+exp(-y.*(X*w))))",
+            "w",
+            false,
+        ),
+        (
+            "X: matrix(5,3); y: vector(5); w: vector(3); sum(log(vector(1)+exp(-y.*(X*w))))",
+            "w",
+            true,
+        ),
+        (
+            "A: matrix(3,3); B: matrix(3,3); t: scalar; inv(A+t*B)",
+            "t",
+            false,
+        ),
+    ];
+    for (source, wrt, hessian) in programs {
+        let d = derive(source, wrt, hessian);
+        let vars = d.program.graph.vars_in(d.program.root);
+        for mask in 0..(1u32 << vars.len()) {
+            let mut batched = vec![false; d.program.graph.vars.len()];
+            for (k, &v) in vars.iter().enumerate() {
+                batched[v as usize] = mask & (1 << k) != 0;
+            }
+            for batch in [1, 3] {
+                let what = format!("{source} by {wrt}, batched mask {mask:b}, batch {batch}");
+                let err = check_batched(&d, &batched, batch, 7 + mask as u64, &what);
+                assert!(err < F32_TOLERANCE, "{what}: cpu error {err:.2e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn cpu_matches_reference_on_the_whole_catalog() {
+    for (k, case) in CASES.iter().enumerate() {
+        let source = format!("{} {}", case.decls, case.function);
+        let d = derive(&source, case.wrt, case.hessian);
+        let g = &d.program.graph;
+        // Alternate: only the variable batched; everything batched.
+        let all: Vec<bool> = (0..g.vars.len())
+            .map(|v| g.depends_on(d.program.root, v as u32))
+            .collect();
+        let only: Vec<bool> = (0..g.vars.len()).map(|v| v as u32 == d.wrt).collect();
+        for (batched, batch) in [(only, 5), (all, 1)] {
+            let what = format!("{} {} by {}", case.id, case.function, case.wrt);
+            let err = check_batched(&d, &batched, batch, 100 + k as u64, &what);
+            assert!(err < F32_TOLERANCE, "{what}: cpu error {err:.2e}");
+        }
+    }
+}
+
+#[test]
+fn cpu_matches_reference_on_random_programs() {
+    let sizes = [1, 2, 5, 17, BLOCK + 3];
+    let mut compared = 0;
+    let mut failures = Vec::new();
+    for seed in 1..=380u64 {
+        let class = [Class::Scalar, Class::Scalar, Class::VecN][seed as usize % 3];
+        let generated = random_program(seed + 50_000, 1 + (seed % 4) as usize, class);
+        let p = check_program(&generated.source).unwrap();
+        let Ok(d) = differentiate(p, &generated.wrt, &Request::Derivative, Layout::Gradient) else {
+            continue;
+        };
+        let g = &d.program.graph;
+        // A random shared/batched assignment from the seed's bits.
+        let batched: Vec<bool> = (0..g.vars.len())
+            .map(|v| (seed >> (v % 8)) & 1 == 1 || v as u32 == d.wrt)
+            .collect();
+        let batch = sizes[seed as usize % sizes.len()];
+        let what = format!(
+            "seed {seed}: d/d{} of `{}` (batch {batch})",
+            generated.wrt, generated.source
+        );
+        let err = check_batched(&d, &batched, batch, seed, &what);
+        compared += 1;
+        if err > F32_TOLERANCE {
+            failures.push(format!(
+                "{what}: cpu relative error {err:.2e}\n  derivative {}",
+                d.text()
+            ));
+        }
+    }
+    assert!(compared >= 300, "only {compared} programs compared");
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn non_finite_items_do_not_spoil_the_others() {
+    let d = derive("X: matrix(3,3); logdet(X)", "X", false);
+    let g = &d.program.graph;
+    let batched = vec![true];
+    let plan = Plan::new(g, &[d.node], &dimension_sizes(g), &batched).unwrap();
+    let mut items = points(&d, &batched, 4, 3);
+    // Item 1 singular, item 2 with a NaN.
+    items[1].values[0] = Some(matgrad::eval::Mat::from_fn(3, 3, |i, j| {
+        ((i + 1) * (j + 1)) as f64
+    }));
+    items[2].values[0].as_mut().unwrap().data[4] = f64::NAN;
+    let values = inputs(&plan, &items);
+    let refs: Vec<&Batch<f64>> = values.iter().collect();
+    let reference = run_reference(&plan, &refs, 4).remove(0);
+    assert_eq!(non_finite_items(&reference), vec![1, 2]);
+    let values32: Vec<Batch<f32>> = values.iter().map(to_f32).collect();
+    let refs32: Vec<&Batch<f32>> = values32.iter().collect();
+    let cpu = run_cpu(&plan, &refs32, 4).remove(0);
+    assert_eq!(non_finite_items(&cpu), vec![1, 2]);
+    for i in [0, 3] {
+        let want = evaluate(g, d.node, &items[i]).unwrap();
+        assert!(relative_error(&reference.item_mat(i), &want) == 0.0);
+    }
+}

@@ -1,0 +1,288 @@
+//! `matgrad eval` and `matgrad check` on NumPy files written by NumPy
+//! (`tests/fixtures/make_fixtures.py`), against expected outputs computed by NumPy from the
+//! closed forms; and every bad-file case: exit status 2, a message naming the array and the
+//! shapes, and no output file left behind.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn out_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("matgrad-test-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn matgrad(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_matgrad"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Reads a .npy written by NumPy or matgrad: (shape, values as f64, dtype descriptor).
+fn load(path: &Path) -> (Vec<usize>, Vec<f64>, String) {
+    let bytes = std::fs::read(path).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = npy.shape().iter().map(|&d| d as usize).collect();
+    let descr = npy.dtype().descr();
+    let data = if descr.contains("f4") {
+        npy.into_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect()
+    } else {
+        npy.into_vec::<f64>().unwrap()
+    };
+    (shape, data, descr)
+}
+
+fn max_rel(a: &[f64], b: &[f64]) -> f64 {
+    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    a.iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs() / scale))
+}
+
+fn eval(
+    program: &str,
+    wrt: &str,
+    inputs: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> (i32, String, PathBuf) {
+    let out = dir.join("out.npy");
+    let inputs = fixture(inputs);
+    let mut args = vec![
+        "eval",
+        program,
+        "--wrt",
+        wrt,
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (code, _, err) = matgrad(&args);
+    (code, err, out)
+}
+
+#[test]
+fn least_squares_batch_matches_numpy() {
+    let dir = out_dir("lsq");
+    let value = dir.join("value.npy");
+    let (code, err, out) = eval(
+        "(A*x+b)'*(A*x+b)",
+        "x",
+        "lsq.npz",
+        &dir,
+        &["--value-out", value.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (shape, got, descr) = load(&out);
+    let (want_shape, want, _) = load(&fixture("lsq_expected_grad.npy"));
+    assert_eq!(
+        (shape, descr.contains("f4")),
+        (want_shape, true),
+        "float32 (B, n) from the cpu path"
+    );
+    assert!(max_rel(&got, &want) < 1e-5);
+    let (vshape, vgot, _) = load(&value);
+    let (_, vwant, _) = load(&fixture("lsq_expected_value.npy"));
+    assert_eq!(vshape, vec![5]);
+    assert!(max_rel(&vgot, &vwant) < 1e-5);
+}
+
+#[test]
+fn reference_device_writes_float64() {
+    let dir = out_dir("reference");
+    let (code, err, out) = eval(
+        "(A*x+b)'*(A*x+b)",
+        "x",
+        "lsq.npz",
+        &dir,
+        &["--device", "reference"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (_, got, descr) = load(&out);
+    let (_, want, _) = load(&fixture("lsq_expected_grad.npy"));
+    assert!(descr.contains("f8"));
+    assert!(max_rel(&got, &want) < 1e-12);
+}
+
+#[test]
+fn fortran_order_and_compressed_archives() {
+    let dir = out_dir("fortran");
+    let (code, err, out) = eval(
+        "logdet(X)",
+        "X",
+        "logdet_fortran.npz",
+        &dir,
+        &["--device", "reference"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (shape, got, _) = load(&out);
+    let (_, want, _) = load(&fixture("logdet_expected.npy"));
+    assert_eq!(shape, vec![3, 4, 4]);
+    assert!(max_rel(&got, &want) < 1e-12);
+
+    let (code, err, out) = eval(
+        "a: vector; a'*X'*C*X*a",
+        "X",
+        "quadform_compressed.npz",
+        &dir,
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (shape, got, _) = load(&out);
+    let (_, want, _) = load(&fixture("quadform_expected.npy"));
+    assert_eq!(shape, vec![2, 3, 3]);
+    assert!(max_rel(&got, &want) < 1e-5);
+}
+
+#[test]
+fn bad_files_exit_2_with_a_clear_message_and_no_output() {
+    let cases = [
+        ("int_dtype.npz", "array `x` in"),
+        (
+            "int_dtype.npz",
+            "has dtype int64: expected float32 or float64",
+        ),
+        (
+            "batch_mismatch.npz",
+            "batched arrays must agree on the batch size",
+        ),
+        (
+            "wrong_rank.npz",
+            "array `x` has shape [2, 5, 3], but `x` is a vector",
+        ),
+        (
+            "wrong_size.npz",
+            "array `b` has shape [5]: its dimension `m` is 5, but array `A` makes `m` 4",
+        ),
+        ("missing.npz", "no array for variable `b`"),
+        ("does_not_exist.npz", "cannot open"),
+    ];
+    for (file, message) in cases {
+        let dir = out_dir(&format!("bad-{}", file.replace('.', "-")));
+        let (code, err, out) = eval("(A*x+b)'*(A*x+b)", "x", file, &dir, &[]);
+        assert_eq!(code, 2, "{file}: {err}");
+        assert!(err.contains(message), "{file}: {err}");
+        assert!(!out.exists(), "{file}: no output file");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "{file}: nothing half-written"
+        );
+    }
+}
+
+#[test]
+fn corrupt_and_truncated_archives_exit_2() {
+    let dir = out_dir("corrupt");
+    let bytes = std::fs::read(fixture("lsq.npz")).unwrap();
+    for (name, content) in [
+        ("truncated.npz", bytes[..bytes.len() / 2].to_vec()),
+        ("garbage.npz", b"this is not a zip archive".to_vec()),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        let out = dir.join("out.npy");
+        let (code, _, err) = matgrad(&[
+            "eval",
+            "(A*x+b)'*(A*x+b)",
+            "--wrt",
+            "x",
+            "--inputs",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 2, "{name}: {err}");
+        assert!(err.contains("corrupt or truncated"), "{name}: {err}");
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn extra_arrays_are_a_warning() {
+    let dir = out_dir("extra");
+    let (code, err, out) = eval("(A*x+b)'*(A*x+b)", "x", "extra.npz", &dir, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning: array `unused`"), "{err}");
+    assert!(out.exists());
+}
+
+#[test]
+fn non_finite_items_are_reported_and_the_rest_are_exact() {
+    let dir = out_dir("nonfinite");
+    let (code, err, out) = eval(
+        "(A*x+b)'*(A*x+b)",
+        "x",
+        "non_finite.npz",
+        &dir,
+        &["--device", "reference"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("2 of 5 items") && err.contains("(first: 2, 4)"),
+        "{err}"
+    );
+    let (_, got, _) = load(&out);
+    let (_, want, _) = load(&fixture("lsq_expected_grad.npy"));
+    for item in [0, 1, 3] {
+        let r = item * 3..item * 3 + 3;
+        assert!(max_rel(&got[r.clone()], &want[r]) < 1e-12, "item {item}");
+    }
+    let (code, err, _) = eval("logdet(X)", "X", "singular.npz", &dir, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("1 of 3 items") && err.contains("(first: 1)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_command_passes_and_rejects_unknown_dimensions() {
+    let (code, out, err) = matgrad(&[
+        "check",
+        "A: matrix(8,8); x: vector(8); b: vector(8); (A*x+b)'*(A*x+b)",
+        "--wrt",
+        "x",
+        "--batch",
+        "9",
+        "--batched",
+        "A,x,b",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("cpu") && out.contains("reference"), "{out}");
+    let (code, out, _) = matgrad(&[
+        "check",
+        "X: matrix(4,4); logdet(X)",
+        "--wrt",
+        "X",
+        "--batch",
+        "5",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["passed"], true);
+    assert_eq!(v["devices"].as_array().unwrap().len(), 2);
+    let (code, _, err) = matgrad(&["check", "x'*x", "--wrt", "x", "--dims", "q=3"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no dimension `q`"), "{err}");
+}
