@@ -211,7 +211,8 @@ pub fn bind(graph: &Graph, reads: &[u32], arrays: &[NamedArray]) -> Result<Bound
 }
 
 /// Runs `plan` in float64, item by item. `inputs[k]` is the value of `plan.inputs()[k]`.
-/// Returns one batch per output of the plan.
+/// Returns one batch per output of the plan: `batch` items when any input is batched (an
+/// output that depends on shared inputs only is repeated), else one item and no batch axis.
 pub fn run_reference(plan: &Plan, inputs: &[&Batch<f64>], batch: usize) -> Vec<Batch<f64>> {
     let steps = plan.steps();
     let mut shared: Vec<Option<Mat>> = vec![None; steps.len()];
@@ -238,19 +239,18 @@ pub fn run_reference(plan: &Plan, inputs: &[&Batch<f64>], batch: usize) -> Vec<B
         .map(|&o| {
             let step = &steps[o];
             Batch {
-                batch: step.batched.then_some(batch),
+                batch: plan.is_batched().then_some(batch),
                 rows: step.rows,
                 cols: step.cols,
-                data: Vec::with_capacity(if step.batched { batch } else { 1 } * step.len()),
+                data: Vec::with_capacity(batch * step.len()),
             }
         })
         .collect();
-    for (out, &o) in outputs.iter_mut().zip(plan.outputs()) {
-        if let Some(value) = &shared[o] {
-            out.data.extend_from_slice(&value.data);
-        }
-    }
     if !plan.is_batched() {
+        for (out, &o) in outputs.iter_mut().zip(plan.outputs()) {
+            out.data
+                .extend_from_slice(&shared[o].as_ref().expect("shared output").data);
+        }
         return outputs;
     }
     let mut item_values: Vec<Option<Mat>> = vec![None; steps.len()];
@@ -279,10 +279,14 @@ pub fn run_reference(plan: &Plan, inputs: &[&Batch<f64>], batch: usize) -> Vec<B
             item_values[i] = Some(value);
         }
         for (out, &o) in outputs.iter_mut().zip(plan.outputs()) {
-            if steps[o].batched {
-                let value = item_values[o].as_ref().expect("output evaluated");
-                out.data.extend_from_slice(&value.data);
-            }
+            // An output that no batched input reaches is the same for every item.
+            let value = if steps[o].batched {
+                &item_values[o]
+            } else {
+                &shared[o]
+            };
+            out.data
+                .extend_from_slice(&value.as_ref().expect("output evaluated").data);
         }
     }
     outputs

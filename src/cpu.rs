@@ -3,8 +3,9 @@
 //! In: a [`Plan`] and its inputs as float32 batches. Out: every output for every item, as the
 //! reference would compute it up to float32 rounding. Method: steps run in plan order; a
 //! shared step is computed once, in float64, and rounded (the hoisted work is small and this
-//! keeps it exact); a batched step runs over blocks of [`BLOCK`] items in parallel (rayon),
-//! each block with its scratch allocated once, never per item. Products of a shared matrix
+//! keeps it exact); then blocks of [`BLOCK`] items run in parallel (rayon), each block
+//! through every batched step while its intermediates are in cache, with its scratch
+//! allocated once per block, never per item. Products of a shared matrix
 //! with a batched vector, and of a batched matrix with a shared one, are one GEMM per block
 //! (matrixmultiply); other per-item work is tight loops over small matrices.
 //! Invariant: results do not depend on the block size or the thread count beyond float32
@@ -22,28 +23,115 @@ use crate::plan::{Plan, Step};
 /// Items per parallel block.
 pub const BLOCK: usize = 256;
 
-/// Runs `plan`; `inputs[k]` is the value of `plan.inputs()[k]`.
+/// Runs `plan`; `inputs[k]` is the value of `plan.inputs()[k]`. Outputs are shaped as
+/// [`run_reference`](crate::batch::run_reference)'s.
+///
+/// Shared steps run first, once. Then each block of items runs *every* batched step before
+/// the next block starts, so a block's intermediates stay in cache and only inputs and
+/// outputs travel through memory.
 pub fn run_cpu(plan: &Plan, inputs: &[&Batch<f32>], batch: usize) -> Vec<Batch<f32>> {
     let steps = plan.steps();
-    let mut buffers: Vec<Cow<[f32]>> = Vec::with_capacity(steps.len());
+    let mut shared: Vec<Cow<[f32]>> = Vec::with_capacity(steps.len());
     for step in steps {
-        let buffer = match step.input {
-            Some(k) => Cow::Borrowed(inputs[k].data.as_slice()),
-            None if !step.batched => Cow::Owned(shared_step(step, &buffers, steps)),
-            None => Cow::Owned(batched_step(step, &buffers, steps, batch)),
+        let value = match (step.batched, step.input) {
+            (true, _) => Cow::Borrowed(&[][..]),
+            (false, Some(k)) => Cow::Borrowed(inputs[k].data.as_slice()),
+            (false, None) => Cow::Owned(shared_step(step, &shared, steps)),
         };
-        buffers.push(buffer);
+        shared.push(value);
     }
+    let batched_outputs: Vec<usize> = plan
+        .outputs()
+        .iter()
+        .copied()
+        .filter(|&o| steps[o].batched)
+        .collect();
+    let blocks = if plan.is_batched() {
+        batch.div_ceil(BLOCK)
+    } else {
+        0
+    };
+    let per_block: Vec<Vec<Vec<f32>>> = (0..blocks)
+        .into_par_iter()
+        .map(|b| {
+            let first = b * BLOCK;
+            let count = BLOCK.min(batch - first);
+            run_items(steps, inputs, &shared, first, count, &batched_outputs)
+        })
+        .collect();
     plan.outputs()
         .iter()
         .map(|&o| {
             let step = &steps[o];
+            let data = if step.batched {
+                let k = batched_outputs.iter().position(|&b| b == o).unwrap_or(0);
+                let mut data = Vec::with_capacity(batch * step.len());
+                for block in &per_block {
+                    data.extend_from_slice(&block[k]);
+                }
+                data
+            } else if plan.is_batched() {
+                // The same for every item: repeated, so every output has the batch axis.
+                shared[o].repeat(batch)
+            } else {
+                shared[o].to_vec()
+            };
             Batch {
-                batch: step.batched.then_some(batch),
+                batch: plan.is_batched().then_some(batch),
                 rows: step.rows,
                 cols: step.cols,
-                data: buffers[o].to_vec(),
+                data,
             }
+        })
+        .collect()
+}
+
+/// Every batched step for the items `first..first+count`; returns the batched outputs.
+fn run_items(
+    steps: &[Step],
+    inputs: &[&Batch<f32>],
+    shared: &[Cow<[f32]>],
+    first: usize,
+    count: usize,
+    outputs: &[usize],
+) -> Vec<Vec<f32>> {
+    let mut local: Vec<Vec<f32>> = vec![Vec::new(); steps.len()];
+    let input_block = |k: usize, len: usize| &inputs[k].data[first * len..(first + count) * len];
+    for (i, step) in steps.iter().enumerate() {
+        if !step.batched || step.input.is_some() {
+            continue;
+        }
+        let out = {
+            let views: Vec<View> = step
+                .args
+                .iter()
+                .map(|&a| {
+                    let arg = &steps[a];
+                    let data: &[f32] = match (arg.batched, arg.input) {
+                        (false, _) => &shared[a],
+                        (true, Some(k)) => input_block(k, arg.len()),
+                        (true, None) => &local[a],
+                    };
+                    View {
+                        data,
+                        len: arg.len(),
+                        batched: arg.batched,
+                        rows: arg.rows,
+                        cols: arg.cols,
+                    }
+                })
+                .collect();
+            let mut out = vec![0f32; count * step.len()];
+            run_block(step, &views, count, &mut out);
+            out
+        };
+        local[i] = out;
+    }
+    outputs
+        .iter()
+        .map(|&o| match steps[o].input {
+            Some(k) => input_block(k, steps[o].len()).to_vec(),
+            None => std::mem::take(&mut local[o]),
         })
         .collect()
 }
@@ -86,42 +174,18 @@ impl<'a> View<'a> {
         }
     }
 
-    /// The items `first..first+count` (batched views only).
-    fn block(&self, first: usize, count: usize) -> &'a [f32] {
-        &self.data[first * self.len..(first + count) * self.len]
+    /// The first `count` items (batched views only).
+    fn block(&self, count: usize) -> &'a [f32] {
+        &self.data[..count * self.len]
     }
 }
 
-fn batched_step(step: &Step, buffers: &[Cow<[f32]>], steps: &[Step], batch: usize) -> Vec<f32> {
-    let views: Vec<View> = step
-        .args
-        .iter()
-        .map(|&a| View {
-            data: &buffers[a],
-            len: steps[a].len(),
-            batched: steps[a].batched,
-            rows: steps[a].rows,
-            cols: steps[a].cols,
-        })
-        .collect();
-    let len = step.len();
-    let mut out = vec![0f32; batch * len];
-    out.par_chunks_mut(BLOCK * len.max(1))
-        .enumerate()
-        .for_each(|(b, chunk)| {
-            let first = b * BLOCK;
-            let count = chunk.len() / len.max(1);
-            run_block(step, &views, first, count, chunk);
-        });
-    out
-}
-
-/// One block of items of one step.
-fn run_block(step: &Step, args: &[View], first: usize, count: usize, out: &mut [f32]) {
+/// One step for a block of `count` items; views index items from the block's start.
+fn run_block(step: &Step, args: &[View], count: usize, out: &mut [f32]) {
     let len = step.len();
     let per_item = |out: &mut [f32], f: &mut dyn FnMut(usize, &mut [f32])| {
-        for (k, o) in out.chunks_mut(len).enumerate() {
-            f(first + k, o);
+        for (k, o) in out.chunks_mut(len.max(1)).enumerate() {
+            f(k, o);
         }
     };
     match step.node {
@@ -169,7 +233,7 @@ fn run_block(step: &Step, args: &[View], first: usize, count: usize, out: &mut [
                 }
             })
         }
-        Node::MatMul(..) => matmul_block(args[0], args[1], first, count, out),
+        Node::MatMul(..) => matmul_block(args[0], args[1], count, out),
         Node::MatPow(_, k) => {
             let n = step.rows;
             let mut scratch = vec![0f32; n * n];
@@ -324,45 +388,42 @@ fn gemm(
 
 /// The product step for a block: one GEMM for shared×batched-vector and batched×shared,
 /// a small GEMM per item otherwise.
-fn matmul_block(a: View, b: View, first: usize, count: usize, out: &mut [f32]) {
+fn matmul_block(a: View, b: View, count: usize, out: &mut [f32]) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     match (a.batched, b.batched) {
         (false, true) if n == 1 => {
             // Y (count×m) = X (count×k) · Aᵀ: items are the rows of one product.
-            gemm(
-                count,
-                k,
-                m,
-                b.block(first, count),
-                k,
-                1,
-                a.data,
-                1,
-                k,
-                out,
-                m,
-            );
+            gemm(count, k, m, b.block(count), k, 1, a.data, 1, k, out, m);
         }
         (true, false) => {
             // Stack the items' rows: (count·m × k) · (k × n).
-            gemm(
-                count * m,
-                k,
-                n,
-                a.block(first, count),
-                k,
-                1,
-                b.data,
-                n,
-                1,
-                out,
-                n,
-            );
+            gemm(count * m, k, n, a.block(count), k, 1, b.data, n, 1, out, n);
+        }
+        _ if m * k * n <= SMALL_PRODUCT => {
+            for (i, o) in out.chunks_mut(m * n).enumerate() {
+                small_matmul(m, k, n, a.item(i), b.item(i), o);
+            }
         }
         _ => {
-            for (j, o) in out.chunks_mut(m * n).enumerate() {
-                let i = first + j;
+            for (i, o) in out.chunks_mut(m * n).enumerate() {
                 gemm(m, k, n, a.item(i), k, 1, b.item(i), n, 1, o, n);
+            }
+        }
+    }
+}
+
+/// Below this many multiply-adds a per-item product is faster as plain loops than as a
+/// GEMM call (whose packing and dispatch cost more than the arithmetic).
+const SMALL_PRODUCT: usize = 4096;
+
+/// `c = a*b` for small row-major matrices, as plain loops the compiler vectorizes.
+fn small_matmul(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    c.fill(0.0);
+    for i in 0..m {
+        let row = &mut c[i * n..(i + 1) * n];
+        for (p, &aip) in a[i * k..(i + 1) * k].iter().enumerate() {
+            for (cij, &bpj) in row.iter_mut().zip(&b[p * n..(p + 1) * n]) {
+                *cij += aip * bpj;
             }
         }
     }

@@ -33,3 +33,4 @@ pub mod print;
 pub mod simplify;
 pub mod types;
 pub mod verify;
+pub mod workloads;

@@ -264,6 +264,10 @@ fn run(cli: Cli) -> u8 {
                     }
                 }
             }
+            if batch == 0 {
+                eprintln!("error: `--batch 0`: a batch has at least one item");
+                return 2;
+            }
             let batched = if batched.is_empty() {
                 vec![wrt.clone()]
             } else {
@@ -322,25 +326,40 @@ fn run_eval(
     match device {
         DeviceArg::Reference => {
             for (result, path) in run_reference(&plan, &values, batch).iter().zip(targets) {
-                write_batch(result, path)?;
+                write_batch(result, bound.batch, path)?;
             }
         }
         DeviceArg::Cpu => {
             let values32: Vec<Batch<f32>> = values.iter().map(|b| to_f32(b)).collect();
             let refs: Vec<&Batch<f32>> = values32.iter().collect();
             for (result, path) in run_cpu(&plan, &refs, batch).iter().zip(targets) {
-                write_batch(result, path)?;
+                write_batch(result, bound.batch, path)?;
             }
         }
     }
     Ok(())
 }
 
-/// Writes a result with shape `(B, item axes...)`, after reporting non-finite items.
+/// Writes a result with shape `(B, item axes...)` whenever the inputs have a batch axis (a
+/// result that reads no batched input is repeated), after reporting non-finite items.
 fn write_batch<T: matgrad::npy::Element + Into<f64>>(
     b: &Batch<T>,
+    batch: Option<usize>,
     path: &Path,
 ) -> Result<(), String> {
+    let repeated;
+    let b = match (batch, b.batch) {
+        (Some(n), None) => {
+            repeated = Batch {
+                batch: Some(n),
+                rows: b.rows,
+                cols: b.cols,
+                data: b.data.repeat(n),
+            };
+            &repeated
+        }
+        _ => b,
+    };
     let mut shape: Vec<usize> = b.batch.into_iter().collect();
     shape.extend(item_shape(b.rows, b.cols));
     report_non_finite(&non_finite_items(b), b.items(), path);

@@ -167,7 +167,7 @@ struct Checker {
     pending: Vec<(Pending, (usize, usize, u8))>,
     resolved: HashMap<(usize, usize, u8), Resolved>,
     /// Names given to unnamed dimensions, by root slot, the first time one is shown.
-    auto_names: HashMap<SlotId, String>,
+    auto_names: HashMap<SlotId, (usize, String)>,
     /// Names an automatic dimension name must not take (the program's own names).
     taken_names: Vec<String>,
     next_auto: usize,
@@ -277,8 +277,14 @@ impl Checker {
         };
         self.parent[rb] = ra;
         self.slots[ra] = merged;
+        // Of two automatic names, the one given first stays (`A` is `matrix(m,n)` however
+        // its dimensions were merged).
         if let Some(name) = self.auto_names.remove(&rb) {
-            self.auto_names.entry(ra).or_insert(name);
+            let keep = match self.auto_names.remove(&ra) {
+                Some(other) if other.0 < name.0 => other,
+                _ => name,
+            };
+            self.auto_names.insert(ra, keep);
         }
         Ok(())
     }
@@ -309,7 +315,7 @@ impl Checker {
             Slot::Dim { size: Some(k), .. } => return k.to_string(),
             _ => {}
         }
-        if let Some(n) = self.auto_names.get(&root) {
+        if let Some((_, n)) = self.auto_names.get(&root) {
             return n.clone();
         }
         let name = loop {
@@ -323,7 +329,7 @@ impl Checker {
                 break candidate;
             }
         };
-        self.auto_names.insert(root, name.clone());
+        self.auto_names.insert(root, (self.next_auto, name.clone()));
         name
     }
 
@@ -998,7 +1004,7 @@ impl<'c> Lowering<'c> {
                     let name = match (name, size, checker.auto_names.get(&r)) {
                         (Some(n), _, _) => n.clone(),
                         (None, Some(k), _) => k.to_string(),
-                        (None, None, Some(auto)) => auto.clone(),
+                        (None, None, Some((_, auto))) => auto.clone(),
                         (None, None, None) => format!("d{r}"),
                     };
                     lowering.graph.add_dim(DimInfo { name, size: *size })

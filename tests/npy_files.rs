@@ -286,3 +286,47 @@ fn check_command_passes_and_rejects_unknown_dimensions() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no dimension `q`"), "{err}");
 }
+
+#[test]
+fn outputs_keep_the_batch_axis_even_when_constant_over_the_batch() {
+    // The Hessian 2*A'*A does not depend on the batched x, yet one is written per item.
+    let dir = out_dir("hessian");
+    let (code, err, out) = eval(
+        "(A*x+b)'*(A*x+b)",
+        "x",
+        "lsq.npz",
+        &dir,
+        &["--hessian", "--device", "reference"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (shape, got, _) = load(&out);
+    assert_eq!(shape, vec![5, 3, 3]);
+    let arrays = matgrad::npy::read_npz(&fixture("lsq.npz")).unwrap();
+    let a = arrays.iter().find(|a| a.name == "A").unwrap();
+    let (m, n) = (a.shape[0], a.shape[1]);
+    for item in 0..5 {
+        for i in 0..n {
+            for j in 0..n {
+                let want: f64 = (0..m)
+                    .map(|k| 2.0 * a.data[k * n + i] * a.data[k * n + j])
+                    .sum();
+                let g = got[item * n * n + i * n + j];
+                assert!(
+                    (g - want).abs() < 1e-12 * want.abs().max(1.0),
+                    "item {item} ({i},{j})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn automatic_dimension_names_follow_the_cookbook() {
+    // x'*A*x: one dimension, named m (the first automatic name), usable in --dims.
+    let (code, out, err) = matgrad(&[
+        "check", "x'*A*x", "--wrt", "x", "--dims", "m=5", "--batch", "3",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = matgrad(&["check", "x'*A*x", "--wrt", "x", "--batch", "0"]);
+    assert_eq!(code, 2, "{err}");
+}

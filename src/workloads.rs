@@ -1,0 +1,134 @@
+//! The six standard workloads of `shared/workloads.md`, as data, with their inputs.
+//!
+//! In: a workload and a batch size. Out: its derivative, a validated [`Plan`] and inputs made
+//! as the workloads page says (standard normal entries from a fixed seed; `M*M'/8 + I` for
+//! W4's `X`; `y` in {-1, +1} for W6). Used by the benchmarks, so that every measurement runs
+//! the same programs on the same data.
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::batch::Batch;
+use crate::diff::{differentiate, Derivative, Layout, Request};
+use crate::eval::Mat;
+use crate::plan::Plan;
+use crate::types::check_program;
+use crate::verify::normal;
+
+/// One workload.
+#[derive(Clone, Copy, Debug)]
+pub struct Workload {
+    pub id: &'static str,
+    pub program: &'static str,
+    pub wrt: &'static str,
+    pub batched: &'static [&'static str],
+    pub batch: usize,
+}
+
+pub static WORKLOADS: &[Workload] = &[
+    Workload {
+        id: "W1 lsq-shared",
+        program: "A: matrix(64,64); x: vector(64); b: vector(64); (A*x+b)'*(A*x+b)",
+        wrt: "x",
+        batched: &["x"],
+        batch: 65_536,
+    },
+    Workload {
+        id: "W2 quadform-matrix",
+        program: "C: matrix(16,16); X: matrix(16,16); a: vector(16); a'*X'*C*X*a",
+        wrt: "X",
+        batched: &["X"],
+        batch: 65_536,
+    },
+    Workload {
+        id: "W3 lsq-per-item",
+        program: "A: matrix(8,8); x: vector(8); b: vector(8); (A*x+b)'*(A*x+b)",
+        wrt: "x",
+        batched: &["A", "x", "b"],
+        batch: 1_048_576,
+    },
+    Workload {
+        id: "W4 logdet",
+        program: "X: matrix(8,8); logdet(X)",
+        wrt: "X",
+        batched: &["X"],
+        batch: 262_144,
+    },
+    Workload {
+        id: "W5 trace",
+        program: "A: matrix(32,32); B: matrix(32,32); X: matrix(32,32); tr(A*X*B*X')",
+        wrt: "X",
+        batched: &["X"],
+        batch: 8_192,
+    },
+    Workload {
+        id: "W6 logistic",
+        program:
+            "X: matrix(256,64); y: vector(256); w: vector(64); sum(log(vector(1)+exp(-y.*(X*w))))",
+        wrt: "w",
+        batched: &["w"],
+        batch: 16_384,
+    },
+];
+
+/// A workload made ready to run: derivative, plan, inputs in the plan's order.
+pub struct Prepared {
+    pub derivative: Derivative,
+    pub plan: Plan,
+    pub inputs: Vec<Batch<f64>>,
+    pub batch: usize,
+}
+
+/// Derives, plans and makes inputs for `batch` items (seed fixed by the workload page).
+pub fn prepare(w: &Workload, batch: usize) -> Prepared {
+    let program = check_program(w.program).expect("workloads type-check");
+    let derivative = differentiate(program, w.wrt, &Request::Derivative, Layout::Gradient)
+        .expect("workloads derive");
+    let g = &derivative.program.graph;
+    let batched: Vec<bool> = g
+        .vars
+        .iter()
+        .map(|v| w.batched.contains(&v.name.as_str()))
+        .collect();
+    let sizes: Vec<usize> = g
+        .dims
+        .iter()
+        .map(|d| d.size.expect("workload sizes are declared"))
+        .collect();
+    let plan = Plan::new(g, &[derivative.node], &sizes, &batched).expect("workload plans validate");
+    let mut rng = StdRng::seed_from_u64(20_261_122);
+    let inputs = plan
+        .inputs()
+        .iter()
+        .map(|input| {
+            let items = if input.batched { batch } else { 1 };
+            let mut data = Vec::with_capacity(items * input.rows * input.cols);
+            for _ in 0..items {
+                let m = Mat::from_fn(input.rows, input.cols, |_, _| normal(&mut rng));
+                let value = match (w.id, input.name.as_str()) {
+                    ("W4 logdet", "X") => {
+                        let mut spd = m.matmul(&m.transpose());
+                        spd.data.iter_mut().for_each(|v| *v /= 8.0);
+                        (0..input.rows).for_each(|i| spd.data[i * input.rows + i] += 1.0);
+                        spd
+                    }
+                    ("W6 logistic", "y") => m.map(|v| if v >= 0.0 { 1.0 } else { -1.0 }),
+                    _ => m,
+                };
+                data.extend(value.data);
+            }
+            Batch {
+                batch: input.batched.then_some(batch),
+                rows: input.rows,
+                cols: input.cols,
+                data,
+            }
+        })
+        .collect();
+    Prepared {
+        derivative,
+        plan,
+        inputs,
+        batch,
+    }
+}
