@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use crate::batch::Batch;
-use crate::eval::{apply, Mat};
+use crate::eval::{apply, Lu, Mat};
 use crate::expr::{Func, Node};
 use crate::plan::{Plan, Step};
 
@@ -269,7 +269,7 @@ fn run_block(step: &Step, args: &[View], count: usize, out: &mut [f32]) {
         }
         Node::Det(_) | Node::LogDet(_) | Node::Inv(_) => {
             let n = args[0].rows;
-            let mut lu = LuScratch::new(n);
+            let mut lu = Lu::<f32>::with_size(n);
             let node = step.node;
             per_item(out, &mut |i, o| {
                 lu.factor(args[0].item(i));
@@ -315,22 +315,10 @@ fn map_into(out: &mut [f32], a: &[f32], f: impl Fn(f32) -> f32) {
     }
 }
 
-/// The element-wise functions in float32.
+/// The element-wise functions in float32, evaluated in float64 and rounded: the one
+/// definition in [`Func::apply`], correctly rounded where float32 libm would not be.
 pub fn apply_f32(f: Func, x: f32) -> f32 {
-    match f {
-        Func::Sin => x.sin(),
-        Func::Cos => x.cos(),
-        Func::Tan => x.tan(),
-        Func::Arcsin => x.asin(),
-        Func::Arccos => x.acos(),
-        Func::Arctan => x.atan(),
-        Func::Exp => x.exp(),
-        Func::Log => x.ln(),
-        Func::Tanh => x.tanh(),
-        Func::Abs => x.abs(),
-        Func::Sqrt => x.sqrt(),
-        Func::Sign | Func::Relu => f.apply(x as f64) as f32,
-    }
+    f.apply(x as f64) as f32
 }
 
 /// `C = A*B` for row-major `A` (m×k, row stride `rsa`, column stride `csa`), `B` (k×n) and
@@ -424,124 +412,6 @@ fn small_matmul(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32
         for (p, &aip) in a[i * k..(i + 1) * k].iter().enumerate() {
             for (cij, &bpj) in row.iter_mut().zip(&b[p * n..(p + 1) * n]) {
                 *cij += aip * bpj;
-            }
-        }
-    }
-}
-
-/// LU with partial pivoting of one small matrix, reusing its buffers across items.
-struct LuScratch {
-    n: usize,
-    lu: Vec<f32>,
-    perm: Vec<usize>,
-    sign: f32,
-    singular: bool,
-    column: Vec<f32>,
-}
-
-impl LuScratch {
-    fn new(n: usize) -> LuScratch {
-        LuScratch {
-            n,
-            lu: vec![0.0; n * n],
-            perm: (0..n).collect(),
-            sign: 1.0,
-            singular: false,
-            column: vec![0.0; n],
-        }
-    }
-
-    fn factor(&mut self, a: &[f32]) {
-        let n = self.n;
-        self.lu.copy_from_slice(a);
-        self.perm.iter_mut().enumerate().for_each(|(i, p)| *p = i);
-        self.sign = 1.0;
-        self.singular = false;
-        let lu = &mut self.lu;
-        for col in 0..n {
-            let (mut pivot, mut best) = (col, lu[col * n + col].abs());
-            for row in col + 1..n {
-                let v = lu[row * n + col].abs();
-                if v > best {
-                    best = v;
-                    pivot = row;
-                }
-            }
-            if best == 0.0 || !best.is_finite() {
-                self.singular = true;
-                continue;
-            }
-            if pivot != col {
-                for j in 0..n {
-                    lu.swap(col * n + j, pivot * n + j);
-                }
-                self.perm.swap(col, pivot);
-                self.sign = -self.sign;
-            }
-            let d = lu[col * n + col];
-            for row in col + 1..n {
-                let factor = lu[row * n + col] / d;
-                lu[row * n + col] = factor;
-                for j in col + 1..n {
-                    lu[row * n + j] -= factor * lu[col * n + j];
-                }
-            }
-        }
-    }
-
-    fn det(&self) -> f32 {
-        if self.singular {
-            return 0.0;
-        }
-        (0..self.n)
-            .map(|i| self.lu[i * self.n + i])
-            .product::<f32>()
-            * self.sign
-    }
-
-    fn log_det(&self) -> f32 {
-        if self.singular {
-            return f32::NEG_INFINITY;
-        }
-        let mut sign = self.sign;
-        let mut sum = 0f64;
-        for i in 0..self.n {
-            let d = self.lu[i * self.n + i];
-            if d < 0.0 {
-                sign = -sign;
-            }
-            sum += (d.abs() as f64).ln();
-        }
-        if sign > 0.0 {
-            sum as f32
-        } else {
-            f32::NAN
-        }
-    }
-
-    fn inverse_into(&mut self, out: &mut [f32]) {
-        let n = self.n;
-        if self.singular {
-            out.fill(f32::NAN);
-            return;
-        }
-        for col in 0..n {
-            let x = &mut self.column;
-            for (i, xi) in x.iter_mut().enumerate() {
-                *xi = if self.perm[i] == col { 1.0 } else { 0.0 };
-            }
-            for i in 0..n {
-                let row = &self.lu[i * n..i * n + i];
-                let s: f32 = row.iter().zip(&x[..i]).map(|(l, v)| l * v).sum();
-                x[i] -= s;
-            }
-            for i in (0..n).rev() {
-                let row = &self.lu[i * n + i + 1..(i + 1) * n];
-                let s: f32 = row.iter().zip(&x[i + 1..]).map(|(u, v)| u * v).sum();
-                x[i] = (x[i] - s) / self.lu[i * n + i];
-            }
-            for (i, &v) in x.iter().enumerate() {
-                out[i * n + col] = v;
             }
         }
     }

@@ -128,119 +128,204 @@ impl Mat {
     }
 }
 
-/// The LU factorization `P*A = L*U` with partial pivoting, packed in one matrix.
-pub struct Lu {
-    n: usize,
-    lu: Vec<f64>,
-    perm: Vec<usize>,
-    sign: f64,
-    singular: bool,
+/// The arithmetic the LU factorization needs, for float64 (the reference) and float32 (the
+/// fast path): one algorithm for both.
+pub trait Real:
+    Copy
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::Neg<Output = Self>
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const NAN: Self;
+    const NEG_INFINITY: Self;
+    fn abs(self) -> Self;
+    fn is_finite(self) -> bool;
+    fn to_f64(self) -> f64;
+    fn from_f64(v: f64) -> Self;
 }
 
-impl Lu {
-    pub fn new(a: &Mat) -> Lu {
-        let n = a.rows;
-        let mut lu = a.data.clone();
-        let mut perm: Vec<usize> = (0..n).collect();
-        let mut sign = 1.0;
-        let mut singular = false;
-        for k in 0..n {
-            let mut pivot = k;
-            let mut best = lu[k * n + k].abs();
-            for i in k + 1..n {
-                let v = lu[i * n + k].abs();
-                if v > best {
-                    best = v;
-                    pivot = i;
-                }
-            }
-            if best == 0.0 || !best.is_finite() {
-                singular = true;
-                continue;
-            }
-            if pivot != k {
-                for j in 0..n {
-                    lu.swap(k * n + j, pivot * n + j);
-                }
-                perm.swap(k, pivot);
-                sign = -sign;
-            }
-            let d = lu[k * n + k];
-            for i in k + 1..n {
-                let factor = lu[i * n + k] / d;
-                lu[i * n + k] = factor;
-                for j in k + 1..n {
-                    lu[i * n + j] -= factor * lu[k * n + j];
-                }
-            }
-        }
+impl Real for f64 {
+    const ZERO: f64 = 0.0;
+    const ONE: f64 = 1.0;
+    const NAN: f64 = f64::NAN;
+    const NEG_INFINITY: f64 = f64::NEG_INFINITY;
+    fn abs(self) -> f64 {
+        f64::abs(self)
+    }
+    fn is_finite(self) -> bool {
+        f64::is_finite(self)
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn from_f64(v: f64) -> f64 {
+        v
+    }
+}
+
+impl Real for f32 {
+    const ZERO: f32 = 0.0;
+    const ONE: f32 = 1.0;
+    const NAN: f32 = f32::NAN;
+    const NEG_INFINITY: f32 = f32::NEG_INFINITY;
+    fn abs(self) -> f32 {
+        f32::abs(self)
+    }
+    fn is_finite(self) -> bool {
+        f32::is_finite(self)
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f64(v: f64) -> f32 {
+        v as f32
+    }
+}
+
+/// The LU factorization `P*A = L*U` with partial pivoting of an n×n matrix, packed in one
+/// buffer; [`Lu::factor`] reuses the buffers, so one `Lu` serves a whole block of items.
+pub struct Lu<T: Real> {
+    n: usize,
+    lu: Vec<T>,
+    perm: Vec<usize>,
+    sign: T,
+    singular: bool,
+    column: Vec<T>,
+}
+
+impl Lu<f64> {
+    /// Factors `a` (float64).
+    pub fn new(a: &Mat) -> Lu<f64> {
+        let mut lu = Lu::with_size(a.rows);
+        lu.factor(&a.data);
+        lu
+    }
+
+    /// The inverse; all entries are NaN when the matrix is singular.
+    pub fn inverse(&mut self) -> Mat {
+        let mut out = Mat::zeros(self.n, self.n);
+        self.inverse_into(&mut out.data);
+        out
+    }
+}
+
+impl<T: Real> Lu<T> {
+    pub fn with_size(n: usize) -> Lu<T> {
         Lu {
             n,
-            lu,
-            perm,
-            sign,
-            singular,
+            lu: vec![T::ZERO; n * n],
+            perm: (0..n).collect(),
+            sign: T::ONE,
+            singular: false,
+            column: vec![T::ZERO; n],
         }
     }
 
-    pub fn det(&self) -> f64 {
-        if self.singular {
-            return 0.0;
+    /// Factors the row-major n×n matrix `a`.
+    pub fn factor(&mut self, a: &[T]) {
+        let n = self.n;
+        self.lu.copy_from_slice(a);
+        self.perm.iter_mut().enumerate().for_each(|(i, p)| *p = i);
+        self.sign = T::ONE;
+        self.singular = false;
+        let lu = &mut self.lu;
+        for col in 0..n {
+            let (mut pivot, mut best) = (col, lu[col * n + col].abs());
+            for row in col + 1..n {
+                let v = lu[row * n + col].abs();
+                if v > best {
+                    best = v;
+                    pivot = row;
+                }
+            }
+            if best == T::ZERO || !best.is_finite() {
+                self.singular = true;
+                continue;
+            }
+            if pivot != col {
+                for j in 0..n {
+                    lu.swap(col * n + j, pivot * n + j);
+                }
+                self.perm.swap(col, pivot);
+                self.sign = -self.sign;
+            }
+            let d = lu[col * n + col];
+            for row in col + 1..n {
+                let factor = lu[row * n + col] / d;
+                lu[row * n + col] = factor;
+                for j in col + 1..n {
+                    let u = lu[col * n + j];
+                    lu[row * n + j] = lu[row * n + j] - factor * u;
+                }
+            }
         }
-        (0..self.n)
-            .map(|i| self.lu[i * self.n + i])
-            .product::<f64>()
-            * self.sign
     }
 
-    /// `log(det)`: NaN when the determinant is not positive.
-    pub fn log_det(&self) -> f64 {
+    pub fn det(&self) -> T {
         if self.singular {
-            return f64::NEG_INFINITY;
+            return T::ZERO;
         }
+        (0..self.n).fold(self.sign, |acc, i| acc * self.lu[i * self.n + i])
+    }
+
+    /// `log(det)`, accumulated in float64: NaN when the determinant is not positive.
+    pub fn log_det(&self) -> T {
+        if self.singular {
+            return T::NEG_INFINITY;
+        }
+        let mut negative = self.sign < T::ZERO;
         let mut sum = 0.0;
-        let mut sign = self.sign;
         for i in 0..self.n {
             let d = self.lu[i * self.n + i];
-            if d < 0.0 {
-                sign = -sign;
+            if d < T::ZERO {
+                negative = !negative;
             }
-            sum += d.abs().ln();
+            sum += d.abs().to_f64().ln();
         }
-        if sign > 0.0 {
-            sum
+        if negative {
+            T::NAN
         } else {
-            f64::NAN
+            T::from_f64(sum)
         }
     }
 
-    /// The inverse; all entries are infinite or NaN when the matrix is singular.
-    pub fn inverse(&self) -> Mat {
+    /// Writes the inverse (row-major) into `out`; NaN everywhere when singular.
+    pub fn inverse_into(&mut self, out: &mut [T]) {
         let n = self.n;
         if self.singular {
-            return Mat::filled(n, n, f64::NAN);
+            out.fill(T::NAN);
+            return;
         }
-        let mut inv = Mat::zeros(n, n);
         for col in 0..n {
-            let mut x: Vec<f64> = (0..n)
-                .map(|i| if self.perm[i] == col { 1.0 } else { 0.0 })
-                .collect();
+            let x = &mut self.column;
+            for (i, xi) in x.iter_mut().enumerate() {
+                *xi = if self.perm[i] == col { T::ONE } else { T::ZERO };
+            }
             for i in 0..n {
-                for k in 0..i {
-                    x[i] -= self.lu[i * n + k] * x[k];
-                }
+                let row = &self.lu[i * n..i * n + i];
+                let s = row
+                    .iter()
+                    .zip(&x[..i])
+                    .fold(T::ZERO, |acc, (&l, &v)| acc + l * v);
+                x[i] = x[i] - s;
             }
             for i in (0..n).rev() {
-                for k in i + 1..n {
-                    x[i] -= self.lu[i * n + k] * x[k];
-                }
-                x[i] /= self.lu[i * n + i];
+                let row = &self.lu[i * n + i + 1..(i + 1) * n];
+                let s = row
+                    .iter()
+                    .zip(&x[i + 1..])
+                    .fold(T::ZERO, |acc, (&u, &v)| acc + u * v);
+                x[i] = (x[i] - s) / self.lu[i * n + i];
             }
-            for (i, value) in x.into_iter().enumerate() {
-                inv.data[i * n + col] = value;
+            for (i, &v) in x.iter().enumerate() {
+                out[i * n + col] = v;
             }
         }
-        inv
     }
 }
 
@@ -414,7 +499,7 @@ mod tests {
     fn lu_determinant_and_inverse_of_a_matrix_that_needs_pivoting() {
         // The (0,0) entry is zero, so the factorization must pivot.
         let a = mat(3, 3, &[0.0, 2.0, 1.0, 1.0, 1.0, 0.0, 3.0, 0.0, 1.0]);
-        let lu = Lu::new(&a);
+        let mut lu = Lu::new(&a);
         // det by cofactor expansion along the first row: 0 - 2*(1-0) + 1*(0-3) = -5.
         assert_relative_eq!(lu.det(), -5.0, max_relative = 1e-14);
         assert!(
@@ -433,7 +518,7 @@ mod tests {
     #[test]
     fn singular_matrix_gives_non_finite_not_a_panic() {
         let a = mat(2, 2, &[1.0, 2.0, 2.0, 4.0]);
-        let lu = Lu::new(&a);
+        let mut lu = Lu::new(&a);
         assert_eq!(lu.det(), 0.0);
         assert_eq!(lu.log_det(), f64::NEG_INFINITY);
         assert!(!lu.inverse().is_finite());
