@@ -192,10 +192,15 @@ fn unsupported(reason: &str) -> Diagnostic {
 fn find_var(program: &Program, wrt: &str) -> Result<u32, Diagnostic> {
     let names: Vec<String> = program.graph.vars.iter().map(|v| v.name.clone()).collect();
     let Some(var) = program.var_index(wrt) else {
+        let help = if names.is_empty() {
+            "the expression has no variables: it is a constant".to_string()
+        } else {
+            format!("the variables are: {}", names.join(", "))
+        };
         return Err(Diagnostic::without_span(format!(
             "`--wrt {wrt}`: there is no variable `{wrt}` in the expression"
         ))
-        .with_help(format!("the variables are: {}", names.join(", "))));
+        .with_help(help));
     };
     if !program.graph.depends_on(program.root, var) {
         return Err(Diagnostic::new(

@@ -101,10 +101,13 @@ fn shape_json(graph: &Graph, shape: Shape) -> Value {
     json!([dim(shape.rows), dim(shape.cols)])
 }
 
-/// Formats a number so that it reads back exactly (`2`, `0.5`, `-1`).
+/// Formats a number so that it reads back exactly (`2`, `0.5`, `-1`, `1e-60`): the
+/// shortest digits that round-trip, in scientific notation when very small or very large.
 pub fn number(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{}", v as i64)
+    } else if v != 0.0 && (v.abs() < 1e-4 || v.abs() >= 1e15) {
+        format!("{v:e}")
     } else {
         format!("{v}")
     }
@@ -602,6 +605,7 @@ mod tests {
         check("inv(X')", Format::Text, "inv(X)'");
         check("(X^2)'", Format::Text, "(X^2)'");
         check("a^-1", Format::Text, "a^-1");
+        check("1e-60*a + 2.5e20*b", Format::Text, "1e-60*a + 2.5e20*b");
         check("vector(1)+exp(x)", Format::Text, "vector(1) + exp(x)");
     }
 
