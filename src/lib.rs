@@ -33,4 +33,5 @@ pub mod print;
 pub mod simplify;
 pub mod types;
 pub mod verify;
+pub mod wgsl;
 pub mod workloads;
