@@ -214,6 +214,18 @@ pub fn bind(graph: &Graph, reads: &[u32], arrays: &[NamedArray]) -> Result<Bound
 /// Returns one batch per output of the plan: `batch` items when any input is batched (an
 /// output that depends on shared inputs only is repeated), else one item and no batch axis.
 pub fn run_reference(plan: &Plan, inputs: &[&Batch<f64>], batch: usize) -> Vec<Batch<f64>> {
+    reference(plan, inputs, batch, false)
+}
+
+/// The reference with every intermediate rounded to float32, as any float32 device stores
+/// them: where this differs much from [`run_reference`], no float32 evaluation of the formula
+/// can be accurate (`1 - tanh(x)^2` once `tanh(x)` is within an ulp of 1).
+pub fn run_reference_rounded(plan: &Plan, inputs: &[&Batch<f64>], batch: usize) -> Vec<Batch<f64>> {
+    reference(plan, inputs, batch, true)
+}
+
+fn reference(plan: &Plan, inputs: &[&Batch<f64>], batch: usize, round: bool) -> Vec<Batch<f64>> {
+    let finish = |m: Mat| if round { m.map(|x| x as f32 as f64) } else { m };
     let steps = plan.steps();
     let mut shared: Vec<Option<Mat>> = vec![None; steps.len()];
     for (i, step) in steps.iter().enumerate() {
@@ -221,14 +233,14 @@ pub fn run_reference(plan: &Plan, inputs: &[&Batch<f64>], batch: usize) -> Vec<B
             continue;
         }
         let value = match step.input {
-            Some(k) => inputs[k].item_mat(0),
+            Some(k) => finish(inputs[k].item_mat(0)),
             None => {
                 let args: Vec<&Mat> = step
                     .args
                     .iter()
                     .map(|&a| shared[a].as_ref().expect("shared argument"))
                     .collect();
-                apply(&step.node, &args, step.rows, step.cols)
+                finish(apply(&step.node, &args, step.rows, step.cols))
             }
         };
         shared[i] = Some(value);
@@ -260,7 +272,7 @@ pub fn run_reference(plan: &Plan, inputs: &[&Batch<f64>], batch: usize) -> Vec<B
                 continue;
             }
             let value = match step.input {
-                Some(k) => inputs[k].item_mat(item),
+                Some(k) => finish(inputs[k].item_mat(item)),
                 None => {
                     let args: Vec<&Mat> = step
                         .args
@@ -273,7 +285,7 @@ pub fn run_reference(plan: &Plan, inputs: &[&Batch<f64>], batch: usize) -> Vec<B
                             }
                         })
                         .collect();
-                    apply(&step.node, &args, step.rows, step.cols)
+                    finish(apply(&step.node, &args, step.rows, step.cols))
                 }
             };
             item_values[i] = Some(value);

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::batch::{run_reference, Batch};
+use crate::batch::{run_reference, run_reference_rounded, Batch};
 use crate::cpu::run_cpu;
 use crate::diagnostic::Diagnostic;
 use crate::diff::Derivative;
@@ -56,7 +56,11 @@ pub struct DeviceReport {
 }
 
 /// Runs the check. Errors name the variable or dimension at fault.
-pub fn run_check(d: &Derivative, config: &CheckConfig) -> Result<Vec<DeviceReport>, Diagnostic> {
+pub fn run_check(
+    d: &Derivative,
+    config: &CheckConfig,
+    gpu: Option<&crate::gpu::GpuContext>,
+) -> Result<Vec<DeviceReport>, Diagnostic> {
     let g = &d.program.graph;
     let mut sizes = dimension_sizes(g);
     for (name, &size) in &config.dims {
@@ -149,7 +153,7 @@ pub fn run_check(d: &Derivative, config: &CheckConfig) -> Result<Vec<DeviceRepor
     let reference = run_reference(&plan, &refs, batch).remove(0);
     let moved = perturb(&inputs64);
     let moved_refs: Vec<&Batch<f64>> = moved.iter().collect();
-    let perturbed = run_reference(&plan, &moved_refs, batch).remove(0);
+    let perturbed = run_reference_rounded(&plan, &moved_refs, batch).remove(0);
 
     // The reference against finite differences.
     let mut fd_error: f64 = 0.0;
@@ -178,6 +182,14 @@ pub fn run_check(d: &Derivative, config: &CheckConfig) -> Result<Vec<DeviceRepor
     reports.push(device_against_reference(
         "cpu", &cpu, &reference, &perturbed,
     ));
+    if let Some(ctx) = gpu {
+        let result = crate::gpu::run_gpu(ctx, &plan, &refs32, batch)
+            .map_err(|e| Diagnostic::without_span(format!("the GPU failed: {e}")))?
+            .remove(0);
+        reports.push(device_against_reference(
+            "gpu", &result, &reference, &perturbed,
+        ));
+    }
     Ok(reports)
 }
 
@@ -188,9 +200,9 @@ pub fn run_check(d: &Derivative, config: &CheckConfig) -> Result<Vec<DeviceRepor
 /// the batch: relative for items of ordinary size, absolute at float32's resolution of the
 /// batch's scale for items that are tiny because terms cancelled (`1 - tanh(x)^2` is exactly 0
 /// in float32 once `tanh(x)` rounds to 1, while the reference keeps 1e-7). An item whose
-/// reference moves by more than a tenth of the tolerance when its inputs move by one float32
-/// rounding (`perturbed`: the reference on inputs scaled by 1 ± 2⁻²³) cannot be computed to the
-/// tolerance in float32 by any method, and is counted, not compared.
+/// reference moves by more than a tenth of the tolerance under float32 rounding (`perturbed`:
+/// the reference on inputs scaled by 1 ± 2⁻²³ with every intermediate rounded to float32)
+/// cannot be computed to the tolerance in float32 by any method, and is counted, not compared.
 pub fn device_against_reference(
     device: &str,
     result: &Batch<f32>,

@@ -31,15 +31,7 @@ pub const BLOCK: usize = 256;
 /// outputs travel through memory.
 pub fn run_cpu(plan: &Plan, inputs: &[&Batch<f32>], batch: usize) -> Vec<Batch<f32>> {
     let steps = plan.steps();
-    let mut shared: Vec<Cow<[f32]>> = Vec::with_capacity(steps.len());
-    for step in steps {
-        let value = match (step.batched, step.input) {
-            (true, _) => Cow::Borrowed(&[][..]),
-            (false, Some(k)) => Cow::Borrowed(inputs[k].data.as_slice()),
-            (false, None) => Cow::Owned(shared_step(step, &shared, steps)),
-        };
-        shared.push(value);
-    }
+    let shared = hoisted_values(plan, inputs);
     let batched_outputs: Vec<usize> = plan
         .outputs()
         .iter()
@@ -134,6 +126,22 @@ fn run_items(
             None => std::mem::take(&mut local[o]),
         })
         .collect()
+}
+
+/// The value of every shared step (empty for batched steps): shared inputs as given, the
+/// hoisted steps computed once in float64 and rounded. The GPU back end uploads these.
+pub fn hoisted_values<'a>(plan: &Plan, inputs: &[&'a Batch<f32>]) -> Vec<Cow<'a, [f32]>> {
+    let steps = plan.steps();
+    let mut shared: Vec<Cow<[f32]>> = Vec::with_capacity(steps.len());
+    for step in steps {
+        let value = match (step.batched, step.input) {
+            (true, _) => Cow::Borrowed(&[][..]),
+            (false, Some(k)) => Cow::Borrowed(inputs[k].data.as_slice()),
+            (false, None) => Cow::Owned(shared_step(step, &shared, steps)),
+        };
+        shared.push(value);
+    }
+    shared
 }
 
 /// A shared step: once, in float64.

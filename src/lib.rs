@@ -26,6 +26,7 @@ pub mod diff;
 pub mod eval;
 pub mod expr;
 pub mod generate;
+pub mod gpu;
 pub mod npy;
 pub mod parse;
 pub mod plan;

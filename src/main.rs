@@ -18,6 +18,7 @@ use matgrad::check::{run_check, to_f32, CheckConfig, DeviceReport};
 use matgrad::cpu::run_cpu;
 use matgrad::diagnostic::Diagnostic;
 use matgrad::diff::{differentiate, Derivative, Kind, Layout, Request};
+use matgrad::gpu::{list_adapters, run_gpu, GpuContext, GpuOptions};
 use matgrad::npy::{read_npz, write_npy};
 use matgrad::plan::Plan;
 use matgrad::print::{self, Format};
@@ -72,8 +73,11 @@ enum Command {
         /// The derivative, shape (B, ...) when any input is batched.
         #[arg(long, value_name = "FILE.npy")]
         out: PathBuf,
-        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
         device: DeviceArg,
+        /// A part of the GPU adapter's name (see `matgrad devices`).
+        #[arg(long, value_name = "NAME")]
+        adapter: Option<String>,
         /// The Hessian instead of the first derivative.
         #[arg(long)]
         hessian: bool,
@@ -103,6 +107,14 @@ enum Command {
         hessian: bool,
         #[arg(long)]
         json: bool,
+        /// A part of the GPU adapter's name (see `matgrad devices`).
+        #[arg(long, value_name = "NAME")]
+        adapter: Option<String>,
+    },
+    /// List the GPU adapters with their type and the limits that matter.
+    Devices {
+        #[arg(long)]
+        json: bool,
     },
     /// Decide every seed identity by computation.
     Catalog {
@@ -121,6 +133,10 @@ enum DeviceArg {
     Reference,
     /// float32, multithreaded.
     Cpu,
+    /// float32, WGSL compute shaders through wgpu.
+    Gpu,
+    /// The GPU when an adapter exists, else the CPU path.
+    Auto,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -201,6 +217,7 @@ fn run(cli: Cli) -> u8 {
             inputs,
             out,
             device,
+            adapter,
             hessian,
             layout,
             value_out,
@@ -220,7 +237,28 @@ fn run(cli: Cli) -> u8 {
                 Ok(d) => d,
                 Err(e) => return report(&e, &program),
             };
-            match run_eval(&derivative, &inputs, &out, device, value_out.as_deref()) {
+            let gpu = match device {
+                DeviceArg::Gpu => match GpuContext::new(&GpuOptions {
+                    adapter,
+                    max_chunk_items: None,
+                }) {
+                    Ok(ctx) => Some(ctx),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return 2;
+                    }
+                },
+                DeviceArg::Auto => gpu_if_any(adapter),
+                _ => None,
+            };
+            match run_eval(
+                &derivative,
+                &inputs,
+                &out,
+                device,
+                gpu.as_ref(),
+                value_out.as_deref(),
+            ) {
                 Ok(()) => 0,
                 Err(message) => {
                     eprintln!("error: {message}");
@@ -237,6 +275,7 @@ fn run(cli: Cli) -> u8 {
             seed,
             hessian,
             json,
+            adapter,
         } => {
             let request = if hessian {
                 Request::Hessian
@@ -279,13 +318,63 @@ fn run(cli: Cli) -> u8 {
                 batched,
                 seed,
             };
-            match run_check(&derivative, &config) {
+            let gpu = gpu_if_any(adapter);
+            match run_check(&derivative, &config, gpu.as_ref()) {
                 Ok(reports) => print_check(&derivative, &reports, json),
                 Err(e) => report(&e, &program),
             }
         }
         Command::Catalog { json, seed } => run_catalog(json, seed),
+        Command::Devices { json } => list_devices(json),
     }
+}
+
+/// The GPU when an adapter exists (saying on stderr which), else `None` with a note.
+fn gpu_if_any(adapter: Option<String>) -> Option<GpuContext> {
+    match GpuContext::new(&GpuOptions {
+        adapter,
+        max_chunk_items: None,
+    }) {
+        Ok(ctx) => {
+            let a = ctx.adapter();
+            eprintln!(
+                "note: using GPU adapter `{}` ({}, {})",
+                a.name, a.backend, a.device_type
+            );
+            Some(ctx)
+        }
+        Err(e) => {
+            eprintln!("note: {e}; using the CPU path");
+            None
+        }
+    }
+}
+
+fn list_devices(json: bool) -> u8 {
+    let adapters = list_adapters();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&adapters).unwrap_or_default()
+        );
+        return 0;
+    }
+    if adapters.is_empty() {
+        println!("no GPU adapters; for a software Vulkan adapter install Mesa's lavapipe (apt-get install mesa-vulkan-drivers libvulkan1)");
+    }
+    for a in &adapters {
+        println!("{} ({}, {})", a.name, a.backend, a.device_type);
+        println!("    driver: {}", a.driver);
+        println!(
+            "    max storage binding {} MiB, max buffer {} MiB, {} workgroups per dimension, {} invocations per workgroup, timestamp queries: {}",
+            a.max_storage_buffer_binding_size >> 20,
+            a.max_buffer_size >> 20,
+            a.max_compute_workgroups_per_dimension,
+            a.max_compute_invocations_per_workgroup,
+            if a.timestamp_queries { "yes" } else { "no" }
+        );
+    }
+    0
 }
 
 /// `matgrad eval`: read, bind, plan, run, write.
@@ -294,6 +383,7 @@ fn run_eval(
     inputs: &Path,
     out: &Path,
     device: DeviceArg,
+    gpu: Option<&GpuContext>,
     value_out: Option<&Path>,
 ) -> Result<(), String> {
     let g = &d.program.graph;
@@ -329,10 +419,14 @@ fn run_eval(
                 write_batch(result, bound.batch, path)?;
             }
         }
-        DeviceArg::Cpu => {
+        DeviceArg::Cpu | DeviceArg::Gpu | DeviceArg::Auto => {
             let values32: Vec<Batch<f32>> = values.iter().map(|b| to_f32(b)).collect();
             let refs: Vec<&Batch<f32>> = values32.iter().collect();
-            for (result, path) in run_cpu(&plan, &refs, batch).iter().zip(targets) {
+            let results = match gpu {
+                Some(ctx) => run_gpu(ctx, &plan, &refs, batch).map_err(|e| e.to_string())?,
+                None => run_cpu(&plan, &refs, batch),
+            };
+            for (result, path) in results.iter().zip(targets) {
                 write_batch(result, bound.batch, path)?;
             }
         }

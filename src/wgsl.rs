@@ -19,8 +19,13 @@ use std::fmt::{self, Write as _};
 use crate::expr::{Func, Node};
 use crate::plan::{Plan, Step};
 
-/// Invocations per workgroup (one item each).
+/// Invocations per workgroup (one item each) for kernels with small intermediates.
 pub const WORKGROUP_SIZE: u32 = 64;
+
+/// Function-memory floats a workgroup may hold in all: kernels with large per-item
+/// intermediates (32×32 matrices) get smaller workgroups, so that drivers that keep private
+/// arrays on a stack (lavapipe) or in scarce registers are not overrun.
+const WORKGROUP_FLOATS: usize = 16 * 1024;
 
 /// The hand-written LU building block, instantiated per matrix size.
 const LU_TEMPLATE: &str = include_str!("../shaders/lu.wgsl");
@@ -39,6 +44,8 @@ pub struct Kernel {
     pub batched_inputs: Vec<(usize, usize)>,
     /// The batched outputs (plan output positions), in buffer order, with per-item length.
     pub batched_outputs: Vec<(usize, usize)>,
+    /// Invocations per workgroup.
+    pub workgroup_size: u32,
 }
 
 impl Kernel {
@@ -158,9 +165,20 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
         source.push_str(&instantiate_lu(n));
         source.push('\n');
     }
+    let private: usize = body
+        .iter()
+        .map(|s| match s {
+            Stmt::Array(_, len) | Stmt::IndexArray(_, len) => *len,
+            _ => 0,
+        })
+        .sum();
+    let mut workgroup_size = WORKGROUP_SIZE;
+    while workgroup_size > 1 && workgroup_size as usize * private > WORKGROUP_FLOATS {
+        workgroup_size /= 2;
+    }
     let _ = writeln!(
         source,
-        "@compute @workgroup_size({WORKGROUP_SIZE})\nfn main(@builtin(global_invocation_id) gid: vec3<u32>) {{"
+        "@compute @workgroup_size({workgroup_size})\nfn main(@builtin(global_invocation_id) gid: vec3<u32>) {{"
     );
     for stmt in &body {
         let _ = stmt.write(&mut source, 1);
@@ -173,6 +191,7 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
         shared_len: shared_len.max(1),
         batched_inputs,
         batched_outputs,
+        workgroup_size,
     })
 }
 

@@ -1,0 +1,568 @@
+//! Stage 8: run generated kernels over batches with wgpu.
+//!
+//! In: a validated [`Plan`], its inputs as float32 batches, a [`GpuContext`]. Out: the same
+//! outputs as the CPU executors. Method: the host computes the shared steps once (exactly as
+//! the CPU path does) and uploads them with the shared inputs once per [`GpuSession`]; each
+//! chunk of items uploads its batched inputs, runs one dispatch of the plan's kernel (one
+//! invocation per item, the dispatch folded into two dimensions past 65 535 workgroups), and
+//! reads its outputs back. Invariants: a batch too large for one binding or one dispatch is
+//! split into chunks whose results are identical to an unchunked run (items are independent
+//! and computed by the same code); compiled pipelines are cached per kernel source; no
+//! adapter, a failed device request, device loss and out-of-memory are [`GpuError`]s, never
+//! panics.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use crate::batch::Batch;
+use crate::cpu::hoisted_values;
+use crate::plan::Plan;
+use crate::wgsl::{generate, InvalidShader, Kernel};
+
+/// How to choose the adapter and size the work.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// A case-insensitive part of the adapter's name (else `WGPU_ADAPTER_NAME`, else the
+    /// adapter that `WGPU_POWER_PREF` prefers, high performance by default).
+    pub adapter: Option<String>,
+    /// At most this many items per dispatch (tests use it to force chunking).
+    pub max_chunk_items: Option<usize>,
+}
+
+/// Why the GPU could not run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GpuError {
+    #[error("no GPU adapter found{0}; for a software Vulkan adapter install Mesa's lavapipe (Debian/Ubuntu: apt-get install mesa-vulkan-drivers libvulkan1)")]
+    NoAdapter(String),
+    #[error("no adapter's name contains `{wanted}`; the adapters are: {available}")]
+    NoMatchingAdapter { wanted: String, available: String },
+    #[error("the adapter `{adapter}` refused a device: {why}")]
+    RequestDevice { adapter: String, why: String },
+    #[error(transparent)]
+    Shader(#[from] InvalidShader),
+    #[error("the GPU reported an error while {during}: {why}")]
+    Device { during: String, why: String },
+    #[error("the GPU device was lost while {during}: {why}")]
+    Lost { during: String, why: String },
+}
+
+/// What `matgrad devices` shows of an adapter.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub timestamp_queries: bool,
+}
+
+/// Runs `f` on a thread with a large stack: software drivers (lavapipe) compile shaders with
+/// LLVM on the calling thread, and a large kernel can need more stack than a test thread's
+/// default 2 MiB.
+fn with_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024 * 1024)
+            .spawn_scoped(scope, f)
+            .expect("a thread for the GPU driver")
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn summary(adapter: &wgpu::Adapter) -> AdapterSummary {
+    let info = adapter.get_info();
+    let limits = adapter.limits();
+    AdapterSummary {
+        name: info.name,
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+        max_buffer_size: limits.max_buffer_size,
+        max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+        max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+        timestamp_queries: adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY),
+    }
+}
+
+/// The backends to look at: `WGPU_BACKEND`, else the primary ones (Vulkan, Metal, DX12),
+/// which leaves out OpenGL and its display probing on headless machines.
+fn backends() -> wgpu::Backends {
+    wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY)
+}
+
+fn instance() -> wgpu::Instance {
+    let mut descriptor = wgpu::InstanceDescriptor::from_env_or_default();
+    descriptor.backends = backends();
+    wgpu::Instance::new(&descriptor)
+}
+
+/// Every adapter the instance sees.
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    instance()
+        .enumerate_adapters(backends())
+        .iter()
+        .map(summary)
+        .collect()
+}
+
+/// A device, its queue and the pipelines compiled on it.
+pub struct GpuContext {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    adapter: AdapterSummary,
+    limits: wgpu::Limits,
+    max_chunk_items: Option<usize>,
+    /// The one binding layout every kernel uses (see `wgsl`).
+    layout: wgpu::BindGroupLayout,
+    pipeline_layout: wgpu::PipelineLayout,
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    lost: Arc<Mutex<Option<String>>>,
+    lost_flag: Arc<AtomicBool>,
+}
+
+impl GpuContext {
+    /// Chooses an adapter and requests a device with the best limits it offers.
+    pub fn new(options: &GpuOptions) -> Result<GpuContext, GpuError> {
+        let adapters = instance().enumerate_adapters(backends());
+        if adapters.is_empty() {
+            let why = match std::env::var("WGPU_BACKEND") {
+                Ok(b) => format!(" for WGPU_BACKEND={b}"),
+                Err(_) => String::new(),
+            };
+            return Err(GpuError::NoAdapter(why));
+        }
+        let wanted = options
+            .adapter
+            .clone()
+            .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
+            .map(|w| w.to_lowercase());
+        let adapter = match &wanted {
+            Some(w) => {
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(w.as_str()))
+                    .ok_or_else(|| GpuError::NoMatchingAdapter {
+                        wanted: w.clone(),
+                        available: names.join(", "),
+                    })?
+            }
+            None => {
+                let low_power =
+                    wgpu::PowerPreference::from_env() == Some(wgpu::PowerPreference::LowPower);
+                let rank = |a: &wgpu::Adapter| match (a.get_info().device_type, low_power) {
+                    (wgpu::DeviceType::DiscreteGpu, false)
+                    | (wgpu::DeviceType::IntegratedGpu, true) => 0,
+                    (wgpu::DeviceType::IntegratedGpu, false)
+                    | (wgpu::DeviceType::DiscreteGpu, true) => 1,
+                    (wgpu::DeviceType::VirtualGpu, _) => 2,
+                    (wgpu::DeviceType::Other, _) => 3,
+                    (wgpu::DeviceType::Cpu, _) => 4,
+                };
+                adapters
+                    .into_iter()
+                    .min_by_key(rank)
+                    .ok_or(GpuError::NoAdapter(String::new()))?
+            }
+        };
+        let info = summary(&adapter);
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("matgrad"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| GpuError::RequestDevice {
+            adapter: info.name.clone(),
+            why: e.to_string(),
+        })?;
+        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("matgrad bindings"),
+            entries: &[
+                storage(0, true),
+                storage(1, true),
+                storage(2, false),
+                wgpu::BindGroupLayoutEntry {
+                    binding: 3,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                },
+            ],
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("matgrad"),
+            bind_group_layouts: &[&layout],
+            push_constant_ranges: &[],
+        });
+        let lost = Arc::new(Mutex::new(None));
+        let lost_flag = Arc::new(AtomicBool::new(false));
+        {
+            let (lost, flag) = (lost.clone(), lost_flag.clone());
+            device.set_device_lost_callback(move |reason, message| {
+                if let Ok(mut slot) = lost.lock() {
+                    *slot = Some(format!("{reason:?}: {message}"));
+                }
+                flag.store(true, Ordering::SeqCst);
+            });
+        }
+        Ok(GpuContext {
+            device,
+            queue,
+            adapter: info,
+            limits,
+            max_chunk_items: options.max_chunk_items,
+            layout,
+            pipeline_layout,
+            pipelines: Mutex::new(HashMap::new()),
+            lost,
+            lost_flag,
+        })
+    }
+
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.adapter
+    }
+
+    fn check_lost(&self, during: &str) -> Result<(), GpuError> {
+        if self.lost_flag.load(Ordering::SeqCst) {
+            let why = self
+                .lost
+                .lock()
+                .ok()
+                .and_then(|s| s.clone())
+                .unwrap_or_default();
+            return Err(GpuError::Lost {
+                during: during.into(),
+                why,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes.
+    fn scoped<T>(&self, during: &str, f: impl FnOnce() -> T) -> Result<T, GpuError> {
+        self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = f();
+        let validation = pollster::block_on(self.device.pop_error_scope());
+        let memory = pollster::block_on(self.device.pop_error_scope());
+        if let Some(e) = validation.or(memory) {
+            return Err(GpuError::Device {
+                during: during.into(),
+                why: e.to_string(),
+            });
+        }
+        self.check_lost(during)?;
+        Ok(value)
+    }
+
+    fn pipeline(&self, kernel: &Kernel) -> Result<Arc<wgpu::ComputePipeline>, GpuError> {
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&kernel.source).cloned())
+        {
+            return Ok(p);
+        }
+        let pipeline = self.scoped("compiling a kernel", || {
+            let module = self
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some("matgrad kernel"),
+                    source: wgpu::ShaderSource::Wgsl(kernel.source.as_str().into()),
+                });
+            self.device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some("matgrad kernel"),
+                    layout: Some(&self.pipeline_layout),
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: wgpu::PipelineCompilationOptions::default(),
+                    cache: None,
+                })
+        })?;
+        let pipeline = Arc::new(pipeline);
+        if let Ok(mut m) = self.pipelines.lock() {
+            m.insert(kernel.source.clone(), pipeline.clone());
+        }
+        Ok(pipeline)
+    }
+
+    /// Prepares `plan` with its shared inputs resident: the kernel compiled, the hoisted
+    /// values uploaded. `inputs` are all the plan's inputs (the batched ones are not read).
+    pub fn session(&self, plan: &Plan, inputs: &[&Batch<f32>]) -> Result<GpuSession<'_>, GpuError> {
+        let kernel = generate(plan)?;
+        let pipeline = with_stack(|| self.pipeline(&kernel))?;
+        let hoisted = hoisted_values(plan, inputs);
+        let mut shared_data = vec![0f32; kernel.shared_len];
+        for (i, offset) in kernel.shared_offsets.iter().enumerate() {
+            if let Some(o) = offset {
+                shared_data[*o..*o + hoisted[i].len()].copy_from_slice(&hoisted[i]);
+            }
+        }
+        let shared = self.scoped("uploading shared inputs", || {
+            self.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("matgrad hoisted"),
+                    contents: bytemuck::cast_slice(&shared_data),
+                    usage: wgpu::BufferUsages::STORAGE,
+                })
+        })?;
+        let shared_outputs = plan
+            .outputs()
+            .iter()
+            .map(|&o| (!plan.steps()[o].batched).then(|| hoisted[o].to_vec()))
+            .collect();
+        Ok(GpuSession {
+            ctx: self,
+            plan: plan.clone(),
+            kernel,
+            pipeline,
+            shared,
+            shared_outputs,
+        })
+    }
+
+    /// Items per dispatch: what fits one binding of the inputs and of the outputs, and one
+    /// 2-D dispatch.
+    fn chunk_items(&self, kernel: &Kernel, batch: usize) -> usize {
+        let binding =
+            (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size);
+        let per_item = 4 * kernel.batched_len().max(kernel.out_len()).max(1) as u64;
+        let per_dim = self.limits.max_compute_workgroups_per_dimension.max(1) as u64;
+        let by_dispatch = per_dim * per_dim * kernel.workgroup_size as u64;
+        let mut items = (binding / per_item).min(by_dispatch).max(1) as usize;
+        if let Some(m) = self.max_chunk_items {
+            items = items.min(m.max(1));
+        }
+        items.min(batch.max(1))
+    }
+}
+
+/// A plan ready to run repeatedly: the pipeline and the shared inputs stay on the device;
+/// each [`GpuSession::run`] streams only the batched inputs.
+pub struct GpuSession<'c> {
+    ctx: &'c GpuContext,
+    plan: Plan,
+    kernel: Kernel,
+    pipeline: Arc<wgpu::ComputePipeline>,
+    shared: wgpu::Buffer,
+    /// The value of each plan output that reads no batched input.
+    shared_outputs: Vec<Option<Vec<f32>>>,
+}
+
+impl GpuSession<'_> {
+    /// Runs the batch; `inputs` are all the plan's inputs (the shared ones are not read).
+    pub fn run(&self, inputs: &[&Batch<f32>], batch: usize) -> Result<Vec<Batch<f32>>, GpuError> {
+        let plan = &self.plan;
+        let steps = plan.steps();
+        let out_len = self.kernel.out_len();
+        let mut batched_results: Vec<Vec<f32>> = self
+            .kernel
+            .batched_outputs
+            .iter()
+            .map(|&(_, len)| Vec::with_capacity(batch * len))
+            .collect();
+        if plan.is_batched() && out_len > 0 {
+            let chunk = self.ctx.chunk_items(&self.kernel, batch);
+            let mut first = 0;
+            while first < batch {
+                let count = chunk.min(batch - first);
+                let data = with_stack(|| self.run_chunk(inputs, first, count))?;
+                let mut base = 0;
+                for (k, &(_, len)) in self.kernel.batched_outputs.iter().enumerate() {
+                    batched_results[k].extend_from_slice(&data[base..base + count * len]);
+                    base += count * len;
+                }
+                first += count;
+            }
+        }
+        let mut outputs = Vec::new();
+        for (position, &o) in plan.outputs().iter().enumerate() {
+            let step = &steps[o];
+            let data = match self
+                .kernel
+                .batched_outputs
+                .iter()
+                .position(|&(p, _)| p == position)
+            {
+                Some(k) => std::mem::take(&mut batched_results[k]),
+                None => {
+                    let value = self.shared_outputs[position].clone().unwrap_or_default();
+                    if plan.is_batched() {
+                        value.repeat(batch)
+                    } else {
+                        value
+                    }
+                }
+            };
+            outputs.push(Batch {
+                batch: plan.is_batched().then_some(batch),
+                rows: step.rows,
+                cols: step.cols,
+                data,
+            });
+        }
+        Ok(outputs)
+    }
+
+    /// One dispatch for the items `first..first+count`; returns the `out` buffer's values.
+    fn run_chunk(
+        &self,
+        inputs: &[&Batch<f32>],
+        first: usize,
+        count: usize,
+    ) -> Result<Vec<f32>, GpuError> {
+        let ctx = self.ctx;
+        let mut batched = Vec::with_capacity(count * self.kernel.batched_len());
+        for &(k, len) in &self.kernel.batched_inputs {
+            batched.extend_from_slice(&inputs[k].data[first * len..(first + count) * len]);
+        }
+        if batched.is_empty() {
+            batched.push(0.0);
+        }
+        let out_bytes = (4 * count * self.kernel.out_len()).max(4) as u64;
+        let workgroup = self.kernel.workgroup_size as u64;
+        let groups = (count as u64).div_ceil(workgroup);
+        let per_dim = ctx.limits.max_compute_workgroups_per_dimension.max(1) as u64;
+        let groups_x = groups.min(per_dim);
+        let groups_y = groups.div_ceil(groups_x);
+        let params = [count as u32, (groups_x * workgroup) as u32, 0, 0];
+        let (readback, submission) = ctx.scoped("running a chunk", || {
+            let device = &ctx.device;
+            let input = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("matgrad batched inputs"),
+                contents: bytemuck::cast_slice(&batched),
+                usage: wgpu::BufferUsages::STORAGE,
+            });
+            let output = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("matgrad outputs"),
+                size: out_bytes,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let readback = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("matgrad readback"),
+                size: out_bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("matgrad params"),
+                contents: bytemuck::cast_slice(&params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("matgrad bindings"),
+                layout: &ctx.layout,
+                entries: &[
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: self.shared.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: input.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 2,
+                        resource: output.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 3,
+                        resource: uniform.as_entire_binding(),
+                    },
+                ],
+            });
+            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("matgrad"),
+            });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("matgrad"),
+                    timestamp_writes: None,
+                });
+                pass.set_pipeline(&self.pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                pass.dispatch_workgroups(groups_x as u32, groups_y as u32, 1);
+            }
+            encoder.copy_buffer_to_buffer(&output, 0, &readback, 0, out_bytes);
+            let submission = ctx.queue.submit(Some(encoder.finish()));
+            (readback, submission)
+        })?;
+        let (sender, receiver) = mpsc::channel();
+        readback
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |result| {
+                let _ = sender.send(result);
+            });
+        ctx.device
+            .poll(wgpu::PollType::WaitForSubmissionIndex(submission))
+            .map_err(|e| GpuError::Device {
+                during: "waiting for a chunk".into(),
+                why: e.to_string(),
+            })?;
+        ctx.check_lost("reading results back")?;
+        match receiver.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(GpuError::Device {
+                    during: "reading results back".into(),
+                    why: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(GpuError::Device {
+                    during: "reading results back".into(),
+                    why: "the map callback never ran".into(),
+                })
+            }
+        }
+        let values = {
+            let view = readback.slice(..).get_mapped_range();
+            let floats: &[f32] = bytemuck::cast_slice(&view);
+            floats[..count * self.kernel.out_len()].to_vec()
+        };
+        readback.unmap();
+        Ok(values)
+    }
+}
+
+/// Runs `plan` once on the GPU.
+pub fn run_gpu(
+    ctx: &GpuContext,
+    plan: &Plan,
+    inputs: &[&Batch<f32>],
+    batch: usize,
+) -> Result<Vec<Batch<f32>>, GpuError> {
+    ctx.session(plan, inputs)?.run(inputs, batch)
+}

@@ -1,0 +1,237 @@
+//! The GPU back end on whatever adapter the machine has (Mesa's lavapipe in CI): results
+//! against the float64 reference for the whole catalog, random programs, the workloads at
+//! reduced batch sizes and a program with every operation; chunked runs equal unchunked
+//! ones. With `CI=true` a missing adapter fails these tests; elsewhere they say loudly that
+//! they were skipped and why.
+
+use matgrad::batch::{run_reference, run_reference_rounded, Batch};
+use matgrad::catalog::CASES;
+use matgrad::check::{device_against_reference, perturb, round_to_f32, to_f32, F32_TOLERANCE};
+use matgrad::diff::{differentiate, Derivative, Layout, Request};
+use matgrad::generate::{random_program, Class};
+use matgrad::gpu::{run_gpu, GpuContext, GpuError, GpuOptions};
+use matgrad::plan::Plan;
+use matgrad::types::check_program;
+use matgrad::verify::{dimension_sizes, random_point};
+use matgrad::workloads::{prepare, WORKLOADS};
+
+/// The adapter, or `None` with a loud message (a failure under `CI=true`).
+fn context(options: GpuOptions) -> Option<GpuContext> {
+    match GpuContext::new(&options) {
+        Ok(ctx) => Some(ctx),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true and no GPU: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: GPU test without an adapter: {e}");
+            None
+        }
+    }
+}
+
+fn derive(source: &str, wrt: &str, hessian: bool) -> Derivative {
+    let p = check_program(source).unwrap_or_else(|e| panic!("{}", e.render(source)));
+    let request = if hessian {
+        Request::Hessian
+    } else {
+        Request::Derivative
+    };
+    differentiate(p, wrt, &request, Layout::Gradient)
+        .unwrap_or_else(|e| panic!("{source}: {}", e.message))
+}
+
+/// Inputs for `batch` items (shared variables from one point), rounded to float32.
+fn inputs(d: &Derivative, plan: &Plan, batch: usize, seed: u64) -> Vec<Batch<f64>> {
+    let g = &d.program.graph;
+    let sizes = dimension_sizes(g);
+    let points: Vec<_> = (0..batch)
+        .map(|i| random_point(g, &sizes, seed * 7919 + i as u64))
+        .collect();
+    let values = plan
+        .inputs()
+        .iter()
+        .map(|input| {
+            let count = if input.batched { batch } else { 1 };
+            Batch {
+                batch: input.batched.then_some(batch),
+                rows: input.rows,
+                cols: input.cols,
+                data: (0..count)
+                    .flat_map(|i| points[i].values[input.var as usize].clone().unwrap().data)
+                    .collect(),
+            }
+        })
+        .collect::<Vec<_>>();
+    round_to_f32(&values)
+}
+
+/// GPU against the reference on one plan; returns the largest error.
+fn gpu_error(
+    ctx: &GpuContext,
+    plan: &Plan,
+    values: &[Batch<f64>],
+    batch: usize,
+    what: &str,
+) -> f64 {
+    let refs: Vec<&Batch<f64>> = values.iter().collect();
+    let reference = run_reference(plan, &refs, batch);
+    let moved = perturb(values);
+    let moved_refs: Vec<&Batch<f64>> = moved.iter().collect();
+    let perturbed = run_reference_rounded(plan, &moved_refs, batch);
+    let values32: Vec<Batch<f32>> = values.iter().map(to_f32).collect();
+    let refs32: Vec<&Batch<f32>> = values32.iter().collect();
+    let gpu = run_gpu(ctx, plan, &refs32, batch).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut worst: f64 = 0.0;
+    for ((g, r), p) in gpu.iter().zip(&reference).zip(&perturbed) {
+        assert_eq!(
+            (g.batch, g.rows, g.cols),
+            (r.batch, r.rows, r.cols),
+            "{what}"
+        );
+        worst = worst.max(device_against_reference("gpu", g, r, p).max_rel_error);
+    }
+    worst
+}
+
+#[test]
+fn gpu_matches_reference_on_the_whole_catalog() {
+    let Some(ctx) = context(GpuOptions::default()) else {
+        return;
+    };
+    for (k, case) in CASES.iter().enumerate() {
+        let d = derive(
+            &format!("{} {}", case.decls, case.function),
+            case.wrt,
+            case.hessian,
+        );
+        let g = &d.program.graph;
+        let batched: Vec<bool> = (0..g.vars.len()).map(|v| v as u32 == d.wrt).collect();
+        let plan = Plan::new(g, &[d.node, d.program.root], &dimension_sizes(g), &batched).unwrap();
+        let values = inputs(&d, &plan, 5, k as u64 + 1);
+        let what = format!("{} {} by {}", case.id, case.function, case.wrt);
+        let err = gpu_error(&ctx, &plan, &values, 5, &what);
+        assert!(err < F32_TOLERANCE, "{what}: gpu error {err:.2e}");
+    }
+}
+
+#[test]
+fn gpu_matches_reference_on_random_programs_across_chunks() {
+    let Some(ctx) = context(GpuOptions {
+        adapter: None,
+        max_chunk_items: Some(64),
+    }) else {
+        return;
+    };
+    let sizes = [1, 3, 17, 64, 65, 131];
+    let mut compared = 0;
+    let mut failures = Vec::new();
+    for seed in 1..=240u64 {
+        let class = [Class::Scalar, Class::Scalar, Class::VecN][seed as usize % 3];
+        let generated = random_program(seed + 90_000, 1 + (seed % 4) as usize, class);
+        let p = check_program(&generated.source).unwrap();
+        let Ok(d) = differentiate(p, &generated.wrt, &Request::Derivative, Layout::Gradient) else {
+            continue;
+        };
+        let g = &d.program.graph;
+        let batched: Vec<bool> = (0..g.vars.len())
+            .map(|v| (seed >> (v % 8)) & 1 == 1 || v as u32 == d.wrt)
+            .collect();
+        let batch = sizes[seed as usize % sizes.len()];
+        let plan = Plan::new(g, &[d.node], &dimension_sizes(g), &batched).unwrap();
+        let values = inputs(&d, &plan, batch, seed);
+        let what = format!(
+            "seed {seed}: d/d{} of `{}` (batch {batch})",
+            generated.wrt, generated.source
+        );
+        let err = gpu_error(&ctx, &plan, &values, batch, &what);
+        compared += 1;
+        if err > F32_TOLERANCE {
+            failures.push(format!("{what}: {err:.2e}\n  {}", d.text()));
+        }
+    }
+    assert!(compared >= 200, "only {compared} compared");
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn chunked_runs_equal_unchunked_runs() {
+    let (Some(whole), Some(tiny)) = (
+        context(GpuOptions::default()),
+        context(GpuOptions {
+            adapter: None,
+            max_chunk_items: Some(7),
+        }),
+    ) else {
+        return;
+    };
+    let d = derive(
+        "A: matrix(4,3); x: vector(3); b: vector(4); (A*x+b)'*(A*x+b)",
+        "x",
+        false,
+    );
+    let g = &d.program.graph;
+    let batched: Vec<bool> = g.vars.iter().map(|v| v.name == "x").collect();
+    let plan = Plan::new(g, &[d.node, d.program.root], &dimension_sizes(g), &batched).unwrap();
+    let values: Vec<Batch<f32>> = inputs(&d, &plan, 100, 3).iter().map(to_f32).collect();
+    let refs: Vec<&Batch<f32>> = values.iter().collect();
+    let a = run_gpu(&whole, &plan, &refs, 100).unwrap();
+    let b = run_gpu(&tiny, &plan, &refs, 100).unwrap();
+    assert_eq!(a, b, "15 chunks of 7 items give the bits of one chunk");
+}
+
+#[test]
+fn workloads_at_reduced_batch_sizes_match_the_reference() {
+    let Some(ctx) = context(GpuOptions::default()) else {
+        return;
+    };
+    for w in WORKLOADS {
+        let batch = 16.min(w.batch);
+        let p = prepare(w, batch);
+        let values = round_to_f32(&p.inputs);
+        let err = gpu_error(&ctx, &p.plan, &values, batch, w.id);
+        assert!(err < F32_TOLERANCE, "{}: gpu error {err:.2e}", w.id);
+    }
+}
+
+#[test]
+fn every_operation_runs() {
+    let Some(ctx) = context(GpuOptions::default()) else {
+        return;
+    };
+    let source = "a: scalar; b: scalar; x: vector(3); y: vector(3); A: matrix(3,3); S: spd(3); \
+     sum(sin(x)+cos(x)+tan(0.5*tanh(x))+arcsin(0.5*tanh(y))+arccos(0.5*tanh(y))+arctan(x)) \
+     + sum(exp(0.5*tanh(x)).*log(x.^2+vector(1))./sqrt(y.*y+vector(1))) \
+     + sum(abs(x)+sign(y)+relu(x)) + norm1(A*x) + norm2(A'*A) + tr(A^3) + det(S) + logdet(S) \
+     + x'*inv(S)*y + a^2/(b^2+1) + sum(diag(x)*y) + sum(diag(A)) + (a-b)^3 + sum(matrix(2).*A) + sum(eye*x)";
+    for wrt in ["x", "A", "S", "a"] {
+        let d = derive(source, wrt, false);
+        let g = &d.program.graph;
+        let batched = vec![true; g.vars.len()];
+        let plan = Plan::new(g, &[d.node, d.program.root], &dimension_sizes(g), &batched).unwrap();
+        let values = inputs(&d, &plan, 9, 5);
+        let err = gpu_error(&ctx, &plan, &values, 9, wrt);
+        assert!(err < F32_TOLERANCE, "by {wrt}: gpu error {err:.2e}");
+    }
+}
+
+#[test]
+fn an_adapter_that_is_not_there_is_a_clear_error() {
+    if context(GpuOptions::default()).is_none() {
+        return;
+    }
+    match GpuContext::new(&GpuOptions {
+        adapter: Some("no-such-adapter-anywhere".into()),
+        max_chunk_items: None,
+    }) {
+        Err(GpuError::NoMatchingAdapter { wanted, available }) => {
+            assert_eq!(wanted, "no-such-adapter-anywhere");
+            assert!(!available.is_empty());
+        }
+        other => panic!("expected NoMatchingAdapter, got {:?}", other.err()),
+    }
+}
