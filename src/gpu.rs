@@ -123,6 +123,8 @@ pub struct GpuContext {
     adapter: AdapterSummary,
     limits: wgpu::Limits,
     max_chunk_items: Option<usize>,
+    /// Whether the device times kernels with timestamp queries.
+    timestamps: bool,
     /// The one binding layout every kernel uses (see `wgsl`).
     layout: wgpu::BindGroupLayout,
     pipeline_layout: wgpu::PipelineLayout,
@@ -178,9 +180,15 @@ impl GpuContext {
         };
         let info = summary(&adapter);
         let limits = adapter.limits();
+        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        let features = if timestamps {
+            wgpu::Features::TIMESTAMP_QUERY
+        } else {
+            wgpu::Features::empty()
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("matgrad"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
@@ -239,6 +247,7 @@ impl GpuContext {
             adapter: info,
             limits,
             max_chunk_items: options.max_chunk_items,
+            timestamps,
             layout,
             pipeline_layout,
             pipelines: Mutex::new(HashMap::new()),
@@ -383,6 +392,18 @@ pub struct GpuSession<'c> {
 impl GpuSession<'_> {
     /// Runs the batch; `inputs` are all the plan's inputs (the shared ones are not read).
     pub fn run(&self, inputs: &[&Batch<f32>], batch: usize) -> Result<Vec<Batch<f32>>, GpuError> {
+        self.run_timed(inputs, batch).map(|(outputs, _)| outputs)
+    }
+
+    /// Runs the batch and times it: the kernels by timestamp queries where the adapter has
+    /// them, else by the host around each submission (which then includes the transfers).
+    pub fn run_timed(
+        &self,
+        inputs: &[&Batch<f32>],
+        batch: usize,
+    ) -> Result<(Vec<Batch<f32>>, GpuTiming), GpuError> {
+        let started = std::time::Instant::now();
+        let mut kernel_seconds = 0.0;
         let plan = &self.plan;
         let steps = plan.steps();
         let out_len = self.kernel.out_len();
@@ -397,7 +418,8 @@ impl GpuSession<'_> {
             let mut first = 0;
             while first < batch {
                 let count = chunk.min(batch - first);
-                let data = with_stack(|| self.run_chunk(inputs, first, count))?;
+                let (data, seconds) = with_stack(|| self.run_chunk(inputs, first, count))?;
+                kernel_seconds += seconds;
                 let mut base = 0;
                 for (k, &(_, len)) in self.kernel.batched_outputs.iter().enumerate() {
                     batched_results[k].extend_from_slice(&data[base..base + count * len]);
@@ -432,7 +454,12 @@ impl GpuSession<'_> {
                 data,
             });
         }
-        Ok(outputs)
+        let timing = GpuTiming {
+            kernel_seconds,
+            end_to_end_seconds: started.elapsed().as_secs_f64(),
+            timestamps: self.ctx.timestamps,
+        };
+        Ok((outputs, timing))
     }
 
     /// One dispatch for the items `first..first+count`; returns the `out` buffer's values.
@@ -441,7 +468,7 @@ impl GpuSession<'_> {
         inputs: &[&Batch<f32>],
         first: usize,
         count: usize,
-    ) -> Result<Vec<f32>, GpuError> {
+    ) -> Result<(Vec<f32>, f64), GpuError> {
         let ctx = self.ctx;
         let mut batched = Vec::with_capacity(count * self.kernel.batched_len());
         for &(k, len) in &self.kernel.batched_inputs {
@@ -457,7 +484,8 @@ impl GpuSession<'_> {
         let groups_x = groups.min(per_dim);
         let groups_y = groups.div_ceil(groups_x);
         let params = [count as u32, (groups_x * workgroup) as u32, 0, 0];
-        let (readback, submission) = ctx.scoped("running a chunk", || {
+        let submitted_at = std::time::Instant::now();
+        let (readback, timestamps, submission) = ctx.scoped("running a chunk", || {
             let device = &ctx.device;
             let input = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("matgrad batched inputs"),
@@ -506,18 +534,50 @@ impl GpuSession<'_> {
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("matgrad"),
             });
+            let queries = ctx.timestamps.then(|| {
+                let set = device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("matgrad timing"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2,
+                });
+                let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("matgrad timing resolve"),
+                    size: 16,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                let read = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("matgrad timing readback"),
+                    size: 16,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                (set, resolve, read)
+            });
             {
+                let timestamp_writes =
+                    queries
+                        .as_ref()
+                        .map(|(set, _, _)| wgpu::ComputePassTimestampWrites {
+                            query_set: set,
+                            beginning_of_pass_write_index: Some(0),
+                            end_of_pass_write_index: Some(1),
+                        });
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("matgrad"),
-                    timestamp_writes: None,
+                    timestamp_writes,
                 });
                 pass.set_pipeline(&self.pipeline);
                 pass.set_bind_group(0, &bind_group, &[]);
                 pass.dispatch_workgroups(groups_x as u32, groups_y as u32, 1);
             }
             encoder.copy_buffer_to_buffer(&output, 0, &readback, 0, out_bytes);
+            if let Some((set, resolve, read)) = &queries {
+                encoder.resolve_query_set(set, 0..2, resolve, 0);
+                encoder.copy_buffer_to_buffer(resolve, 0, read, 0, 16);
+            }
             let submission = ctx.queue.submit(Some(encoder.finish()));
-            (readback, submission)
+            (readback, queries.map(|(_, _, read)| read), submission)
         })?;
         let (sender, receiver) = mpsc::channel();
         readback
@@ -547,14 +607,47 @@ impl GpuSession<'_> {
                 })
             }
         }
+        let host_seconds = submitted_at.elapsed().as_secs_f64();
         let values = {
             let view = readback.slice(..).get_mapped_range();
             let floats: &[f32] = bytemuck::cast_slice(&view);
             floats[..count * self.kernel.out_len()].to_vec()
         };
         readback.unmap();
-        Ok(values)
+        let seconds = match timestamps {
+            Some(read) => read_timestamps(ctx, &read).unwrap_or(host_seconds),
+            None => host_seconds,
+        };
+        Ok((values, seconds))
     }
+}
+
+/// How long a run took.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuTiming {
+    /// The kernels alone (timestamp queries) or each submission seen from the host.
+    pub kernel_seconds: f64,
+    /// Upload, kernels and read-back.
+    pub end_to_end_seconds: f64,
+    /// Whether `kernel_seconds` comes from timestamp queries.
+    pub timestamps: bool,
+}
+
+/// The seconds between the two timestamps written into `read` (already submitted).
+fn read_timestamps(ctx: &GpuContext, read: &wgpu::Buffer) -> Option<f64> {
+    let (sender, receiver) = mpsc::channel();
+    read.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+        let _ = sender.send(r);
+    });
+    ctx.device.poll(wgpu::PollType::Wait).ok()?;
+    receiver.recv().ok()?.ok()?;
+    let ticks = {
+        let view = read.slice(..).get_mapped_range();
+        let t: &[u64] = bytemuck::cast_slice(&view);
+        t[1].saturating_sub(t[0])
+    };
+    read.unmap();
+    Some(ticks as f64 * ctx.queue.get_timestamp_period() as f64 * 1e-9)
 }
 
 /// Runs `plan` once on the GPU.

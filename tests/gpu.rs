@@ -235,3 +235,39 @@ fn an_adapter_that_is_not_there_is_a_clear_error() {
         other => panic!("expected NoMatchingAdapter, got {:?}", other.err()),
     }
 }
+
+/// A session keeps the pipeline and the shared inputs resident: running it on two different
+/// batches gives what two one-shot runs give, and it reports timings.
+#[test]
+fn a_resident_session_streams_batches() {
+    let Some(ctx) = context(GpuOptions::default()) else {
+        return;
+    };
+    let d = derive(
+        "A: matrix(4,3); x: vector(3); b: vector(4); (A*x+b)'*(A*x+b)",
+        "x",
+        false,
+    );
+    let g = &d.program.graph;
+    let batched: Vec<bool> = g.vars.iter().map(|v| v.name == "x").collect();
+    let plan = Plan::new(g, &[d.node], &dimension_sizes(g), &batched).unwrap();
+    let first: Vec<Batch<f32>> = inputs(&d, &plan, 10, 1).iter().map(to_f32).collect();
+    let mut second = first.clone();
+    for b in &mut second {
+        if b.batch.is_some() {
+            b.data.iter_mut().for_each(|v| *v = -2.0 * *v + 1.0);
+        }
+    }
+    let (r1, r2): (Vec<&Batch<f32>>, Vec<&Batch<f32>>) =
+        (first.iter().collect(), second.iter().collect());
+    let session = ctx.session(&plan, &r1).unwrap();
+    let (a, timing) = session.run_timed(&r1, 10).unwrap();
+    let b = session.run(&r2, 10).unwrap();
+    assert_eq!(a, run_gpu(&ctx, &plan, &r1, 10).unwrap());
+    assert_eq!(b, run_gpu(&ctx, &plan, &r2, 10).unwrap());
+    assert_ne!(a, b);
+    assert!(
+        timing.kernel_seconds > 0.0 && timing.kernel_seconds <= timing.end_to_end_seconds,
+        "{timing:?}"
+    );
+}

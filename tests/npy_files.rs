@@ -282,7 +282,10 @@ fn check_command_passes_and_rejects_unknown_dimensions() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["passed"], true);
     let devices = v["devices"].as_array().unwrap();
-    assert!(devices.len() >= 2, "reference and cpu, and gpu when there is an adapter");
+    assert!(
+        devices.len() >= 2,
+        "reference and cpu, and gpu when there is an adapter"
+    );
     assert!(devices.iter().all(|d| d["passed"] == true));
     let (code, _, err) = matgrad(&["check", "x'*x", "--wrt", "x", "--dims", "q=3"]);
     assert_eq!(code, 2, "{err}");
@@ -338,18 +341,36 @@ fn gpu_device_matches_numpy() {
     let (_, listing, _) = matgrad(&["devices", "--json"]);
     let adapters: serde_json::Value = serde_json::from_str(&listing).unwrap();
     if adapters.as_array().is_none_or(|a| a.is_empty()) {
-        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true and no GPU adapter");
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI=true and no GPU adapter"
+        );
         eprintln!("SKIPPED: no GPU adapter for `eval --device gpu`");
         return;
     }
     let dir = out_dir("gpu");
-    let (code, err, out) = eval("(A*x+b)'*(A*x+b)", "x", "lsq.npz", &dir, &["--device", "gpu"]);
+    let (code, err, out) = eval(
+        "(A*x+b)'*(A*x+b)",
+        "x",
+        "lsq.npz",
+        &dir,
+        &["--device", "gpu"],
+    );
     assert_eq!(code, 0, "{err}");
     let (shape, got, descr) = load(&out);
     let (_, want, _) = load(&fixture("lsq_expected_grad.npy"));
     assert_eq!((shape, descr.contains("f4")), (vec![5, 3], true));
     assert!(max_rel(&got, &want) < 1e-5);
-    let (code, err, _) = eval("(A*x+b)'*(A*x+b)", "x", "lsq.npz", &dir, &["--device", "gpu", "--adapter", "no-such-adapter"]);
+    let (code, err, _) = eval(
+        "(A*x+b)'*(A*x+b)",
+        "x",
+        "lsq.npz",
+        &dir,
+        &["--device", "gpu", "--adapter", "no-such-adapter"],
+    );
     assert_eq!(code, 2);
-    assert!(err.contains("no adapter's name contains `no-such-adapter`"), "{err}");
+    assert!(
+        err.contains("no adapter's name contains `no-such-adapter`"),
+        "{err}"
+    );
 }
