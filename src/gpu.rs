@@ -30,6 +30,9 @@ pub struct GpuOptions {
     pub adapter: Option<String>,
     /// At most this many items per dispatch (tests use it to force chunking).
     pub max_chunk_items: Option<usize>,
+    /// At most this many workgroups per dispatch dimension, below the adapter's limit
+    /// (tests use it to force the two-dimensional fold of the dispatch).
+    pub max_workgroups_per_dimension: Option<u32>,
 }
 
 /// Why the GPU could not run.
@@ -123,6 +126,8 @@ pub struct GpuContext {
     adapter: AdapterSummary,
     limits: wgpu::Limits,
     max_chunk_items: Option<usize>,
+    /// Workgroups per dispatch dimension.
+    workgroups_per_dimension: u32,
     /// Whether the device times kernels with timestamp queries.
     timestamps: bool,
     /// The one binding layout every kernel uses (see `wgsl`).
@@ -181,6 +186,11 @@ impl GpuContext {
         let info = summary(&adapter);
         let limits = adapter.limits();
         let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        let workgroups_per_dimension = options
+            .max_workgroups_per_dimension
+            .unwrap_or(u32::MAX)
+            .min(limits.max_compute_workgroups_per_dimension)
+            .max(1);
         let features = if timestamps {
             wgpu::Features::TIMESTAMP_QUERY
         } else {
@@ -247,6 +257,7 @@ impl GpuContext {
             adapter: info,
             limits,
             max_chunk_items: options.max_chunk_items,
+            workgroups_per_dimension,
             timestamps,
             layout,
             pipeline_layout,
@@ -367,7 +378,7 @@ impl GpuContext {
         let binding =
             (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size);
         let per_item = 4 * kernel.batched_len().max(kernel.out_len()).max(1) as u64;
-        let per_dim = self.limits.max_compute_workgroups_per_dimension.max(1) as u64;
+        let per_dim = self.workgroups_per_dimension as u64;
         let by_dispatch = per_dim * per_dim * kernel.workgroup_size as u64;
         let mut items = (binding / per_item).min(by_dispatch).max(1) as usize;
         if let Some(m) = self.max_chunk_items {
@@ -480,7 +491,7 @@ impl GpuSession<'_> {
         let out_bytes = (4 * count * self.kernel.out_len()).max(4) as u64;
         let workgroup = self.kernel.workgroup_size as u64;
         let groups = (count as u64).div_ceil(workgroup);
-        let per_dim = ctx.limits.max_compute_workgroups_per_dimension.max(1) as u64;
+        let per_dim = ctx.workgroups_per_dimension as u64;
         let groups_x = groups.min(per_dim);
         let groups_y = groups.div_ceil(groups_x);
         let params = [count as u32, (groups_x * workgroup) as u32, 0, 0];

@@ -240,7 +240,7 @@ fn run(cli: Cli) -> u8 {
             let gpu = match device {
                 DeviceArg::Gpu => match GpuContext::new(&GpuOptions {
                     adapter,
-                    max_chunk_items: None,
+                    ..GpuOptions::default()
                 }) {
                     Ok(ctx) => Some(ctx),
                     Err(e) => {
@@ -333,7 +333,7 @@ fn run(cli: Cli) -> u8 {
 fn gpu_if_any(adapter: Option<String>) -> Option<GpuContext> {
     match GpuContext::new(&GpuOptions {
         adapter,
-        max_chunk_items: None,
+        ..GpuOptions::default()
     }) {
         Ok(ctx) => {
             let a = ctx.adapter();

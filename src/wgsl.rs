@@ -748,6 +748,43 @@ mod tests {
         assert!(!k.source.contains("secret_name"));
     }
 
+    /// exp(x) + x/norm2(x): element-wise steps, a reduction, and the output written back.
+    #[test]
+    fn snapshot_of_an_elementwise_kernel() {
+        let k = kernel("x: vector(2); sum(exp(x)) + norm2(x)", "x");
+        let main = &k.source[k.source.find("@compute").unwrap()..];
+        let expected = "@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let item = gid.x + gid.y * params.row;
+    if (item >= params.chunk) {
+        return;
+    }
+    var v1: array<f32, 2u>;
+    for (var idx1: u32 = 0u; idx1 < 2u; idx1 = idx1 + 1u) {
+        v1[idx1] = exp(batched[((item * 2u) + idx1)]);
+    }
+    var v2: array<f32, 1u>;
+    var acc2: f32 = f32(0.0);
+    for (var idx2: u32 = 0u; idx2 < 2u; idx2 = idx2 + 1u) {
+        acc2 = (acc2 + (batched[((item * 2u) + idx2)] * batched[((item * 2u) + idx2)]));
+    }
+    v2[0u] = sqrt(acc2);
+    var v3: array<f32, 2u>;
+    for (var idx3: u32 = 0u; idx3 < 2u; idx3 = idx3 + 1u) {
+        v3[idx3] = (batched[((item * 2u) + idx3)] / v2[0u]);
+    }
+    var v4: array<f32, 2u>;
+    for (var idx4: u32 = 0u; idx4 < 2u; idx4 = idx4 + 1u) {
+        v4[idx4] = (v1[idx4] + v3[idx4]);
+    }
+    for (var idx5: u32 = 0u; idx5 < 2u; idx5 = idx5 + 1u) {
+        out[((item * 2u) + idx5)] = v4[idx5];
+    }
+}
+";
+        assert_eq!(main, expected);
+    }
+
     /// A snapshot of a small kernel, to keep the generated code readable and stable.
     #[test]
     fn snapshot_of_a_small_kernel() {

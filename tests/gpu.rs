@@ -117,8 +117,8 @@ fn gpu_matches_reference_on_the_whole_catalog() {
 #[test]
 fn gpu_matches_reference_on_random_programs_across_chunks() {
     let Some(ctx) = context(GpuOptions {
-        adapter: None,
         max_chunk_items: Some(64),
+        ..GpuOptions::default()
     }) else {
         return;
     };
@@ -163,8 +163,8 @@ fn chunked_runs_equal_unchunked_runs() {
     let (Some(whole), Some(tiny)) = (
         context(GpuOptions::default()),
         context(GpuOptions {
-            adapter: None,
             max_chunk_items: Some(7),
+            ..GpuOptions::default()
         }),
     ) else {
         return;
@@ -226,7 +226,7 @@ fn an_adapter_that_is_not_there_is_a_clear_error() {
     }
     match GpuContext::new(&GpuOptions {
         adapter: Some("no-such-adapter-anywhere".into()),
-        max_chunk_items: None,
+        ..GpuOptions::default()
     }) {
         Err(GpuError::NoMatchingAdapter { wanted, available }) => {
             assert_eq!(wanted, "no-such-adapter-anywhere");
@@ -269,5 +269,30 @@ fn a_resident_session_streams_batches() {
     assert!(
         timing.kernel_seconds > 0.0 && timing.kernel_seconds <= timing.end_to_end_seconds,
         "{timing:?}"
+    );
+}
+
+/// A dispatch of more workgroups than one dimension allows is folded into two dimensions;
+/// the results are the bits of the unfolded dispatch.
+#[test]
+fn folded_dispatches_equal_flat_ones() {
+    let (Some(flat), Some(folded)) = (
+        context(GpuOptions::default()),
+        context(GpuOptions {
+            max_workgroups_per_dimension: Some(2),
+            ..GpuOptions::default()
+        }),
+    ) else {
+        return;
+    };
+    let d = derive("X: matrix(3,3); logdet(X)", "X", false);
+    let g = &d.program.graph;
+    let plan = Plan::new(g, &[d.node], &dimension_sizes(g), &[true]).unwrap();
+    // 300 items in workgroups of 64 are 5 groups: a 2×3 grid with at most 2 per dimension.
+    let values: Vec<Batch<f32>> = inputs(&d, &plan, 300, 8).iter().map(to_f32).collect();
+    let refs: Vec<&Batch<f32>> = values.iter().collect();
+    assert_eq!(
+        run_gpu(&flat, &plan, &refs, 300).unwrap(),
+        run_gpu(&folded, &plan, &refs, 300).unwrap()
     );
 }
