@@ -2,63 +2,19 @@
 //! assignment; the float32 CPU path matches the reference on the whole catalog and on
 //! random programs, with batch sizes 1, odd sizes and sizes that cross a block boundary.
 
+mod common;
+
+use common::{derive_for as derive, plan_inputs as inputs, points};
 use matgrad::batch::{non_finite_items, run_reference, run_reference_rounded, Batch};
 use matgrad::catalog::CASES;
 use matgrad::check::{device_against_reference, perturb, round_to_f32, to_f32, F32_TOLERANCE};
 use matgrad::cpu::{run_cpu, BLOCK};
 use matgrad::diff::{differentiate, Derivative, Layout, Request};
-use matgrad::eval::{evaluate, Env};
+use matgrad::eval::evaluate;
 use matgrad::generate::{random_program, Class};
 use matgrad::plan::Plan;
 use matgrad::types::check_program;
-use matgrad::verify::{dimension_sizes, random_point, relative_error};
-
-/// Per-item points: shared variables take item 0's value.
-fn points(d: &Derivative, batched: &[bool], batch: usize, seed: u64) -> Vec<Env> {
-    let g = &d.program.graph;
-    let sizes = dimension_sizes(g);
-    let base = random_point(g, &sizes, seed);
-    (0..batch)
-        .map(|i| {
-            let mut env = random_point(g, &sizes, seed * 10_007 + i as u64 + 1);
-            for (v, value) in env.values.iter_mut().enumerate() {
-                if !batched[v] {
-                    value.clone_from(&base.values[v]);
-                }
-            }
-            env
-        })
-        .collect()
-}
-
-/// The plan's inputs as batches built from per-item points.
-fn inputs(plan: &Plan, items: &[Env]) -> Vec<Batch<f64>> {
-    plan.inputs()
-        .iter()
-        .map(|input| {
-            let count = if input.batched { items.len() } else { 1 };
-            Batch {
-                batch: input.batched.then_some(items.len()),
-                rows: input.rows,
-                cols: input.cols,
-                data: (0..count)
-                    .flat_map(|i| items[i].values[input.var as usize].clone().unwrap().data)
-                    .collect(),
-            }
-        })
-        .collect()
-}
-
-fn derive(source: &str, wrt: &str, hessian: bool) -> Derivative {
-    let p = check_program(source).unwrap_or_else(|e| panic!("{}", e.render(source)));
-    let request = if hessian {
-        Request::Hessian
-    } else {
-        Request::Derivative
-    };
-    differentiate(p, wrt, &request, Layout::Gradient)
-        .unwrap_or_else(|e| panic!("{source}: {}", e.message))
-}
+use matgrad::verify::{dimension_sizes, relative_error};
 
 /// Runs reference and CPU on `d` with the given batched flags; checks the reference against
 /// the per-item evaluator and the CPU against the reference. Returns the CPU's error.
@@ -66,7 +22,7 @@ fn check_batched(d: &Derivative, batched: &[bool], batch: usize, seed: u64, what
     let g = &d.program.graph;
     let sizes = dimension_sizes(g);
     let plan = Plan::new(g, &[d.node, d.program.root], &sizes, batched).unwrap();
-    let mut items = points(d, batched, batch, seed);
+    let mut items = points(d, &plan, batch, seed);
     let values = round_to_f32(&inputs(&plan, &items));
     for (input, v) in plan.inputs().iter().zip(&values) {
         for (i, env) in items.iter_mut().enumerate() {
@@ -241,7 +197,7 @@ fn non_finite_items_do_not_spoil_the_others() {
     let g = &d.program.graph;
     let batched = vec![true];
     let plan = Plan::new(g, &[d.node], &dimension_sizes(g), &batched).unwrap();
-    let mut items = points(&d, &batched, 4, 3);
+    let mut items = points(&d, &plan, 4, 3);
     // Item 1 singular, item 2 with a NaN.
     items[1].values[0] = Some(matgrad::eval::Mat::from_fn(3, 3, |i, j| {
         ((i + 1) * (j + 1)) as f64

@@ -4,6 +4,9 @@
 //! ones. With `CI=true` a missing adapter fails these tests; elsewhere they say loudly that
 //! they were skipped and why.
 
+mod common;
+
+use common::{derive_for as derive, plan_inputs, points};
 use matgrad::batch::{run_reference, run_reference_rounded, Batch};
 use matgrad::catalog::CASES;
 use matgrad::check::{device_against_reference, perturb, round_to_f32, to_f32, F32_TOLERANCE};
@@ -12,7 +15,7 @@ use matgrad::generate::{random_program, Class};
 use matgrad::gpu::{run_gpu, GpuContext, GpuError, GpuOptions};
 use matgrad::plan::Plan;
 use matgrad::types::check_program;
-use matgrad::verify::{dimension_sizes, random_point};
+use matgrad::verify::dimension_sizes;
 use matgrad::workloads::{prepare, WORKLOADS};
 
 /// The adapter, or `None` with a loud message (a failure under `CI=true`).
@@ -29,40 +32,9 @@ fn context(options: GpuOptions) -> Option<GpuContext> {
     }
 }
 
-fn derive(source: &str, wrt: &str, hessian: bool) -> Derivative {
-    let p = check_program(source).unwrap_or_else(|e| panic!("{}", e.render(source)));
-    let request = if hessian {
-        Request::Hessian
-    } else {
-        Request::Derivative
-    };
-    differentiate(p, wrt, &request, Layout::Gradient)
-        .unwrap_or_else(|e| panic!("{source}: {}", e.message))
-}
-
 /// Inputs for `batch` items (shared variables from one point), rounded to float32.
 fn inputs(d: &Derivative, plan: &Plan, batch: usize, seed: u64) -> Vec<Batch<f64>> {
-    let g = &d.program.graph;
-    let sizes = dimension_sizes(g);
-    let points: Vec<_> = (0..batch)
-        .map(|i| random_point(g, &sizes, seed * 7919 + i as u64))
-        .collect();
-    let values = plan
-        .inputs()
-        .iter()
-        .map(|input| {
-            let count = if input.batched { batch } else { 1 };
-            Batch {
-                batch: input.batched.then_some(batch),
-                rows: input.rows,
-                cols: input.cols,
-                data: (0..count)
-                    .flat_map(|i| points[i].values[input.var as usize].clone().unwrap().data)
-                    .collect(),
-            }
-        })
-        .collect::<Vec<_>>();
-    round_to_f32(&values)
+    round_to_f32(&plan_inputs(plan, &points(d, plan, batch, seed)))
 }
 
 /// GPU against the reference on one plan; returns the largest error.

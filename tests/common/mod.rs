@@ -48,3 +48,55 @@ pub fn evaluate_printed(
 pub fn rel(a: &Mat, b: &Mat) -> f64 {
     relative_error(a, b)
 }
+
+/// The request for a derivative or a Hessian, derived (gradient layout), panicking with the
+/// rendered error.
+pub fn derive_for(source: &str, wrt: &str, hessian: bool) -> Derivative {
+    let request = if hessian {
+        Request::Hessian
+    } else {
+        Request::Derivative
+    };
+    derive(source, wrt, request, Layout::Gradient)
+}
+
+/// Per-item points for `plan`: batched variables drawn per item, shared ones from one base
+/// point.
+pub fn points(d: &Derivative, plan: &matgrad::plan::Plan, batch: usize, seed: u64) -> Vec<Env> {
+    let g = &d.program.graph;
+    let sizes = dimension_sizes(g);
+    let base = random_point(g, &sizes, seed);
+    let mut batched = vec![false; g.vars.len()];
+    for input in plan.inputs() {
+        batched[input.var as usize] = input.batched;
+    }
+    (0..batch)
+        .map(|i| {
+            let mut env = random_point(g, &sizes, seed * 10_007 + i as u64 + 1);
+            for (v, value) in env.values.iter_mut().enumerate() {
+                if !batched[v] {
+                    value.clone_from(&base.values[v]);
+                }
+            }
+            env
+        })
+        .collect()
+}
+
+/// The plan's inputs as batches built from per-item points.
+pub fn plan_inputs(plan: &matgrad::plan::Plan, items: &[Env]) -> Vec<matgrad::batch::Batch<f64>> {
+    plan.inputs()
+        .iter()
+        .map(|input| {
+            let count = if input.batched { items.len() } else { 1 };
+            matgrad::batch::Batch {
+                batch: input.batched.then_some(items.len()),
+                rows: input.rows,
+                cols: input.cols,
+                data: (0..count)
+                    .flat_map(|i| items[i].values[input.var as usize].clone().unwrap().data)
+                    .collect(),
+            }
+        })
+        .collect()
+}
