@@ -53,7 +53,9 @@ enum Command {
     },
     /// Hessian of a scalar expression by a vector (or scalar) variable.
     Hessian {
+        /// The program: optional declarations, then the expression.
         program: String,
+        /// The variable to differentiate by.
         #[arg(long)]
         wrt: String,
         /// Print the Hessian-vector product with a new vector of this name instead.
@@ -64,7 +66,9 @@ enum Command {
     },
     /// Evaluate a derivative for a whole batch of inputs from a NumPy .npz file.
     Eval {
+        /// The program: optional declarations, then the expression.
         program: String,
+        /// The variable to differentiate by.
         #[arg(long)]
         wrt: String,
         /// One array per variable; one more leading axis than the variable's rank = batched.
@@ -90,7 +94,9 @@ enum Command {
     /// Check a derivative on random batches: every device against the float64 reference,
     /// and the reference against finite differences.
     Check {
+        /// The program: optional declarations, then the expression.
         program: String,
+        /// The variable to differentiate by.
         #[arg(long)]
         wrt: String,
         /// Dimension sizes, e.g. m=4,n=3 (declared sizes are kept).

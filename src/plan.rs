@@ -9,6 +9,9 @@
 //! when one of its arguments (or, for an input, its variable) is; so everything that depends
 //! only on shared inputs is computed once per batch (hoisting). Common subexpressions are
 //! shared because the graph is hash-consed: a node is one step however often it is used.
+//! Chains of matrix products are re-associated for the fewest operations per batch, counting
+//! shared-only products once ([`order_chain`]): the value is the same, the rounding may differ
+//! in the last bits.
 
 use std::collections::HashMap;
 
@@ -108,13 +111,22 @@ impl Plan {
         let mut index: HashMap<Id, usize> = HashMap::new();
         let mut steps: Vec<Step> = Vec::new();
         let mut inputs: Vec<PlanInput> = Vec::new();
+        let interior = chain_interiors(graph, outputs);
         for &root in outputs {
             for id in graph.topo_order(root) {
-                if index.contains_key(&id) {
+                if index.contains_key(&id) || interior.contains(&id) {
                     continue;
                 }
                 let node = graph.node(id);
                 let (rows, cols) = env.dims_of(graph.shape(id));
+                if let Node::MatMul(..) = node {
+                    let mut factors = Vec::new();
+                    chain_factors(graph, id, &interior, &mut factors);
+                    let factor_steps: Vec<usize> = factors.iter().map(|f| index[f]).collect();
+                    let step = order_chain(&mut steps, node, &factor_steps);
+                    index.insert(id, step);
+                    continue;
+                }
                 let args: Vec<usize> = node.args().into_iter().map(|a| index[&a]).collect();
                 let (is_batched, input) = match node {
                     Node::Var(v) => {
@@ -254,6 +266,128 @@ impl Plan {
         }
         cost
     }
+}
+
+/// Matrix products used only as an operand of another matrix product (and not an output):
+/// they dissolve into the enclosing chain, which [`order_chain`] re-associates.
+fn chain_interiors(graph: &Graph, outputs: &[Id]) -> std::collections::HashSet<Id> {
+    let mut uses: HashMap<Id, usize> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for &root in outputs {
+        *uses.entry(root).or_default() += 1;
+        for id in graph.topo_order(root) {
+            if seen.insert(id) {
+                for a in graph.node(id).args() {
+                    *uses.entry(a).or_default() += 1;
+                }
+            }
+        }
+    }
+    let mut interior = std::collections::HashSet::new();
+    for &id in &seen {
+        if let Node::MatMul(a, b) = graph.node(id) {
+            for child in [a, b] {
+                if matches!(graph.node(child), Node::MatMul(..)) && uses.get(&child) == Some(&1) {
+                    interior.insert(child);
+                }
+            }
+        }
+    }
+    interior
+}
+
+/// The operands of the product chain rooted at `id`, left to right.
+fn chain_factors(
+    graph: &Graph,
+    id: Id,
+    interior: &std::collections::HashSet<Id>,
+    out: &mut Vec<Id>,
+) {
+    match graph.node(id) {
+        Node::MatMul(a, b) => {
+            for child in [a, b] {
+                if interior.contains(&child) {
+                    chain_factors(graph, child, interior, out);
+                } else {
+                    out.push(child);
+                }
+            }
+        }
+        _ => out.push(id),
+    }
+}
+
+/// Weight of a product done for every item against one done once per batch, when choosing
+/// the order of a chain: any batch worth a plan is large, so a hoisted product is nearly free.
+const PER_ITEM_WEIGHT: f64 = 1024.0;
+
+/// Appends the product of `factors` (step indices) in the order with the fewest weighted
+/// operations (the classic matrix-chain dynamic programme, counting products of shared
+/// factors once per batch and the others once per item); returns the result's step. So
+/// `(C+C')*X*a*a'` with `X` batched computes `X*a` per item and `a*a'`… never `(C+C')*X`.
+fn order_chain(steps: &mut Vec<Step>, node: Node, factors: &[usize]) -> usize {
+    let n = factors.len();
+    if n == 1 {
+        return factors[0];
+    }
+    let dims: Vec<usize> = std::iter::once(steps[factors[0]].rows)
+        .chain(factors.iter().map(|&f| steps[f].cols))
+        .collect();
+    let batched: Vec<bool> = factors.iter().map(|&f| steps[f].batched).collect();
+    // cost[i][j], split[i][j] for the sub-chain i..=j.
+    let mut cost = vec![vec![0.0f64; n]; n];
+    let mut split = vec![vec![0usize; n]; n];
+    for len in 2..=n {
+        for i in 0..=n - len {
+            let j = i + len - 1;
+            let weight = if batched[i..=j].iter().any(|&b| b) {
+                PER_ITEM_WEIGHT
+            } else {
+                1.0
+            };
+            cost[i][j] = f64::INFINITY;
+            for k in i..j {
+                let c = cost[i][k]
+                    + cost[k + 1][j]
+                    + weight * (dims[i] * dims[k + 1] * dims[j + 1]) as f64;
+                if c < cost[i][j] {
+                    cost[i][j] = c;
+                    split[i][j] = k;
+                }
+            }
+        }
+    }
+    build_chain(steps, node, factors, &split, 0, n - 1)
+}
+
+fn build_chain(
+    steps: &mut Vec<Step>,
+    node: Node,
+    factors: &[usize],
+    split: &[Vec<usize>],
+    i: usize,
+    j: usize,
+) -> usize {
+    if i == j {
+        return factors[i];
+    }
+    let k = split[i][j];
+    let left = build_chain(steps, node, factors, split, i, k);
+    let right = build_chain(steps, node, factors, split, k + 1, j);
+    let (rows, cols) = (steps[left].rows, steps[right].cols);
+    let batched = steps[left].batched || steps[right].batched;
+    // A 1×1 sub-product (a row times a column) stays a product: the executors multiply a
+    // 1×1 operand like any other, with the same result as scaling.
+    let args = vec![left, right];
+    steps.push(Step {
+        node,
+        args,
+        rows,
+        cols,
+        batched,
+        input: None,
+    });
+    steps.len() - 1
 }
 
 /// The floating-point operations of one evaluation of a step (per item if batched).

@@ -1,5 +1,5 @@
 //! Batched evaluation: the reference equals the per-item loop for every shared/batched
-//! assignment; the float32 CPU path matches the reference on the whole catalog and on
+//! assignment (to 1e-12: product chains are re-associated per assignment); the float32 CPU path matches the reference on the whole catalog and on
 //! random programs, with batch sizes 1, odd sizes and sizes that cross a block boundary.
 
 mod common;
@@ -44,14 +44,19 @@ fn check_batched(d: &Derivative, batched: &[bool], batch: usize, seed: u64, what
         for (i, item) in items.iter().enumerate().take(out.items()) {
             let want = evaluate(g, root, item).unwrap();
             let got = out.item_mat(i);
-            let same = got
-                .data
-                .iter()
-                .zip(&want.data)
-                .all(|(a, b)| a == b || (a.is_nan() && b.is_nan()));
+            // Equal up to the rounding of re-associated product chains; NaN where NaN.
+            let scale =
+                want.data.iter().fold(
+                    1.0f64,
+                    |m, x| if x.is_finite() { m.max(x.abs()) } else { m },
+                );
+            let same = got.data.iter().zip(&want.data).all(|(a, b)| {
+                a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-12 * scale
+            });
             assert!(
                 same,
-                "{what}: item {i} of the batch differs from the per-item evaluation"
+                "{what}: item {i} of the batch differs from the per-item evaluation: {:?} vs {:?}",
+                got.data, want.data
             );
         }
     }
