@@ -24,6 +24,7 @@ pub mod cpu;
 pub mod diagnostic;
 pub mod diff;
 pub mod eval;
+pub mod explain;
 pub mod expr;
 pub mod generate;
 pub mod gpu;

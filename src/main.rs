@@ -117,6 +117,26 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         adapter: Option<String>,
     },
+    /// Show the derived formula, the plan the cost model chose (once per batch and per
+    /// item), its operations and bytes, and the GPU kernel.
+    Explain {
+        /// The program: optional declarations, then the expression.
+        program: String,
+        /// The variable to differentiate by.
+        #[arg(long)]
+        wrt: String,
+        /// Dimension sizes, e.g. m=4,n=3 (declared sizes are kept; the rest default to 3, 4, 2, …).
+        #[arg(long, value_delimiter = ',', value_name = "NAME=SIZE")]
+        dims: Vec<String>,
+        /// Batched variables (default: the --wrt variable); the others are shared.
+        #[arg(long, value_delimiter = ',', value_name = "VAR")]
+        batched: Vec<String>,
+        #[arg(long)]
+        hessian: bool,
+        /// Also print the generated WGSL.
+        #[arg(long)]
+        wgsl: bool,
+    },
     /// List the GPU adapters with their type and the limits that matter.
     Devices {
         #[arg(long)]
@@ -332,7 +352,86 @@ fn run(cli: Cli) -> u8 {
         }
         Command::Catalog { json, seed } => run_catalog(json, seed),
         Command::Devices { json } => list_devices(json),
+        Command::Explain {
+            program,
+            wrt,
+            dims,
+            batched,
+            hessian,
+            wgsl,
+        } => {
+            let request = if hessian {
+                Request::Hessian
+            } else {
+                Request::Derivative
+            };
+            let derivative = match check_program(&program)
+                .and_then(|p| differentiate(p, &wrt, &request, Layout::Gradient))
+            {
+                Ok(d) => d,
+                Err(e) => return report(&e, &program),
+            };
+            match explain_plan(&derivative, &dims, &batched, &wrt, wgsl) {
+                Ok(text) => {
+                    print!("{text}");
+                    0
+                }
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    2
+                }
+            }
+        }
     }
+}
+
+/// `matgrad explain`: the plan for the given sizes and batched variables, and its kernel.
+fn explain_plan(
+    d: &Derivative,
+    dims: &[String],
+    batched: &[String],
+    wrt: &str,
+    wgsl: bool,
+) -> Result<String, String> {
+    let g = &d.program.graph;
+    let mut sizes = matgrad::verify::dimension_sizes(g);
+    for entry in dims {
+        let (name, size) = entry
+            .split_once('=')
+            .and_then(|(k, v)| Some((k.trim(), v.trim().parse::<usize>().ok()?)))
+            .ok_or_else(|| format!("`--dims {entry}`: expected NAME=SIZE, e.g. m=4"))?;
+        let i = g
+            .dims
+            .iter()
+            .position(|dim| dim.name == name)
+            .ok_or_else(|| format!("`--dims {entry}`: the program has no dimension `{name}`"))?;
+        if g.dims[i].size.is_some_and(|s| s != size) || size == 0 {
+            return Err(format!(
+                "`--dims {entry}`: `{name}` is declared with another size, or 0"
+            ));
+        }
+        sizes[i] = size;
+    }
+    let names: Vec<&str> = if batched.is_empty() {
+        vec![wrt]
+    } else {
+        batched.iter().map(String::as_str).collect()
+    };
+    let mut flags = vec![false; g.vars.len()];
+    for name in names {
+        let v = g
+            .var_by_name(name)
+            .ok_or_else(|| format!("`--batched {name}`: there is no variable `{name}`"))?;
+        flags[v as usize] = true;
+    }
+    let plan = Plan::new(g, &[d.node], &sizes, &flags).map_err(|e| e.to_string())?;
+    let kernel = matgrad::wgsl::generate(&plan).map_err(|e| e.to_string())?;
+    let mut text = matgrad::explain::explain(d, &plan, Some(&kernel));
+    if wgsl {
+        text.push_str("\n");
+        text.push_str(&kernel.source);
+    }
+    Ok(text)
 }
 
 /// The GPU when an adapter exists (saying on stderr which), else `None` with a note.

@@ -391,7 +391,7 @@ fn build_chain(
 }
 
 /// The floating-point operations of one evaluation of a step (per item if batched).
-fn step_flops(plan: &Plan, step: &Step) -> f64 {
+pub fn step_flops(plan: &Plan, step: &Step) -> f64 {
     let n = step.len() as f64;
     let arg = |k: usize| &plan.steps[step.args[k]];
     match step.node {

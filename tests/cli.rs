@@ -128,3 +128,31 @@ fn catalog_reports_every_entry() {
         .iter()
         .all(|r| r["verdict"].is_string() && r["id"].is_string()));
 }
+
+#[test]
+fn explain_shows_the_chosen_order_and_what_is_hoisted() {
+    let (code, out, err) = matgrad(&[
+        "explain",
+        "C: matrix(16,16); X: matrix(16,16); a: vector(16); a'*X'*C*X*a",
+        "--wrt",
+        "X",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("derivative: (C+C')*X*a*a'"), "{out}");
+    // C+C' once per batch; X*a (not (C+C')*X) per item: 2*16*16 operations.
+    let once = &out[out.find("once per batch:").unwrap()..out.find("per item:").unwrap()];
+    assert!(once.contains("t0 + t1") || once.contains("+"), "{out}");
+    let per_item = &out[out.find("per item:").unwrap()..];
+    assert!(
+        per_item.contains("16×1") && per_item.contains("512 flops"),
+        "{out}"
+    );
+    assert!(
+        !per_item.contains("8192 flops"),
+        "a 16×16×16 product per item: {out}"
+    );
+    assert!(out.contains("1536 flops and 2048 bytes per item"), "{out}");
+    let (code, out, _) = matgrad(&["explain", "x'*A*x", "--wrt", "x", "--wgsl"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("@compute"), "{out}");
+}

@@ -1,0 +1,104 @@
+//! `matgrad explain`: what a derivative costs and how it will run.
+//!
+//! In: a [`Derivative`], dimension sizes and which variables are batched. Out: a report of
+//! the derived formula, the plan the cost model chose (each step, once per batch or per item,
+//! with its operations), the totals per batch and per item, and the generated kernel.
+//! Invariant: everything shown is read off the same [`Plan`] and [`Kernel`] the executors
+//! run, never recomputed by hand.
+
+use std::fmt::Write as _;
+
+use crate::diff::Derivative;
+use crate::expr::Node;
+use crate::plan::{Plan, Step};
+use crate::wgsl::Kernel;
+
+/// The report, as text.
+pub fn explain(d: &Derivative, plan: &Plan, kernel: Option<&Kernel>) -> String {
+    let g = &d.program.graph;
+    let mut out = String::new();
+    let _ = writeln!(out, "derivative: {}", d.text());
+    let _ = writeln!(out, "shape: {}", g.describe_shape(d.shape()));
+    let steps = plan.steps();
+    let shared = steps.iter().filter(|s| !s.batched).count();
+    let _ = writeln!(
+        out,
+        "plan: {} steps, {} once per batch, {} per item",
+        steps.len(),
+        shared,
+        steps.len() - shared
+    );
+    for (title, batched) in [("once per batch:", false), ("per item:", true)] {
+        let _ = writeln!(out, "  {title}");
+        for (i, step) in steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.batched == batched)
+        {
+            let name = step
+                .input
+                .map(|k| plan.inputs()[k].name.clone())
+                .unwrap_or_default();
+            let what = describe(step, &name);
+            let flops = crate::plan::step_flops(plan, step);
+            let marker = if plan.outputs().contains(&i) {
+                "  (output)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "    t{i:<3} = {what:<28} {:>5}×{:<5} {:>10} flops{marker}",
+                step.rows, step.cols, flops
+            );
+        }
+    }
+    let cost = plan.cost();
+    let _ = writeln!(
+        out,
+        "cost: {} flops and {} bytes once per batch; {} flops and {} bytes per item",
+        cost.flops_shared, cost.bytes_shared, cost.flops_per_item, cost.bytes_per_item
+    );
+    if let Some(k) = kernel {
+        let _ = writeln!(
+            out,
+            "gpu kernel: {} lines of WGSL, workgroup size {}, {} floats in per item, {} out",
+            k.source.lines().count(),
+            k.workgroup_size,
+            k.batched_len(),
+            k.out_len()
+        );
+    }
+    out
+}
+
+/// One step in words: `t2 * t5`, `exp(t3)`, `input x`.
+fn describe(step: &Step, input_name: &str) -> String {
+    let a = |k: usize| format!("t{}", step.args[k]);
+    match step.node {
+        Node::Var(_) => format!("input {input_name}"),
+        Node::Const(c) => crate::print::number(c.get()),
+        Node::Fill(c, _) => format!("fill {}", crate::print::number(c.get())),
+        Node::Eye(_) => "eye".into(),
+        Node::Add(..) => format!("{} + {}", a(0), a(1)),
+        Node::Neg(_) => format!("-{}", a(0)),
+        Node::MatMul(..) => format!("{} * {}", a(0), a(1)),
+        Node::Scale(..) => format!("{} * {} (scale)", a(0), a(1)),
+        Node::Div(..) => format!("{} / {}", a(0), a(1)),
+        Node::Hadamard(..) => format!("{} .* {}", a(0), a(1)),
+        Node::ElemDiv(..) => format!("{} ./ {}", a(0), a(1)),
+        Node::Pow(..) => format!("{} ^ {}", a(0), a(1)),
+        Node::ElemPow(..) => format!("{} .^ {}", a(0), a(1)),
+        Node::MatPow(_, k) => format!("{}^{k}", a(0)),
+        Node::Transpose(_) => format!("{}'", a(0)),
+        Node::Map(f, _) => format!("{}({})", f.name(), a(0)),
+        Node::Sum(_) => format!("sum({})", a(0)),
+        Node::Norm1(_) => format!("norm1({})", a(0)),
+        Node::Norm2(_) => format!("norm2({})", a(0)),
+        Node::Trace(_) => format!("tr({})", a(0)),
+        Node::Det(_) => format!("det({})", a(0)),
+        Node::LogDet(_) => format!("logdet({})", a(0)),
+        Node::Inv(_) => format!("inv({})", a(0)),
+        Node::Diag(_) | Node::DiagPart(_) => format!("diag({})", a(0)),
+    }
+}
