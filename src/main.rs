@@ -428,7 +428,7 @@ fn explain_plan(
     let kernel = matgrad::wgsl::generate(&plan).map_err(|e| e.to_string())?;
     let mut text = matgrad::explain::explain(d, &plan, Some(&kernel));
     if wgsl {
-        text.push_str("\n");
+        text.push('\n');
         text.push_str(&kernel.source);
     }
     Ok(text)
