@@ -62,34 +62,8 @@ pub fn run_check(
     gpu: Option<&crate::gpu::GpuContext>,
 ) -> Result<Vec<DeviceReport>, Diagnostic> {
     let g = &d.program.graph;
-    let mut sizes = dimension_sizes(g);
-    for (name, &size) in &config.dims {
-        let Some(i) = g.dims.iter().position(|dim| &dim.name == name) else {
-            let names: Vec<&str> = g.dims.iter().map(|dim| dim.name.as_str()).collect();
-            return Err(Diagnostic::without_span(format!(
-                "`--dims {name}={size}`: the program has no dimension `{name}`"
-            ))
-            .with_help(format!("its dimensions are: {}", names.join(", "))));
-        };
-        if let Some(declared) = g.dims[i].size.filter(|&s| s != size) {
-            return Err(Diagnostic::without_span(format!(
-                "`--dims {name}={size}`: `{name}` is declared as {declared}"
-            )));
-        }
-        if size == 0 {
-            return Err(Diagnostic::without_span(format!(
-                "`--dims {name}=0`: sizes must be positive"
-            )));
-        }
-        sizes[i] = size;
-    }
-    let mut batched = vec![false; g.vars.len()];
-    for name in &config.batched {
-        let v = g.var_by_name(name).ok_or_else(|| {
-            Diagnostic::without_span(format!("`--batched {name}`: there is no variable `{name}`"))
-        })?;
-        batched[v as usize] = true;
-    }
+    let sizes = sizes_with(g, &config.dims)?;
+    let batched = batched_flags(g, &config.batched)?;
     let batch = config.batch.max(1);
     let plan = Plan::new(g, &[d.node], &sizes, &batched)
         .map_err(|e| Diagnostic::without_span(e.to_string()))?;
@@ -191,6 +165,49 @@ pub fn run_check(
         ));
     }
     Ok(reports)
+}
+
+/// Dimension sizes: declared sizes, then `overrides` by name, then 3, 4, 2, 5, … Errors name
+/// the dimension that does not exist, disagrees with its declaration, or is 0.
+pub fn sizes_with(
+    g: &crate::expr::Graph,
+    overrides: &HashMap<String, usize>,
+) -> Result<Vec<usize>, Diagnostic> {
+    let mut sizes = dimension_sizes(g);
+    for (name, &size) in overrides {
+        let Some(i) = g.dims.iter().position(|dim| &dim.name == name) else {
+            let names: Vec<&str> = g.dims.iter().map(|dim| dim.name.as_str()).collect();
+            return Err(Diagnostic::without_span(format!(
+                "`--dims {name}={size}`: the program has no dimension `{name}`"
+            ))
+            .with_help(format!("its dimensions are: {}", names.join(", "))));
+        };
+        if let Some(declared) = g.dims[i].size.filter(|&s| s != size) {
+            return Err(Diagnostic::without_span(format!(
+                "`--dims {name}={size}`: `{name}` is declared as {declared}"
+            )));
+        }
+        if size == 0 {
+            return Err(Diagnostic::without_span(format!(
+                "`--dims {name}=0`: sizes must be positive"
+            )));
+        }
+        sizes[i] = size;
+    }
+    Ok(sizes)
+}
+
+/// For each variable, whether `names` makes it batched. Errors name a variable that does
+/// not exist.
+pub fn batched_flags(g: &crate::expr::Graph, names: &[String]) -> Result<Vec<bool>, Diagnostic> {
+    let mut batched = vec![false; g.vars.len()];
+    for name in names {
+        let v = g.var_by_name(name).ok_or_else(|| {
+            Diagnostic::without_span(format!("`--batched {name}`: there is no variable `{name}`"))
+        })?;
+        batched[v as usize] = true;
+    }
+    Ok(batched)
 }
 
 /// The largest per-item error of a float32 result against the reference, over the items

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use matgrad::batch::{bind, non_finite_items, run_reference, Batch};
 use matgrad::catalog::{self, Verdict};
-use matgrad::check::{run_check, to_f32, CheckConfig, DeviceReport};
+use matgrad::check::{batched_flags, run_check, sizes_with, to_f32, CheckConfig, DeviceReport};
 use matgrad::cpu::run_cpu;
 use matgrad::diagnostic::Diagnostic;
 use matgrad::diff::{differentiate, Derivative, Kind, Layout, Request};
@@ -314,21 +314,13 @@ fn run(cli: Cli) -> u8 {
                 Ok(d) => d,
                 Err(e) => return report(&e, &program),
             };
-            let mut sizes = HashMap::new();
-            for entry in &dims {
-                match entry
-                    .split_once('=')
-                    .map(|(k, v)| (k.trim(), v.trim().parse::<usize>()))
-                {
-                    Some((name, Ok(size))) => {
-                        sizes.insert(name.to_string(), size);
-                    }
-                    _ => {
-                        eprintln!("error: `--dims {entry}`: expected NAME=SIZE, e.g. m=4");
-                        return 2;
-                    }
+            let sizes = match parse_dims(&dims) {
+                Ok(sizes) => sizes,
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    return 2;
                 }
-            }
+            };
             if batch == 0 {
                 eprintln!("error: `--batch 0`: a batch has at least one item");
                 return 2;
@@ -371,15 +363,24 @@ fn run(cli: Cli) -> u8 {
                 Ok(d) => d,
                 Err(e) => return report(&e, &program),
             };
-            match explain_plan(&derivative, &dims, &batched, &wrt, wgsl) {
+            let sizes = match parse_dims(&dims) {
+                Ok(sizes) => sizes,
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    return 2;
+                }
+            };
+            let batched = if batched.is_empty() {
+                vec![wrt.clone()]
+            } else {
+                batched
+            };
+            match explain_plan(&derivative, &sizes, &batched, wgsl) {
                 Ok(text) => {
                     print!("{text}");
                     0
                 }
-                Err(message) => {
-                    eprintln!("error: {message}");
-                    2
-                }
+                Err(e) => report(&e, &program),
             }
         }
     }
@@ -388,50 +389,40 @@ fn run(cli: Cli) -> u8 {
 /// `matgrad explain`: the plan for the given sizes and batched variables, and its kernel.
 fn explain_plan(
     d: &Derivative,
-    dims: &[String],
+    dims: &HashMap<String, usize>,
     batched: &[String],
-    wrt: &str,
     wgsl: bool,
-) -> Result<String, String> {
+) -> Result<String, Diagnostic> {
     let g = &d.program.graph;
-    let mut sizes = matgrad::verify::dimension_sizes(g);
-    for entry in dims {
-        let (name, size) = entry
-            .split_once('=')
-            .and_then(|(k, v)| Some((k.trim(), v.trim().parse::<usize>().ok()?)))
-            .ok_or_else(|| format!("`--dims {entry}`: expected NAME=SIZE, e.g. m=4"))?;
-        let i = g
-            .dims
-            .iter()
-            .position(|dim| dim.name == name)
-            .ok_or_else(|| format!("`--dims {entry}`: the program has no dimension `{name}`"))?;
-        if g.dims[i].size.is_some_and(|s| s != size) || size == 0 {
-            return Err(format!(
-                "`--dims {entry}`: `{name}` is declared with another size, or 0"
-            ));
-        }
-        sizes[i] = size;
-    }
-    let names: Vec<&str> = if batched.is_empty() {
-        vec![wrt]
-    } else {
-        batched.iter().map(String::as_str).collect()
-    };
-    let mut flags = vec![false; g.vars.len()];
-    for name in names {
-        let v = g
-            .var_by_name(name)
-            .ok_or_else(|| format!("`--batched {name}`: there is no variable `{name}`"))?;
-        flags[v as usize] = true;
-    }
-    let plan = Plan::new(g, &[d.node], &sizes, &flags).map_err(|e| e.to_string())?;
-    let kernel = matgrad::wgsl::generate(&plan).map_err(|e| e.to_string())?;
+    let sizes = sizes_with(g, dims)?;
+    let flags = batched_flags(g, batched)?;
+    let plan = Plan::new(g, &[d.node], &sizes, &flags)
+        .map_err(|e| Diagnostic::without_span(e.to_string()))?;
+    let kernel =
+        matgrad::wgsl::generate(&plan).map_err(|e| Diagnostic::without_span(e.to_string()))?;
     let mut text = matgrad::explain::explain(d, &plan, Some(&kernel));
     if wgsl {
         text.push('\n');
         text.push_str(&kernel.source);
     }
     Ok(text)
+}
+
+/// `NAME=SIZE` pairs from `--dims`.
+fn parse_dims(dims: &[String]) -> Result<HashMap<String, usize>, String> {
+    let mut sizes = HashMap::new();
+    for entry in dims {
+        match entry
+            .split_once('=')
+            .map(|(k, v)| (k.trim(), v.trim().parse::<usize>()))
+        {
+            Some((name, Ok(size))) => {
+                sizes.insert(name.to_string(), size);
+            }
+            _ => return Err(format!("`--dims {entry}`: expected NAME=SIZE, e.g. m=4")),
+        }
+    }
+    Ok(sizes)
 }
 
 /// The GPU when an adapter exists (saying on stderr which), else `None` with a note.
