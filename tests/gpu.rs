@@ -18,6 +18,16 @@ use matgrad::types::check_program;
 use matgrad::verify::dimension_sizes;
 use matgrad::workloads::{prepare, WORKLOADS};
 
+/// GPU tests run one at a time: a software adapter on a 2-core machine gains nothing from
+/// concurrent kernels, and its compiler is safest alone.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The adapter, or `None` with a loud message (a failure under `CI=true`).
 fn context(options: GpuOptions) -> Option<GpuContext> {
     match GpuContext::new(&options) {
@@ -67,6 +77,7 @@ fn gpu_error(
 
 #[test]
 fn gpu_matches_reference_on_the_whole_catalog() {
+    let _serial = serial();
     let Some(ctx) = context(GpuOptions::default()) else {
         return;
     };
@@ -88,6 +99,7 @@ fn gpu_matches_reference_on_the_whole_catalog() {
 
 #[test]
 fn gpu_matches_reference_on_random_programs_across_chunks() {
+    let _serial = serial();
     let Some(ctx) = context(GpuOptions {
         max_chunk_items: Some(64),
         ..GpuOptions::default()
@@ -132,6 +144,7 @@ fn gpu_matches_reference_on_random_programs_across_chunks() {
 
 #[test]
 fn chunked_runs_equal_unchunked_runs() {
+    let _serial = serial();
     let (Some(whole), Some(tiny)) = (
         context(GpuOptions::default()),
         context(GpuOptions {
@@ -158,6 +171,7 @@ fn chunked_runs_equal_unchunked_runs() {
 
 #[test]
 fn workloads_at_reduced_batch_sizes_match_the_reference() {
+    let _serial = serial();
     let Some(ctx) = context(GpuOptions::default()) else {
         return;
     };
@@ -172,6 +186,7 @@ fn workloads_at_reduced_batch_sizes_match_the_reference() {
 
 #[test]
 fn every_operation_runs() {
+    let _serial = serial();
     let Some(ctx) = context(GpuOptions::default()) else {
         return;
     };
@@ -193,6 +208,7 @@ fn every_operation_runs() {
 
 #[test]
 fn an_adapter_that_is_not_there_is_a_clear_error() {
+    let _serial = serial();
     if context(GpuOptions::default()).is_none() {
         return;
     }
@@ -212,6 +228,7 @@ fn an_adapter_that_is_not_there_is_a_clear_error() {
 /// batches gives what two one-shot runs give, and it reports timings.
 #[test]
 fn a_resident_session_streams_batches() {
+    let _serial = serial();
     let Some(ctx) = context(GpuOptions::default()) else {
         return;
     };
@@ -248,6 +265,7 @@ fn a_resident_session_streams_batches() {
 /// the results are the bits of the unfolded dispatch.
 #[test]
 fn folded_dispatches_equal_flat_ones() {
+    let _serial = serial();
     let (Some(flat), Some(folded)) = (
         context(GpuOptions::default()),
         context(GpuOptions {
