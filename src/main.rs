@@ -248,20 +248,13 @@ fn run(cli: Cli) -> u8 {
             layout,
             value_out,
         } => {
-            let request = if hessian {
-                Request::Hessian
-            } else {
-                Request::Derivative
-            };
             let layout = match layout {
                 LayoutArg::Gradient => Layout::Gradient,
                 LayoutArg::Numerator => Layout::Numerator,
             };
-            let derivative = match check_program(&program)
-                .and_then(|p| differentiate(p, &wrt, &request, layout))
-            {
+            let derivative = match derive_or_report(&program, &wrt, hessian, layout) {
                 Ok(d) => d,
-                Err(e) => return report(&e, &program),
+                Err(code) => return code,
             };
             let gpu = match device {
                 DeviceArg::Gpu => match GpuContext::new(&GpuOptions {
@@ -303,23 +296,13 @@ fn run(cli: Cli) -> u8 {
             json,
             adapter,
         } => {
-            let request = if hessian {
-                Request::Hessian
-            } else {
-                Request::Derivative
-            };
-            let derivative = match check_program(&program)
-                .and_then(|p| differentiate(p, &wrt, &request, Layout::Gradient))
-            {
+            let derivative = match derive_or_report(&program, &wrt, hessian, Layout::Gradient) {
                 Ok(d) => d,
-                Err(e) => return report(&e, &program),
+                Err(code) => return code,
             };
             let sizes = match parse_dims(&dims) {
                 Ok(sizes) => sizes,
-                Err(message) => {
-                    eprintln!("error: {message}");
-                    return 2;
-                }
+                Err(code) => return code,
             };
             if batch == 0 {
                 eprintln!("error: `--batch 0`: a batch has at least one item");
@@ -352,23 +335,13 @@ fn run(cli: Cli) -> u8 {
             hessian,
             wgsl,
         } => {
-            let request = if hessian {
-                Request::Hessian
-            } else {
-                Request::Derivative
-            };
-            let derivative = match check_program(&program)
-                .and_then(|p| differentiate(p, &wrt, &request, Layout::Gradient))
-            {
+            let derivative = match derive_or_report(&program, &wrt, hessian, Layout::Gradient) {
                 Ok(d) => d,
-                Err(e) => return report(&e, &program),
+                Err(code) => return code,
             };
             let sizes = match parse_dims(&dims) {
                 Ok(sizes) => sizes,
-                Err(message) => {
-                    eprintln!("error: {message}");
-                    return 2;
-                }
+                Err(code) => return code,
             };
             let batched = if batched.is_empty() {
                 vec![wrt.clone()]
@@ -408,8 +381,8 @@ fn explain_plan(
     Ok(text)
 }
 
-/// `NAME=SIZE` pairs from `--dims`.
-fn parse_dims(dims: &[String]) -> Result<HashMap<String, usize>, String> {
+/// `NAME=SIZE` pairs from `--dims`; a malformed one is reported, giving the exit status.
+fn parse_dims(dims: &[String]) -> Result<HashMap<String, usize>, u8> {
     let mut sizes = HashMap::new();
     for entry in dims {
         match entry
@@ -419,10 +392,30 @@ fn parse_dims(dims: &[String]) -> Result<HashMap<String, usize>, String> {
             Some((name, Ok(size))) => {
                 sizes.insert(name.to_string(), size);
             }
-            _ => return Err(format!("`--dims {entry}`: expected NAME=SIZE, e.g. m=4")),
+            _ => {
+                eprintln!("error: `--dims {entry}`: expected NAME=SIZE, e.g. m=4");
+                return Err(2);
+            }
         }
     }
     Ok(sizes)
+}
+
+/// Checks and differentiates a program; a bad one is reported, giving the exit status.
+fn derive_or_report(
+    program: &str,
+    wrt: &str,
+    hessian: bool,
+    layout: Layout,
+) -> Result<Derivative, u8> {
+    let request = if hessian {
+        Request::Hessian
+    } else {
+        Request::Derivative
+    };
+    check_program(program)
+        .and_then(|p| differentiate(p, wrt, &request, layout))
+        .map_err(|e| report(&e, program))
 }
 
 /// The GPU when an adapter exists (saying on stderr which), else `None` with a note.
