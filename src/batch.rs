@@ -304,6 +304,43 @@ fn reference(plan: &Plan, inputs: &[&Batch<f64>], batch: usize, round: bool) -> 
     outputs
 }
 
+/// The plan's inputs as batches built from per-item points (`items[i]` holds item `i`'s
+/// variables; a shared input is read from item 0).
+pub fn batches_from_points(plan: &Plan, items: &[crate::eval::Env]) -> Vec<Batch<f64>> {
+    plan.inputs()
+        .iter()
+        .map(|input| {
+            let count = if input.batched { items.len() } else { 1 };
+            let data = items[..count]
+                .iter()
+                .flat_map(|env| {
+                    env.values[input.var as usize]
+                        .as_ref()
+                        .map(|m| m.data.clone())
+                        .unwrap_or_default()
+                })
+                .collect();
+            Batch {
+                batch: input.batched.then_some(items.len()),
+                rows: input.rows,
+                cols: input.cols,
+                data,
+            }
+        })
+        .collect()
+}
+
+/// Writes the batches' values back into the per-item points, the inverse of
+/// [`batches_from_points`], so that single-item checks read the same numbers as the batch.
+pub fn set_points(plan: &Plan, batches: &[Batch<f64>], items: &mut [crate::eval::Env]) {
+    for (input, values) in plan.inputs().iter().zip(batches) {
+        for (i, env) in items.iter_mut().enumerate() {
+            let k = if input.batched { i } else { 0 };
+            env.values[input.var as usize] = Some(values.item_mat(k));
+        }
+    }
+}
+
 /// The items whose values are not all finite.
 pub fn non_finite_items<T: Copy + Into<f64>>(b: &Batch<T>) -> Vec<usize> {
     (0..b.items())

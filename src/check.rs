@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::batch::{run_reference, run_reference_rounded, Batch};
+use crate::batch::{batches_from_points, run_reference, run_reference_rounded, set_points, Batch};
 use crate::cpu::run_cpu;
 use crate::diagnostic::Diagnostic;
 use crate::diff::Derivative;
@@ -93,36 +93,9 @@ pub fn run_check(
         items.extend(chosen);
     }
 
-    let inputs64: Vec<Batch<f64>> = plan
-        .inputs()
-        .iter()
-        .map(|input| {
-            let v = input.var as usize;
-            let count = if input.batched { batch } else { 1 };
-            let data = (0..count)
-                .flat_map(|i| {
-                    items[i].values[v]
-                        .as_ref()
-                        .map(|m| m.data.clone())
-                        .unwrap_or_default()
-                })
-                .collect();
-            Batch {
-                batch: input.batched.then_some(batch),
-                rows: input.rows,
-                cols: input.cols,
-                data,
-            }
-        })
-        .collect();
-    let inputs64 = round_to_f32(&inputs64);
-    for (input, values) in plan.inputs().iter().zip(&inputs64) {
-        // The finite-difference points read the same rounded numbers as every device.
-        for (i, env) in items.iter_mut().enumerate() {
-            let k = if input.batched { i } else { 0 };
-            env.values[input.var as usize] = Some(values.item_mat(k));
-        }
-    }
+    // Every device and the finite-difference points read the same float32-rounded numbers.
+    let inputs64 = round_to_f32(&batches_from_points(&plan, &items));
+    set_points(&plan, &inputs64, &mut items);
     let refs: Vec<&Batch<f64>> = inputs64.iter().collect();
     let reference = run_reference(&plan, &refs, batch).remove(0);
     let moved = perturb(&inputs64);

@@ -106,12 +106,7 @@ pub fn prepare(w: &Workload, batch: usize) -> Prepared {
             for _ in 0..items {
                 let m = Mat::from_fn(input.rows, input.cols, |_, _| normal(&mut rng));
                 let value = match (w.id, input.name.as_str()) {
-                    ("W4 logdet", "X") => {
-                        let mut spd = m.matmul(&m.transpose());
-                        spd.data.iter_mut().for_each(|v| *v /= 8.0);
-                        (0..input.rows).for_each(|i| spd.data[i * input.rows + i] += 1.0);
-                        spd
-                    }
+                    ("W4 logdet", "X") => Mat::spd_from(&m),
                     ("W6 logistic", "y") => m.map(|v| if v >= 0.0 { 1.0 } else { -1.0 }),
                     _ => m,
                 };
