@@ -308,11 +308,7 @@ fn run(cli: Cli) -> u8 {
                 eprintln!("error: `--batch 0`: a batch has at least one item");
                 return 2;
             }
-            let batched = if batched.is_empty() {
-                vec![wrt.clone()]
-            } else {
-                batched
-            };
+            let batched = batched_or_wrt(batched, &wrt);
             let config = CheckConfig {
                 dims: sizes,
                 batch,
@@ -343,11 +339,7 @@ fn run(cli: Cli) -> u8 {
                 Ok(sizes) => sizes,
                 Err(code) => return code,
             };
-            let batched = if batched.is_empty() {
-                vec![wrt.clone()]
-            } else {
-                batched
-            };
+            let batched = batched_or_wrt(batched, &wrt);
             match explain_plan(&derivative, &sizes, &batched, wgsl) {
                 Ok(text) => {
                     print!("{text}");
@@ -416,6 +408,15 @@ fn derive_or_report(
     check_program(program)
         .and_then(|p| differentiate(p, wrt, &request, layout))
         .map_err(|e| report(&e, program))
+}
+
+/// The batched variables `--batched` names, by default the `--wrt` variable alone.
+fn batched_or_wrt(batched: Vec<String>, wrt: &str) -> Vec<String> {
+    if batched.is_empty() {
+        vec![wrt.to_string()]
+    } else {
+        batched
+    }
 }
 
 /// The GPU when an adapter exists (saying on stderr which), else `None` with a note.

@@ -4,16 +4,16 @@
 
 mod common;
 
-use common::{derive_for as derive, plan_inputs as inputs, points};
-use matgrad::batch::{non_finite_items, run_reference, run_reference_rounded, Batch};
+use common::{derive_for as derive, points, random_case};
+use matgrad::batch::{
+    batches_from_points, non_finite_items, run_reference, run_reference_rounded, set_points, Batch,
+};
 use matgrad::catalog::CASES;
 use matgrad::check::{device_against_reference, perturb, round_to_f32, to_f32, F32_TOLERANCE};
 use matgrad::cpu::{run_cpu, BLOCK};
-use matgrad::diff::{differentiate, Derivative, Layout, Request};
+use matgrad::diff::Derivative;
 use matgrad::eval::evaluate;
-use matgrad::generate::{random_program, Class};
 use matgrad::plan::Plan;
-use matgrad::types::check_program;
 use matgrad::verify::{dimension_sizes, relative_error};
 
 /// Runs reference and CPU on `d` with the given batched flags; checks the reference against
@@ -23,12 +23,8 @@ fn check_batched(d: &Derivative, batched: &[bool], batch: usize, seed: u64, what
     let sizes = dimension_sizes(g);
     let plan = Plan::new(g, &[d.node, d.program.root], &sizes, batched).unwrap();
     let mut items = points(d, &plan, batch, seed);
-    let values = round_to_f32(&inputs(&plan, &items));
-    for (input, v) in plan.inputs().iter().zip(&values) {
-        for (i, env) in items.iter_mut().enumerate() {
-            env.values[input.var as usize] = Some(v.item_mat(if input.batched { i } else { 0 }));
-        }
-    }
+    let values = round_to_f32(&batches_from_points(&plan, &items));
+    set_points(&plan, &values, &mut items);
     let refs: Vec<&Batch<f64>> = values.iter().collect();
     let n = if plan.is_batched() { batch } else { 1 };
     let outputs = run_reference(&plan, &refs, n);
@@ -162,17 +158,9 @@ fn cpu_matches_reference_on_random_programs() {
     let mut compared = 0;
     let mut failures = Vec::new();
     for seed in 1..=380u64 {
-        let class = [Class::Scalar, Class::Scalar, Class::VecN][seed as usize % 3];
-        let generated = random_program(seed + 50_000, 1 + (seed % 4) as usize, class);
-        let p = check_program(&generated.source).unwrap();
-        let Ok(d) = differentiate(p, &generated.wrt, &Request::Derivative, Layout::Gradient) else {
+        let Some((generated, d, batched)) = random_case(seed, 50_000) else {
             continue;
         };
-        let g = &d.program.graph;
-        // A random shared/batched assignment from the seed's bits.
-        let batched: Vec<bool> = (0..g.vars.len())
-            .map(|v| (seed >> (v % 8)) & 1 == 1 || v as u32 == d.wrt)
-            .collect();
         let batch = sizes[seed as usize % sizes.len()];
         let what = format!(
             "seed {seed}: d/d{} of `{}` (batch {batch})",
@@ -208,7 +196,7 @@ fn non_finite_items_do_not_spoil_the_others() {
         ((i + 1) * (j + 1)) as f64
     }));
     items[2].values[0].as_mut().unwrap().data[4] = f64::NAN;
-    let values = inputs(&plan, &items);
+    let values = batches_from_points(&plan, &items);
     let refs: Vec<&Batch<f64>> = values.iter().collect();
     let reference = run_reference(&plan, &refs, 4).remove(0);
     assert_eq!(non_finite_items(&reference), vec![1, 2]);

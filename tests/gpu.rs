@@ -6,15 +6,13 @@
 
 mod common;
 
-use common::{derive_for as derive, plan_inputs, points};
-use matgrad::batch::{run_reference, run_reference_rounded, Batch};
+use common::{derive_for as derive, points, random_case};
+use matgrad::batch::{batches_from_points, run_reference, run_reference_rounded, Batch};
 use matgrad::catalog::CASES;
 use matgrad::check::{device_against_reference, perturb, round_to_f32, to_f32, F32_TOLERANCE};
-use matgrad::diff::{differentiate, Derivative, Layout, Request};
-use matgrad::generate::{random_program, Class};
+use matgrad::diff::Derivative;
 use matgrad::gpu::{run_gpu, GpuContext, GpuError, GpuOptions};
 use matgrad::plan::Plan;
-use matgrad::types::check_program;
 use matgrad::verify::dimension_sizes;
 use matgrad::workloads::{prepare, WORKLOADS};
 
@@ -44,7 +42,7 @@ fn context(options: GpuOptions) -> Option<GpuContext> {
 
 /// Inputs for `batch` items (shared variables from one point), rounded to float32.
 fn inputs(d: &Derivative, plan: &Plan, batch: usize, seed: u64) -> Vec<Batch<f64>> {
-    round_to_f32(&plan_inputs(plan, &points(d, plan, batch, seed)))
+    round_to_f32(&batches_from_points(plan, &points(d, plan, batch, seed)))
 }
 
 /// GPU against the reference on one plan; returns the largest error.
@@ -110,16 +108,10 @@ fn gpu_matches_reference_on_random_programs_across_chunks() {
     let mut compared = 0;
     let mut failures = Vec::new();
     for seed in 1..=240u64 {
-        let class = [Class::Scalar, Class::Scalar, Class::VecN][seed as usize % 3];
-        let generated = random_program(seed + 90_000, 1 + (seed % 4) as usize, class);
-        let p = check_program(&generated.source).unwrap();
-        let Ok(d) = differentiate(p, &generated.wrt, &Request::Derivative, Layout::Gradient) else {
+        let Some((generated, d, batched)) = random_case(seed, 90_000) else {
             continue;
         };
         let g = &d.program.graph;
-        let batched: Vec<bool> = (0..g.vars.len())
-            .map(|v| (seed >> (v % 8)) & 1 == 1 || v as u32 == d.wrt)
-            .collect();
         let batch = sizes[seed as usize % sizes.len()];
         let plan = Plan::new(g, &[d.node], &dimension_sizes(g), &batched).unwrap();
         let values = inputs(&d, &plan, batch, seed);

@@ -83,20 +83,20 @@ pub fn points(d: &Derivative, plan: &matgrad::plan::Plan, batch: usize, seed: u6
         .collect()
 }
 
-/// The plan's inputs as batches built from per-item points.
-pub fn plan_inputs(plan: &matgrad::plan::Plan, items: &[Env]) -> Vec<matgrad::batch::Batch<f64>> {
-    plan.inputs()
-        .iter()
-        .map(|input| {
-            let count = if input.batched { items.len() } else { 1 };
-            matgrad::batch::Batch {
-                batch: input.batched.then_some(items.len()),
-                rows: input.rows,
-                cols: input.cols,
-                data: (0..count)
-                    .flat_map(|i| items[i].values[input.var as usize].clone().unwrap().data)
-                    .collect(),
-            }
-        })
-        .collect()
+/// A random program derived by its variable, with a random shared/batched assignment taken
+/// from the seed's bits (the variable is always batched); `None` when the derivative is a
+/// higher-order tensor.
+pub fn random_case(
+    seed: u64,
+    offset: u64,
+) -> Option<(matgrad::generate::Generated, Derivative, Vec<bool>)> {
+    use matgrad::generate::{random_program, Class};
+    let class = [Class::Scalar, Class::Scalar, Class::VecN][seed as usize % 3];
+    let generated = random_program(seed + offset, 1 + (seed % 4) as usize, class);
+    let p = check_program(&generated.source).unwrap();
+    let d = differentiate(p, &generated.wrt, &Request::Derivative, Layout::Gradient).ok()?;
+    let batched = (0..d.program.graph.vars.len())
+        .map(|v| (seed >> (v % 8)) & 1 == 1 || v as u32 == d.wrt)
+        .collect();
+    Some((generated, d, batched))
 }
