@@ -6,7 +6,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use matgrad::batch::{run_reference, Batch};
 use matgrad::check::to_f32;
-use matgrad::cpu::run_cpu;
+use matgrad::cpu::{output_buffers, run_cpu_into};
 use matgrad::workloads::{prepare, WORKLOADS};
 
 fn workloads(c: &mut Criterion) {
@@ -24,8 +24,9 @@ fn workloads(c: &mut Criterion) {
             cost.bytes(w.batch) / 1e6,
             w.batch
         );
+        let mut outputs = output_buffers(&p.plan, w.batch);
         group.bench_function(w.id, |b| {
-            b.iter(|| run_cpu(black_box(&p.plan), black_box(&refs), w.batch))
+            b.iter(|| run_cpu_into(black_box(&p.plan), black_box(&refs), w.batch, &mut outputs))
         });
     }
     group.finish();

@@ -1,131 +1,247 @@
-//! The fast CPU executor: float32, multithreaded over blocks of batch items.
+//! The fast CPU executor: float32, multithreaded over blocks of batch items, vectorized
+//! across the items of a block.
 //!
 //! In: a [`Plan`] and its inputs as float32 batches. Out: every output for every item, as the
-//! reference would compute it up to float32 rounding. Method: steps run in plan order; a
-//! shared step is computed once, in float64, and rounded (the hoisted work is small and this
-//! keeps it exact); then blocks of [`BLOCK`] items run in parallel (rayon), each block
-//! through every batched step while its intermediates are in cache, with its scratch
-//! allocated once per block, never per item. Products of a shared matrix
-//! with a batched vector, and of a batched matrix with a shared one, are one GEMM per block
-//! (matrixmultiply); other per-item work is tight loops over small matrices.
+//! reference would compute it up to float32 rounding. Method: the shared (hoisted) steps are
+//! computed once, in float64, and rounded (the hoisted work is small and this keeps it exact).
+//! Then blocks of [`block_items`] items run in parallel (rayon), each block through *every*
+//! batched step while its intermediates are in cache: its inputs are transposed into lanes
+//! (element-major, see [`kernels`]), each step runs as loops over all the block's items at
+//! once, and the outputs are transposed back into the caller's buffers. Each thread's
+//! buffers are allocated once and reused for every block it runs; nothing is allocated per
+//! item or per step. Products of a shared matrix with batched values are GEMM calls.
 //! Invariant: results do not depend on the block size or the thread count beyond float32
 //! rounding of independent items (each item is computed by the same code in the same order).
+
+pub mod kernels;
 
 use std::borrow::Cow;
 
 use rayon::prelude::*;
 
 use crate::batch::Batch;
-use crate::eval::{apply, Lu, Mat};
-use crate::expr::{Func, Node};
 use crate::plan::{Plan, Step};
+use kernels::{run_step, shared_step, Arg, Scratch};
 
-/// Items per parallel block.
-pub const BLOCK: usize = 256;
+/// The most items in one block.
+pub const MAX_BLOCK: usize = 256;
+
+/// Bytes of one block's values that should stay in a core's private cache (L2).
+const BLOCK_BYTES: usize = 512 * 1024;
+
+/// Items per block for `plan`: as many as keep a block's batched values within
+/// [`BLOCK_BYTES`], a multiple of 16 (whole vectors) between 16 and [`MAX_BLOCK`].
+pub fn block_items(plan: &Plan) -> usize {
+    let floats_per_item: usize = plan
+        .steps()
+        .iter()
+        .filter(|s| s.batched)
+        .map(|s| s.len())
+        .sum::<usize>()
+        .max(1);
+    let items = BLOCK_BYTES / 4 / floats_per_item;
+    (items / 16 * 16).clamp(16, MAX_BLOCK)
+}
 
 /// Runs `plan`; `inputs[k]` is the value of `plan.inputs()[k]`. Outputs are shaped as
 /// [`run_reference`](crate::batch::run_reference)'s.
-///
-/// Shared steps run first, once. Then each block of items runs *every* batched step before
-/// the next block starts, so a block's intermediates stay in cache and only inputs and
-/// outputs travel through memory.
 pub fn run_cpu(plan: &Plan, inputs: &[&Batch<f32>], batch: usize) -> Vec<Batch<f32>> {
-    let steps = plan.steps();
-    let shared = hoisted_values(plan, inputs);
-    let batched_outputs: Vec<usize> = plan
-        .outputs()
-        .iter()
-        .copied()
-        .filter(|&o| steps[o].batched)
-        .collect();
-    let blocks = if plan.is_batched() {
-        batch.div_ceil(BLOCK)
-    } else {
-        0
-    };
-    let per_block: Vec<Vec<Vec<f32>>> = (0..blocks)
-        .into_par_iter()
-        .map(|b| {
-            let first = b * BLOCK;
-            let count = BLOCK.min(batch - first);
-            run_items(steps, inputs, &shared, first, count, &batched_outputs)
-        })
-        .collect();
+    let mut outputs = output_buffers(plan, batch);
+    run_cpu_into(plan, inputs, batch, &mut outputs);
+    outputs
+}
+
+/// Zeroed output buffers for `plan` and `batch` items, in the shapes [`run_cpu`] returns.
+pub fn output_buffers(plan: &Plan, batch: usize) -> Vec<Batch<f32>> {
+    let items = if plan.is_batched() { batch } else { 1 };
     plan.outputs()
         .iter()
         .map(|&o| {
-            let step = &steps[o];
-            let data = if step.batched {
-                let k = batched_outputs.iter().position(|&b| b == o).unwrap_or(0);
-                let mut data = Vec::with_capacity(batch * step.len());
-                for block in &per_block {
-                    data.extend_from_slice(&block[k]);
-                }
-                data
-            } else if plan.is_batched() {
-                // The same for every item: repeated, so every output has the batch axis.
-                shared[o].repeat(batch)
-            } else {
-                shared[o].to_vec()
-            };
+            let step = &plan.steps()[o];
             Batch {
                 batch: plan.is_batched().then_some(batch),
                 rows: step.rows,
                 cols: step.cols,
-                data,
+                data: vec![0.0; items * step.len()],
             }
         })
         .collect()
 }
 
-/// Every batched step for the items `first..first+count`; returns the batched outputs.
-fn run_items(
-    steps: &[Step],
-    inputs: &[&Batch<f32>],
-    shared: &[Cow<[f32]>],
-    first: usize,
-    count: usize,
-    outputs: &[usize],
-) -> Vec<Vec<f32>> {
-    let mut local: Vec<Vec<f32>> = vec![Vec::new(); steps.len()];
-    let input_block = |k: usize, len: usize| &inputs[k].data[first * len..(first + count) * len];
-    for (i, step) in steps.iter().enumerate() {
-        if !step.batched || step.input.is_some() {
-            continue;
-        }
-        let out = {
-            let views: Vec<View> = step
-                .args
+/// [`run_cpu`] into buffers made by [`output_buffers`] for the same plan and batch (so that
+/// repeated evaluations, a benchmark's or an optimizer's, allocate nothing).
+///
+/// # Panics
+/// If `outputs` does not have the shapes [`output_buffers`] gives.
+pub fn run_cpu_into(plan: &Plan, inputs: &[&Batch<f32>], batch: usize, outputs: &mut [Batch<f32>]) {
+    let steps = plan.steps();
+    let expected = output_buffers_shape(plan, batch);
+    assert!(
+        outputs.len() == expected.len()
+            && outputs
                 .iter()
-                .map(|&a| {
-                    let arg = &steps[a];
-                    let data: &[f32] = match (arg.batched, arg.input) {
-                        (false, _) => &shared[a],
-                        (true, Some(k)) => input_block(k, arg.len()),
-                        (true, None) => &local[a],
-                    };
-                    View {
-                        data,
-                        len: arg.len(),
-                        batched: arg.batched,
-                        rows: arg.rows,
-                        cols: arg.cols,
-                    }
-                })
-                .collect();
-            let mut out = vec![0f32; count * step.len()];
-            run_block(step, &views, count, &mut out);
-            out
-        };
-        local[i] = out;
+                .zip(&expected)
+                .all(|(o, &e)| o.data.len() == e),
+        "run_cpu_into: output buffers do not fit the plan"
+    );
+    let shared = hoisted_values(plan, inputs);
+    if !plan.is_batched() {
+        for (out, &o) in outputs.iter_mut().zip(plan.outputs()) {
+            out.data.copy_from_slice(&shared[o]);
+        }
+        return;
     }
-    outputs
+    let items = block_items(plan);
+    let blocks = batch.div_ceil(items);
+    // Each block's slice of every batched output: (step, items of this block × step length).
+    let mut per_block: Vec<Vec<(usize, &mut [f32])>> = (0..blocks).map(|_| Vec::new()).collect();
+    for (out, &o) in outputs.iter_mut().zip(plan.outputs()) {
+        let len = steps[o].len();
+        if steps[o].batched {
+            for (b, chunk) in out.data.chunks_mut(items * len).enumerate() {
+                per_block[b].push((o, chunk));
+            }
+        } else {
+            // The same for every item: repeated, so every output has the batch axis.
+            for chunk in out.data.chunks_mut(len) {
+                chunk.copy_from_slice(&shared[o]);
+            }
+        }
+    }
+    per_block.into_par_iter().enumerate().for_each_init(
+        || Block::new(steps, items),
+        |block, (b, outs)| {
+            let first = b * items;
+            let count = items.min(batch - first);
+            block.load(steps, inputs, first, count);
+            block.run(steps, &shared);
+            for (o, chunk) in outs {
+                block.store(o, steps[o].len(), count, chunk);
+            }
+        },
+    );
+}
+
+fn output_buffers_shape(plan: &Plan, batch: usize) -> Vec<usize> {
+    let items = if plan.is_batched() { batch } else { 1 };
+    plan.outputs()
         .iter()
-        .map(|&o| match steps[o].input {
-            Some(k) => input_block(k, steps[o].len()).to_vec(),
-            None => std::mem::take(&mut local[o]),
-        })
+        .map(|&o| items * plan.steps()[o].len())
         .collect()
+}
+
+/// One thread's buffers: every batched step's value for a block, in lanes.
+struct Block {
+    items: usize,
+    values: Vec<Vec<f32>>,
+    scratch: Scratch,
+}
+
+impl Block {
+    fn new(steps: &[Step], items: usize) -> Block {
+        let values = steps
+            .iter()
+            .map(|s| {
+                if s.batched {
+                    vec![0.0; s.len() * items]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        Block {
+            items,
+            values,
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// Transposes the block's items of every batched input into lanes. Lanes past `count`
+    /// keep the previous block's (finite) values.
+    fn load(&mut self, steps: &[Step], inputs: &[&Batch<f32>], first: usize, count: usize) {
+        let l = self.items;
+        for (i, step) in steps.iter().enumerate() {
+            if let (true, Some(k)) = (step.batched, step.input) {
+                let len = step.len();
+                let src = &inputs[k].data[first * len..(first + count) * len];
+                let dst = &mut self.values[i];
+                for (t, item) in src.chunks_exact(len).enumerate() {
+                    for (e, &v) in item.iter().enumerate() {
+                        dst[e * l + t] = v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Transposes the first `count` lanes of step `o` back to item-major `out`.
+    fn store(&self, o: usize, len: usize, count: usize, out: &mut [f32]) {
+        let l = self.items;
+        let src = &self.values[o];
+        for (t, item) in out.chunks_exact_mut(len).take(count).enumerate() {
+            for (e, v) in item.iter_mut().enumerate() {
+                *v = src[e * l + t];
+            }
+        }
+    }
+
+    /// Every computed batched step, in plan order, vectorized for the CPU it runs on.
+    fn run(&mut self, steps: &[Step], shared: &[Cow<[f32]>]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has the feature the function is compiled for.
+                unsafe { self.run_avx2(steps, shared) };
+                return;
+            }
+        }
+        self.run_portable(steps, shared)
+    }
+
+    /// The steps compiled for AVX2 (256-bit vectors: 8 items per instruction). No FMA is
+    /// enabled, so the arithmetic, and the results, are those of the portable build.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2(&mut self, steps: &[Step], shared: &[Cow<[f32]>]) {
+        self.run_inline(steps, shared)
+    }
+
+    fn run_portable(&mut self, steps: &[Step], shared: &[Cow<[f32]>]) {
+        self.run_inline(steps, shared)
+    }
+
+    #[inline(always)]
+    fn run_inline(&mut self, steps: &[Step], shared: &[Cow<[f32]>]) {
+        let l = self.items;
+        for (i, step) in steps.iter().enumerate() {
+            if !step.batched || step.input.is_some() {
+                continue;
+            }
+            let mut out = std::mem::take(&mut self.values[i]);
+            {
+                let mut args = [Arg::Shared(&[]); 2];
+                let mut shapes = [(0, 0); 2];
+                for (k, &a) in step.args.iter().enumerate() {
+                    args[k] = if steps[a].batched {
+                        Arg::Lanes(&self.values[a])
+                    } else {
+                        Arg::Shared(&shared[a])
+                    };
+                    shapes[k] = (steps[a].rows, steps[a].cols);
+                }
+                let n = step.args.len();
+                run_step(
+                    step,
+                    &args[..n],
+                    &shapes[..n],
+                    l,
+                    &mut out,
+                    &mut self.scratch,
+                );
+            }
+            self.values[i] = out;
+        }
+    }
 }
 
 /// The value of every shared step (empty for batched steps): shared inputs as given, the
@@ -137,290 +253,16 @@ pub fn hoisted_values<'a>(plan: &Plan, inputs: &[&'a Batch<f32>]) -> Vec<Cow<'a,
         let value = match (step.batched, step.input) {
             (true, _) => Cow::Borrowed(&[][..]),
             (false, Some(k)) => Cow::Borrowed(inputs[k].data.as_slice()),
-            (false, None) => Cow::Owned(shared_step(step, &shared, steps)),
+            (false, None) => {
+                let args: Vec<(&[f32], usize, usize)> = step
+                    .args
+                    .iter()
+                    .map(|&a| (&shared[a][..], steps[a].rows, steps[a].cols))
+                    .collect();
+                Cow::Owned(shared_step(step, &args))
+            }
         };
         shared.push(value);
     }
     shared
-}
-
-/// A shared step: once, in float64.
-fn shared_step(step: &Step, buffers: &[Cow<[f32]>], steps: &[Step]) -> Vec<f32> {
-    let args: Vec<Mat> = step
-        .args
-        .iter()
-        .map(|&a| Mat {
-            rows: steps[a].rows,
-            cols: steps[a].cols,
-            data: buffers[a].iter().map(|&x| x as f64).collect(),
-        })
-        .collect();
-    let refs: Vec<&Mat> = args.iter().collect();
-    apply(&step.node, &refs, step.rows, step.cols)
-        .data
-        .into_iter()
-        .map(|x| x as f32)
-        .collect()
-}
-
-/// An argument as a kernel sees it: one value for all items, or one per item.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    len: usize,
-    batched: bool,
-    rows: usize,
-    cols: usize,
-}
-
-impl<'a> View<'a> {
-    fn item(&self, i: usize) -> &'a [f32] {
-        if self.batched {
-            &self.data[i * self.len..(i + 1) * self.len]
-        } else {
-            &self.data[..self.len]
-        }
-    }
-
-    /// The first `count` items (batched views only).
-    fn block(&self, count: usize) -> &'a [f32] {
-        &self.data[..count * self.len]
-    }
-}
-
-/// One step for a block of `count` items; views index items from the block's start.
-fn run_block(step: &Step, args: &[View], count: usize, out: &mut [f32]) {
-    let len = step.len();
-    let per_item = |out: &mut [f32], f: &mut dyn FnMut(usize, &mut [f32])| {
-        for (k, o) in out.chunks_mut(len.max(1)).enumerate() {
-            f(k, o);
-        }
-    };
-    match step.node {
-        Node::Add(..) => per_item(out, &mut |i, o| {
-            zip_into(o, args[0].item(i), args[1].item(i), |x, y| x + y)
-        }),
-        Node::Hadamard(..) => per_item(out, &mut |i, o| {
-            zip_into(o, args[0].item(i), args[1].item(i), |x, y| x * y)
-        }),
-        Node::ElemDiv(..) => per_item(out, &mut |i, o| {
-            zip_into(o, args[0].item(i), args[1].item(i), |x, y| x / y)
-        }),
-        Node::Neg(_) => per_item(out, &mut |i, o| map_into(o, args[0].item(i), |x| -x)),
-        Node::Map(f, _) => per_item(out, &mut |i, o| {
-            map_into(o, args[0].item(i), |x| apply_f32(f, x))
-        }),
-        Node::Scale(..) => per_item(out, &mut |i, o| {
-            let s = args[0].item(i)[0];
-            map_into(o, args[1].item(i), |x| s * x)
-        }),
-        Node::Div(..) => per_item(out, &mut |i, o| {
-            let s = args[1].item(i)[0];
-            map_into(o, args[0].item(i), |x| x / s)
-        }),
-        Node::Pow(..) => per_item(out, &mut |i, o| {
-            o[0] = args[0].item(i)[0].powf(args[1].item(i)[0])
-        }),
-        Node::ElemPow(..) => per_item(out, &mut |i, o| {
-            let (base, exponent) = (args[0].item(i), args[1].item(i));
-            if exponent.len() == 1 {
-                let e = exponent[0];
-                map_into(o, base, |x| x.powf(e))
-            } else {
-                zip_into(o, base, exponent, f32::powf)
-            }
-        }),
-        Node::Transpose(_) => {
-            let (r, c) = (args[0].rows, args[0].cols);
-            per_item(out, &mut |i, o| {
-                let a = args[0].item(i);
-                for p in 0..r {
-                    for q in 0..c {
-                        o[q * r + p] = a[p * c + q];
-                    }
-                }
-            })
-        }
-        Node::MatMul(..) => matmul_block(args[0], args[1], count, out),
-        Node::MatPow(_, k) => {
-            let n = step.rows;
-            let mut scratch = vec![0f32; n * n];
-            per_item(out, &mut |i, o| {
-                let a = args[0].item(i);
-                o.copy_from_slice(a);
-                for _ in 1..k {
-                    scratch.copy_from_slice(o);
-                    gemm(n, n, n, &scratch, n, 1, a, n, 1, o, n);
-                }
-            })
-        }
-        Node::Sum(_) => per_item(out, &mut |i, o| {
-            o[0] = args[0].item(i).iter().map(|&x| x as f64).sum::<f64>() as f32
-        }),
-        Node::Norm1(_) => per_item(out, &mut |i, o| {
-            o[0] = args[0].item(i).iter().map(|&x| x.abs() as f64).sum::<f64>() as f32
-        }),
-        Node::Norm2(_) => per_item(out, &mut |i, o| {
-            o[0] = args[0]
-                .item(i)
-                .iter()
-                .map(|&x| (x as f64) * (x as f64))
-                .sum::<f64>()
-                .sqrt() as f32
-        }),
-        Node::Trace(_) => {
-            let n = args[0].rows;
-            per_item(out, &mut |i, o| {
-                let a = args[0].item(i);
-                o[0] = (0..n).map(|p| a[p * n + p]).sum()
-            })
-        }
-        Node::Det(_) | Node::LogDet(_) | Node::Inv(_) => {
-            let n = args[0].rows;
-            let mut lu = Lu::<f32>::with_size(n);
-            let node = step.node;
-            per_item(out, &mut |i, o| {
-                lu.factor(args[0].item(i));
-                match node {
-                    Node::Det(_) => o[0] = lu.det(),
-                    Node::LogDet(_) => o[0] = lu.log_det(),
-                    _ => lu.inverse_into(o),
-                }
-            })
-        }
-        Node::Diag(_) => {
-            let n = step.rows;
-            per_item(out, &mut |i, o| {
-                o.fill(0.0);
-                for (p, &v) in args[0].item(i).iter().enumerate() {
-                    o[p * n + p] = v;
-                }
-            })
-        }
-        Node::DiagPart(_) => {
-            let n = step.rows;
-            per_item(out, &mut |i, o| {
-                let a = args[0].item(i);
-                for p in 0..n {
-                    o[p] = a[p * n + p];
-                }
-            })
-        }
-        // Inputs and constants are never batched steps.
-        Node::Var(_) | Node::Const(_) | Node::Fill(..) | Node::Eye(_) => out.fill(f32::NAN),
-    }
-}
-
-fn zip_into(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
-    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-        *o = f(x, y);
-    }
-}
-
-fn map_into(out: &mut [f32], a: &[f32], f: impl Fn(f32) -> f32) {
-    for (o, &x) in out.iter_mut().zip(a) {
-        *o = f(x);
-    }
-}
-
-/// The element-wise functions in float32, evaluated in float64 and rounded: the one
-/// definition in [`Func::apply`], correctly rounded where float32 libm would not be.
-pub fn apply_f32(f: Func, x: f32) -> f32 {
-    f.apply(x as f64) as f32
-}
-
-/// `C = A*B` for row-major `A` (m×k, row stride `rsa`, column stride `csa`), `B` (k×n) and
-/// `C` (m×n, contiguous rows of stride `rsc`).
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    rsa: usize,
-    csa: usize,
-    b: &[f32],
-    rsb: usize,
-    csb: usize,
-    c: &mut [f32],
-    rsc: usize,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    // The last element each operand is read or written at must be inside its slice.
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
-        (rows - 1) * rs + cols.saturating_sub(1) * cs
-    };
-    assert!(
-        k == 0 || last(m, k, rsa, csa) < a.len(),
-        "gemm: A out of bounds"
-    );
-    assert!(
-        k == 0 || last(k, n, rsb, csb) < b.len(),
-        "gemm: B out of bounds"
-    );
-    assert!(last(m, n, rsc, 1) < c.len(), "gemm: C out of bounds");
-    // SAFETY: the asserts above keep every access of the strided operands inside the slices.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            rsa as isize,
-            csa as isize,
-            b.as_ptr(),
-            rsb as isize,
-            csb as isize,
-            0.0,
-            c.as_mut_ptr(),
-            rsc as isize,
-            1,
-        );
-    }
-}
-
-/// The product step for a block: one GEMM for shared×batched-vector and batched×shared,
-/// a small GEMM per item otherwise.
-fn matmul_block(a: View, b: View, count: usize, out: &mut [f32]) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    match (a.batched, b.batched) {
-        (false, true) if n == 1 => {
-            // Y (count×m) = X (count×k) · Aᵀ: items are the rows of one product.
-            gemm(count, k, m, b.block(count), k, 1, a.data, 1, k, out, m);
-        }
-        (true, false) => {
-            // Stack the items' rows: (count·m × k) · (k × n).
-            gemm(count * m, k, n, a.block(count), k, 1, b.data, n, 1, out, n);
-        }
-        _ if m * k * n <= SMALL_PRODUCT => {
-            for (i, o) in out.chunks_mut(m * n).enumerate() {
-                small_matmul(m, k, n, a.item(i), b.item(i), o);
-            }
-        }
-        _ => {
-            for (i, o) in out.chunks_mut(m * n).enumerate() {
-                gemm(m, k, n, a.item(i), k, 1, b.item(i), n, 1, o, n);
-            }
-        }
-    }
-}
-
-/// Below this many multiply-adds a per-item product is faster as plain loops than as a
-/// GEMM call (whose packing and dispatch cost more than the arithmetic).
-const SMALL_PRODUCT: usize = 4096;
-
-/// `c = a*b` for small row-major matrices, as plain loops the compiler vectorizes.
-fn small_matmul(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    c.fill(0.0);
-    for i in 0..m {
-        let row = &mut c[i * n..(i + 1) * n];
-        for (p, &aip) in a[i * k..(i + 1) * k].iter().enumerate() {
-            for (cij, &bpj) in row.iter_mut().zip(&b[p * n..(p + 1) * n]) {
-                *cij += aip * bpj;
-            }
-        }
-    }
 }

@@ -10,7 +10,7 @@ use matgrad::batch::{
 };
 use matgrad::catalog::CASES;
 use matgrad::check::{device_against_reference, perturb, round_to_f32, to_f32, F32_TOLERANCE};
-use matgrad::cpu::{run_cpu, BLOCK};
+use matgrad::cpu::{run_cpu, MAX_BLOCK};
 use matgrad::diff::Derivative;
 use matgrad::eval::evaluate;
 use matgrad::plan::Plan;
@@ -154,7 +154,7 @@ fn cpu_matches_reference_on_the_whole_catalog() {
 
 #[test]
 fn cpu_matches_reference_on_random_programs() {
-    let sizes = [1, 2, 5, 17, BLOCK + 3];
+    let sizes = [1, 2, 5, 17, MAX_BLOCK + 3];
     let mut compared = 0;
     let mut failures = Vec::new();
     for seed in 1..=380u64 {
