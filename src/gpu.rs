@@ -17,6 +17,9 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
+mod ceilings;
+pub use ceilings::measure as measure_ceilings;
+
 use crate::batch::Batch;
 use crate::cpu::hoisted_values;
 use crate::plan::Plan;

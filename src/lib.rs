@@ -6,7 +6,8 @@
 //! cookbook-like forms) → [`print`] (text, unicode, LaTeX, JSON). [`eval`] evaluates any
 //! expression in float64; [`verify`] compares derivatives with central finite differences;
 //! [`catalog`] decides every seed identity; [`generate`] makes random well-typed programs for
-//! property tests.
+//! property tests. [`plan`] → [`cpu`] / [`wgsl`] + [`gpu`] evaluate derivatives over batches;
+//! [`bench`] measures them.
 //!
 //! ```
 //! use matgrad::diff::{differentiate, Layout, Request};
@@ -18,6 +19,7 @@
 //! ```
 
 pub mod batch;
+pub mod bench;
 pub mod catalog;
 pub mod check;
 pub mod cpu;

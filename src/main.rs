@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod cli_bench;
 use serde_json::json;
 
 use std::path::Path;
@@ -141,6 +143,54 @@ enum Command {
     Devices {
         #[arg(long)]
         json: bool,
+        /// Measure the CPU's and each adapter's copy bandwidth and float32 multiply-add rate.
+        #[arg(long)]
+        measure: bool,
+        /// With --measure: only the adapter whose name contains NAME.
+        #[arg(long, value_name = "NAME")]
+        adapter: Option<String>,
+    },
+    /// Time evaluations of a derivative over whole batches: median seconds per batch (data
+    /// resident, and end to end), items/s, GFLOP/s and GB/s from the plan's counts, and the
+    /// fraction of the device's measured ceilings.
+    Bench {
+        /// The program (omit with --workloads).
+        program: Option<String>,
+        /// The variable to differentiate by.
+        #[arg(long)]
+        wrt: Option<String>,
+        /// Dimension sizes, e.g. m=4,n=3 (declared sizes are kept; the rest default to 3, 4, 2, …).
+        #[arg(long, value_delimiter = ',', value_name = "NAME=SIZE")]
+        dims: Vec<String>,
+        /// Batch sizes; several make a sweep (default 65536, or each workload's own).
+        #[arg(long, value_delimiter = ',', value_name = "B")]
+        batch: Vec<usize>,
+        /// Batched variables (default: the --wrt variable); the others are shared.
+        #[arg(long, value_delimiter = ',', value_name = "VAR")]
+        batched: Vec<String>,
+        #[arg(long, value_enum, default_value_t = cli_bench::BenchDevice::All)]
+        device: cli_bench::BenchDevice,
+        /// One JSON object per measurement (`median_s` is compute only, in seconds).
+        #[arg(long)]
+        json: bool,
+        /// Write an SVG chart of items/s against batch size.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
+        /// The six standard workloads of shared/workloads.md.
+        #[arg(long)]
+        workloads: bool,
+        /// Timed runs per measurement, at least.
+        #[arg(long, default_value_t = 10)]
+        samples: usize,
+        /// Keep timing until this many seconds have passed (at most 1000 runs).
+        #[arg(long, default_value_t = 0.5, value_name = "SECONDS")]
+        min_time: f64,
+        /// A part of the GPU adapter's name (see `matgrad devices`).
+        #[arg(long, value_name = "NAME")]
+        adapter: Option<String>,
+        /// Skip measuring the devices' ceilings (no fractions of peak).
+        #[arg(long)]
+        no_ceilings: bool,
     },
     /// Decide every seed identity by computation.
     Catalog {
@@ -322,7 +372,53 @@ fn run(cli: Cli) -> u8 {
             }
         }
         Command::Catalog { json, seed } => run_catalog(json, seed),
-        Command::Devices { json } => list_devices(json),
+        Command::Devices {
+            json,
+            measure: true,
+            adapter,
+        } => cli_bench::measure_devices(json, adapter),
+        Command::Devices { json, .. } => list_devices(json),
+        Command::Bench {
+            program,
+            wrt,
+            dims,
+            batch,
+            batched,
+            device,
+            json,
+            plot,
+            workloads,
+            samples,
+            min_time,
+            adapter,
+            no_ceilings,
+        } => {
+            let dims = match parse_dims(&dims) {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
+            let batched = match &wrt {
+                Some(w) => batched_or_wrt(batched, w),
+                None => batched,
+            };
+            cli_bench::run_bench(cli_bench::BenchArgs {
+                program,
+                wrt,
+                dims,
+                batches: batch,
+                batched,
+                device,
+                json,
+                plot,
+                workloads,
+                config: matgrad::bench::BenchConfig {
+                    samples,
+                    min_seconds: min_time,
+                },
+                adapter,
+                ceilings: !no_ceilings,
+            })
+        }
         Command::Explain {
             program,
             wrt,

@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use crate::batch::Batch;
 use crate::diff::{differentiate, Derivative, Layout, Request};
 use crate::eval::Mat;
-use crate::plan::Plan;
+use crate::plan::{Plan, PlanError};
 use crate::types::check_program;
 use crate::verify::normal;
 
@@ -95,7 +95,29 @@ pub fn prepare(w: &Workload, batch: usize) -> Prepared {
         .iter()
         .map(|d| d.size.expect("workload sizes are declared"))
         .collect();
-    let plan = Plan::new(g, &[derivative.node], &sizes, &batched).expect("workload plans validate");
+    prepare_derivative(derivative, &sizes, &batched, batch, |name, m| {
+        match (w.id, name) {
+            ("W4 logdet", "X") => Mat::spd_from(&m),
+            ("W6 logistic", "y") => m.map(|v| if v >= 0.0 { 1.0 } else { -1.0 }),
+            _ => m,
+        }
+    })
+    .expect("workload plans validate")
+}
+
+/// Plans `derivative` for the given dimension sizes and batched variables and makes inputs
+/// for `batch` items: standard normal entries from the workloads' fixed seed, each item's
+/// value of a variable passed through `shape_input(name, value)` (e.g. to make it positive
+/// definite).
+pub fn prepare_derivative(
+    derivative: Derivative,
+    sizes: &[usize],
+    batched: &[bool],
+    batch: usize,
+    shape_input: impl Fn(&str, Mat) -> Mat,
+) -> Result<Prepared, PlanError> {
+    let g = &derivative.program.graph;
+    let plan = Plan::new(g, &[derivative.node], sizes, batched)?;
     let mut rng = StdRng::seed_from_u64(20_261_122);
     let inputs = plan
         .inputs()
@@ -105,12 +127,7 @@ pub fn prepare(w: &Workload, batch: usize) -> Prepared {
             let mut data = Vec::with_capacity(items * input.rows * input.cols);
             for _ in 0..items {
                 let m = Mat::from_fn(input.rows, input.cols, |_, _| normal(&mut rng));
-                let value = match (w.id, input.name.as_str()) {
-                    ("W4 logdet", "X") => Mat::spd_from(&m),
-                    ("W6 logistic", "y") => m.map(|v| if v >= 0.0 { 1.0 } else { -1.0 }),
-                    _ => m,
-                };
-                data.extend(value.data);
+                data.extend(shape_input(&input.name, m).data);
             }
             Batch {
                 batch: input.batched.then_some(batch),
@@ -120,10 +137,10 @@ pub fn prepare(w: &Workload, batch: usize) -> Prepared {
             }
         })
         .collect();
-    Prepared {
+    Ok(Prepared {
         derivative,
         plan,
         inputs,
         batch,
-    }
+    })
 }

@@ -1,0 +1,299 @@
+//! `matgrad bench` and `matgrad devices --measure`: the command-line side of [`matgrad::bench`].
+//!
+//! In: a program (or `--workloads`), batch sizes, devices. Out: one line (or one JSON
+//! object) per device and batch size, an optional SVG chart of the sweep, a progress bar on
+//! stderr while it runs. Exit status 2 for bad input or a GPU that was asked for and is not
+//! there.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use matgrad::batch::Batch;
+use matgrad::bench::{
+    bench_cpu, bench_gpu, measure_cpu, measure_gpu, svg_plot, BenchConfig, Ceilings, Measurement,
+};
+use matgrad::check::{batched_flags, sizes_with, to_f32};
+use matgrad::gpu::{list_adapters, GpuContext, GpuOptions};
+use matgrad::workloads::{prepare, prepare_derivative, Prepared, WORKLOADS};
+
+/// Which devices `bench` measures.
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+pub enum BenchDevice {
+    Cpu,
+    Gpu,
+    /// The CPU and, when there is an adapter, the GPU.
+    All,
+}
+
+/// What `matgrad bench` was asked.
+pub struct BenchArgs {
+    pub program: Option<String>,
+    pub wrt: Option<String>,
+    pub dims: HashMap<String, usize>,
+    pub batches: Vec<usize>,
+    pub batched: Vec<String>,
+    pub device: BenchDevice,
+    pub json: bool,
+    pub plot: Option<PathBuf>,
+    pub workloads: bool,
+    pub config: BenchConfig,
+    pub adapter: Option<String>,
+    pub ceilings: bool,
+}
+
+/// One program to measure: a label, and a way to prepare it for a batch size.
+struct Case {
+    label: String,
+    batches: Vec<usize>,
+    prepare: Box<dyn Fn(usize) -> Prepared>,
+}
+
+pub fn run_bench(args: BenchArgs) -> u8 {
+    let cases = match cases(&args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let gpu = match args.device {
+        BenchDevice::Cpu => None,
+        BenchDevice::Gpu | BenchDevice::All => {
+            match GpuContext::new(&GpuOptions {
+                adapter: args.adapter.clone(),
+                ..GpuOptions::default()
+            }) {
+                Ok(ctx) => Some(ctx),
+                Err(e) if args.device == BenchDevice::Gpu => {
+                    eprintln!("error: {e}");
+                    return 2;
+                }
+                Err(e) => {
+                    eprintln!("note: {e}; measuring the CPU only");
+                    None
+                }
+            }
+        }
+    };
+    let cpu = args.device != BenchDevice::Gpu;
+    let (cpu_ceilings, gpu_ceilings) = if args.ceilings {
+        eprintln!("measuring the devices' ceilings (copy bandwidth, float32 multiply-add rate)…");
+        let c = cpu.then(measure_cpu);
+        let g = match &gpu {
+            Some(ctx) => match measure_gpu(ctx) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 2;
+                }
+            },
+            None => None,
+        };
+        for c in c.iter().chain(&g) {
+            if !args.json {
+                print_ceilings(c);
+            }
+        }
+        (c, g)
+    } else {
+        (None, None)
+    };
+    let devices = usize::from(cpu) + usize::from(gpu.is_some());
+    let total: usize = cases.iter().map(|c| c.batches.len() * devices).sum();
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut all = Vec::new();
+    for case in &cases {
+        for &batch in &case.batches {
+            let prepared = (case.prepare)(batch);
+            let inputs: Vec<Batch<f32>> = prepared.inputs.iter().map(to_f32).collect();
+            let refs: Vec<&Batch<f32>> = inputs.iter().collect();
+            let plan = &prepared.plan;
+            let mut results = Vec::new();
+            if cpu {
+                bar.set_message(format!("{} cpu batch {batch}", case.label));
+                let m = bench_cpu(
+                    &case.label,
+                    plan,
+                    &refs,
+                    batch,
+                    &args.config,
+                    cpu_ceilings.as_ref(),
+                );
+                results.push(m);
+                bar.inc(1);
+            }
+            if let Some(ctx) = &gpu {
+                bar.set_message(format!("{} gpu batch {batch}", case.label));
+                match bench_gpu(
+                    &case.label,
+                    ctx,
+                    plan,
+                    &refs,
+                    batch,
+                    &args.config,
+                    gpu_ceilings.as_ref(),
+                ) {
+                    Ok(m) => results.push(m),
+                    Err(e) => {
+                        bar.finish_and_clear();
+                        eprintln!("error: {} at batch {batch}: {e}", case.label);
+                        return 2;
+                    }
+                }
+                bar.inc(1);
+            }
+            for m in &results {
+                bar.suspend(|| print_measurement(m, args.json));
+            }
+            all.extend(results);
+        }
+    }
+    bar.finish_and_clear();
+    if let Some(path) = &args.plot {
+        let title = if args.workloads {
+            "matgrad standard workloads".to_string()
+        } else {
+            cases.first().map(|c| c.label.clone()).unwrap_or_default()
+        };
+        if let Err(e) = std::fs::write(path, svg_plot(&title, &all)) {
+            eprintln!("error: cannot write `{}`: {e}", path.display());
+            return 2;
+        }
+        eprintln!("wrote {}", path.display());
+    }
+    0
+}
+
+/// The programs to measure: the six workloads, or the one on the command line.
+fn cases(args: &BenchArgs) -> Result<Vec<Case>, u8> {
+    if args.workloads {
+        if args.program.is_some() {
+            eprintln!("error: give either a program or --workloads, not both");
+            return Err(2);
+        }
+        return Ok(WORKLOADS
+            .iter()
+            .map(|w| Case {
+                label: w.id.to_string(),
+                batches: if args.batches.is_empty() {
+                    vec![w.batch]
+                } else {
+                    args.batches.clone()
+                },
+                prepare: Box::new(move |batch| prepare(w, batch)),
+            })
+            .collect());
+    }
+    let (Some(program), Some(wrt)) = (&args.program, &args.wrt) else {
+        eprintln!("error: give a program and --wrt VAR, or --workloads");
+        return Err(2);
+    };
+    if args.batches.contains(&0) {
+        eprintln!("error: `--batch`: batch sizes must be at least 1");
+        return Err(2);
+    }
+    let derivative = crate::derive_or_report(program, wrt, false, matgrad::diff::Layout::Gradient)?;
+    let g = &derivative.program.graph;
+    let report = |e: matgrad::diagnostic::Diagnostic| crate::report(&e, program);
+    let sizes = sizes_with(g, &args.dims).map_err(report)?;
+    let batched = batched_flags(g, &args.batched).map_err(report)?;
+    // Plan once now, so that an unsized dimension is reported before any measuring.
+    if let Err(e) = prepare_derivative(derivative.clone(), &sizes, &batched, 1, |_, m| m) {
+        eprintln!("error: {e}");
+        return Err(2);
+    }
+    let batches = if args.batches.is_empty() {
+        vec![65_536]
+    } else {
+        args.batches.clone()
+    };
+    Ok(vec![Case {
+        label: derivative.text(),
+        batches,
+        prepare: Box::new(move |batch| {
+            prepare_derivative(derivative.clone(), &sizes, &batched, batch, |_, m| m)
+                .expect("the plan validated above")
+        }),
+    }])
+}
+
+fn print_ceilings(c: &Ceilings) {
+    println!(
+        "{}: copy {:.1} GB/s, float32 {:.1} GFLOP/s ({})",
+        c.device,
+        c.copy_bytes_per_s / 1e9,
+        c.flops_per_s / 1e9,
+        c.how
+    );
+}
+
+fn print_measurement(m: &Measurement, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(m).unwrap_or_default());
+        return;
+    }
+    let of = |f: Option<f64>| {
+        f.map(|f| format!(" ({:.0}%)", 100.0 * f))
+            .unwrap_or_default()
+    };
+    println!(
+        "{:<20} {:<24} batch {:>8}  median {:>9}  end-to-end {:>9}  {:>7.2e} items/s  {:>7.1} GFLOP/s{}  {:>6.1} GB/s{}",
+        m.label,
+        m.device,
+        m.batch,
+        seconds(m.median_s),
+        seconds(m.end_to_end_median_s),
+        m.items_per_s,
+        m.gflop_per_s,
+        of(m.fraction_of_flops),
+        m.gb_per_s,
+        of(m.fraction_of_copy),
+    );
+}
+
+fn seconds(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.3} s")
+    } else if s >= 1e-3 {
+        format!("{:.3} ms", s * 1e3)
+    } else {
+        format!("{:.1} µs", s * 1e6)
+    }
+}
+
+/// `matgrad devices --measure`: the CPU's and every adapter's ceilings.
+pub fn measure_devices(json: bool, adapter: Option<String>) -> u8 {
+    let mut all = vec![measure_cpu()];
+    let names: Vec<String> = match adapter {
+        Some(a) => vec![a],
+        None => list_adapters().into_iter().map(|a| a.name).collect(),
+    };
+    let mut failed = false;
+    for name in names {
+        let measured = GpuContext::new(&GpuOptions {
+            adapter: Some(name.clone()),
+            ..GpuOptions::default()
+        })
+        .and_then(|ctx| measure_gpu(&ctx));
+        match measured {
+            Ok(c) => all.push(c),
+            Err(e) => {
+                eprintln!("error: {name}: {e}");
+                failed = true;
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+    } else {
+        all.iter().for_each(print_ceilings);
+    }
+    if failed {
+        2
+    } else {
+        0
+    }
+}
