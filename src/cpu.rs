@@ -108,16 +108,16 @@ pub fn run_cpu_into(plan: &Plan, inputs: &[&Batch<f32>], batch: usize, outputs: 
             }
         }
     }
+    let job = Job {
+        steps,
+        inputs,
+        shared: &shared,
+    };
     per_block.into_par_iter().enumerate().for_each_init(
         || Block::new(steps, items),
         |block, (b, outs)| {
             let first = b * items;
-            let count = items.min(batch - first);
-            block.load(steps, inputs, first, count);
-            block.run(steps, &shared);
-            for (o, chunk) in outs {
-                block.store(o, steps[o].len(), count, chunk);
-            }
+            block.process(&job, first, items.min(batch - first), outs);
         },
     );
 }
@@ -130,8 +130,61 @@ fn output_buffers_shape(plan: &Plan, batch: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Items transposed together between item-major and lanes.
-const TILE: usize = 8;
+/// What every block of one run reads.
+struct Job<'a> {
+    steps: &'a [Step],
+    inputs: &'a [&'a Batch<f32>],
+    shared: &'a [Cow<'a, [f32]>],
+}
+
+/// `dst[j*ds + i] = src[i*ss + j]` for `i < rows`, `j < cols`: by 8×8 tiles (eight
+/// contiguous 32-byte reads, eight contiguous writes, shuffled in registers), the edges
+/// element by element.
+#[inline(always)]
+fn transpose(src: &[f32], rows: usize, cols: usize, ss: usize, dst: &mut [f32], ds: usize) {
+    const T: usize = 8;
+    let (full_rows, full_cols) = (rows / T * T, cols / T * T);
+    for i0 in (0..full_rows).step_by(T) {
+        for j0 in (0..full_cols).step_by(T) {
+            // The last element of the tile in each buffer, checked once for the tile.
+            assert!(
+                (i0 + T - 1) * ss + j0 + T <= src.len() && (j0 + T - 1) * ds + i0 + T <= dst.len()
+            );
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx") {
+                    // SAFETY: the CPU has AVX; the assert above keeps all 64 reads and 64
+                    // writes inside the slices.
+                    unsafe {
+                        tile8_avx(
+                            src.as_ptr().add(i0 * ss + j0),
+                            ss,
+                            dst.as_mut_ptr().add(j0 * ds + i0),
+                            ds,
+                        )
+                    };
+                    continue;
+                }
+            }
+            for j in 0..T {
+                for i in 0..T {
+                    dst[(j0 + j) * ds + i0 + i] = src[(i0 + i) * ss + j0 + j];
+                }
+            }
+        }
+    }
+    let edge = |i: usize, j: usize, dst: &mut [f32]| dst[j * ds + i] = src[i * ss + j];
+    for i in 0..full_rows {
+        for j in full_cols..cols {
+            edge(i, j, dst);
+        }
+    }
+    for i in full_rows..rows {
+        for j in 0..cols {
+            edge(i, j, dst);
+        }
+    }
+}
 
 /// One thread's buffers: every batched step's value for a block, in lanes.
 struct Block {
@@ -161,69 +214,69 @@ impl Block {
 
     /// Transposes the block's items of every batched input into lanes. Lanes past `count`
     /// keep the previous block's (finite) values.
+    #[inline(always)]
     fn load(&mut self, steps: &[Step], inputs: &[&Batch<f32>], first: usize, count: usize) {
         let l = self.items;
         for (i, step) in steps.iter().enumerate() {
             if let (true, Some(k)) = (step.batched, step.input) {
                 let len = step.len();
                 let src = &inputs[k].data[first * len..(first + count) * len];
-                let dst = &mut self.values[i];
-                // Eight items at a time: eight read streams, 32-byte writes (one item at a
-                // time would write with a power-of-two stride that thrashes the cache).
-                for (g, group) in src.chunks(TILE * len).enumerate() {
-                    for e in 0..len {
-                        let row = &mut dst[e * l + g * TILE..];
-                        for (d, item) in row.iter_mut().zip(group.chunks_exact(len)) {
-                            *d = item[e];
-                        }
-                    }
-                }
+                transpose(src, count, len, len, &mut self.values[i], l);
             }
         }
     }
 
     /// Transposes the first `count` lanes of step `o` back to item-major `out`.
+    #[inline(always)]
     fn store(&self, o: usize, len: usize, count: usize, out: &mut [f32]) {
-        let l = self.items;
-        let src = &self.values[o];
-        let out = &mut out[..count * len];
-        for (g, group) in out.chunks_mut(TILE * len).enumerate() {
-            for e in 0..len {
-                let row = &src[e * l + g * TILE..];
-                for (item, &v) in group.chunks_exact_mut(len).zip(row) {
-                    item[e] = v;
-                }
-            }
-        }
+        transpose(&self.values[o], len, count, self.items, out, len);
     }
 
-    /// Every computed batched step, in plan order, vectorized for the CPU it runs on.
-    fn run(&mut self, steps: &[Step], shared: &[Cow<[f32]>]) {
+    /// Loads, runs and stores one block, vectorized for the CPU it runs on.
+    fn process(&mut self, job: &Job, first: usize, count: usize, outs: Vec<(usize, &mut [f32])>) {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: the CPU has the feature the function is compiled for.
-                unsafe { self.run_avx2(steps, shared) };
+                unsafe { self.process_avx2(job, first, count, outs) };
                 return;
             }
         }
-        self.run_portable(steps, shared)
+        self.process_inline(job, first, count, outs)
     }
 
-    /// The steps compiled for AVX2 (256-bit vectors: 8 items per instruction). No FMA is
+    /// The block compiled for AVX2 (256-bit vectors: 8 items per instruction). No FMA is
     /// enabled, so the arithmetic, and the results, are those of the portable build.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn run_avx2(&mut self, steps: &[Step], shared: &[Cow<[f32]>]) {
-        self.run_inline(steps, shared)
-    }
-
-    fn run_portable(&mut self, steps: &[Step], shared: &[Cow<[f32]>]) {
-        self.run_inline(steps, shared)
+    unsafe fn process_avx2(
+        &mut self,
+        job: &Job,
+        first: usize,
+        count: usize,
+        outs: Vec<(usize, &mut [f32])>,
+    ) {
+        self.process_inline(job, first, count, outs)
     }
 
     #[inline(always)]
-    fn run_inline(&mut self, steps: &[Step], shared: &[Cow<[f32]>]) {
+    fn process_inline(
+        &mut self,
+        job: &Job,
+        first: usize,
+        count: usize,
+        outs: Vec<(usize, &mut [f32])>,
+    ) {
+        self.load(job.steps, job.inputs, first, count);
+        self.run(job.steps, job.shared);
+        for (o, chunk) in outs {
+            self.store(o, job.steps[o].len(), count, chunk);
+        }
+    }
+
+    /// Every computed batched step, in plan order.
+    #[inline(always)]
+    fn run(&mut self, steps: &[Step], shared: &[Cow<[f32]>]) {
         let l = self.items;
         for (i, step) in steps.iter().enumerate() {
             if !step.batched || step.input.is_some() {
@@ -277,4 +330,83 @@ pub fn hoisted_values<'a>(plan: &Plan, inputs: &[&'a Batch<f32>]) -> Vec<Cow<'a,
         shared.push(value);
     }
     shared
+}
+
+/// One 8×8 transpose in AVX registers: `dst[j*ds + i] = src[i*ss + j]`.
+///
+/// # Safety
+/// The CPU must have AVX, and `src[i*ss + j]`, `dst[j*ds + i]` must be valid for
+/// `i, j < 8`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn tile8_avx(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+    use std::arch::x86_64::*;
+    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ss)));
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    let out = [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ];
+    for (j, v) in out.into_iter().enumerate() {
+        _mm256_storeu_ps(dst.add(j * ds), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_matches_the_definition_for_every_edge_case() {
+        for (rows, cols) in [(1, 1), (3, 5), (8, 8), (9, 17), (16, 24), (23, 8), (8, 31)] {
+            let (ss, ds) = (cols + 3, rows + 5);
+            let src: Vec<f32> = (0..rows * ss).map(|v| v as f32).collect();
+            let mut dst = vec![-1.0f32; cols * ds];
+            transpose(&src, rows, cols, ss, &mut dst, ds);
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(
+                        dst[j * ds + i],
+                        src[i * ss + j],
+                        "{rows}×{cols} at ({i}, {j})"
+                    );
+                }
+            }
+            // Padding between rows of `dst` is untouched.
+            for j in 0..cols {
+                assert!(dst[j * ds + rows..(j + 1) * ds].iter().all(|&v| v == -1.0));
+            }
+        }
+    }
+
+    #[test]
+    fn block_sizes_are_whole_vectors_within_bounds() {
+        let p = crate::workloads::prepare(&crate::workloads::WORKLOADS[5], 4);
+        let items = block_items(&p.plan);
+        assert!(
+            items % 16 == 0 && (16..=MAX_BLOCK).contains(&items),
+            "{items}"
+        );
+    }
 }
