@@ -19,6 +19,17 @@ pub fn explain(d: &Derivative, plan: &Plan, kernel: Option<&Kernel>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "derivative: {}", d.text());
     let _ = writeln!(out, "shape: {}", g.describe_shape(d.shape()));
+    match plan.rewritten() {
+        Some(form) => {
+            let _ = writeln!(
+                out,
+                "evaluated as: {form}   (fewer operations per batch: shared factors distributed)"
+            );
+        }
+        None => {
+            let _ = writeln!(out, "evaluated as: the derivative's own form");
+        }
+    }
     let steps = plan.steps();
     let shared = steps.iter().filter(|s| !s.batched).count();
     let _ = writeln!(

@@ -273,6 +273,37 @@ impl Node {
     }
 }
 
+impl Node {
+    /// The same operation on other arguments (`args` as many as [`Node::args`] gives).
+    pub fn with_args(&self, args: &[Id]) -> Node {
+        let a = |k: usize| args[k];
+        match *self {
+            Node::Var(_) | Node::Const(_) | Node::Fill(..) | Node::Eye(_) => *self,
+            Node::Add(..) => Node::Add(a(0), a(1)),
+            Node::MatMul(..) => Node::MatMul(a(0), a(1)),
+            Node::Scale(..) => Node::Scale(a(0), a(1)),
+            Node::Div(..) => Node::Div(a(0), a(1)),
+            Node::Hadamard(..) => Node::Hadamard(a(0), a(1)),
+            Node::ElemDiv(..) => Node::ElemDiv(a(0), a(1)),
+            Node::Pow(..) => Node::Pow(a(0), a(1)),
+            Node::ElemPow(..) => Node::ElemPow(a(0), a(1)),
+            Node::Neg(_) => Node::Neg(a(0)),
+            Node::MatPow(_, k) => Node::MatPow(a(0), k),
+            Node::Transpose(_) => Node::Transpose(a(0)),
+            Node::Map(f, _) => Node::Map(f, a(0)),
+            Node::Sum(_) => Node::Sum(a(0)),
+            Node::Norm1(_) => Node::Norm1(a(0)),
+            Node::Norm2(_) => Node::Norm2(a(0)),
+            Node::Trace(_) => Node::Trace(a(0)),
+            Node::Det(_) => Node::Det(a(0)),
+            Node::LogDet(_) => Node::LogDet(a(0)),
+            Node::Inv(_) => Node::Inv(a(0)),
+            Node::Diag(_) => Node::Diag(a(0)),
+            Node::DiagPart(_) => Node::DiagPart(a(0)),
+        }
+    }
+}
+
 /// The arena: nodes, their shapes, and the program's variables and dimensions.
 #[derive(Clone, Debug, Default)]
 pub struct Graph {

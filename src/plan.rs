@@ -11,7 +11,11 @@
 //! shared because the graph is hash-consed: a node is one step however often it is used.
 //! Chains of matrix products are re-associated for the fewest operations per batch, counting
 //! shared-only products once ([`order_chain`]): the value is the same, the rounding may differ
-//! in the last bits.
+//! in the last bits. Batch-aware algebra: a product of a shared factor with a batched sum is
+//! also tried distributed (`A'*(A*x+b)` → `A'*A*x + A'*b`, whose `A'*A` and `A'*b` are
+//! computed once per batch), and the form with the fewest weighted operations is kept
+//! ([`Plan::rewritten`] says which). Distributing can lose accuracy where the terms cancel
+//! (a least-squares gradient near its optimum): [`Plan::with_options`] turns it off.
 
 use std::collections::HashMap;
 
@@ -56,7 +60,25 @@ pub struct Plan {
     steps: Vec<Step>,
     inputs: Vec<PlanInput>,
     outputs: Vec<usize>,
+    rewritten: Option<String>,
 }
+
+/// Choices [`Plan::with_options`] leaves to the caller.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanOptions {
+    /// Try distributing shared factors over batched sums (see the module documentation).
+    pub distribute: bool,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions { distribute: true }
+    }
+}
+
+/// At most this many products are tried distributed one by one (all subsets); past it, all
+/// of them or none.
+const MAX_SITES_ONE_BY_ONE: usize = 4;
 
 /// Why a plan could not be built.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -88,12 +110,75 @@ impl Cost {
     pub fn bytes(&self, batch: usize) -> f64 {
         self.bytes_shared + self.bytes_per_item * batch as f64
     }
+
+    /// What the planner minimizes: operations, those per item weighted as for a large batch.
+    pub fn weighted(&self) -> f64 {
+        self.flops_shared + PER_ITEM_WEIGHT * self.flops_per_item
+    }
 }
 
 impl Plan {
     /// Lowers `outputs` of `graph`, with `dim_sizes[i]` the size of dimension `i` and
     /// `batched[v]` whether variable `v` is batched, and validates the result.
     pub fn new(
+        graph: &Graph,
+        outputs: &[Id],
+        dim_sizes: &[usize],
+        batched: &[bool],
+    ) -> Result<Plan, PlanError> {
+        Plan::with_options(graph, outputs, dim_sizes, batched, PlanOptions::default())
+    }
+
+    /// [`Plan::new`] with the algebraic rewrites chosen by `options`.
+    pub fn with_options(
+        graph: &Graph,
+        outputs: &[Id],
+        dim_sizes: &[usize],
+        batched: &[bool],
+        options: PlanOptions,
+    ) -> Result<Plan, PlanError> {
+        let mut best = Plan::lower(graph, outputs, dim_sizes, batched)?;
+        if !options.distribute {
+            return Ok(best);
+        }
+        let sites = distributable(graph, outputs, batched);
+        if sites.is_empty() {
+            return Ok(best);
+        }
+        let subsets: Vec<Vec<(Id, bool)>> = if sites.len() <= MAX_SITES_ONE_BY_ONE {
+            (1..1usize << sites.len())
+                .map(|mask| {
+                    (0..sites.len())
+                        .filter(|i| mask >> i & 1 == 1)
+                        .map(|i| sites[i])
+                        .collect()
+                })
+                .collect()
+        } else {
+            vec![sites]
+        };
+        for subset in subsets {
+            let mut g = graph.clone();
+            let mut memo = HashMap::new();
+            let roots: Vec<Id> = outputs
+                .iter()
+                .map(|&o| distribute(&mut g, o, &subset, &mut memo))
+                .collect();
+            let mut candidate = Plan::lower(&g, &roots, dim_sizes, batched)?;
+            if candidate.cost().weighted() < best.cost().weighted() {
+                candidate.rewritten = Some(crate::print::text(&g, roots[0]));
+                best = candidate;
+            }
+        }
+        Ok(best)
+    }
+
+    /// The printed form of the first output when the cost model chose a rewritten form.
+    pub fn rewritten(&self) -> Option<&str> {
+        self.rewritten.as_deref()
+    }
+
+    fn lower(
         graph: &Graph,
         outputs: &[Id],
         dim_sizes: &[usize],
@@ -159,6 +244,7 @@ impl Plan {
             steps,
             inputs,
             outputs,
+            rewritten: None,
         };
         plan.validate()?;
         Ok(plan)
@@ -266,6 +352,91 @@ impl Plan {
         }
         cost
     }
+}
+
+/// Products of a shared factor with a batched sum, reachable from `outputs`: (product,
+/// whether the sum is the right factor).
+fn distributable(graph: &Graph, outputs: &[Id], batched: &[bool]) -> Vec<(Id, bool)> {
+    let mut is_batched: HashMap<Id, bool> = HashMap::new();
+    let mut sites = Vec::new();
+    for &root in outputs {
+        for id in graph.topo_order(root) {
+            if is_batched.contains_key(&id) {
+                continue;
+            }
+            let node = graph.node(id);
+            let b = match node {
+                Node::Var(v) => batched.get(v as usize).copied().unwrap_or(false),
+                _ => node.args().iter().any(|a| is_batched[a]),
+            };
+            is_batched.insert(id, b);
+            if let Node::MatMul(l, r) = node {
+                let sum_side = |sum: Id, other: Id| {
+                    matches!(graph.node(sum), Node::Add(..))
+                        && is_batched[&sum]
+                        && !is_batched[&other]
+                };
+                if sum_side(r, l) {
+                    sites.push((id, true));
+                } else if sum_side(l, r) {
+                    sites.push((id, false));
+                }
+            }
+        }
+    }
+    sites
+}
+
+/// The terms of a (nested) sum.
+fn sum_terms(graph: &Graph, id: Id, out: &mut Vec<Id>) {
+    match graph.node(id) {
+        Node::Add(a, b) => {
+            sum_terms(graph, a, out);
+            sum_terms(graph, b, out);
+        }
+        _ => out.push(id),
+    }
+}
+
+/// `id` rebuilt with each product in `sites` distributed over its sum:
+/// `L*(T1+T2)` → `L*T1 + L*T2`, `(T1+T2)*R` → `T1*R + T2*R`.
+fn distribute(graph: &mut Graph, id: Id, sites: &[(Id, bool)], memo: &mut HashMap<Id, Id>) -> Id {
+    if let Some(&done) = memo.get(&id) {
+        return done;
+    }
+    let node = graph.node(id);
+    let args: Vec<Id> = node
+        .args()
+        .into_iter()
+        .map(|a| distribute(graph, a, sites, memo))
+        .collect();
+    let original_args = node.args();
+    let rebuilt = match node {
+        Node::MatMul(..) if sites.iter().any(|&(s, _)| s == id) => {
+            let sum_on_right = sites.iter().any(|&(s, right)| s == id && right);
+            let mut terms = Vec::new();
+            let sum = if sum_on_right { args[1] } else { args[0] };
+            sum_terms(graph, sum, &mut terms);
+            let products: Vec<Id> = terms
+                .into_iter()
+                .map(|t| {
+                    if sum_on_right {
+                        graph.push(Node::MatMul(args[0], t))
+                    } else {
+                        graph.push(Node::MatMul(t, args[1]))
+                    }
+                })
+                .collect();
+            products
+                .into_iter()
+                .reduce(|a, b| graph.push(Node::Add(a, b)))
+                .unwrap_or(id)
+        }
+        _ if args == original_args => id,
+        _ => graph.push(node.with_args(&args)),
+    };
+    memo.insert(id, rebuilt);
+    rebuilt
 }
 
 /// Matrix products used only as an operand of another matrix product (and not an output):
@@ -476,5 +647,59 @@ mod tests {
         // x in, gradient out per item; A and b shared.
         assert_eq!(cost.bytes_per_item, 4.0 * (64.0 + 64.0 + 1.0));
         assert_eq!(cost.bytes_shared, 4.0 * (64.0 * 64.0 + 64.0));
+    }
+
+    /// The gradient alone (no function value), planned with `options`.
+    fn gradient_only(source: &str, batched: &[&str], options: PlanOptions) -> Plan {
+        let p = check_program(source).unwrap();
+        let d = differentiate(p, "x", &Request::Derivative, Layout::Gradient).unwrap();
+        let g = &d.program.graph;
+        let flags: Vec<bool> = g
+            .vars
+            .iter()
+            .map(|v| batched.contains(&v.name.as_str()))
+            .collect();
+        let sizes = crate::verify::dimension_sizes(g);
+        Plan::with_options(g, &[d.node], &sizes, &flags, options).unwrap()
+    }
+
+    #[test]
+    fn shared_factors_are_distributed_only_when_cheaper() {
+        let source = "A: matrix(16,16); x: vector(16); b: vector(16); (A*x+b)'*(A*x+b)";
+        let shared = gradient_only(source, &["x"], PlanOptions::default());
+        assert!(shared.rewritten().is_some(), "A'*A and A'*b once per batch");
+        // One 16×16 product per item instead of two.
+        assert_eq!(shared.cost().flops_per_item, 2.0 * 256.0 + 16.0 + 16.0);
+        let per_item = gradient_only(source, &["A", "x", "b"], PlanOptions::default());
+        assert!(per_item.rewritten().is_none(), "A'*A per item costs more");
+        // With the function value also wanted, A*x+b is computed anyway: not distributed.
+        assert!(gradient_plan(source, "x", &["x"]).rewritten().is_none());
+
+        // The rewritten plan computes the same values (float64, both forms).
+        let plain = gradient_only(source, &["x"], PlanOptions { distribute: false });
+        assert!(plain.rewritten().is_none());
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
+        let inputs: Vec<crate::batch::Batch<f64>> = shared
+            .inputs()
+            .iter()
+            .map(|i| {
+                let items = if i.batched { 7 } else { 1 };
+                crate::batch::Batch {
+                    batch: i.batched.then_some(7),
+                    rows: i.rows,
+                    cols: i.cols,
+                    data: (0..items * i.rows * i.cols)
+                        .map(|_| crate::verify::normal(&mut rng))
+                        .collect(),
+                }
+            })
+            .collect();
+        let refs: Vec<&crate::batch::Batch<f64>> = inputs.iter().collect();
+        let a = crate::batch::run_reference(&shared, &refs, 7);
+        let b = crate::batch::run_reference(&plain, &refs, 7);
+        assert_eq!(a[0].data.len(), 7 * 16);
+        for (x, y) in a[0].data.iter().zip(&b[0].data) {
+            assert!((x - y).abs() <= 1e-9 * (1.0 + y.abs()), "{x} vs {y}");
+        }
     }
 }
