@@ -130,6 +130,36 @@ fn output_buffers_shape(plan: &Plan, batch: usize) -> Vec<usize> {
         .collect()
 }
 
+/// `count` items of `len` floats, item-major, into lanes (`dst[e*count + t]`), in parallel:
+/// the GPU back end's upload layout. Each task transposes 16 elements of every item (one
+/// 64-byte line per item).
+pub fn items_to_lanes(src: &[f32], count: usize, len: usize, dst: &mut [f32]) {
+    const GROUP: usize = 16;
+    assert!(src.len() >= count * len && dst.len() >= count * len);
+    dst[..count * len]
+        .par_chunks_mut((GROUP * count).max(1))
+        .enumerate()
+        .for_each(|(g, rows)| {
+            let e0 = g * GROUP;
+            let width = GROUP.min(len - e0);
+            transpose(&src[e0..], count, width, len, rows, count);
+        });
+}
+
+/// The inverse of [`items_to_lanes`]: lanes of `count` items back to item-major, in parallel
+/// over blocks of items.
+pub fn lanes_to_items(src: &[f32], len: usize, count: usize, dst: &mut [f32]) {
+    const ITEMS: usize = 1024;
+    assert!(src.len() >= count * len && dst.len() >= count * len);
+    dst[..count * len]
+        .par_chunks_mut((ITEMS * len).max(1))
+        .enumerate()
+        .for_each(|(b, items)| {
+            let t0 = b * ITEMS;
+            transpose(&src[t0..], len, items.len() / len.max(1), count, items, len);
+        });
+}
+
 /// What every block of one run reads.
 struct Job<'a> {
     steps: &'a [Step],
@@ -397,6 +427,23 @@ mod tests {
             for j in 0..cols {
                 assert!(dst[j * ds + rows..(j + 1) * ds].iter().all(|&v| v == -1.0));
             }
+        }
+    }
+
+    #[test]
+    fn items_to_lanes_and_back_is_the_identity() {
+        for (count, len) in [(1, 1), (5, 3), (1000, 17), (2100, 64), (33, 256)] {
+            let items: Vec<f32> = (0..count * len).map(|v| v as f32).collect();
+            let mut lanes = vec![0.0; count * len];
+            items_to_lanes(&items, count, len, &mut lanes);
+            for t in 0..count {
+                for e in 0..len {
+                    assert_eq!(lanes[e * count + t], items[t * len + e]);
+                }
+            }
+            let mut back = vec![0.0; count * len];
+            lanes_to_items(&lanes, len, count, &mut back);
+            assert_eq!(back, items, "{count} items of {len}");
         }
     }
 

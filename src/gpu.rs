@@ -3,9 +3,10 @@
 //! In: a validated [`Plan`], its inputs as float32 batches, a [`GpuContext`]. Out: the same
 //! outputs as the CPU executors. Method: the host computes the shared steps once (exactly as
 //! the CPU path does) and uploads them with the shared inputs once per [`GpuSession`]; each
-//! chunk of items uploads its batched inputs, runs one dispatch of the plan's kernel (one
-//! invocation per item, the dispatch folded into two dimensions past 65 535 workgroups), and
-//! reads its outputs back. Invariants: a batch too large for one binding or one dispatch is
+//! chunk of items uploads its batched inputs (transposed on the host, in parallel, into the
+//! kernel's element-major layout, see [`crate::wgsl`]), runs one dispatch of the plan's
+//! kernel (one invocation per item, the dispatch folded into two dimensions past 65 535
+//! workgroups), and reads its outputs back (transposed back to item-major). Invariants: a batch too large for one binding or one dispatch is
 //! split into chunks whose results are identical to an unchunked run (items are independent
 //! and computed by the same code); compiled pipelines are cached per kernel source; no
 //! adapter, a failed device request, device loss and out-of-memory are [`GpuError`]s, never
@@ -21,7 +22,7 @@ mod ceilings;
 pub use ceilings::measure as measure_ceilings;
 
 use crate::batch::Batch;
-use crate::cpu::hoisted_values;
+use crate::cpu::{hoisted_values, items_to_lanes, lanes_to_items};
 use crate::plan::Plan;
 use crate::wgsl::{generate, InvalidShader, Kernel};
 
@@ -236,6 +237,7 @@ impl GpuContext {
                     },
                     count: None,
                 },
+                storage(4, false),
             ],
         });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
@@ -380,7 +382,11 @@ impl GpuContext {
     fn chunk_items(&self, kernel: &Kernel, batch: usize) -> usize {
         let binding =
             (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size);
-        let per_item = 4 * kernel.batched_len().max(kernel.out_len()).max(1) as u64;
+        let per_item = 4 * kernel
+            .batched_len()
+            .max(kernel.out_len())
+            .max(kernel.scratch_len)
+            .max(1) as u64;
         let per_dim = self.workgroups_per_dimension as u64;
         let by_dispatch = per_dim * per_dim * kernel.workgroup_size as u64;
         let mut items = (binding / per_item).min(by_dispatch).max(1) as usize;
@@ -425,7 +431,7 @@ impl GpuSession<'_> {
             .kernel
             .batched_outputs
             .iter()
-            .map(|&(_, len)| Vec::with_capacity(batch * len))
+            .map(|&(_, len)| vec![0.0; batch * len])
             .collect();
         if plan.is_batched() && out_len > 0 {
             let chunk = self.ctx.chunk_items(&self.kernel, batch);
@@ -434,9 +440,11 @@ impl GpuSession<'_> {
                 let count = chunk.min(batch - first);
                 let (data, seconds) = with_stack(|| self.run_chunk(inputs, first, count))?;
                 kernel_seconds += seconds;
+                // The chunk's outputs come back in lanes, output after output.
                 let mut base = 0;
                 for (k, &(_, len)) in self.kernel.batched_outputs.iter().enumerate() {
-                    batched_results[k].extend_from_slice(&data[base..base + count * len]);
+                    let target = &mut batched_results[k][first * len..(first + count) * len];
+                    lanes_to_items(&data[base..base + count * len], len, count, target);
                     base += count * len;
                 }
                 first += count;
@@ -484,14 +492,16 @@ impl GpuSession<'_> {
         count: usize,
     ) -> Result<(Vec<f32>, f64), GpuError> {
         let ctx = self.ctx;
-        let mut batched = Vec::with_capacity(count * self.kernel.batched_len());
+        // The chunk's batched inputs in lanes (element-major), input after input.
+        let mut batched = vec![0.0f32; (count * self.kernel.batched_len()).max(1)];
+        let mut base = 0;
         for &(k, len) in &self.kernel.batched_inputs {
-            batched.extend_from_slice(&inputs[k].data[first * len..(first + count) * len]);
-        }
-        if batched.is_empty() {
-            batched.push(0.0);
+            let items = &inputs[k].data[first * len..(first + count) * len];
+            items_to_lanes(items, count, len, &mut batched[base..base + count * len]);
+            base += count * len;
         }
         let out_bytes = (4 * count * self.kernel.out_len()).max(4) as u64;
+        let scratch_bytes = (4 * count * self.kernel.scratch_len).max(4) as u64;
         let workgroup = self.kernel.workgroup_size as u64;
         let groups = (count as u64).div_ceil(workgroup);
         let per_dim = ctx.workgroups_per_dimension as u64;
@@ -518,6 +528,12 @@ impl GpuSession<'_> {
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
+            let scratch = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("matgrad scratch"),
+                size: scratch_bytes,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
             let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("matgrad params"),
                 contents: bytemuck::cast_slice(&params),
@@ -542,6 +558,10 @@ impl GpuSession<'_> {
                     wgpu::BindGroupEntry {
                         binding: 3,
                         resource: uniform.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 4,
+                        resource: scratch.as_entire_binding(),
                     },
                 ],
             });

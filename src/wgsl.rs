@@ -6,10 +6,14 @@
 //! the shader: the host computes them once per batch and uploads them with the shared inputs.
 //!
 //! Bindings: 0 `hoisted` (read-only storage: shared inputs and hoisted shared steps, each at a
-//! fixed offset), 1 `batched` (read-only storage: the chunk's batched inputs, input after
-//! input, each `chunk × len` long), 2 `out` (read-write storage: the batched outputs, output
-//! after output), 3 `params` (uniform: the chunk's item count and the row length of the 2-D
-//! dispatch). Invariants: the text is generated from typed instructions ([`Stmt`], [`Expr`])
+//! fixed offset), 1 `batched` (read-only storage: the chunk's batched inputs), 2 `out`
+//! (read-write storage: the batched outputs), 3 `params` (uniform: the chunk's item count and
+//! the row length of the 2-D dispatch), 4 `scratch` (read-write storage: intermediates too
+//! large for function memory). Every per-item value in a buffer is stored element-major
+//! ("lanes"): element `e` of a value at base `b` for item `t` is at `(b + e)·chunk + t`, so the
+//! invocations of a warp read and write consecutive addresses (coalesced). Small
+//! intermediates live in function memory ([`PRIVATE_MAX`]); large ones in `scratch`, or
+//! directly in `out` when they are an output. Invariants: the text is generated from typed instructions ([`Stmt`], [`Expr`])
 //! whose identifiers are made by the generator from step numbers, never from user-chosen
 //! names, so no program can inject shader code; every module is validated by naga
 //! ([`validate`]) before anything runs it; this module knows nothing of devices.
@@ -26,6 +30,23 @@ pub const WORKGROUP_SIZE: u32 = 64;
 /// intermediates (32×32 matrices) get smaller workgroups, so that drivers that keep private
 /// arrays on a stack (lavapipe) or in scarce registers are not overrun.
 const WORKGROUP_FLOATS: usize = 16 * 1024;
+
+/// Intermediates up to this many floats live in function memory (registers), up to
+/// [`PRIVATE_BUDGET`] floats per item in all; larger ones in the `scratch` buffer. Drivers
+/// fail on large private arrays (the NVIDIA Vulkan driver lost the device compiling a kernel
+/// with several 32×32 private matrices).
+pub const PRIVATE_MAX: usize = 256;
+const PRIVATE_BUDGET: usize = 1024;
+
+/// Where a batched step's value lives in the kernel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Storage {
+    Private,
+    /// Lanes at this base in `scratch`.
+    Scratch(usize),
+    /// Lanes at this base in `out` (an output written where it is computed).
+    Out(usize),
+}
 
 /// The hand-written LU building block, instantiated per matrix size.
 const LU_TEMPLATE: &str = include_str!("../shaders/lu.wgsl");
@@ -46,6 +67,8 @@ pub struct Kernel {
     pub batched_outputs: Vec<(usize, usize)>,
     /// Invocations per workgroup.
     pub workgroup_size: u32,
+    /// f32 values per item in the `scratch` buffer.
+    pub scratch_len: usize,
 }
 
 impl Kernel {
@@ -113,10 +136,44 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
             batched_outputs.push((position, steps[o].len()));
         }
     }
+    // Output bases in `out`, and where each computed batched step lives.
+    let mut out_bases = Vec::new();
+    let mut out_base = 0;
+    for &(_, len) in &batched_outputs {
+        out_bases.push(out_base);
+        out_base += len;
+    }
+    let mut storage = vec![Storage::Private; steps.len()];
+    let (mut private, mut scratch_len) = (0, 0);
+    for (i, step) in steps.iter().enumerate() {
+        if !step.batched || step.input.is_some() {
+            continue;
+        }
+        let len = step.len();
+        // The LU building block writes an inverse through a function-memory pointer.
+        let must_be_private = matches!(step.node, Node::Inv(_));
+        if must_be_private || (len <= PRIVATE_MAX && private + len <= PRIVATE_BUDGET) {
+            private += len;
+            continue;
+        }
+        let positions: Vec<usize> = batched_outputs
+            .iter()
+            .enumerate()
+            .filter(|(_, &(p, _))| plan.outputs()[p] == i)
+            .map(|(k, _)| k)
+            .collect();
+        storage[i] = if positions.len() == 1 {
+            Storage::Out(out_bases[positions[0]])
+        } else {
+            scratch_len += len;
+            Storage::Scratch(scratch_len - len)
+        };
+    }
     let mut gen = Generator {
         steps,
         shared_offsets: &shared_offsets,
         input_base: &input_base,
+        storage: &storage,
         loops: 0,
         lu_sizes: Vec::new(),
         uses_pow: false,
@@ -134,23 +191,15 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
             gen.step(i, step, &mut body);
         }
     }
-    let mut out_base = 0;
-    for &(position, len) in &batched_outputs {
+    for (&(position, len), &base) in batched_outputs.iter().zip(&out_bases) {
         let o = plan.outputs()[position];
+        if storage[o] == Storage::Out(base) {
+            continue;
+        }
         let i = gen.loop_var();
-        let target = Expr::index(
-            Expr::Raw("out"),
-            Expr::add(
-                Expr::add(
-                    Expr::mul(Expr::Raw("params.chunk"), Expr::U32(out_base as u32)),
-                    Expr::mul(Expr::id(Ident::item()), Expr::U32(len as u32)),
-                ),
-                Expr::id(i.clone()),
-            ),
-        );
+        let target = lanes("out", base, Expr::id(i.clone()));
         let value = gen.value(o, Expr::id(i.clone()));
         body.push(Stmt::For(i, len, vec![Stmt::Assign(target, value)]));
-        out_base += len;
     }
     let mut source = String::new();
     let _ = write!(source, "{}", Header);
@@ -192,7 +241,22 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
         batched_inputs,
         batched_outputs,
         workgroup_size,
+        scratch_len,
     })
+}
+
+/// Element `idx` of the lanes at `base` of a buffer, for the current item.
+fn lanes(buffer: &'static str, base: usize, idx: Expr) -> Expr {
+    Expr::index(
+        Expr::Raw(buffer),
+        Expr::add(
+            Expr::mul(
+                Expr::Raw("params.chunk"),
+                Expr::add(Expr::U32(base as u32), idx),
+            ),
+            Expr::id(Ident::item()),
+        ),
+    )
 }
 
 /// The LU building block for n×n matrices: its size tokens become integers.
@@ -372,7 +436,8 @@ impl fmt::Display for Header {
              @group(0) @binding(0) var<storage, read> hoisted: array<f32>;\n\
              @group(0) @binding(1) var<storage, read> batched: array<f32>;\n\
              @group(0) @binding(2) var<storage, read_write> out: array<f32>;\n\
-             @group(0) @binding(3) var<uniform> params: Params;\n\n",
+             @group(0) @binding(3) var<uniform> params: Params;\n\
+             @group(0) @binding(4) var<storage, read_write> scratch: array<f32>;\n\n",
         )
     }
 }
@@ -381,6 +446,7 @@ struct Generator<'p> {
     steps: &'p [Step],
     shared_offsets: &'p [Option<usize>],
     input_base: &'p [usize],
+    storage: &'p [Storage],
     loops: usize,
     lu_sizes: Vec<usize>,
     uses_pow: bool,
@@ -400,17 +466,17 @@ impl Generator<'_> {
                 let off = self.shared_offsets[s].unwrap_or(0);
                 Expr::index(Expr::Raw("hoisted"), Expr::add(Expr::U32(off as u32), idx))
             }
-            (true, Some(k)) => {
-                let base = Expr::add(
-                    Expr::mul(
-                        Expr::Raw("params.chunk"),
-                        Expr::U32(self.input_base[k] as u32),
-                    ),
-                    Expr::mul(Expr::id(Ident::item()), Expr::U32(step.len() as u32)),
-                );
-                Expr::index(Expr::Raw("batched"), Expr::add(base, idx))
-            }
-            (true, None) => Expr::index(Expr::id(Ident::step(s)), idx),
+            (true, Some(k)) => lanes("batched", self.input_base[k], idx),
+            (true, None) => self.target(s, idx),
+        }
+    }
+
+    /// Where entry `idx` of computed batched step `s` is stored (read or written).
+    fn target(&self, s: usize, idx: Expr) -> Expr {
+        match self.storage[s] {
+            Storage::Private => Expr::index(Expr::id(Ident::step(s)), idx),
+            Storage::Scratch(base) => lanes("scratch", base, idx),
+            Storage::Out(base) => lanes("out", base, idx),
         }
     }
 
@@ -418,7 +484,9 @@ impl Generator<'_> {
     fn step(&mut self, i: usize, step: &Step, body: &mut Vec<Stmt>) {
         let dst = Ident::step(i);
         let len = step.len();
-        body.push(Stmt::Array(dst.clone(), len.max(1)));
+        if self.storage[i] == Storage::Private {
+            body.push(Stmt::Array(dst.clone(), len.max(1)));
+        }
         let a = step.args.first().copied().unwrap_or(0);
         let b = step.args.get(1).copied().unwrap_or(0);
         let at = |v: &Ident, idx: Expr| Expr::index(Expr::id(v.clone()), idx);
@@ -430,7 +498,7 @@ impl Generator<'_> {
                 body.push(Stmt::For(
                     k.clone(),
                     len,
-                    vec![Stmt::Assign(at(&dst, Expr::id(k)), value)],
+                    vec![Stmt::Assign(gen.target(i, Expr::id(k)), value)],
                 ));
             };
         match step.node {
@@ -479,7 +547,7 @@ impl Generator<'_> {
                 let inner = Stmt::For(
                     q,
                     c,
-                    vec![Stmt::Assign(at(&dst, target), self.value(a, src))],
+                    vec![Stmt::Assign(self.target(i, target), self.value(a, src))],
                 );
                 body.push(Stmt::For(p, r, vec![inner]));
             }
@@ -491,7 +559,7 @@ impl Generator<'_> {
                 let rhs = |g: &Self, p: Expr, c: Expr| {
                     g.value(b, Expr::add(Expr::mul(p, Expr::U32(n as u32)), c))
                 };
-                self.product(body, &dst, m, k, n, &lhs, &rhs);
+                self.product(body, i, m, k, n, &lhs, &rhs);
             }
             Node::MatPow(_, power) => {
                 let n = step.rows;
@@ -502,7 +570,7 @@ impl Generator<'_> {
                     k.clone(),
                     len,
                     vec![Stmt::Assign(
-                        at(&dst, Expr::id(k.clone())),
+                        self.target(i, Expr::id(k.clone())),
                         self.value(a, Expr::id(k)),
                     )],
                 ));
@@ -513,7 +581,7 @@ impl Generator<'_> {
                         len,
                         vec![Stmt::Assign(
                             at(&tmp, Expr::id(k.clone())),
-                            at(&dst, Expr::id(k)),
+                            self.target(i, Expr::id(k)),
                         )],
                     ));
                     let t = tmp.clone();
@@ -526,7 +594,7 @@ impl Generator<'_> {
                     let rhs = |g: &Self, p: Expr, c: Expr| {
                         g.value(a, Expr::add(Expr::mul(p, Expr::U32(n as u32)), c))
                     };
-                    self.product(body, &dst, n, n, n, &lhs, &rhs);
+                    self.product(body, i, n, n, n, &lhs, &rhs);
                 }
             }
             Node::Sum(_) | Node::Norm1(_) | Node::Norm2(_) | Node::Trace(_) => {
@@ -564,7 +632,7 @@ impl Generator<'_> {
                 } else {
                     Expr::id(acc)
                 };
-                body.push(Stmt::Assign(at(&dst, Expr::U32(0)), result));
+                body.push(Stmt::Assign(self.target(i, Expr::U32(0)), result));
             }
             Node::Det(_) | Node::LogDet(_) | Node::Inv(_) => {
                 let n = self.steps[a].rows;
@@ -594,14 +662,14 @@ impl Generator<'_> {
                 ));
                 match step.node {
                     Node::Det(_) => body.push(Stmt::Assign(
-                        at(&dst, Expr::U32(0)),
+                        self.target(i, Expr::U32(0)),
                         Expr::CallN(
                             format!("mg_det_{n}"),
                             vec![Expr::AddrOf(lu), Expr::id(sign)],
                         ),
                     )),
                     Node::LogDet(_) => body.push(Stmt::Assign(
-                        at(&dst, Expr::U32(0)),
+                        self.target(i, Expr::U32(0)),
                         Expr::CallN(
                             format!("mg_logdet_{n}"),
                             vec![Expr::AddrOf(lu), Expr::id(sign)],
@@ -624,14 +692,20 @@ impl Generator<'_> {
                 body.push(Stmt::For(
                     k.clone(),
                     len,
-                    vec![Stmt::Assign(at(&dst, Expr::id(k.clone())), Expr::F32(0.0))],
+                    vec![Stmt::Assign(
+                        self.target(i, Expr::id(k.clone())),
+                        Expr::F32(0.0),
+                    )],
                 ));
                 let p = self.loop_var();
                 let target = Expr::mul(Expr::id(p.clone()), Expr::U32(n as u32 + 1));
                 body.push(Stmt::For(
                     p.clone(),
                     n,
-                    vec![Stmt::Assign(at(&dst, target), self.value(a, Expr::id(p)))],
+                    vec![Stmt::Assign(
+                        self.target(i, target),
+                        self.value(a, Expr::id(p)),
+                    )],
                 ));
             }
             Node::DiagPart(_) => {
@@ -641,7 +715,10 @@ impl Generator<'_> {
                 body.push(Stmt::For(
                     p.clone(),
                     n,
-                    vec![Stmt::Assign(at(&dst, Expr::id(p)), self.value(a, src))],
+                    vec![Stmt::Assign(
+                        self.target(i, Expr::id(p)),
+                        self.value(a, src),
+                    )],
                 ));
             }
             // Inputs and constants are never batched steps computed in the shader.
@@ -649,12 +726,12 @@ impl Generator<'_> {
         }
     }
 
-    /// `dst = lhs * rhs` (m×k times k×n) as three loops.
+    /// Step `dst` = `lhs * rhs` (m×k times k×n) as three loops.
     #[allow(clippy::too_many_arguments)]
     fn product(
         &mut self,
         body: &mut Vec<Stmt>,
-        dst: &Ident,
+        dst: usize,
         m: usize,
         k: usize,
         n: usize,
@@ -679,8 +756,8 @@ impl Generator<'_> {
                 )],
             ),
             Stmt::Assign(
-                Expr::index(
-                    Expr::id(dst.clone()),
+                self.target(
+                    dst,
                     Expr::add(
                         Expr::mul(Expr::id(r.clone()), Expr::U32(n as u32)),
                         Expr::id(c.clone()),
@@ -750,6 +827,23 @@ mod tests {
 
     /// exp(x) + x/norm2(x): element-wise steps, a reduction, and the output written back.
     #[test]
+    fn large_intermediates_live_in_buffers_not_function_memory() {
+        // W5's 32×32 per-item products: too large for function memory on real drivers.
+        let k = kernel(
+            "A: matrix(32,32); B: matrix(32,32); X: matrix(32,32); tr(A*X*B*X')",
+            "X",
+        );
+        assert!(
+            k.scratch_len > 0 && k.source.contains("scratch["),
+            "{}",
+            k.source
+        );
+        assert!(!k.source.contains("array<f32, 1024u>"), "{}", k.source);
+        // The output is written where it is computed, not copied.
+        assert_eq!(k.source.matches("out[").count(), 1, "{}", k.source);
+    }
+
+    #[test]
     fn snapshot_of_an_elementwise_kernel() {
         let k = kernel("x: vector(2); sum(exp(x)) + norm2(x)", "x");
         let main = &k.source[k.source.find("@compute").unwrap()..];
@@ -761,24 +855,24 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var v1: array<f32, 2u>;
     for (var idx1: u32 = 0u; idx1 < 2u; idx1 = idx1 + 1u) {
-        v1[idx1] = exp(batched[((item * 2u) + idx1)]);
+        v1[idx1] = exp(batched[((params.chunk * idx1) + item)]);
     }
     var v2: array<f32, 1u>;
     var acc2: f32 = f32(0.0);
     for (var idx2: u32 = 0u; idx2 < 2u; idx2 = idx2 + 1u) {
-        acc2 = (acc2 + (batched[((item * 2u) + idx2)] * batched[((item * 2u) + idx2)]));
+        acc2 = (acc2 + (batched[((params.chunk * idx2) + item)] * batched[((params.chunk * idx2) + item)]));
     }
     v2[0u] = sqrt(acc2);
     var v3: array<f32, 2u>;
     for (var idx3: u32 = 0u; idx3 < 2u; idx3 = idx3 + 1u) {
-        v3[idx3] = (batched[((item * 2u) + idx3)] / v2[0u]);
+        v3[idx3] = (batched[((params.chunk * idx3) + item)] / v2[0u]);
     }
     var v4: array<f32, 2u>;
     for (var idx4: u32 = 0u; idx4 < 2u; idx4 = idx4 + 1u) {
         v4[idx4] = (v1[idx4] + v3[idx4]);
     }
     for (var idx5: u32 = 0u; idx5 < 2u; idx5 = idx5 + 1u) {
-        out[((item * 2u) + idx5)] = v4[idx5];
+        out[((params.chunk * idx5) + item)] = v4[idx5];
     }
 }
 ";
@@ -802,13 +896,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var idx2: u32 = 0u; idx2 < 1u; idx2 = idx2 + 1u) {
             var dot3: f32 = f32(0.0);
             for (var idx3: u32 = 0u; idx3 < 2u; idx3 = idx3 + 1u) {
-                dot3 = (dot3 + (hoisted[(8u + ((idx1 * 2u) + idx3))] * batched[((item * 2u) + (idx3 + idx2))]));
+                dot3 = (dot3 + (hoisted[(8u + ((idx1 * 2u) + idx3))] * batched[((params.chunk * (idx3 + idx2)) + item)]));
             }
             v4[(idx1 + idx2)] = dot3;
         }
     }
     for (var idx4: u32 = 0u; idx4 < 2u; idx4 = idx4 + 1u) {
-        out[((item * 2u) + idx4)] = v4[idx4];
+        out[((params.chunk * idx4) + item)] = v4[idx4];
     }
 }
 ";
