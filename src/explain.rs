@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use crate::diff::Derivative;
 use crate::expr::Node;
 use crate::plan::{Plan, Step};
-use crate::wgsl::Kernel;
+use crate::wgsl::{Kernel, StageKind};
 
 /// The report, as text.
 pub fn explain(d: &Derivative, plan: &Plan, kernel: Option<&Kernel>) -> String {
@@ -73,12 +73,31 @@ pub fn explain(d: &Derivative, plan: &Plan, kernel: Option<&Kernel>) -> String {
     if let Some(k) = kernel {
         let _ = writeln!(
             out,
-            "gpu kernel: {} lines of WGSL, workgroup size {}, {} floats in per item, {} out",
-            k.source.lines().count(),
-            k.workgroup_size,
+            "gpu: {} dispatch(es) per chunk, {} floats in and {} out per item (element-major), {} floats of scratch per item",
+            k.stages.len(),
             k.batched_len(),
-            k.out_len()
+            k.out_len(),
+            k.scratch_len
         );
+        for stage in &k.stages {
+            let _ = match stage.kind {
+                StageKind::PerItem { workgroup_size } => writeln!(
+                    out,
+                    "  per-item kernel: {} lines of WGSL, one invocation per item, workgroup size {workgroup_size}",
+                    stage.source.lines().count()
+                ),
+                StageKind::Gemm(g) if g.shared_left => writeln!(
+                    out,
+                    "  tiled GEMM: shared {}×{} times batched {}×{} for every item (64×64 tiles)",
+                    g.m, g.k, g.k, g.n
+                ),
+                StageKind::Gemm(g) => writeln!(
+                    out,
+                    "  tiled GEMM: batched {}×{} times shared {}×{} for every item (64×64 tiles)",
+                    g.m, g.k, g.k, g.n
+                ),
+            };
+        }
     }
     out
 }

@@ -24,7 +24,7 @@ pub use ceilings::measure as measure_ceilings;
 use crate::batch::Batch;
 use crate::cpu::{hoisted_values, items_to_lanes, lanes_to_items};
 use crate::plan::Plan;
-use crate::wgsl::{generate, InvalidShader, Kernel};
+use crate::wgsl::{generate, InvalidShader, Kernel, StageKind};
 
 /// How to choose the adapter and size the work.
 #[derive(Clone, Debug, Default)]
@@ -309,12 +309,12 @@ impl GpuContext {
         Ok(value)
     }
 
-    fn pipeline(&self, kernel: &Kernel) -> Result<Arc<wgpu::ComputePipeline>, GpuError> {
+    fn pipeline(&self, source: &str) -> Result<Arc<wgpu::ComputePipeline>, GpuError> {
         if let Some(p) = self
             .pipelines
             .lock()
             .ok()
-            .and_then(|m| m.get(&kernel.source).cloned())
+            .and_then(|m| m.get(source).cloned())
         {
             return Ok(p);
         }
@@ -323,7 +323,7 @@ impl GpuContext {
                 .device
                 .create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some("matgrad kernel"),
-                    source: wgpu::ShaderSource::Wgsl(kernel.source.as_str().into()),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
                 });
             self.device
                 .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -337,7 +337,7 @@ impl GpuContext {
         })?;
         let pipeline = Arc::new(pipeline);
         if let Ok(mut m) = self.pipelines.lock() {
-            m.insert(kernel.source.clone(), pipeline.clone());
+            m.insert(source.to_string(), pipeline.clone());
         }
         Ok(pipeline)
     }
@@ -346,7 +346,11 @@ impl GpuContext {
     /// values uploaded. `inputs` are all the plan's inputs (the batched ones are not read).
     pub fn session(&self, plan: &Plan, inputs: &[&Batch<f32>]) -> Result<GpuSession<'_>, GpuError> {
         let kernel = generate(plan)?;
-        let pipeline = with_stack(|| self.pipeline(&kernel))?;
+        let pipelines = kernel
+            .stages
+            .iter()
+            .map(|stage| with_stack(|| self.pipeline(&stage.source)))
+            .collect::<Result<Vec<_>, _>>()?;
         let hoisted = hoisted_values(plan, inputs);
         let mut shared_data = vec![0f32; kernel.shared_len];
         for (i, offset) in kernel.shared_offsets.iter().enumerate() {
@@ -371,7 +375,7 @@ impl GpuContext {
             ctx: self,
             plan: plan.clone(),
             kernel,
-            pipeline,
+            pipelines,
             shared,
             shared_outputs,
         })
@@ -388,8 +392,9 @@ impl GpuContext {
             .max(kernel.scratch_len)
             .max(1) as u64;
         let per_dim = self.workgroups_per_dimension as u64;
-        let by_dispatch = per_dim * per_dim * kernel.workgroup_size as u64;
-        let mut items = (binding / per_item).min(by_dispatch).max(1) as usize;
+        let by_dispatch = per_dim * per_dim * kernel.workgroup_size() as u64;
+        let by_gemm = kernel.max_gemm_items(per_dim as usize) as u64;
+        let mut items = (binding / per_item).min(by_dispatch).min(by_gemm).max(1) as usize;
         if let Some(m) = self.max_chunk_items {
             items = items.min(m.max(1));
         }
@@ -403,7 +408,8 @@ pub struct GpuSession<'c> {
     ctx: &'c GpuContext,
     plan: Plan,
     kernel: Kernel,
-    pipeline: Arc<wgpu::ComputePipeline>,
+    /// One per stage of the kernel.
+    pipelines: Vec<Arc<wgpu::ComputePipeline>>,
     shared: wgpu::Buffer,
     /// The value of each plan output that reads no batched input.
     shared_outputs: Vec<Option<Vec<f32>>>,
@@ -502,12 +508,27 @@ impl GpuSession<'_> {
         }
         let out_bytes = (4 * count * self.kernel.out_len()).max(4) as u64;
         let scratch_bytes = (4 * count * self.kernel.scratch_len).max(4) as u64;
-        let workgroup = self.kernel.workgroup_size as u64;
-        let groups = (count as u64).div_ceil(workgroup);
+        // Each stage's parameter block and dispatch size.
         let per_dim = ctx.workgroups_per_dimension as u64;
-        let groups_x = groups.min(per_dim);
-        let groups_y = groups.div_ceil(groups_x);
-        let params = [count as u32, (groups_x * workgroup) as u32, 0, 0];
+        let dispatches: Vec<(Vec<u32>, [u32; 3])> = self
+            .kernel
+            .stages
+            .iter()
+            .map(|stage| match stage.kind {
+                StageKind::PerItem { workgroup_size } => {
+                    let workgroup = workgroup_size as u64;
+                    let groups = (count as u64).div_ceil(workgroup);
+                    let groups_x = groups.min(per_dim);
+                    let groups_y = groups.div_ceil(groups_x);
+                    let params = vec![count as u32, (groups_x * workgroup) as u32, 0, 0];
+                    (params, [groups_x as u32, groups_y as u32, 1])
+                }
+                StageKind::Gemm(g) => {
+                    let (params, groups) = g.params(count);
+                    (params.to_vec(), groups)
+                }
+            })
+            .collect();
         let submitted_at = std::time::Instant::now();
         let (readback, timestamps, submission) = ctx.scoped("running a chunk", || {
             let device = &ctx.device;
@@ -534,37 +555,42 @@ impl GpuSession<'_> {
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             });
-            let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("matgrad params"),
-                contents: bytemuck::cast_slice(&params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-            let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("matgrad bindings"),
-                layout: &ctx.layout,
-                entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: self.shared.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: input.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: output.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 3,
-                        resource: uniform.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 4,
-                        resource: scratch.as_entire_binding(),
-                    },
-                ],
-            });
+            let bind_groups: Vec<wgpu::BindGroup> = dispatches
+                .iter()
+                .map(|(params, _)| {
+                    let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("matgrad params"),
+                        contents: bytemuck::cast_slice(params),
+                        usage: wgpu::BufferUsages::UNIFORM,
+                    });
+                    device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("matgrad bindings"),
+                        layout: &ctx.layout,
+                        entries: &[
+                            wgpu::BindGroupEntry {
+                                binding: 0,
+                                resource: self.shared.as_entire_binding(),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 1,
+                                resource: input.as_entire_binding(),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 2,
+                                resource: output.as_entire_binding(),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 3,
+                                resource: uniform.as_entire_binding(),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 4,
+                                resource: scratch.as_entire_binding(),
+                            },
+                        ],
+                    })
+                })
+                .collect();
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("matgrad"),
             });
@@ -588,22 +614,27 @@ impl GpuSession<'_> {
                 });
                 (set, resolve, read)
             });
-            {
+            // One pass per stage (wgpu orders the passes' storage accesses); the timestamps
+            // bracket them all.
+            let last = dispatches.len().saturating_sub(1);
+            for (k, ((_, groups), bind_group)) in dispatches.iter().zip(&bind_groups).enumerate() {
+                // A pass in the middle writes no timestamp (wgpu refuses a write with neither).
                 let timestamp_writes =
                     queries
                         .as_ref()
+                        .filter(|_| k == 0 || k == last)
                         .map(|(set, _, _)| wgpu::ComputePassTimestampWrites {
                             query_set: set,
-                            beginning_of_pass_write_index: Some(0),
-                            end_of_pass_write_index: Some(1),
+                            beginning_of_pass_write_index: (k == 0).then_some(0),
+                            end_of_pass_write_index: (k == last).then_some(1),
                         });
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("matgrad"),
                     timestamp_writes,
                 });
-                pass.set_pipeline(&self.pipeline);
-                pass.set_bind_group(0, &bind_group, &[]);
-                pass.dispatch_workgroups(groups_x as u32, groups_y as u32, 1);
+                pass.set_pipeline(&self.pipelines[k]);
+                pass.set_bind_group(0, bind_group, &[]);
+                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
             }
             encoder.copy_buffer_to_buffer(&output, 0, &readback, 0, out_bytes);
             if let Some((set, resolve, read)) = &queries {

@@ -464,7 +464,7 @@ fn explain_plan(
     let mut text = matgrad::explain::explain(d, &plan, Some(&kernel));
     if wgsl {
         text.push('\n');
-        text.push_str(&kernel.source);
+        text.push_str(&kernel.source());
     }
     Ok(text)
 }

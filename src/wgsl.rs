@@ -41,6 +41,10 @@ const PRIVATE_BUDGET: usize = 1024;
 /// Where a batched step's value lives in the kernel.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Storage {
+    /// Not stored: an element-wise step used once, by an element-wise step or a reduction
+    /// of the same stage, is computed inside its user's expression (element-wise chains
+    /// fused into one loop, no intermediate array).
+    Inline,
     Private,
     /// Lanes at this base in `scratch`.
     Scratch(usize),
@@ -53,10 +57,11 @@ const LU_TEMPLATE: &str = include_str!("../shaders/lu.wgsl");
 /// The hand-written power function.
 const POW_SOURCE: &str = include_str!("../shaders/pow.wgsl");
 
-/// A generated shader and where its data lives.
+/// The generated shaders of a plan and where its data lives.
 #[derive(Clone, Debug)]
 pub struct Kernel {
-    pub source: String,
+    /// The dispatches of one chunk, in order (one when no product is worth a GEMM).
+    pub stages: Vec<Stage>,
     /// For each plan step that is shared, its offset in the `shared` buffer.
     pub shared_offsets: Vec<Option<usize>>,
     /// Length of the `shared` buffer in f32 (at least 1: empty bindings are not allowed).
@@ -65,10 +70,95 @@ pub struct Kernel {
     pub batched_inputs: Vec<(usize, usize)>,
     /// The batched outputs (plan output positions), in buffer order, with per-item length.
     pub batched_outputs: Vec<(usize, usize)>,
-    /// Invocations per workgroup.
-    pub workgroup_size: u32,
     /// f32 values per item in the `scratch` buffer.
     pub scratch_len: usize,
+}
+
+/// One dispatch of a chunk.
+#[derive(Clone, Debug)]
+pub struct Stage {
+    pub source: String,
+    pub kind: StageKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StageKind {
+    /// One invocation per item, steps fused (intermediates in registers).
+    PerItem { workgroup_size: u32 },
+    /// A product of a shared matrix with batched values, as a tiled GEMM over the chunk.
+    Gemm(GemmStep),
+}
+
+/// A shared×batched or batched×shared product, m×k times k×n per item; the shared operand
+/// at `shared` in `hoisted`, the batched one at `b` lanes of its buffer, the result at `c`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GemmStep {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    /// Whether the shared matrix is the left factor.
+    pub shared_left: bool,
+    pub shared: usize,
+    pub b: usize,
+    pub c: usize,
+}
+
+/// Workgroup tile of the GEMM shader (rows and columns of C per workgroup).
+pub const GEMM_TILE: usize = 64;
+
+impl GemmStep {
+    /// The shader's parameter block for a chunk of `chunk` items, and the dispatch size.
+    pub fn params(&self, chunk: usize) -> ([u32; 16], [u32; 3]) {
+        let (m, k, n, c) = (self.m, self.k, self.n, chunk);
+        // (M, N, K, Z) and the strides of A, B, C as base, row, column, z.
+        let v: [usize; 16] = if self.shared_left {
+            // [C] (m × n·chunk) = S (m×k) · [B] (k × n·chunk).
+            [
+                m,
+                n * c,
+                k,
+                1,
+                self.shared,
+                k,
+                1,
+                0,
+                self.b * c,
+                n * c,
+                1,
+                0,
+                self.c * c,
+                n * c,
+                1,
+                0,
+            ]
+        } else {
+            // For each row i: [C_i] (n × chunk) = Sᵀ (n×k) · [B_i] (k × chunk).
+            [
+                n,
+                c,
+                k,
+                m,
+                self.shared,
+                1,
+                n,
+                0,
+                self.b * c,
+                c,
+                1,
+                k * c,
+                self.c * c,
+                c,
+                1,
+                n * c,
+            ]
+        };
+        let groups = [
+            v[1].div_ceil(GEMM_TILE) as u32,
+            v[0].div_ceil(GEMM_TILE) as u32,
+            v[3] as u32,
+        ];
+        (v.map(|x| x as u32), groups)
+    }
 }
 
 impl Kernel {
@@ -81,7 +171,48 @@ impl Kernel {
     pub fn out_len(&self) -> usize {
         self.batched_outputs.iter().map(|&(_, len)| len).sum()
     }
+
+    /// Every stage's WGSL, in order.
+    pub fn source(&self) -> String {
+        let parts: Vec<&str> = self.stages.iter().map(|s| s.source.as_str()).collect();
+        parts.join("\n// ---- next dispatch ----\n")
+    }
+
+    /// The largest per-item workgroup (items per workgroup), for sizing dispatches.
+    pub fn workgroup_size(&self) -> u32 {
+        self.stages
+            .iter()
+            .map(|s| match s.kind {
+                StageKind::PerItem { workgroup_size } => workgroup_size,
+                StageKind::Gemm(_) => WORKGROUP_SIZE,
+            })
+            .min()
+            .unwrap_or(WORKGROUP_SIZE)
+    }
+
+    /// Items per chunk the GEMM dispatches allow: `n·chunk / 64` workgroups in one dimension.
+    pub fn max_gemm_items(&self, workgroups_per_dimension: usize) -> usize {
+        self.stages
+            .iter()
+            .filter_map(|s| match s.kind {
+                StageKind::Gemm(g) => Some(if g.shared_left {
+                    workgroups_per_dimension * GEMM_TILE / g.n
+                } else {
+                    workgroups_per_dimension * GEMM_TILE
+                }),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(usize::MAX)
+    }
 }
+
+/// The tiled GEMM shader; `BBUF` and `CBUF` become buffer names.
+const GEMM_TEMPLATE: &str = include_str!("../shaders/gemm.wgsl");
+
+/// A product runs as a GEMM dispatch when its shared matrix has at least this many entries
+/// (below, the per-item loops in registers are faster than a round trip through memory).
+pub const GEMM_MIN_SHARED: usize = 1024;
 
 /// Why a generated module is not valid WGSL: a bug in matgrad, reported with the source.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -109,7 +240,7 @@ pub fn validate(source: &str) -> Result<(), InvalidShader> {
     Ok(())
 }
 
-/// Generates (and validates) the kernel of a plan.
+/// Generates (and validates) the kernels of a plan.
 pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
     let steps = plan.steps();
     let mut shared_offsets = vec![None; steps.len()];
@@ -131,44 +262,148 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
         }
     }
     let mut batched_outputs = Vec::new();
+    let mut out_bases = Vec::new();
+    let mut out_base = 0;
     for (position, &o) in plan.outputs().iter().enumerate() {
         if steps[o].batched {
             batched_outputs.push((position, steps[o].len()));
+            out_bases.push(out_base);
+            out_base += steps[o].len();
         }
     }
-    // Output bases in `out`, and where each computed batched step lives.
-    let mut out_bases = Vec::new();
-    let mut out_base = 0;
-    for &(_, len) in &batched_outputs {
-        out_bases.push(out_base);
-        out_base += len;
+    let computed = |i: usize| steps[i].batched && steps[i].input.is_none();
+
+    // Stages: runs of fused steps, split at products worth a GEMM.
+    let is_gemm: Vec<bool> = (0..steps.len())
+        .map(|i| computed(i) && gemm_shape(steps, i).is_some())
+        .collect();
+    let mut stage_of = vec![usize::MAX; steps.len()];
+    let mut stage_steps: Vec<Vec<usize>> = Vec::new();
+    let mut open = false;
+    for i in (0..steps.len()).filter(|&i| computed(i)) {
+        if is_gemm[i] {
+            stage_steps.push(vec![i]);
+            open = false;
+        } else {
+            if !open {
+                stage_steps.push(Vec::new());
+                open = true;
+            }
+            stage_steps.last_mut().expect("a stage is open").push(i);
+        }
+        stage_of[i] = stage_steps.len() - 1;
+    }
+
+    // Storage: a value read in another stage, by a GEMM, or made by one lives in a buffer;
+    // an output lives in `out` when it is there once; the rest in function memory.
+    let mut global = is_gemm.clone();
+    for j in (0..steps.len()).filter(|&j| computed(j)) {
+        for &a in &steps[j].args {
+            if computed(a) && (stage_of[a] != stage_of[j] || is_gemm[j]) {
+                global[a] = true;
+            }
+        }
+    }
+    // Each computed step's users (one entry per use).
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+    for j in (0..steps.len()).filter(|&j| computed(j)) {
+        for &a in &steps[j].args {
+            users[a].push(j);
+        }
     }
     let mut storage = vec![Storage::Private; steps.len()];
     let (mut private, mut scratch_len) = (0, 0);
-    for (i, step) in steps.iter().enumerate() {
-        if !step.batched || step.input.is_some() {
-            continue;
-        }
-        let len = step.len();
-        // The LU building block writes an inverse through a function-memory pointer.
-        let must_be_private = matches!(step.node, Node::Inv(_));
-        if must_be_private || (len <= PRIVATE_MAX && private + len <= PRIVATE_BUDGET) {
-            private += len;
-            continue;
-        }
+    for i in (0..steps.len()).filter(|&i| computed(i)) {
+        let len = steps[i].len();
         let positions: Vec<usize> = batched_outputs
             .iter()
             .enumerate()
             .filter(|(_, &(p, _))| plan.outputs()[p] == i)
             .map(|(k, _)| k)
             .collect();
-        storage[i] = if positions.len() == 1 {
+        let fits = len <= PRIVATE_MAX && private + len <= PRIVATE_BUDGET;
+        let inline = !global[i]
+            && positions.is_empty()
+            && is_elementwise(steps[i].node)
+            && users[i].len() == 1
+            && users[i].iter().all(|&u| {
+                is_elementwise(steps[u].node)
+                    || matches!(
+                        steps[u].node,
+                        Node::Sum(_) | Node::Norm1(_) | Node::Norm2(_)
+                    )
+            });
+        storage[i] = if inline {
+            Storage::Inline
+        } else if !global[i] && positions.is_empty() && fits {
+            private += len;
+            Storage::Private
+        } else if positions.len() == 1 {
             Storage::Out(out_bases[positions[0]])
         } else {
             scratch_len += len;
             Storage::Scratch(scratch_len - len)
         };
     }
+    let buffer_of = |i: usize| -> (&'static str, usize) {
+        match (steps[i].input, storage[i]) {
+            (Some(k), _) => ("batched", input_base[k]),
+            (None, Storage::Scratch(b)) => ("scratch", b),
+            (None, Storage::Out(b)) => ("out", b),
+            (None, Storage::Private | Storage::Inline) => ("private", 0),
+        }
+    };
+
+    let mut stages = Vec::new();
+    for group in &stage_steps {
+        if is_gemm[group[0]] {
+            let i = group[0];
+            let (m, k, n, shared_left) = gemm_shape(steps, i).expect("a GEMM step");
+            let (s, b) = if shared_left {
+                (steps[i].args[0], steps[i].args[1])
+            } else {
+                (steps[i].args[1], steps[i].args[0])
+            };
+            let (b_buffer, b_base) = buffer_of(b);
+            let (c_buffer, c_base) = buffer_of(i);
+            let source = GEMM_TEMPLATE
+                .replace("BBUF", b_buffer)
+                .replace("CBUF", c_buffer);
+            validate(&source)?;
+            stages.push(Stage {
+                source,
+                kind: StageKind::Gemm(GemmStep {
+                    m,
+                    k,
+                    n,
+                    shared_left,
+                    shared: shared_offsets[s].unwrap_or(0),
+                    b: b_base,
+                    c: c_base,
+                }),
+            });
+            continue;
+        }
+        let mut gen = Generator {
+            steps,
+            shared_offsets: &shared_offsets,
+            input_base: &input_base,
+            storage: &storage,
+            loops: 0,
+            lu_sizes: Vec::new(),
+            uses_pow: false,
+        };
+        gen.uses_pow = group
+            .iter()
+            .any(|&i| matches!(steps[i].node, Node::Pow(..) | Node::ElemPow(..)));
+        let mut body = item_prologue();
+        for &i in group {
+            gen.step(i, &steps[i], &mut body);
+        }
+        stages.push(per_item_stage(gen, body)?);
+    }
+
+    // Epilogue: outputs that are inputs, or that appear more than once, copied into `out`.
     let mut gen = Generator {
         steps,
         shared_offsets: &shared_offsets,
@@ -178,19 +413,8 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
         lu_sizes: Vec::new(),
         uses_pow: false,
     };
-    let mut body = vec![
-        Stmt::Let(Ident::item(), Expr::raw_item()),
-        Stmt::ReturnIf(Expr::bin(
-            ">=",
-            Expr::id(Ident::item()),
-            Expr::Raw("params.chunk"),
-        )),
-    ];
-    for (i, step) in steps.iter().enumerate() {
-        if step.batched && step.input.is_none() {
-            gen.step(i, step, &mut body);
-        }
-    }
+    let mut body = item_prologue();
+    let prologue_len = body.len();
     for (&(position, len), &base) in batched_outputs.iter().zip(&out_bases) {
         let o = plan.outputs()[position];
         if storage[o] == Storage::Out(base) {
@@ -201,6 +425,65 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
         let value = gen.value(o, Expr::id(i.clone()));
         body.push(Stmt::For(i, len, vec![Stmt::Assign(target, value)]));
     }
+    if body.len() > prologue_len {
+        stages.push(per_item_stage(gen, body)?);
+    }
+    Ok(Kernel {
+        stages,
+        shared_offsets,
+        shared_len: shared_len.max(1),
+        batched_inputs,
+        batched_outputs,
+        scratch_len,
+    })
+}
+
+/// `(m, k, n, shared_left)` when step `i` is a product of a shared matrix with at least
+/// [`GEMM_MIN_SHARED`] entries and a batched value.
+fn gemm_shape(steps: &[Step], i: usize) -> Option<(usize, usize, usize, bool)> {
+    let step = &steps[i];
+    if !matches!(step.node, Node::MatMul(..)) {
+        return None;
+    }
+    let (a, b) = (&steps[step.args[0]], &steps[step.args[1]]);
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    match (a.batched, b.batched) {
+        (false, true) if a.len() >= GEMM_MIN_SHARED => Some((m, k, n, true)),
+        (true, false) if b.len() >= GEMM_MIN_SHARED => Some((m, k, n, false)),
+        _ => None,
+    }
+}
+
+/// Operations computed entry by entry from their arguments' entries.
+fn is_elementwise(node: Node) -> bool {
+    matches!(
+        node,
+        Node::Add(..)
+            | Node::Hadamard(..)
+            | Node::ElemDiv(..)
+            | Node::Neg(_)
+            | Node::Scale(..)
+            | Node::Div(..)
+            | Node::Pow(..)
+            | Node::ElemPow(..)
+            | Node::Map(..)
+    )
+}
+
+/// The item index and the guard that every per-item stage starts with.
+fn item_prologue() -> Vec<Stmt> {
+    vec![
+        Stmt::Let(Ident::item(), Expr::raw_item()),
+        Stmt::ReturnIf(Expr::bin(
+            ">=",
+            Expr::id(Ident::item()),
+            Expr::Raw("params.chunk"),
+        )),
+    ]
+}
+
+/// Writes a per-item stage: its building blocks, its workgroup size, and validates it.
+fn per_item_stage(gen: Generator, body: Vec<Stmt>) -> Result<Stage, InvalidShader> {
     let mut source = String::new();
     let _ = write!(source, "{}", Header);
     if gen.uses_pow {
@@ -229,19 +512,15 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
         source,
         "@compute @workgroup_size({workgroup_size})\nfn main(@builtin(global_invocation_id) gid: vec3<u32>) {{"
     );
+    let mut budget = UNROLL_KERNEL;
     for stmt in &body {
-        let _ = stmt.write(&mut source, 1);
+        let _ = stmt.write(&mut source, 1, &mut budget);
     }
     source.push_str("}\n");
     validate(&source)?;
-    Ok(Kernel {
+    Ok(Stage {
         source,
-        shared_offsets,
-        shared_len: shared_len.max(1),
-        batched_inputs,
-        batched_outputs,
-        workgroup_size,
-        scratch_len,
+        kind: StageKind::PerItem { workgroup_size },
     })
 }
 
@@ -400,10 +679,54 @@ pub enum Stmt {
     Call(Expr),
 }
 
+/// A loop whose unrolled body would be at most this many statements is written unrolled
+/// (each iteration a block that binds the loop variable to a constant), so that drivers see
+/// constant indices and keep small per-item arrays in registers instead of local memory...
+const UNROLL_LOOP: usize = 512;
+/// ...while the kernel's unrolled statements stay within this many (naga's validation time
+/// grows faster than linearly with a function's length).
+pub const UNROLL_KERNEL: usize = 2048;
+
 impl Stmt {
-    fn write(&self, out: &mut String, depth: usize) -> fmt::Result {
+    /// Statements this one is written as when every loop within the per-loop limit unrolls.
+    fn size(&self) -> usize {
+        match (self, self.unrolled_size()) {
+            (_, Some(n)) if n <= UNROLL_LOOP => n,
+            (Stmt::For(_, _, body), _) => 1 + body.iter().map(Stmt::size).sum::<usize>(),
+            _ => 1,
+        }
+    }
+
+    /// For a loop, its statements if it were unrolled (inner loops as [`Stmt::size`] says).
+    fn unrolled_size(&self) -> Option<usize> {
+        match self {
+            Stmt::For(_, count, body) => Some(count * body.iter().map(Stmt::size).sum::<usize>()),
+            _ => None,
+        }
+    }
+
+    /// Writes the statement; `budget` is what is left of [`UNROLL_KERNEL`].
+    fn write(&self, out: &mut String, depth: usize, budget: &mut usize) -> fmt::Result {
         let pad = "    ".repeat(depth);
         match self {
+            Stmt::For(i, count, body)
+                if self
+                    .unrolled_size()
+                    .is_some_and(|n| n <= UNROLL_LOOP.min(*budget)) =>
+            {
+                *budget -= self.size();
+                // Inside, every loop unrolls as `size` counted it.
+                let mut unlimited = usize::MAX;
+                for k in 0..*count {
+                    writeln!(out, "{pad}{{")?;
+                    writeln!(out, "{pad}    let {i} = {k}u;")?;
+                    for s in body {
+                        s.write(out, depth + 1, &mut unlimited)?;
+                    }
+                    writeln!(out, "{pad}}}")?;
+                }
+                Ok(())
+            }
             Stmt::Array(n, len) => writeln!(out, "{pad}var {n}: array<f32, {len}u>;"),
             Stmt::IndexArray(n, len) => writeln!(out, "{pad}var {n}: array<u32, {len}u>;"),
             Stmt::Var(n, v) => writeln!(out, "{pad}var {n}: f32 = {v};"),
@@ -415,7 +738,7 @@ impl Stmt {
                     "{pad}for (var {i}: u32 = 0u; {i} < {count}u; {i} = {i} + 1u) {{"
                 )?;
                 for s in body {
-                    s.write(out, depth + 1)?;
+                    s.write(out, depth + 1, budget)?;
                 }
                 writeln!(out, "{pad}}}")
             }
@@ -471,9 +794,38 @@ impl Generator<'_> {
         }
     }
 
+    /// Entry `idx` of an element-wise step, from its arguments' entries (None for the other
+    /// operations).
+    fn elementwise_expr(&self, s: usize, k: Expr) -> Option<Expr> {
+        let step = &self.steps[s];
+        let a = step.args.first().copied().unwrap_or(0);
+        let b = step.args.get(1).copied().unwrap_or(0);
+        Some(match step.node {
+            Node::Add(..) => Expr::bin("+", self.value(a, k.clone()), self.value(b, k)),
+            Node::Hadamard(..) => Expr::bin("*", self.value(a, k.clone()), self.value(b, k)),
+            Node::ElemDiv(..) => Expr::bin("/", self.value(a, k.clone()), self.value(b, k)),
+            Node::Neg(_) => Expr::Unary("-", Box::new(self.value(a, k))),
+            Node::Scale(..) => Expr::bin("*", self.value(a, Expr::U32(0)), self.value(b, k)),
+            Node::Div(..) => Expr::bin("/", self.value(a, k), self.value(b, Expr::U32(0))),
+            Node::Pow(..) | Node::ElemPow(..) => {
+                let e = if self.steps[b].len() == 1 {
+                    self.value(b, Expr::U32(0))
+                } else {
+                    self.value(b, k.clone())
+                };
+                Expr::Call("mg_pow", vec![self.value(a, k), e])
+            }
+            Node::Map(f, _) => map_call(f, self.value(a, k)),
+            _ => return None,
+        })
+    }
+
     /// Where entry `idx` of computed batched step `s` is stored (read or written).
     fn target(&self, s: usize, idx: Expr) -> Expr {
         match self.storage[s] {
+            Storage::Inline => self
+                .elementwise_expr(s, idx)
+                .expect("only element-wise steps are inlined"),
             Storage::Private => Expr::index(Expr::id(Ident::step(s)), idx),
             Storage::Scratch(base) => lanes("scratch", base, idx),
             Storage::Out(base) => lanes("out", base, idx),
@@ -482,6 +834,9 @@ impl Generator<'_> {
 
     /// The statements that compute batched step `i` into `v{i}`.
     fn step(&mut self, i: usize, step: &Step, body: &mut Vec<Stmt>) {
+        if self.storage[i] == Storage::Inline {
+            return;
+        }
         let dst = Ident::step(i);
         let len = step.len();
         if self.storage[i] == Storage::Private {
@@ -502,37 +857,18 @@ impl Generator<'_> {
                 ));
             };
         match step.node {
-            Node::Add(..) => elementwise(self, body, &|g, k| {
-                Expr::bin("+", g.value(a, k.clone()), g.value(b, k))
+            Node::Add(..)
+            | Node::Hadamard(..)
+            | Node::ElemDiv(..)
+            | Node::Neg(_)
+            | Node::Scale(..)
+            | Node::Div(..)
+            | Node::Pow(..)
+            | Node::ElemPow(..)
+            | Node::Map(..) => elementwise(self, body, &|g, k| {
+                g.elementwise_expr(i, k)
+                    .expect("an element-wise step has an element-wise expression")
             }),
-            Node::Hadamard(..) => elementwise(self, body, &|g, k| {
-                Expr::bin("*", g.value(a, k.clone()), g.value(b, k))
-            }),
-            Node::ElemDiv(..) => elementwise(self, body, &|g, k| {
-                Expr::bin("/", g.value(a, k.clone()), g.value(b, k))
-            }),
-            Node::Neg(_) => elementwise(self, body, &|g, k| {
-                Expr::Unary("-", Box::new(g.value(a, k)))
-            }),
-            Node::Scale(..) => elementwise(self, body, &|g, k| {
-                Expr::bin("*", g.value(a, Expr::U32(0)), g.value(b, k))
-            }),
-            Node::Div(..) => elementwise(self, body, &|g, k| {
-                Expr::bin("/", g.value(a, k), g.value(b, Expr::U32(0)))
-            }),
-            Node::Pow(..) | Node::ElemPow(..) => {
-                self.uses_pow = true;
-                let scalar_exponent = self.steps[b].len() == 1;
-                elementwise(self, body, &|g, k| {
-                    let e = if scalar_exponent {
-                        g.value(b, Expr::U32(0))
-                    } else {
-                        g.value(b, k.clone())
-                    };
-                    Expr::Call("mg_pow", vec![g.value(a, k), e])
-                })
-            }
-            Node::Map(f, _) => elementwise(self, body, &|g, k| map_call(f, g.value(a, k))),
             Node::Transpose(_) => {
                 let (r, c) = (self.steps[a].rows, self.steps[a].cols);
                 let (p, q) = (self.loop_var(), self.loop_var());
@@ -675,15 +1011,38 @@ impl Generator<'_> {
                             vec![Expr::AddrOf(lu), Expr::id(sign)],
                         ),
                     )),
-                    _ => body.push(Stmt::Call(Expr::CallN(
-                        format!("mg_inv_{n}"),
-                        vec![
-                            Expr::AddrOf(lu),
-                            Expr::AddrOf(perm),
-                            Expr::id(sign),
-                            Expr::AddrOf(dst.clone()),
-                        ],
-                    ))),
+                    _ => {
+                        // The building block writes through a function-memory pointer: into
+                        // the step's own array, or a temporary copied to the step's buffer.
+                        let private = self.storage[i] == Storage::Private;
+                        let target = if private {
+                            dst.clone()
+                        } else {
+                            let tmp = Ident::scratch(i, "inv");
+                            body.push(Stmt::Array(tmp.clone(), n * n));
+                            tmp
+                        };
+                        body.push(Stmt::Call(Expr::CallN(
+                            format!("mg_inv_{n}"),
+                            vec![
+                                Expr::AddrOf(lu),
+                                Expr::AddrOf(perm),
+                                Expr::id(sign),
+                                Expr::AddrOf(target.clone()),
+                            ],
+                        )));
+                        if !private {
+                            let k = self.loop_var();
+                            body.push(Stmt::For(
+                                k.clone(),
+                                n * n,
+                                vec![Stmt::Assign(
+                                    self.target(i, Expr::id(k.clone())),
+                                    at(&target, Expr::id(k)),
+                                )],
+                            ));
+                        }
+                    }
                 }
             }
             Node::Diag(_) => {
@@ -812,7 +1171,11 @@ mod tests {
                 &format!("X: matrix({n},{n}); logdet(X) + det(X) + tr(inv(X))"),
                 "X",
             );
-            assert!(k.source.contains(&format!("fn mg_lu_{n}(")), "{}", k.source);
+            assert!(
+                k.source().contains(&format!("fn mg_lu_{n}(")),
+                "{}",
+                k.source()
+            );
         }
     }
 
@@ -822,7 +1185,7 @@ mod tests {
             "secret_name: vector(3); sum(exp(secret_name))",
             "secret_name",
         );
-        assert!(!k.source.contains("secret_name"));
+        assert!(!k.source().contains("secret_name"));
     }
 
     /// exp(x) + x/norm2(x): element-wise steps, a reduction, and the output written back.
@@ -834,45 +1197,44 @@ mod tests {
             "X",
         );
         assert!(
-            k.scratch_len > 0 && k.source.contains("scratch["),
+            k.scratch_len > 0 && k.source().contains("scratch["),
             "{}",
-            k.source
+            k.source()
         );
-        assert!(!k.source.contains("array<f32, 1024u>"), "{}", k.source);
+        assert!(!k.source().contains("array<f32, 1024u>"), "{}", k.source());
         // The output is written where it is computed, not copied.
-        assert_eq!(k.source.matches("out[").count(), 1, "{}", k.source);
+        assert_eq!(k.source().matches("out[").count(), 1, "{}", k.source());
     }
 
     #[test]
     fn snapshot_of_an_elementwise_kernel() {
         let k = kernel("x: vector(2); sum(exp(x)) + norm2(x)", "x");
-        let main = &k.source[k.source.find("@compute").unwrap()..];
+        let source = k.source();
+        let main = &source[source.find("@compute").unwrap()..];
         let expected = "@compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let item = gid.x + gid.y * params.row;
     if (item >= params.chunk) {
         return;
     }
-    var v1: array<f32, 2u>;
-    for (var idx1: u32 = 0u; idx1 < 2u; idx1 = idx1 + 1u) {
-        v1[idx1] = exp(batched[((params.chunk * idx1) + item)]);
-    }
     var v2: array<f32, 1u>;
     var acc2: f32 = f32(0.0);
-    for (var idx2: u32 = 0u; idx2 < 2u; idx2 = idx2 + 1u) {
-        acc2 = (acc2 + (batched[((params.chunk * idx2) + item)] * batched[((params.chunk * idx2) + item)]));
+    {
+        let idx1 = 0u;
+        acc2 = (acc2 + (batched[((params.chunk * idx1) + item)] * batched[((params.chunk * idx1) + item)]));
+    }
+    {
+        let idx1 = 1u;
+        acc2 = (acc2 + (batched[((params.chunk * idx1) + item)] * batched[((params.chunk * idx1) + item)]));
     }
     v2[0u] = sqrt(acc2);
-    var v3: array<f32, 2u>;
-    for (var idx3: u32 = 0u; idx3 < 2u; idx3 = idx3 + 1u) {
-        v3[idx3] = (batched[((params.chunk * idx3) + item)] / v2[0u]);
+    {
+        let idx2 = 0u;
+        out[((params.chunk * idx2) + item)] = (exp(batched[((params.chunk * idx2) + item)]) + (batched[((params.chunk * idx2) + item)] / v2[0u]));
     }
-    var v4: array<f32, 2u>;
-    for (var idx4: u32 = 0u; idx4 < 2u; idx4 = idx4 + 1u) {
-        v4[idx4] = (v1[idx4] + v3[idx4]);
-    }
-    for (var idx5: u32 = 0u; idx5 < 2u; idx5 = idx5 + 1u) {
-        out[((params.chunk * idx5) + item)] = v4[idx5];
+    {
+        let idx2 = 1u;
+        out[((params.chunk * idx2) + item)] = (exp(batched[((params.chunk * idx2) + item)]) + (batched[((params.chunk * idx2) + item)] / v2[0u]));
     }
 }
 ";
@@ -883,7 +1245,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     #[test]
     fn snapshot_of_a_small_kernel() {
         let k = kernel("A: matrix(2,2); x: vector(2); x'*A*x", "x");
-        let main = &k.source[k.source.find("@compute").unwrap()..];
+        let source = k.source();
+        let main = &source[source.find("@compute").unwrap()..];
         // (A+A')*x: the shared sum is hoisted (offset 8, after A and A'); x is batched.
         let expected = "@compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -891,18 +1254,37 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (item >= params.chunk) {
         return;
     }
-    var v4: array<f32, 2u>;
-    for (var idx1: u32 = 0u; idx1 < 2u; idx1 = idx1 + 1u) {
-        for (var idx2: u32 = 0u; idx2 < 1u; idx2 = idx2 + 1u) {
+    {
+        let idx1 = 0u;
+        {
+            let idx2 = 0u;
             var dot3: f32 = f32(0.0);
-            for (var idx3: u32 = 0u; idx3 < 2u; idx3 = idx3 + 1u) {
+            {
+                let idx3 = 0u;
                 dot3 = (dot3 + (hoisted[(8u + ((idx1 * 2u) + idx3))] * batched[((params.chunk * (idx3 + idx2)) + item)]));
             }
-            v4[(idx1 + idx2)] = dot3;
+            {
+                let idx3 = 1u;
+                dot3 = (dot3 + (hoisted[(8u + ((idx1 * 2u) + idx3))] * batched[((params.chunk * (idx3 + idx2)) + item)]));
+            }
+            out[((params.chunk * (idx1 + idx2)) + item)] = dot3;
         }
     }
-    for (var idx4: u32 = 0u; idx4 < 2u; idx4 = idx4 + 1u) {
-        out[((params.chunk * idx4) + item)] = v4[idx4];
+    {
+        let idx1 = 1u;
+        {
+            let idx2 = 0u;
+            var dot3: f32 = f32(0.0);
+            {
+                let idx3 = 0u;
+                dot3 = (dot3 + (hoisted[(8u + ((idx1 * 2u) + idx3))] * batched[((params.chunk * (idx3 + idx2)) + item)]));
+            }
+            {
+                let idx3 = 1u;
+                dot3 = (dot3 + (hoisted[(8u + ((idx1 * 2u) + idx3))] * batched[((params.chunk * (idx3 + idx2)) + item)]));
+            }
+            out[((params.chunk * (idx1 + idx2)) + item)] = dot3;
+        }
     }
 }
 ";

@@ -278,3 +278,39 @@ fn folded_dispatches_equal_flat_ones() {
         run_gpu(&folded, &plan, &refs, 300).unwrap()
     );
 }
+
+#[test]
+fn tiled_products_match_the_reference_across_partial_tiles_and_chunks() {
+    // Shared 40×40 and 35×35 matrices: both products run as GEMM dispatches (shared on the
+    // left and on the right), with tiles cut by 40 and 35 rows and by odd chunk sizes.
+    let _serial = serial();
+    let (Some(whole), Some(tiny)) = (
+        context(GpuOptions::default()),
+        context(GpuOptions {
+            max_chunk_items: Some(33),
+            ..GpuOptions::default()
+        }),
+    ) else {
+        return;
+    };
+    let d = derive(
+        "A: matrix(40,40); C: matrix(35,35); X: matrix(40,35); tr(A*X*C*X')",
+        "X",
+        false,
+    );
+    let g = &d.program.graph;
+    let batched: Vec<bool> = g.vars.iter().map(|v| v.name == "X").collect();
+    let plan = Plan::new(g, &[d.node], &dimension_sizes(g), &batched).unwrap();
+    let kernel = matgrad::wgsl::generate(&plan).unwrap();
+    let gemms = kernel
+        .stages
+        .iter()
+        .filter(|s| matches!(s.kind, matgrad::wgsl::StageKind::Gemm(_)))
+        .count();
+    assert!(gemms >= 2, "{}", kernel.source());
+    let values = inputs(&d, &plan, 70, 11);
+    for ctx in [&whole, &tiny] {
+        let err = gpu_error(ctx, &plan, &values, 70, "tr(A*X*C*X')");
+        assert!(err < F32_TOLERANCE, "gpu error {err:.2e}");
+    }
+}
