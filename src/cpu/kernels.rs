@@ -536,7 +536,11 @@ pub fn exp_f32(x: f32) -> f32 {
     // Adding and subtracting 1.5·2^23 rounds to the nearest integer (|v| < 2^22 here).
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(-104.0, 89.0);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let shifted = xc * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    // The integer n from the rounded value's low mantissa bits (a float-to-int cast would
+    // not vectorize: its saturating NaN and overflow cases are handled lane by lane).
+    let ni = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -545,7 +549,6 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5e-1;
     let y = p * (r * r) + r + 1.0;
-    let ni = n as i32;
     let n1 = ni >> 1;
     let n2 = ni - n1;
     let scale1 = f32::from_bits(((n1 + 127) as u32) << 23);
