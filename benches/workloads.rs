@@ -1,12 +1,15 @@
 //! The six standard workloads (`shared/workloads.md`) on the float32 CPU path, data resident,
-//! one gradient evaluation of the whole batch per iteration; and the float64 reference on a
-//! 1/64 slice of each batch as the baseline (its time per item, scaled, gives the ratio).
+//! one gradient evaluation of the whole batch per iteration; on the GPU when there is an
+//! adapter (the kernels and transfers of one whole batch; a software adapter runs 1/64 of each
+//! batch, it is for correctness, not speed); and the float64 reference on a 1/64 slice of each
+//! batch as the baseline (its time per item, scaled, gives the ratio).
 //! Run with `cargo bench --bench workloads`; CI only compiles it.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use matgrad::batch::{run_reference, Batch};
 use matgrad::check::to_f32;
 use matgrad::cpu::{output_buffers, run_cpu_into};
+use matgrad::gpu::{GpuContext, GpuOptions};
 use matgrad::workloads::{prepare, WORKLOADS};
 
 fn workloads(c: &mut Criterion) {
@@ -30,6 +33,26 @@ fn workloads(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    match GpuContext::new(&GpuOptions::default()) {
+        Ok(ctx) => {
+            let software = ctx.adapter().device_type == "Cpu";
+            let mut group = c.benchmark_group(format!("gpu ({})", ctx.adapter().name));
+            group.sample_size(10);
+            for w in WORKLOADS {
+                let batch = if software { w.batch / 64 } else { w.batch };
+                let p = prepare(w, batch);
+                let inputs: Vec<Batch<f32>> = p.inputs.iter().map(to_f32).collect();
+                let refs: Vec<&Batch<f32>> = inputs.iter().collect();
+                let session = ctx.session(&p.plan, &refs).expect("the workload's kernels compile");
+                group.bench_function(w.id, |b| {
+                    b.iter(|| session.run(black_box(&refs), batch).expect("the GPU runs"))
+                });
+            }
+            group.finish();
+        }
+        Err(e) => eprintln!("gpu benchmarks skipped: {e}"),
+    }
 
     let mut group = c.benchmark_group("reference (1/64 of the batch)");
     group.sample_size(10);

@@ -156,3 +156,76 @@ fn explain_shows_the_chosen_order_and_what_is_hoisted() {
     assert_eq!(code, 0);
     assert!(out.contains("@compute"), "{out}");
 }
+
+#[test]
+fn bench_sweeps_print_one_json_object_per_measurement_and_plot() {
+    let dir = std::env::temp_dir().join(format!("matgrad-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plot = dir.join("sweep.svg");
+    let (code, out, err) = matgrad(&[
+        "bench",
+        "A: matrix(8,8); x: vector(8); b: vector(8); (A*x+b)'*(A*x+b)",
+        "--wrt",
+        "x",
+        "--batched",
+        "A,x,b",
+        "--batch",
+        "16,300",
+        "--device",
+        "cpu",
+        "--json",
+        "--samples",
+        "3",
+        "--min-time",
+        "0",
+        "--no-ceilings",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    for (row, batch) in rows.iter().zip([16.0, 300.0]) {
+        assert_eq!(row["batch"].as_f64(), Some(batch));
+        let median = row["median_s"].as_f64().expect("median_s");
+        assert!(median > 0.0 && median.is_finite());
+        // Items per second and GFLOP/s follow from the plan's counts and the median.
+        let items = row["items_per_s"].as_f64().unwrap();
+        assert!((items * median / batch - 1.0).abs() < 1e-9);
+        let flops = row["flops"].as_f64().unwrap();
+        // 2*A'*(A*x+b) per item: two 8×8 products, an addition and a scaling.
+        assert_eq!(flops, batch * (2.0 * 128.0 + 8.0 + 8.0));
+        assert!(row["samples"].as_f64().unwrap() >= 3.0);
+    }
+    let svg = std::fs::read_to_string(&plot).expect("the plot is written");
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{svg}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bench_bad_input_is_reported() {
+    let (code, _, err) = matgrad(&["bench", "x'*x", "--batch", "0", "--wrt", "x"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("at least 1"), "{err}");
+    let (code, _, err) = matgrad(&["bench", "--wrt", "x"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--workloads"), "{err}");
+    let (code, _, err) = matgrad(&["bench", "x'*A*", "--wrt", "x"]);
+    assert_eq!(code, 2);
+    assert!(err.contains('^'), "{err}");
+}
+
+#[test]
+fn devices_measure_reports_the_cpu_ceilings() {
+    let (code, out, err) = matgrad(&["devices", "--measure", "--json"]);
+    // Exit 2 only when an adapter fails to measure; the CPU is always there.
+    assert!(code == 0 || code == 2, "{err}");
+    let all: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let cpu = &all[0];
+    assert!(cpu["device"].as_str().unwrap().starts_with("cpu"));
+    assert!(cpu["copy_bytes_per_s"].as_f64().unwrap() > 1e8);
+    assert!(cpu["flops_per_s"].as_f64().unwrap() > 1e8);
+}
