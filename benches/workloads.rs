@@ -44,7 +44,9 @@ fn workloads(c: &mut Criterion) {
                 let p = prepare(w, batch);
                 let inputs: Vec<Batch<f32>> = p.inputs.iter().map(to_f32).collect();
                 let refs: Vec<&Batch<f32>> = inputs.iter().collect();
-                let session = ctx.session(&p.plan, &refs).expect("the workload's kernels compile");
+                let session = ctx
+                    .session(&p.plan, &refs)
+                    .expect("the workload's kernels compile");
                 group.bench_function(w.id, |b| {
                     b.iter(|| session.run(black_box(&refs), batch).expect("the GPU runs"))
                 });

@@ -4,11 +4,12 @@
 //! outputs as the CPU executors. Method: the host computes the shared steps once (exactly as
 //! the CPU path does) and uploads them with the shared inputs once per [`GpuSession`]; each
 //! chunk of items uploads its batched inputs (transposed on the host, in parallel, into the
-//! kernel's element-major layout, see [`crate::wgsl`]), runs one dispatch of the plan's
-//! kernel (one invocation per item, the dispatch folded into two dimensions past 65 535
-//! workgroups), and reads its outputs back (transposed back to item-major). Invariants: a batch too large for one binding or one dispatch is
-//! split into chunks whose results are identical to an unchunked run (items are independent
-//! and computed by the same code); compiled pipelines are cached per kernel source; no
+//! kernel's element-major layout, see [`crate::wgsl`]), runs the plan's dispatches in order
+//! (per-item kernels folded into two dimensions past 65 535 workgroups, tiled GEMMs), each in
+//! its own compute pass so that wgpu orders their buffer accesses, and reads its outputs back
+//! (transposed back to item-major). Invariants: a batch too large for one binding or one
+//! dispatch is split into chunks whose results are identical to an unchunked run (items are independent
+//! and computed by the same code); compiled pipelines are cached per shader source; no
 //! adapter, a failed device request, device loss and out-of-memory are [`GpuError`]s, never
 //! panics.
 

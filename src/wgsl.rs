@@ -1,22 +1,30 @@
-//! Stage 7: evaluation plan → WGSL compute shader.
+//! Stage 7: evaluation plan → WGSL compute shaders.
 //!
-//! In: a validated [`Plan`]. Out: a [`Kernel`]: one WGSL module in which each invocation
-//! evaluates every batched step of the plan for one batch item, keeping the item's
-//! intermediates in function memory, and the layout of its buffers. Shared steps are not in
-//! the shader: the host computes them once per batch and uploads them with the shared inputs.
+//! In: a validated [`Plan`]. Out: a [`Kernel`]: the dispatches that evaluate one chunk of
+//! items, in order ([`Stage`]), and the layout of their buffers. A product of a shared matrix
+//! of at least [`GEMM_MIN_SHARED`] entries with batched values is a tiled GEMM dispatch
+//! (`shaders/gemm.wgsl`); the steps between such products are fused into per-item kernels,
+//! one invocation per item. Shared steps are not in the shaders: the host computes them once
+//! per batch and uploads them with the shared inputs.
 //!
-//! Bindings: 0 `hoisted` (read-only storage: shared inputs and hoisted shared steps, each at a
-//! fixed offset), 1 `batched` (read-only storage: the chunk's batched inputs), 2 `out`
-//! (read-write storage: the batched outputs), 3 `params` (uniform: the chunk's item count and
-//! the row length of the 2-D dispatch), 4 `scratch` (read-write storage: intermediates too
-//! large for function memory). Every per-item value in a buffer is stored element-major
-//! ("lanes"): element `e` of a value at base `b` for item `t` is at `(b + e)·chunk + t`, so the
-//! invocations of a warp read and write consecutive addresses (coalesced). Small
-//! intermediates live in function memory ([`PRIVATE_MAX`]); large ones in `scratch`, or
-//! directly in `out` when they are an output. Invariants: the text is generated from typed instructions ([`Stmt`], [`Expr`])
-//! whose identifiers are made by the generator from step numbers, never from user-chosen
-//! names, so no program can inject shader code; every module is validated by naga
-//! ([`validate`]) before anything runs it; this module knows nothing of devices.
+//! Bindings (the same five for every dispatch): 0 `hoisted` (read-only storage: shared inputs
+//! and hoisted shared steps, each at a fixed offset), 1 `batched` (read-only storage: the
+//! chunk's batched inputs), 2 `out` (read-write storage: the batched outputs), 3 `params`
+//! (uniform: the chunk's item count and the row length of the 2-D dispatch, or a GEMM's sizes
+//! and strides), 4 `scratch` (read-write storage: intermediates too large for registers and
+//! values passed between dispatches). Every per-item value in a buffer is element-major
+//! ("lanes"): element `e` of a value at base `b` for item `t` is at `(b + e)·chunk + t`, so
+//! neighbouring invocations read and write neighbouring addresses, and a shared matrix times
+//! every item's value is one matrix product. In a per-item kernel, an element-wise step used
+//! once is inlined into its user ([`Storage::Inline`]), small intermediates are arrays in
+//! function memory indexed by constants (small loops are unrolled, [`UNROLL_LOOP`]), large
+//! ones live in `scratch`, outputs in `out` where they are computed.
+//!
+//! Invariants: the text is generated from typed instructions ([`Stmt`], [`Expr`]) whose
+//! identifiers are made by the generator from step numbers and whose buffer names are fixed
+//! words, never user-chosen names, so no program can inject shader code; a value read by
+//! another dispatch is in a buffer; every module is validated by naga ([`validate`]) before
+//! anything runs it; this module knows nothing of devices.
 
 use std::fmt::{self, Write as _};
 

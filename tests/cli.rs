@@ -201,7 +201,10 @@ fn bench_sweeps_print_one_json_object_per_measurement_and_plot() {
         assert!(row["samples"].as_f64().unwrap() >= 3.0);
     }
     let svg = std::fs::read_to_string(&plot).expect("the plot is written");
-    assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{svg}");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<polyline"),
+        "{svg}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
