@@ -112,6 +112,7 @@ pub fn run_cpu_into(plan: &Plan, inputs: &[&Batch<f32>], batch: usize, outputs: 
         steps,
         inputs,
         shared: &shared,
+        read_through: read_through_transposes(plan),
     };
     per_block.into_par_iter().enumerate().for_each_init(
         || Block::new(steps, items),
@@ -165,6 +166,35 @@ struct Job<'a> {
     steps: &'a [Step],
     inputs: &'a [&'a Batch<f32>],
     shared: &'a [Cow<'a, [f32]>],
+    /// Transposes that are never stored: their users read the argument through swapped
+    /// indices ([`read_through_transposes`]).
+    read_through: Vec<bool>,
+}
+
+/// Batched transposes used only as a factor of products of two batched values (whose loops
+/// read any element by its index): those products read the transposed value in place, so
+/// `A'*r` for a batched `A` copies nothing.
+fn read_through_transposes(plan: &Plan) -> Vec<bool> {
+    let steps = plan.steps();
+    let mut ok: Vec<bool> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            matches!(s.node, crate::expr::Node::Transpose(_))
+                && s.batched
+                && !plan.outputs().contains(&i)
+        })
+        .collect();
+    for step in steps {
+        let product_of_batched = matches!(step.node, crate::expr::Node::MatMul(..))
+            && step.args.iter().all(|&a| steps[a].batched);
+        if !product_of_batched {
+            for &a in &step.args {
+                ok[a] = false;
+            }
+        }
+    }
+    ok
 }
 
 /// `dst[j*ds + i] = src[i*ss + j]` for `i < rows`, `j < cols`: by 8×8 tiles (eight
@@ -298,7 +328,7 @@ impl Block {
         outs: Vec<(usize, &mut [f32])>,
     ) {
         self.load(job.steps, job.inputs, first, count);
-        self.run(job.steps, job.shared);
+        self.run(job.steps, job.shared, &job.read_through);
         for (o, chunk) in outs {
             self.store(o, job.steps[o].len(), count, chunk);
         }
@@ -306,10 +336,10 @@ impl Block {
 
     /// Every computed batched step, in plan order.
     #[inline(always)]
-    fn run(&mut self, steps: &[Step], shared: &[Cow<[f32]>]) {
+    fn run(&mut self, steps: &[Step], shared: &[Cow<[f32]>], read_through: &[bool]) {
         let l = self.items;
         for (i, step) in steps.iter().enumerate() {
-            if !step.batched || step.input.is_some() {
+            if !step.batched || step.input.is_some() || read_through[i] {
                 continue;
             }
             let mut out = std::mem::take(&mut self.values[i]);
@@ -317,10 +347,14 @@ impl Block {
                 let mut args = [Arg::Shared(&[]); 2];
                 let mut shapes = [(0, 0); 2];
                 for (k, &a) in step.args.iter().enumerate() {
-                    args[k] = if steps[a].batched {
-                        Arg::Lanes(&self.values[a])
-                    } else {
-                        Arg::Shared(&shared[a])
+                    args[k] = match (steps[a].batched, read_through[a]) {
+                        (true, true) => Arg::Transposed {
+                            data: &self.values[steps[a].args[0]],
+                            rows: steps[a].rows,
+                            cols: steps[a].cols,
+                        },
+                        (true, false) => Arg::Lanes(&self.values[a]),
+                        (false, _) => Arg::Shared(&shared[a]),
                     };
                     shapes[k] = (steps[a].rows, steps[a].cols);
                 }
@@ -444,6 +478,26 @@ mod tests {
             let mut back = vec![0.0; count * len];
             lanes_to_items(&lanes, len, count, &mut back);
             assert_eq!(back, items, "{count} items of {len}");
+        }
+    }
+
+    #[test]
+    fn transposes_read_in_place_give_the_reference_values() {
+        // W3 with every input batched: 2*A'*(A*x+b) reads A' through swapped indices.
+        let p = crate::workloads::prepare(&crate::workloads::WORKLOADS[2], 37);
+        let read = read_through_transposes(&p.plan);
+        assert!(read.iter().any(|&r| r), "A' is read in place");
+        let inputs: Vec<Batch<f32>> = p.inputs.iter().map(crate::check::to_f32).collect();
+        let refs: Vec<&Batch<f32>> = inputs.iter().collect();
+        let got = run_cpu(&p.plan, &refs, 37);
+        let exact: Vec<Batch<f64>> = crate::check::round_to_f32(&p.inputs);
+        let exact_refs: Vec<&Batch<f64>> = exact.iter().collect();
+        let want = crate::batch::run_reference(&p.plan, &exact_refs, 37);
+        for (g, w) in got[0].data.iter().zip(&want[0].data) {
+            assert!(
+                (*g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                "{g} vs {w}"
+            );
         }
     }
 

@@ -25,6 +25,13 @@ pub enum Arg<'a> {
     Lanes(&'a [f32]),
     /// Shared: one value, row-major.
     Shared(&'a [f32]),
+    /// Batched, read through a transpose: the `rows×cols` transpose of the lanes in `data`
+    /// (which hold a `cols×rows` value). Only products of two batched values receive it.
+    Transposed {
+        data: &'a [f32],
+        rows: usize,
+        cols: usize,
+    },
 }
 
 /// One element of an argument: `l` lanes, or one value broadcast to every lane.
@@ -40,6 +47,11 @@ impl<'a> Arg<'a> {
         match self {
             Arg::Lanes(d) => Elem::Lanes(&d[e * l..(e + 1) * l]),
             Arg::Shared(d) => Elem::Value(d[e]),
+            Arg::Transposed { data, rows, cols } => {
+                let (i, j) = (e / cols, e % cols);
+                let source = j * rows + i;
+                Elem::Lanes(&data[source * l..(source + 1) * l])
+            }
         }
     }
 
@@ -48,7 +60,7 @@ impl<'a> Arg<'a> {
     fn lanes(self) -> &'a [f32] {
         match self {
             Arg::Lanes(d) => d,
-            Arg::Shared(_) => panic!("internal error: a batched step's only argument is shared"),
+            _ => panic!("internal error: a batched step's only argument is not in lanes"),
         }
     }
 }
