@@ -908,9 +908,9 @@ impl<'g> Simplifier<'g> {
         } else if self.is_ones(nb) {
             na
         } else if let Some(d) = self.reciprocal_of(na) {
-            self.g.push(Node::ElemDiv(nb, d))
+            self.elem_div_node(nb, d)
         } else if let Some(d) = self.reciprocal_of(nb) {
-            self.g.push(Node::ElemDiv(na, d))
+            self.elem_div_node(na, d)
         } else if na == nb {
             let two = self.g.constant(2.0);
             self.g.push(Node::ElemPow(na, two))
@@ -936,6 +936,26 @@ impl<'g> Simplifier<'g> {
 
     fn is_ones(&self, id: Id) -> bool {
         matches!(self.g.node(id), Node::Fill(c, _) if c.get() == 1.0)
+    }
+
+    /// `n ./ d`, except `exp(u) ./ (exp(u) + 1)` (either order of the sum), which is built as
+    /// `1 ./ (1 + exp(-u))`: the same value, and no inf/inf where `exp(u)` overflows (float32
+    /// past u = 88; the logistic-regression gradient).
+    fn elem_div_node(&mut self, n: Id, d: Id) -> Id {
+        if let (Node::Map(Func::Exp, u), Node::Add(x, y)) = (self.g.node(n), self.g.node(d)) {
+            if (x == n && self.is_ones(y)) || (y == n && self.is_ones(x)) {
+                let shape = self.g.shape(n);
+                let mut minus_u = self.poly(u);
+                scale_poly(&mut minus_u, -1.0);
+                let e = self.map(Func::Exp, minus_u);
+                let ones = self.ones(shape);
+                let sum = self.add(ones, e);
+                let denominator = self.build(&sum);
+                let one = self.g.fill(1.0, shape);
+                return self.g.push(Node::ElemDiv(one, denominator));
+            }
+        }
+        self.g.push(Node::ElemDiv(n, d))
     }
 
     /// `d` when `id` is `ones ./ d`.
@@ -969,7 +989,7 @@ impl<'g> Simplifier<'g> {
         let node = if self.is_ones(nb) {
             na
         } else {
-            self.g.push(Node::ElemDiv(na, nb))
+            self.elem_div_node(na, nb)
         };
         let mut p = self.poly_of_unit(node);
         for t in &mut p.terms {
@@ -1513,5 +1533,32 @@ mod tests {
     fn trace_rotations() {
         check("x: vector; a: vector; tr(x*a')", "a'*x");
         check("A: matrix(n,n); B: matrix(n,n); tr(B*A) - tr(A*B)", "0");
+    }
+
+    #[test]
+    fn logistic_ratios_are_built_without_overflow() {
+        // exp(u)./(exp(u)+1) overflows to inf/inf in float32 past u = 88; 1./(1+exp(-u)) not.
+        check(
+            "exp(x)./(exp(x)+vector(1))",
+            "vector(1)./(exp(-x)+vector(1))",
+        );
+        check(
+            "exp(x)./(vector(1)+exp(x))",
+            "vector(1)./(exp(-x)+vector(1))",
+        );
+        // Not the pattern: left alone.
+        check("exp(x)./(exp(x)+vector(2))", "exp(x)./(exp(x)+2*vector(1))");
+        // The workload's gradient is the cookbook's stable form.
+        let source =
+            "X: matrix(3,2); y: vector(3); w: vector(2); sum(log(vector(1)+exp(-y.*(X*w))))";
+        let p = check_program(source).unwrap();
+        let d = crate::diff::differentiate(
+            p,
+            "w",
+            &crate::diff::Request::Derivative,
+            crate::diff::Layout::Gradient,
+        )
+        .unwrap();
+        assert_eq!(d.text(), "-X'*(y./(exp(y.*(X*w))+vector(1)))");
     }
 }

@@ -232,3 +232,19 @@ fn devices_measure_reports_the_cpu_ceilings() {
     assert!(cpu["copy_bytes_per_s"].as_f64().unwrap() > 1e8);
     assert!(cpu["flops_per_s"].as_f64().unwrap() > 1e8);
 }
+
+#[test]
+fn logistic_gradients_stay_finite_in_float32_at_large_margins() {
+    // Margins of a 64×128 logistic regression reach |u| > 88, where exp(u) overflows float32:
+    // the gradient must be built as y./(exp(u)+1), not exp(-u)./(exp(-u)+1) (inf/inf).
+    let (code, out, err) = matgrad(&[
+        "check",
+        "X: matrix(64,128); y: vector(64); w: vector(128); sum(log(vector(1)+exp(-y.*(X*w))))",
+        "--wrt",
+        "w",
+        "--batch",
+        "300",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("-X'*(y./(exp(y.*(X*w))+vector(1)))"), "{out}");
+}
