@@ -319,7 +319,21 @@ impl GpuContext {
         {
             return Ok(p);
         }
-        let pipeline = self.scoped("compiling a kernel", || {
+        let pipeline = Arc::new(self.compile(source, Some(&self.pipeline_layout))?);
+        if let Ok(mut m) = self.pipelines.lock() {
+            m.insert(source.to_string(), pipeline.clone());
+        }
+        Ok(pipeline)
+    }
+
+    /// Compiles a module's `main` into a pipeline with `layout` (or the layout the shader's
+    /// bindings imply), reporting validation and memory errors.
+    fn compile(
+        &self,
+        source: &str,
+        layout: Option<&wgpu::PipelineLayout>,
+    ) -> Result<wgpu::ComputePipeline, GpuError> {
+        self.scoped("compiling a kernel", || {
             let module = self
                 .device
                 .create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -329,18 +343,36 @@ impl GpuContext {
             self.device
                 .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some("matgrad kernel"),
-                    layout: Some(&self.pipeline_layout),
+                    layout,
                     module: &module,
                     entry_point: Some("main"),
                     compilation_options: wgpu::PipelineCompilationOptions::default(),
                     cache: None,
                 })
-        })?;
-        let pipeline = Arc::new(pipeline);
-        if let Ok(mut m) = self.pipelines.lock() {
-            m.insert(source.to_string(), pipeline.clone());
-        }
-        Ok(pipeline)
+        })
+    }
+
+    /// A pair of timestamp queries for one submission, where the device has them.
+    fn timestamp_queries(&self) -> Option<TimestampQueries> {
+        self.timestamps.then(|| TimestampQueries {
+            set: self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("matgrad timing"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            }),
+            resolve: self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("matgrad timing resolve"),
+                size: 16,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            read: self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("matgrad timing readback"),
+                size: 16,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+        })
     }
 
     /// Prepares `plan` with its shared inputs resident: the kernel compiled, the hoisted
@@ -595,40 +627,12 @@ impl GpuSession<'_> {
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("matgrad"),
             });
-            let queries = ctx.timestamps.then(|| {
-                let set = device.create_query_set(&wgpu::QuerySetDescriptor {
-                    label: Some("matgrad timing"),
-                    ty: wgpu::QueryType::Timestamp,
-                    count: 2,
-                });
-                let resolve = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("matgrad timing resolve"),
-                    size: 16,
-                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                    mapped_at_creation: false,
-                });
-                let read = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("matgrad timing readback"),
-                    size: 16,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                (set, resolve, read)
-            });
+            let queries = ctx.timestamp_queries();
             // One pass per stage (wgpu orders the passes' storage accesses); the timestamps
             // bracket them all.
             let last = dispatches.len().saturating_sub(1);
             for (k, ((_, groups), bind_group)) in dispatches.iter().zip(&bind_groups).enumerate() {
-                // A pass in the middle writes no timestamp (wgpu refuses a write with neither).
-                let timestamp_writes =
-                    queries
-                        .as_ref()
-                        .filter(|_| k == 0 || k == last)
-                        .map(|(set, _, _)| wgpu::ComputePassTimestampWrites {
-                            query_set: set,
-                            beginning_of_pass_write_index: (k == 0).then_some(0),
-                            end_of_pass_write_index: (k == last).then_some(1),
-                        });
+                let timestamp_writes = queries.as_ref().and_then(|q| q.writes(k == 0, k == last));
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("matgrad"),
                     timestamp_writes,
@@ -638,12 +642,11 @@ impl GpuSession<'_> {
                 pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
             }
             encoder.copy_buffer_to_buffer(&output, 0, &readback, 0, out_bytes);
-            if let Some((set, resolve, read)) = &queries {
-                encoder.resolve_query_set(set, 0..2, resolve, 0);
-                encoder.copy_buffer_to_buffer(resolve, 0, read, 0, 16);
+            if let Some(q) = &queries {
+                q.resolve(&mut encoder);
             }
             let submission = ctx.queue.submit(Some(encoder.finish()));
-            (readback, queries.map(|(_, _, read)| read), submission)
+            (readback, queries.map(|q| q.read), submission)
         })?;
         let (sender, receiver) = mpsc::channel();
         readback
@@ -685,6 +688,32 @@ impl GpuSession<'_> {
             None => host_seconds,
         };
         Ok((values, seconds))
+    }
+}
+
+/// Two timestamps (the start of the first pass, the end of the last) and the buffers they
+/// are resolved into and read back from ([`read_timestamps`]).
+struct TimestampQueries {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    read: wgpu::Buffer,
+}
+
+impl TimestampQueries {
+    /// What a pass writes: the first timestamp if it begins the timed span, the second if it
+    /// ends it, nothing for a pass in the middle (wgpu refuses a write with neither).
+    fn writes(&self, begins: bool, ends: bool) -> Option<wgpu::ComputePassTimestampWrites<'_>> {
+        (begins || ends).then(|| wgpu::ComputePassTimestampWrites {
+            query_set: &self.set,
+            beginning_of_pass_write_index: begins.then_some(0),
+            end_of_pass_write_index: ends.then_some(1),
+        })
+    }
+
+    /// Resolves both timestamps and copies them where the host can map them.
+    fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.resolve_query_set(&self.set, 0..2, &self.resolve, 0);
+        encoder.copy_buffer_to_buffer(&self.resolve, 0, &self.read, 0, 16);
     }
 }
 

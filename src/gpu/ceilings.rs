@@ -38,26 +38,6 @@ pub fn measure(ctx: &GpuContext) -> Result<Ceilings, GpuError> {
     })
 }
 
-fn pipeline(ctx: &GpuContext, source: &str) -> Result<wgpu::ComputePipeline, GpuError> {
-    ctx.scoped("compiling a microbenchmark", || {
-        let module = ctx
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some("matgrad microbenchmark"),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
-        ctx.device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some("matgrad microbenchmark"),
-                layout: None,
-                module: &module,
-                entry_point: Some("main"),
-                compilation_options: wgpu::PipelineCompilationOptions::default(),
-                cache: None,
-            })
-    })
-}
-
 /// Seconds of one dispatch of `groups` workgroups (folded into two dimensions).
 fn time_dispatch(
     ctx: &GpuContext,
@@ -73,35 +53,9 @@ fn time_dispatch(
         let mut encoder = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-        let queries = ctx.timestamps.then(|| {
-            let set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
-                label: None,
-                ty: wgpu::QueryType::Timestamp,
-                count: 2,
-            });
-            let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: None,
-                size: 16,
-                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            });
-            let read = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: None,
-                size: 16,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            (set, resolve, read)
-        });
+        let queries = ctx.timestamp_queries();
         {
-            let timestamp_writes =
-                queries
-                    .as_ref()
-                    .map(|(set, _, _)| wgpu::ComputePassTimestampWrites {
-                        query_set: set,
-                        beginning_of_pass_write_index: Some(0),
-                        end_of_pass_write_index: Some(1),
-                    });
+            let timestamp_writes = queries.as_ref().and_then(|q| q.writes(true, true));
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
                 timestamp_writes,
@@ -110,13 +64,12 @@ fn time_dispatch(
             pass.set_bind_group(0, bind_group, &[]);
             pass.dispatch_workgroups(x as u32, y as u32, 1);
         }
-        if let Some((set, resolve, read)) = &queries {
-            encoder.resolve_query_set(set, 0..2, resolve, 0);
-            encoder.copy_buffer_to_buffer(resolve, 0, read, 0, 16);
+        if let Some(q) = &queries {
+            q.resolve(&mut encoder);
         }
         (
             ctx.queue.submit(Some(encoder.finish())),
-            queries.map(|(_, _, read)| read),
+            queries.map(|q| q.read),
         )
     })?;
     ctx.device
@@ -159,7 +112,7 @@ fn timed(
 fn copy_bandwidth(ctx: &GpuContext) -> Result<f64, GpuError> {
     let limit = (ctx.limits.max_storage_buffer_binding_size as u64).min(ctx.limits.max_buffer_size);
     let bytes = limit.min(512 << 20) / 16 * 16;
-    let pipeline = pipeline(ctx, COPY_SHADER)?;
+    let pipeline = ctx.compile(COPY_SHADER, None)?;
     let bind_group = ctx.scoped("allocating copy buffers", || {
         let buffer = |usage| {
             ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -193,7 +146,7 @@ fn copy_bandwidth(ctx: &GpuContext) -> Result<f64, GpuError> {
 
 /// Float32 operations per second (a multiply-add counts two).
 fn fma_rate(ctx: &GpuContext) -> Result<f64, GpuError> {
-    let pipeline = pipeline(ctx, FMA_SHADER)?;
+    let pipeline = ctx.compile(FMA_SHADER, None)?;
     let bind_group = ctx.scoped("allocating the multiply-add benchmark", || {
         let sink = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("matgrad fma sink"),
