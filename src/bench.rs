@@ -185,16 +185,11 @@ pub fn measure_cpu() -> Ceilings {
     let src = vec![1.0f32; len];
     let mut dst = vec![0.0f32; len];
     let chunk = len / rayon::current_num_threads().max(1) / 8;
-    let mut copy = Vec::new();
-    for _ in 0..6 {
-        let started = Instant::now();
+    let copy_seconds = median_of_five(|| {
         dst.par_chunks_mut(chunk)
             .zip(src.par_chunks(chunk))
-            .for_each(|(d, s)| d.copy_from_slice(s));
-        copy.push(started.elapsed().as_secs_f64());
-    }
-    copy.remove(0);
-    let copy_seconds = median(&mut copy);
+            .for_each(|(d, s)| d.copy_from_slice(s))
+    });
 
     let n = 1024;
     let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
@@ -202,25 +197,33 @@ pub fn measure_cpu() -> Ceilings {
     let mut c = vec![0.0f32; n * n];
     let threads = rayon::current_num_threads().max(1);
     let rows = n.div_ceil(threads);
-    let mut gemm = Vec::new();
-    for _ in 0..6 {
-        let started = Instant::now();
+    let gemm_seconds = median_of_five(|| {
         c.par_chunks_mut(rows * n)
             .enumerate()
             .for_each(|(i, block)| {
                 let m = block.len() / n;
                 crate::cpu::kernels::gemm(m, n, n, &a[i * rows * n..], n, 1, &b, n, 1, block, n);
-            });
-        gemm.push(started.elapsed().as_secs_f64());
-    }
-    gemm.remove(0);
-    let gemm_seconds = median(&mut gemm);
+            })
+    });
     Ceilings {
         device: format!("cpu ({threads} threads)"),
         copy_bytes_per_s: 2.0 * 4.0 * len as f64 / copy_seconds,
         flops_per_s: 2.0 * (n as f64).powi(3) / gemm_seconds,
         how: "host timer".into(),
     }
+}
+
+/// Median seconds of five runs of `f` after one untimed warm-up run.
+fn median_of_five(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut seconds: Vec<f64> = (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            f();
+            started.elapsed().as_secs_f64()
+        })
+        .collect();
+    median(&mut seconds)
 }
 
 /// The GPU's ceilings (see [`crate::gpu::measure_ceilings`]).

@@ -585,7 +585,15 @@ mod tests {
     use crate::diff::{differentiate, Layout, Request};
     use crate::types::check_program;
 
-    fn gradient_plan(source: &str, wrt: &str, batched: &[&str]) -> Plan {
+    /// The plan of `source`'s gradient by `wrt` (with the function value when `with_value`),
+    /// the variables in `batched` batched, planned with `options`.
+    fn plan_of(
+        source: &str,
+        wrt: &str,
+        batched: &[&str],
+        with_value: bool,
+        options: PlanOptions,
+    ) -> Plan {
         let p = check_program(source).unwrap();
         let d = differentiate(p, wrt, &Request::Derivative, Layout::Gradient).unwrap();
         let g = &d.program.graph;
@@ -595,7 +603,17 @@ mod tests {
             .map(|v| batched.contains(&v.name.as_str()))
             .collect();
         let sizes = crate::verify::dimension_sizes(g);
-        Plan::new(g, &[d.node, d.program.root], &sizes, &flags).unwrap()
+        let outputs = if with_value {
+            vec![d.node, d.program.root]
+        } else {
+            vec![d.node]
+        };
+        Plan::with_options(g, &outputs, &sizes, &flags, options).unwrap()
+    }
+
+    /// The gradient and the function value, planned as `Plan::new` plans them.
+    fn gradient_plan(source: &str, wrt: &str, batched: &[&str]) -> Plan {
+        plan_of(source, wrt, batched, true, PlanOptions::default())
     }
 
     #[test]
@@ -649,18 +667,9 @@ mod tests {
         assert_eq!(cost.bytes_shared, 4.0 * (64.0 * 64.0 + 64.0));
     }
 
-    /// The gradient alone (no function value), planned with `options`.
+    /// The gradient by `x` alone (no function value), planned with `options`.
     fn gradient_only(source: &str, batched: &[&str], options: PlanOptions) -> Plan {
-        let p = check_program(source).unwrap();
-        let d = differentiate(p, "x", &Request::Derivative, Layout::Gradient).unwrap();
-        let g = &d.program.graph;
-        let flags: Vec<bool> = g
-            .vars
-            .iter()
-            .map(|v| batched.contains(&v.name.as_str()))
-            .collect();
-        let sizes = crate::verify::dimension_sizes(g);
-        Plan::with_options(g, &[d.node], &sizes, &flags, options).unwrap()
+        plan_of(source, "x", batched, false, options)
     }
 
     #[test]

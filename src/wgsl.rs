@@ -362,6 +362,16 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
         }
     };
 
+    // A fresh generator for each per-item stage (its own loop counters and building blocks).
+    let generator = || Generator {
+        steps,
+        shared_offsets: &shared_offsets,
+        input_base: &input_base,
+        storage: &storage,
+        loops: 0,
+        lu_sizes: Vec::new(),
+        uses_pow: false,
+    };
     let mut stages = Vec::new();
     for group in &stage_steps {
         if is_gemm[group[0]] {
@@ -392,15 +402,7 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
             });
             continue;
         }
-        let mut gen = Generator {
-            steps,
-            shared_offsets: &shared_offsets,
-            input_base: &input_base,
-            storage: &storage,
-            loops: 0,
-            lu_sizes: Vec::new(),
-            uses_pow: false,
-        };
+        let mut gen = generator();
         gen.uses_pow = group
             .iter()
             .any(|&i| matches!(steps[i].node, Node::Pow(..) | Node::ElemPow(..)));
@@ -412,15 +414,7 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
     }
 
     // Epilogue: outputs that are inputs, or that appear more than once, copied into `out`.
-    let mut gen = Generator {
-        steps,
-        shared_offsets: &shared_offsets,
-        input_base: &input_base,
-        storage: &storage,
-        loops: 0,
-        lu_sizes: Vec::new(),
-        uses_pow: false,
-    };
+    let mut gen = generator();
     let mut body = item_prologue();
     let prologue_len = body.len();
     for (&(position, len), &base) in batched_outputs.iter().zip(&out_bases) {

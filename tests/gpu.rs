@@ -40,6 +40,27 @@ fn context(options: GpuOptions) -> Option<GpuContext> {
     }
 }
 
+/// The default adapter and a second context on it with `options` (to compare a run under
+/// forced chunking or folding with a plain one), or `None` as [`context`] says.
+fn context_pair(options: GpuOptions) -> Option<(GpuContext, GpuContext)> {
+    Some((context(GpuOptions::default())?, context(options)?))
+}
+
+/// The derivative of `source` by `wrt` and its plan with the variable `batched` batched (the
+/// others shared), computing the function value too when `with_value`.
+fn plan_of(source: &str, wrt: &str, batched: &str, with_value: bool) -> (Derivative, Plan) {
+    let d = derive(source, wrt, false);
+    let g = &d.program.graph;
+    let flags: Vec<bool> = g.vars.iter().map(|v| v.name == batched).collect();
+    let outputs = if with_value {
+        vec![d.node, d.program.root]
+    } else {
+        vec![d.node]
+    };
+    let plan = Plan::new(g, &outputs, &dimension_sizes(g), &flags).unwrap();
+    (d, plan)
+}
+
 /// Inputs for `batch` items (shared variables from one point), rounded to float32.
 fn inputs(d: &Derivative, plan: &Plan, batch: usize, seed: u64) -> Vec<Batch<f64>> {
     round_to_f32(&batches_from_points(plan, &points(d, plan, batch, seed)))
@@ -137,23 +158,18 @@ fn gpu_matches_reference_on_random_programs_across_chunks() {
 #[test]
 fn chunked_runs_equal_unchunked_runs() {
     let _serial = serial();
-    let (Some(whole), Some(tiny)) = (
-        context(GpuOptions::default()),
-        context(GpuOptions {
-            max_chunk_items: Some(7),
-            ..GpuOptions::default()
-        }),
-    ) else {
+    let Some((whole, tiny)) = context_pair(GpuOptions {
+        max_chunk_items: Some(7),
+        ..GpuOptions::default()
+    }) else {
         return;
     };
-    let d = derive(
+    let (d, plan) = plan_of(
         "A: matrix(4,3); x: vector(3); b: vector(4); (A*x+b)'*(A*x+b)",
         "x",
-        false,
+        "x",
+        true,
     );
-    let g = &d.program.graph;
-    let batched: Vec<bool> = g.vars.iter().map(|v| v.name == "x").collect();
-    let plan = Plan::new(g, &[d.node, d.program.root], &dimension_sizes(g), &batched).unwrap();
     let values: Vec<Batch<f32>> = inputs(&d, &plan, 100, 3).iter().map(to_f32).collect();
     let refs: Vec<&Batch<f32>> = values.iter().collect();
     let a = run_gpu(&whole, &plan, &refs, 100).unwrap();
@@ -224,14 +240,12 @@ fn a_resident_session_streams_batches() {
     let Some(ctx) = context(GpuOptions::default()) else {
         return;
     };
-    let d = derive(
+    let (d, plan) = plan_of(
         "A: matrix(4,3); x: vector(3); b: vector(4); (A*x+b)'*(A*x+b)",
+        "x",
         "x",
         false,
     );
-    let g = &d.program.graph;
-    let batched: Vec<bool> = g.vars.iter().map(|v| v.name == "x").collect();
-    let plan = Plan::new(g, &[d.node], &dimension_sizes(g), &batched).unwrap();
     let first: Vec<Batch<f32>> = inputs(&d, &plan, 10, 1).iter().map(to_f32).collect();
     let mut second = first.clone();
     for b in &mut second {
@@ -258,18 +272,13 @@ fn a_resident_session_streams_batches() {
 #[test]
 fn folded_dispatches_equal_flat_ones() {
     let _serial = serial();
-    let (Some(flat), Some(folded)) = (
-        context(GpuOptions::default()),
-        context(GpuOptions {
-            max_workgroups_per_dimension: Some(2),
-            ..GpuOptions::default()
-        }),
-    ) else {
+    let Some((flat, folded)) = context_pair(GpuOptions {
+        max_workgroups_per_dimension: Some(2),
+        ..GpuOptions::default()
+    }) else {
         return;
     };
-    let d = derive("X: matrix(3,3); logdet(X)", "X", false);
-    let g = &d.program.graph;
-    let plan = Plan::new(g, &[d.node], &dimension_sizes(g), &[true]).unwrap();
+    let (d, plan) = plan_of("X: matrix(3,3); logdet(X)", "X", "X", false);
     // 300 items in workgroups of 64 are 5 groups: a 2×3 grid with at most 2 per dimension.
     let values: Vec<Batch<f32>> = inputs(&d, &plan, 300, 8).iter().map(to_f32).collect();
     let refs: Vec<&Batch<f32>> = values.iter().collect();
@@ -284,23 +293,18 @@ fn tiled_products_match_the_reference_across_partial_tiles_and_chunks() {
     // Shared 40×40 and 35×35 matrices: both products run as GEMM dispatches (shared on the
     // left and on the right), with tiles cut by 40 and 35 rows and by odd chunk sizes.
     let _serial = serial();
-    let (Some(whole), Some(tiny)) = (
-        context(GpuOptions::default()),
-        context(GpuOptions {
-            max_chunk_items: Some(33),
-            ..GpuOptions::default()
-        }),
-    ) else {
+    let Some((whole, tiny)) = context_pair(GpuOptions {
+        max_chunk_items: Some(33),
+        ..GpuOptions::default()
+    }) else {
         return;
     };
-    let d = derive(
+    let (d, plan) = plan_of(
         "A: matrix(40,40); C: matrix(35,35); X: matrix(40,35); tr(A*X*C*X')",
+        "X",
         "X",
         false,
     );
-    let g = &d.program.graph;
-    let batched: Vec<bool> = g.vars.iter().map(|v| v.name == "X").collect();
-    let plan = Plan::new(g, &[d.node], &dimension_sizes(g), &batched).unwrap();
     let kernel = matgrad::wgsl::generate(&plan).unwrap();
     let gemms = kernel
         .stages
