@@ -1,19 +1,25 @@
-//! The fast CPU executor: float32, multithreaded over blocks of batch items, vectorized
-//! across the items of a block.
+//! The fast CPU executor: float32, multithreaded over blocks of batch items.
 //!
 //! In: a [`Plan`] and its inputs as float32 batches. Out: every output for every item, as the
 //! reference would compute it up to float32 rounding. Method: the shared (hoisted) steps are
 //! computed once, in float64, and rounded (the hoisted work is small and this keeps it exact).
 //! Then blocks of [`block_items`] items run in parallel (rayon), each block through *every*
-//! batched step while its intermediates are in cache: its inputs are transposed into lanes
-//! (element-major, see [`kernels`]), each step runs as loops over all the block's items at
-//! once, and the outputs are transposed back into the caller's buffers. Each thread's
-//! buffers are allocated once and reused for every block it runs; nothing is allocated per
-//! item or per step. Products of a shared matrix with batched values are GEMM calls.
-//! Invariant: results do not depend on the block size or the thread count beyond float32
-//! rounding of independent items (each item is computed by the same code in the same order).
+//! batched step while its intermediates are in cache, in one of two layouts:
+//! - **item-major** ([`rows`]), chosen when the batched work is products with shared factors,
+//!   element-wise steps and cheap per-item products ([`rows::chosen`]): inputs are read where
+//!   they lie, outputs computed where they go, products with a shared factor are GEMMs over
+//!   the block's rows with the factor transposed once per run;
+//! - **lanes** (element-major, see [`kernels`]) otherwise: the block's inputs are transposed
+//!   into lanes, each step runs as loops over all the block's items at once (an 8×8 LU 8
+//!   items per instruction), and the outputs are transposed back.
+//!
+//! Each thread's buffers are allocated once and reused for every block it runs; nothing is
+//! allocated per item. Invariant: results do not depend on the block size or the thread
+//! count beyond float32 rounding of independent items (each item is computed by the same code
+//! in the same order).
 
 pub mod kernels;
+pub mod rows;
 
 use std::borrow::Cow;
 
@@ -26,12 +32,19 @@ use kernels::{run_step, shared_step, Arg, Scratch};
 /// The most items in one block.
 pub const MAX_BLOCK: usize = 256;
 
+/// The most items in one item-major block ([`rows`]): larger blocks make taller GEMMs.
+pub const MAX_ROW_BLOCK: usize = 1024;
+
 /// Bytes of one block's values that should stay in a core's private cache (L2).
 const BLOCK_BYTES: usize = 512 * 1024;
 
 /// Items per block for `plan`: as many as keep a block's batched values within
 /// [`BLOCK_BYTES`], a multiple of 16 (whole vectors) between 16 and [`MAX_BLOCK`].
 pub fn block_items(plan: &Plan) -> usize {
+    if rows::chosen(plan) {
+        let items = BLOCK_BYTES / 4 / rows::floats_per_item(plan).max(1);
+        return (items / 16 * 16).clamp(16, MAX_ROW_BLOCK);
+    }
     let floats_per_item: usize = plan
         .steps()
         .iter()
@@ -113,7 +126,18 @@ pub fn run_cpu_into(plan: &Plan, inputs: &[&Batch<f32>], batch: usize, outputs: 
         inputs,
         shared: &shared,
         read_through: read_through_transposes(plan),
+        right_factors: rows::right_factors(plan, &shared),
     };
+    if rows::chosen(plan) {
+        per_block.into_par_iter().enumerate().for_each_init(
+            || rows::Buffers::new(steps, items, plan.outputs()),
+            |buffers, (b, outs)| {
+                let first = b * items;
+                rows::process(&job, buffers, first, items.min(batch - first), outs);
+            },
+        );
+        return;
+    }
     per_block.into_par_iter().enumerate().for_each_init(
         || Block::new(steps, items),
         |block, (b, outs)| {
@@ -143,7 +167,7 @@ pub fn items_to_lanes(src: &[f32], count: usize, len: usize, dst: &mut [f32]) {
         .for_each(|(g, rows)| {
             let e0 = g * GROUP;
             let width = GROUP.min(len - e0);
-            transpose(&src[e0..], count, width, len, rows, count);
+            transpose::<false>(&src[e0..], count, width, len, rows, count);
         });
 }
 
@@ -157,18 +181,21 @@ pub fn lanes_to_items(src: &[f32], len: usize, count: usize, dst: &mut [f32]) {
         .enumerate()
         .for_each(|(b, items)| {
             let t0 = b * ITEMS;
-            transpose(&src[t0..], len, items.len() / len.max(1), count, items, len);
+            transpose::<false>(&src[t0..], len, items.len() / len.max(1), count, items, len);
         });
 }
 
 /// What every block of one run reads.
-struct Job<'a> {
+pub(crate) struct Job<'a> {
     steps: &'a [Step],
     inputs: &'a [&'a Batch<f32>],
     shared: &'a [Cow<'a, [f32]>],
     /// Transposes that are never stored: their users read the argument through swapped
     /// indices ([`read_through_transposes`]).
     read_through: Vec<bool>,
+    /// For item-major blocks, each product step's shared factor as the right factor of a
+    /// product with the items' rows ([`rows::right_factors`]); empty for other steps.
+    right_factors: Vec<Vec<f32>>,
 }
 
 /// Batched transposes used only as a factor of products of two batched values (whose loops
@@ -198,38 +225,56 @@ fn read_through_transposes(plan: &Plan) -> Vec<bool> {
 }
 
 /// `dst[j*ds + i] = src[i*ss + j]` for `i < rows`, `j < cols`: by 8×8 tiles (eight
-/// contiguous 32-byte reads, eight contiguous writes, shuffled in registers), the edges
-/// element by element.
+/// 32-byte reads, eight 32-byte writes, shuffled in registers), the edges element by element.
+/// With `COLUMNS_OUTER` the tiles go down the source's rows first, so the writes advance
+/// through eight destination rows (the order for item-major → lanes: many destination rows a
+/// block apart would otherwise fall into the same L1 sets); otherwise along the source rows.
 #[inline(always)]
-fn transpose(src: &[f32], rows: usize, cols: usize, ss: usize, dst: &mut [f32], ds: usize) {
+fn transpose<const COLUMNS_OUTER: bool>(
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    ss: usize,
+    dst: &mut [f32],
+    ds: usize,
+) {
     const T: usize = 8;
     let (full_rows, full_cols) = (rows / T * T, cols / T * T);
-    for i0 in (0..full_rows).step_by(T) {
-        for j0 in (0..full_cols).step_by(T) {
-            // The last element of the tile in each buffer, checked once for the tile.
-            assert!(
-                (i0 + T - 1) * ss + j0 + T <= src.len() && (j0 + T - 1) * ds + i0 + T <= dst.len()
-            );
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::arch::is_x86_feature_detected!("avx") {
-                    // SAFETY: the CPU has AVX; the assert above keeps all 64 reads and 64
-                    // writes inside the slices.
-                    unsafe {
-                        tile8_avx(
-                            src.as_ptr().add(i0 * ss + j0),
-                            ss,
-                            dst.as_mut_ptr().add(j0 * ds + i0),
-                            ds,
-                        )
-                    };
-                    continue;
-                }
+    let mut tile = |i0: usize, j0: usize| {
+        // The last element of the tile in each buffer, checked once for the tile.
+        assert!((i0 + T - 1) * ss + j0 + T <= src.len() && (j0 + T - 1) * ds + i0 + T <= dst.len());
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx") {
+                // SAFETY: the CPU has AVX; the assert above keeps all 64 reads and 64 writes
+                // inside the slices.
+                unsafe {
+                    tile8_avx(
+                        src.as_ptr().add(i0 * ss + j0),
+                        ss,
+                        dst.as_mut_ptr().add(j0 * ds + i0),
+                        ds,
+                    )
+                };
+                return;
             }
-            for j in 0..T {
-                for i in 0..T {
-                    dst[(j0 + j) * ds + i0 + i] = src[(i0 + i) * ss + j0 + j];
-                }
+        }
+        for j in 0..T {
+            for i in 0..T {
+                dst[(j0 + j) * ds + i0 + i] = src[(i0 + i) * ss + j0 + j];
+            }
+        }
+    };
+    if COLUMNS_OUTER {
+        for j0 in (0..full_cols).step_by(T) {
+            for i0 in (0..full_rows).step_by(T) {
+                tile(i0, j0);
+            }
+        }
+    } else {
+        for i0 in (0..full_rows).step_by(T) {
+            for j0 in (0..full_cols).step_by(T) {
+                tile(i0, j0);
             }
         }
     }
@@ -281,7 +326,7 @@ impl Block {
             if let (true, Some(k)) = (step.batched, step.input) {
                 let len = step.len();
                 let src = &inputs[k].data[first * len..(first + count) * len];
-                transpose(src, count, len, len, &mut self.values[i], l);
+                transpose::<true>(src, count, len, len, &mut self.values[i], l);
             }
         }
     }
@@ -289,7 +334,7 @@ impl Block {
     /// Transposes the first `count` lanes of step `o` back to item-major `out`.
     #[inline(always)]
     fn store(&self, o: usize, len: usize, count: usize, out: &mut [f32]) {
-        transpose(&self.values[o], len, count, self.items, out, len);
+        transpose::<false>(&self.values[o], len, count, self.items, out, len);
     }
 
     /// Loads, runs and stores one block, vectorized for the CPU it runs on.
@@ -447,7 +492,7 @@ mod tests {
             let (ss, ds) = (cols + 3, rows + 5);
             let src: Vec<f32> = (0..rows * ss).map(|v| v as f32).collect();
             let mut dst = vec![-1.0f32; cols * ds];
-            transpose(&src, rows, cols, ss, &mut dst, ds);
+            transpose::<false>(&src, rows, cols, ss, &mut dst, ds);
             for i in 0..rows {
                 for j in 0..cols {
                     assert_eq!(

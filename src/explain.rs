@@ -70,6 +70,20 @@ pub fn explain(d: &Derivative, plan: &Plan, kernel: Option<&Kernel>) -> String {
         "cost: {} flops and {} bytes once per batch; {} flops and {} bytes per item",
         cost.flops_shared, cost.bytes_shared, cost.flops_per_item, cost.bytes_per_item
     );
+    if plan.is_batched() {
+        let items = crate::cpu::block_items(plan);
+        let _ = if crate::cpu::rows::chosen(plan) {
+            writeln!(
+                out,
+                "cpu: item-major blocks of {items} items (inputs read and outputs written in place, products with shared factors as GEMMs over the block's rows)"
+            )
+        } else {
+            writeln!(
+                out,
+                "cpu: blocks of {items} items in lanes (element-major, transposed in and out; per-item matrix work vectorized across items)"
+            )
+        };
+    }
     if let Some(k) = kernel {
         let _ = writeln!(
             out,

@@ -10,18 +10,22 @@ use matgrad::batch::{
 };
 use matgrad::catalog::CASES;
 use matgrad::check::{device_against_reference, perturb, round_to_f32, to_f32, F32_TOLERANCE};
-use matgrad::cpu::{run_cpu, MAX_BLOCK};
+use matgrad::cpu::{rows, run_cpu, MAX_BLOCK};
 use matgrad::diff::Derivative;
 use matgrad::eval::evaluate;
 use matgrad::plan::Plan;
 use matgrad::verify::{dimension_sizes, relative_error};
 
+fn plan_for(d: &Derivative, batched: &[bool]) -> Plan {
+    let g = &d.program.graph;
+    Plan::new(g, &[d.node, d.program.root], &dimension_sizes(g), batched).unwrap()
+}
+
 /// Runs reference and CPU on `d` with the given batched flags; checks the reference against
 /// the per-item evaluator and the CPU against the reference. Returns the CPU's error.
 fn check_batched(d: &Derivative, batched: &[bool], batch: usize, seed: u64, what: &str) -> f64 {
     let g = &d.program.graph;
-    let sizes = dimension_sizes(g);
-    let plan = Plan::new(g, &[d.node, d.program.root], &sizes, batched).unwrap();
+    let plan = plan_for(d, batched);
     let mut items = points(d, &plan, batch, seed);
     let values = round_to_f32(&batches_from_points(&plan, &items));
     set_points(&plan, &values, &mut items);
@@ -156,6 +160,7 @@ fn cpu_matches_reference_on_the_whole_catalog() {
 fn cpu_matches_reference_on_random_programs() {
     let sizes = [1, 2, 5, 17, MAX_BLOCK + 3];
     let mut compared = 0;
+    let mut item_major = 0;
     let mut failures = Vec::new();
     for seed in 1..=380u64 {
         let Some((generated, d, batched)) = random_case(seed, 50_000) else {
@@ -168,6 +173,7 @@ fn cpu_matches_reference_on_random_programs() {
         );
         let err = check_batched(&d, &batched, batch, seed, &what);
         compared += 1;
+        item_major += usize::from(rows::chosen(&plan_for(&d, &batched)));
         if err > F32_TOLERANCE {
             failures.push(format!(
                 "{what}: cpu relative error {err:.2e}\n  derivative {}",
@@ -176,6 +182,11 @@ fn cpu_matches_reference_on_random_programs() {
         }
     }
     assert!(compared >= 300, "only {compared} programs compared");
+    // Both CPU layouts are exercised.
+    assert!(
+        (50..compared - 50).contains(&item_major),
+        "{item_major} of {compared} plans in item-major blocks"
+    );
     assert!(
         failures.is_empty(),
         "{} failures:\n{}",
@@ -207,5 +218,51 @@ fn non_finite_items_do_not_spoil_the_others() {
     for i in [0, 3] {
         let want = evaluate(g, d.node, &items[i]).unwrap();
         assert!(relative_error(&reference.item_mat(i), &want) == 0.0);
+    }
+}
+
+#[test]
+fn item_major_blocks_match_the_reference_across_a_block_boundary() {
+    // Each uses the item-major layout: shared·batched products (by GEMM and by loops),
+    // batched·shared products (stacked GEMM, dot products, outer products), element-wise
+    // steps with shared, per-item scalar and batched operands, functions and reductions.
+    let programs = [
+        (
+            "A: matrix(12,10); x: vector(10); b: vector(12); (A*x+b)'*(A*x+b)",
+            "x",
+            &["x"][..],
+        ),
+        (
+            "C: matrix(9,9); X: matrix(9,9); a: vector(9); a'*X'*C*X*a",
+            "X",
+            &["X"],
+        ),
+        (
+            "X: matrix(20,9); y: vector(20); w: vector(9); sum(log(vector(1)+exp(-y.*(X*w))))",
+            "w",
+            &["w"],
+        ),
+        (
+            "A: matrix(9,9); x: vector(9); t: scalar; t*norm2(A*x) + norm1(x)/t",
+            "x",
+            &["x", "t"],
+        ),
+        ("A: matrix(3,2); x: vector(2); sum((A*x).^3)", "x", &["x"]),
+        ("B: matrix(10,16); x: vector(10); x'*B*B'*x", "x", &["x"]),
+    ];
+    for (source, wrt, batched_vars) in programs {
+        let d = derive(source, wrt, false);
+        let g = &d.program.graph;
+        let batched: Vec<bool> = g
+            .vars
+            .iter()
+            .map(|v| batched_vars.contains(&v.name.as_str()))
+            .collect();
+        let plan = plan_for(&d, &batched);
+        assert!(rows::chosen(&plan), "{source}: not item-major");
+        let batch = matgrad::cpu::block_items(&plan) + 5;
+        let what = format!("{source} by {wrt}, batch {batch}");
+        let err = check_batched(&d, &batched, batch, 11, &what);
+        assert!(err < F32_TOLERANCE, "{what}: cpu error {err:.2e}");
     }
 }

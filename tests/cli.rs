@@ -152,6 +152,8 @@ fn explain_shows_the_chosen_order_and_what_is_hoisted() {
         "a 16×16×16 product per item: {out}"
     );
     assert!(out.contains("1536 flops and 2048 bytes per item"), "{out}");
+    // W2 needs no per-item products of batched values: its CPU blocks are item-major.
+    assert!(out.contains("cpu: item-major blocks of"), "{out}");
     let (code, out, _) = matgrad(&["explain", "x'*A*x", "--wrt", "x", "--wgsl"]);
     assert_eq!(code, 0);
     assert!(out.contains("@compute"), "{out}");

@@ -237,7 +237,7 @@ fn add_assign(out: &mut [f32], a: &[f32]) {
 /// vectorize (within 2 ulp; see [`exp_f32`]); the rest are exact float32 operations or, for the
 /// trigonometric family, float64 evaluated and rounded.
 #[inline(always)]
-fn map_func(f: Func, out: &mut [f32], a: &[f32]) {
+pub fn map_func(f: Func, out: &mut [f32], a: &[f32]) {
     match f {
         Func::Exp => map(out, a, exp_f32),
         Func::Log => map(out, a, ln_f32),
@@ -300,31 +300,56 @@ fn matmul(a: Arg, b: Arg, m: usize, k: usize, n: usize, l: usize, out: &mut [f32
                 gemm(n, k, l, s, 1, n, a_i, l, 1, out_i, l);
             }
         }
-        _ => {
-            for i in 0..m {
-                for j in 0..n {
-                    let o = &mut out[(i * n + j) * l..(i * n + j + 1) * l];
-                    o.fill(0.0);
-                    for p in 0..k {
-                        match (a.elem(i * k + p, l), b.elem(p * n + j, l)) {
-                            (Elem::Lanes(x), Elem::Lanes(y)) => {
-                                for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
-                                    *o += x * y;
-                                }
+        // Thin products: each output element accumulated in registers, a chunk of lanes at a
+        // time (block sizes are multiples of 16).
+        _ if l % 64 == 0 => small_matmul::<64>(a, b, m, k, n, l, out),
+        _ if l % 32 == 0 => small_matmul::<32>(a, b, m, k, n, l, out),
+        _ if l % 16 == 0 => small_matmul::<16>(a, b, m, k, n, l, out),
+        _ => small_matmul::<1>(a, b, m, k, n, l, out),
+    }
+}
+
+/// `out = a*b` by loops over lanes, `C` lanes at a time: every output element's sum over `k`
+/// runs in `C` accumulators (registers) from 0 in the order `p = 0, 1, …`, so each lane's
+/// result is the same whatever `C` is.
+#[inline(always)]
+fn small_matmul<const C: usize>(
+    a: Arg,
+    b: Arg,
+    m: usize,
+    k: usize,
+    n: usize,
+    l: usize,
+    out: &mut [f32],
+) {
+    for i in 0..m {
+        for j in 0..n {
+            let o = &mut out[(i * n + j) * l..(i * n + j + 1) * l];
+            for (c, o) in o.chunks_exact_mut(C).enumerate() {
+                let lanes = c * C..(c + 1) * C;
+                let mut acc = [0.0f32; C];
+                for p in 0..k {
+                    match (a.elem(i * k + p, l), b.elem(p * n + j, l)) {
+                        (Elem::Lanes(x), Elem::Lanes(y)) => {
+                            let (x, y) = (&x[lanes.clone()], &y[lanes.clone()]);
+                            for t in 0..C {
+                                acc[t] += x[t] * y[t];
                             }
-                            (Elem::Value(c), Elem::Lanes(y)) | (Elem::Lanes(y), Elem::Value(c)) => {
-                                for (o, &y) in o.iter_mut().zip(y) {
-                                    *o += c * y;
-                                }
+                        }
+                        (Elem::Value(v), Elem::Lanes(y)) | (Elem::Lanes(y), Elem::Value(v)) => {
+                            let y = &y[lanes.clone()];
+                            for t in 0..C {
+                                acc[t] += v * y[t];
                             }
-                            (Elem::Value(x), Elem::Value(y)) => {
-                                for o in o.iter_mut() {
-                                    *o += x * y;
-                                }
+                        }
+                        (Elem::Value(x), Elem::Value(y)) => {
+                            for v in acc.iter_mut() {
+                                *v += x * y;
                             }
                         }
                     }
                 }
+                o.copy_from_slice(&acc);
             }
         }
     }

@@ -1,0 +1,636 @@
+//! Item-major blocks: the CPU layout for plans whose batched work needs no transposes.
+//!
+//! In: a plan that [`supports`] accepts, a block of `count` consecutive items, and the
+//! caller's item-major buffers (`[t*len + e]`, the layout of inputs and outputs). Out: the
+//! block's outputs, written in place. Such a plan's batched steps are products of a shared
+//! matrix with batched vectors (`S·x`, one GEMM per block: `[x rows] · Sᵀ`), products of
+//! batched values with a shared right factor (`X·S`, one GEMM over the block's stacked rows),
+//! and element-wise steps and reductions, all of which read and write each item's elements
+//! contiguously. Inputs are read where they lie and outputs computed where they go, so the
+//! block does none of the transposes the lanes layout ([`super::kernels`]) needs — for W1,
+//! W2 and W6 those cost as much memory traffic as the arithmetic.
+//!
+//! Invariants: every item is computed by the same operations in the same order (a product's
+//! sums run over the inner index in the same order for every row of a GEMM, whatever its
+//! position in the block), so results do not depend on the block size or the thread count;
+//! no fused multiply-add is formed implicitly.
+
+use super::kernels::{gemm, map_func};
+use super::Job;
+use crate::expr::Node;
+use crate::plan::{Plan, Step};
+
+/// Whether the CPU runs `plan` in item-major blocks: every batched step is one this layout
+/// computes ([`supports`]), and its per-item products of two batched values (plain loops
+/// here, vectorized across items in lanes) cost fewer multiply-adds than the lanes layout's
+/// transposes of the batched inputs and outputs move floats. W1, W2 and W6 run item-major;
+/// W3 (two 8×8 matrix-vector products per item, 88 floats transposed) in lanes.
+pub fn chosen(plan: &Plan) -> bool {
+    let steps = plan.steps();
+    let products: usize = steps
+        .iter()
+        .filter(|s| s.batched && matches!(s.node, Node::MatMul(..)))
+        .filter(|s| s.args.iter().all(|&a| steps[a].batched))
+        .map(|s| s.rows * steps[s.args[0]].cols * s.cols)
+        .sum();
+    let transposed: usize = steps
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| s.batched && (s.input.is_some() || plan.outputs().contains(i)))
+        .map(|(_, s)| s.len())
+        .sum();
+    supports(plan) && products <= transposed
+}
+
+/// Whether every batched step of `plan` is one this layout computes without transposes.
+pub fn supports(plan: &Plan) -> bool {
+    let steps = plan.steps();
+    steps.iter().all(|s| {
+        if !s.batched || s.input.is_some() {
+            return true;
+        }
+        match s.node {
+            Node::Add(..)
+            | Node::Hadamard(..)
+            | Node::ElemDiv(..)
+            | Node::Scale(..)
+            | Node::Div(..)
+            | Node::Pow(..)
+            | Node::ElemPow(..)
+            | Node::Neg(_)
+            | Node::Map(..)
+            | Node::Sum(_)
+            | Node::Norm1(_)
+            | Node::Norm2(_) => true,
+            Node::Transpose(_) => true,
+            Node::MatMul(..) => {
+                let (a, b) = (&steps[s.args[0]], &steps[s.args[1]]);
+                match (a.batched, b.batched) {
+                    // S·x for vectors x, and u'·X (a shared row times batched matrices).
+                    (false, true) => b.cols == 1 || a.rows == 1,
+                    (true, false) => true,
+                    // Matrix-vector and inner products of two batched values: per item.
+                    _ => b.cols == 1,
+                }
+            }
+            _ => false,
+        }
+    })
+}
+
+/// For each product step with a shared factor, that factor as the `k × n` row-major right
+/// factor of `[item rows] · F`: `Sᵀ` for `S·x` (transposed once per run, not per block), `S`
+/// itself for `X·S`. Empty for every other step.
+pub fn right_factors(plan: &Plan, shared: &[std::borrow::Cow<[f32]>]) -> Vec<Vec<f32>> {
+    let steps = plan.steps();
+    steps
+        .iter()
+        .map(|s| match s.node {
+            Node::MatMul(..) if s.batched => {
+                let (a, b) = (s.args[0], s.args[1]);
+                if !steps[a].batched {
+                    let (m, k) = (steps[a].rows, steps[a].cols);
+                    let mut t = vec![0.0; m * k];
+                    for i in 0..m {
+                        for p in 0..k {
+                            t[p * m + i] = shared[a][i * k + p];
+                        }
+                    }
+                    t
+                } else if !steps[b].batched {
+                    shared[b].to_vec()
+                } else {
+                    Vec::new()
+                }
+            }
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// Floats of one item's computed batched values (inputs are read in place).
+pub fn floats_per_item(plan: &Plan) -> usize {
+    plan.steps()
+        .iter()
+        .filter(|s| s.batched && s.input.is_none())
+        .map(|s| s.len())
+        .sum()
+}
+
+/// A step's argument for one block.
+#[derive(Clone, Copy)]
+enum RowArg<'a> {
+    /// Batched: `count` items of the step's length, item-major.
+    Batched(&'a [f32]),
+    /// Shared: one value, row-major.
+    Shared(&'a [f32]),
+}
+
+impl<'a> RowArg<'a> {
+    /// Item `t`'s elements (a shared value's, whatever `t` is); `len` is the value's length.
+    #[inline(always)]
+    fn item(self, t: usize, len: usize) -> &'a [f32] {
+        match self {
+            RowArg::Batched(d) => &d[t * len..(t + 1) * len],
+            RowArg::Shared(d) => &d[..len],
+        }
+    }
+}
+
+/// One thread's buffers: each computed batched step's value for a block (those computed
+/// straight into an output stay empty).
+pub(crate) struct Buffers {
+    values: Vec<Vec<f32>>,
+}
+
+impl Buffers {
+    pub(crate) fn new(steps: &[Step], items: usize, outputs: &[usize]) -> Buffers {
+        let values = steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if s.batched && s.input.is_none() && !outputs.contains(&i) {
+                    vec![0.0; s.len() * items]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        Buffers { values }
+    }
+}
+
+/// Runs every batched step for items `first..first + count`; `outs` are the block's slices
+/// of the batched outputs, `(step, count × step length)`. Vectorized for the CPU it runs on
+/// (as the lanes layout's blocks: AVX2 without FMA, so the element-wise results are those of
+/// the portable build).
+pub(crate) fn process(
+    job: &Job,
+    buffers: &mut Buffers,
+    first: usize,
+    count: usize,
+    outs: Vec<(usize, &mut [f32])>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            unsafe { process_avx2(job, buffers, first, count, outs) };
+            return;
+        }
+    }
+    process_inline(job, buffers, first, count, outs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn process_avx2(
+    job: &Job,
+    buffers: &mut Buffers,
+    first: usize,
+    count: usize,
+    outs: Vec<(usize, &mut [f32])>,
+) {
+    process_inline(job, buffers, first, count, outs)
+}
+
+#[inline(always)]
+fn process_inline(
+    job: &Job,
+    buffers: &mut Buffers,
+    first: usize,
+    count: usize,
+    mut outs: Vec<(usize, &mut [f32])>,
+) {
+    let steps = job.steps;
+    let values = &mut buffers.values;
+    let mut computed_into = vec![None; outs.len()];
+    for (i, step) in steps.iter().enumerate() {
+        if !step.batched || step.input.is_some() {
+            continue;
+        }
+        let len = step.len();
+        match outs.iter().position(|&(o, _)| o == i) {
+            Some(j) => {
+                let dst = std::mem::take(&mut outs[j].1);
+                let args = arguments(job, step, values, &outs, first, count);
+                run_step(job, i, &args, count, &mut dst[..count * len]);
+                outs[j].1 = dst;
+                computed_into[j] = Some(i);
+            }
+            None => {
+                let mut dst = std::mem::take(&mut values[i]);
+                let args = arguments(job, step, values, &outs, first, count);
+                run_step(job, i, &args, count, &mut dst[..count * len]);
+                values[i] = dst;
+            }
+        }
+    }
+    // Outputs that are batched inputs, or the same step as an earlier output: copied.
+    for j in 0..outs.len() {
+        let o = outs[j].0;
+        if computed_into[j] == Some(o) {
+            continue;
+        }
+        let len = steps[o].len();
+        let source: Vec<f32> = match value(job, o, values, &outs, first, count) {
+            RowArg::Batched(d) => d[..count * len].to_vec(),
+            RowArg::Shared(_) => unreachable!("batched outputs only"),
+        };
+        outs[j].1[..count * len].copy_from_slice(&source);
+    }
+}
+
+/// The arguments of `step` for this block.
+#[inline(always)]
+fn arguments<'b>(
+    job: &'b Job,
+    step: &Step,
+    values: &'b [Vec<f32>],
+    outs: &'b [(usize, &mut [f32])],
+    first: usize,
+    count: usize,
+) -> Vec<RowArg<'b>> {
+    step.args
+        .iter()
+        .map(|&a| value(job, a, values, outs, first, count))
+        .collect()
+}
+
+/// Where step `a`'s value for this block lies: a shared value, the caller's input, an output
+/// already computed, or this thread's buffer.
+#[inline(always)]
+fn value<'b>(
+    job: &'b Job,
+    a: usize,
+    values: &'b [Vec<f32>],
+    outs: &'b [(usize, &mut [f32])],
+    first: usize,
+    count: usize,
+) -> RowArg<'b> {
+    let s = &job.steps[a];
+    if !s.batched {
+        return RowArg::Shared(&job.shared[a]);
+    }
+    let len = s.len();
+    if let Some(k) = s.input {
+        return RowArg::Batched(&job.inputs[k].data[first * len..(first + count) * len]);
+    }
+    match outs.iter().find(|(o, _)| *o == a) {
+        Some((_, out)) => RowArg::Batched(&out[..count * len]),
+        None => RowArg::Batched(&values[a][..count * len]),
+    }
+}
+
+/// One batched step for `count` items into `out` (`count × step length`).
+#[inline(always)]
+fn run_step(job: &Job, i: usize, args: &[RowArg], count: usize, out: &mut [f32]) {
+    let (steps, step) = (job.steps, &job.steps[i]);
+    let n = step.len();
+    let len = |k: usize| steps[step.args[k]].len();
+    let scalar = |k: usize| len(k) == 1;
+    match step.node {
+        Node::Add(..) => zip(out, n, args[0], false, args[1], false, |x, y| x + y),
+        Node::Hadamard(..) => zip(out, n, args[0], false, args[1], false, |x, y| x * y),
+        Node::ElemDiv(..) => zip(out, n, args[0], false, args[1], false, |x, y| x / y),
+        Node::Scale(..) => zip(out, n, args[0], true, args[1], false, |s, x| s * x),
+        Node::Div(..) => zip(out, n, args[0], false, args[1], true, |x, s| x / s),
+        Node::Pow(..) => zip(out, 1, args[0], true, args[1], true, f32::powf),
+        Node::ElemPow(..) => zip(out, n, args[0], false, args[1], scalar(1), f32::powf),
+        Node::Neg(_) => map(out, batched(args[0]), |x| -x),
+        Node::Map(f, _) => map_func(f, out, batched(args[0])),
+        Node::Transpose(_) => {
+            let (r, c) = (steps[step.args[0]].rows, steps[step.args[0]].cols);
+            let a = batched(args[0]);
+            if r == 1 || c == 1 {
+                // A vector and its transpose: the same elements in the same order.
+                out.copy_from_slice(&a[..out.len()]);
+            } else {
+                for (o, a) in out.chunks_exact_mut(n).zip(a.chunks_exact(n)) {
+                    for p in 0..r {
+                        for q in 0..c {
+                            o[q * r + p] = a[p * c + q];
+                        }
+                    }
+                }
+            }
+        }
+        Node::Sum(_) => reduce(out, batched(args[0]), len(0), |x| x, |s| s),
+        Node::Norm1(_) => reduce(out, batched(args[0]), len(0), f64::abs, |s| s),
+        Node::Norm2(_) => reduce(out, batched(args[0]), len(0), |x| x * x, f64::sqrt),
+        Node::MatMul(..) => {
+            let (a, b) = (&steps[step.args[0]], &steps[step.args[1]]);
+            let f = &job.right_factors[i];
+            matmul(args[0], args[1], a.rows, a.cols, b.cols, count, f, out)
+        }
+        _ => unreachable!("rows::supports admits no {:?}", step.node),
+    }
+}
+
+/// The data of an argument the plan guarantees is batched.
+#[inline(always)]
+fn batched(a: RowArg<'_>) -> &[f32] {
+    match a {
+        RowArg::Batched(d) => d,
+        RowArg::Shared(_) => unreachable!("a batched unary step's argument is batched"),
+    }
+}
+
+#[inline(always)]
+fn map(out: &mut [f32], a: &[f32], f: impl Fn(f32) -> f32) {
+    for (o, &x) in out.iter_mut().zip(a) {
+        *o = f(x);
+    }
+}
+
+/// `out[t*n + e] = f(a(t, e), b(t, e))`; an argument marked `scalar` has one element per
+/// item (or one in all, shared), used for every `e`.
+#[inline(always)]
+fn zip(
+    out: &mut [f32],
+    n: usize,
+    a: RowArg,
+    a_scalar: bool,
+    b: RowArg,
+    b_scalar: bool,
+    f: impl Fn(f32, f32) -> f32,
+) {
+    if let (RowArg::Batched(x), RowArg::Batched(y), false, false) = (a, b, a_scalar, b_scalar) {
+        // Same shapes, both batched: one flat loop over the block.
+        for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
+            *o = f(x, y);
+        }
+        return;
+    }
+    let (na, nb) = (if a_scalar { 1 } else { n }, if b_scalar { 1 } else { n });
+    for (t, o) in out.chunks_exact_mut(n).enumerate() {
+        let (x, y) = (a.item(t, na), b.item(t, nb));
+        match (a_scalar, b_scalar) {
+            (false, false) => {
+                for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
+                    *o = f(x, y);
+                }
+            }
+            (true, false) => {
+                for (o, &y) in o.iter_mut().zip(y) {
+                    *o = f(x[0], y);
+                }
+            }
+            (false, true) => {
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o = f(x, y[0]);
+                }
+            }
+            (true, true) => o.fill(f(x[0], y[0])),
+        }
+    }
+}
+
+/// Per item: `finish(Σ term(a[e]))` over its `len` elements, accumulated in float64.
+#[inline(always)]
+fn reduce(
+    out: &mut [f32],
+    a: &[f32],
+    len: usize,
+    term: impl Fn(f64) -> f64,
+    finish: impl Fn(f64) -> f64,
+) {
+    for (o, item) in out.iter_mut().zip(a.chunks_exact(len)) {
+        *o = finish(item.iter().map(|&x| term(x as f64)).sum()) as f32;
+    }
+}
+
+/// Below these sizes a product is plain loops; above, [`gemm_rows`].
+const GEMM_MIN_WIDTH: usize = 8;
+const GEMM_MIN_INNER: usize = 4;
+
+/// `out = a*b` for an `m×k` by `k×n` product, one factor shared; `f` is the shared factor as
+/// a right factor ([`right_factors`]).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    a: RowArg,
+    b: RowArg,
+    m: usize,
+    k: usize,
+    n: usize,
+    count: usize,
+    f: &[f32],
+    out: &mut [f32],
+) {
+    match (a, b) {
+        // u'·X for a shared row u': per item, the rows of X weighted by u.
+        (RowArg::Shared(u), RowArg::Batched(x)) if n > 1 => {
+            for (o, x) in out.chunks_exact_mut(n).zip(x.chunks_exact(k * n)) {
+                o.fill(0.0);
+                for (&u, x) in u.iter().zip(x.chunks_exact(n)) {
+                    for (o, &x) in o.iter_mut().zip(x) {
+                        *o += u * x;
+                    }
+                }
+            }
+        }
+        // S·x for a vector x: [out rows] (count × m) = [x rows] (count × k) · Sᵀ.
+        (RowArg::Shared(s), RowArg::Batched(x)) => {
+            if m >= GEMM_MIN_WIDTH && k >= GEMM_MIN_INNER {
+                gemm_rows(count, k, m, x, f, out);
+            } else {
+                for (o, x) in out.chunks_exact_mut(m).zip(x.chunks_exact(k)) {
+                    for (o, s) in o.iter_mut().zip(s.chunks_exact(k)) {
+                        *o = dot(s, x);
+                    }
+                }
+            }
+        }
+        // X·S: the block's items stacked, (count·m × k) · S (k × n).
+        (RowArg::Batched(x), RowArg::Shared(s)) => {
+            let rows = count * m;
+            if n >= GEMM_MIN_WIDTH && k >= GEMM_MIN_INNER {
+                gemm_rows(rows, k, n, x, f, out);
+            } else if n == 1 {
+                for (o, x) in out.iter_mut().zip(x.chunks_exact(k)) {
+                    *o = dot(x, s);
+                }
+            } else {
+                for (o, x) in out.chunks_exact_mut(n).zip(x.chunks_exact(k)) {
+                    o.fill(0.0);
+                    for (&v, s) in x.iter().zip(s.chunks_exact(n)) {
+                        for (o, &s) in o.iter_mut().zip(s) {
+                            *o += v * s;
+                        }
+                    }
+                }
+            }
+        }
+        // M·v for batched M and vector v: per item, a dot product per row.
+        (RowArg::Batched(a), RowArg::Batched(v)) => {
+            let items = out.chunks_exact_mut(m).zip(a.chunks_exact(m * k));
+            for ((o, a), v) in items.zip(v.chunks_exact(k)) {
+                for (o, row) in o.iter_mut().zip(a.chunks_exact(k)) {
+                    *o = dot(row, v);
+                }
+            }
+        }
+        _ => unreachable!("a batched product has a batched factor"),
+    }
+}
+
+/// `out (rows × n) = x (rows × k) · f (k × n)`, all row-major and contiguous, `f` shared by
+/// every call. With AVX2 and FMA: tiles of 6 rows × 16 columns in registers, `f`'s rows read
+/// as vectors and `x`'s elements broadcast, so neither operand is packed or transposed (the
+/// rows stream from the caller's buffer once, `f` stays in cache). Every output element is
+/// `fma(x[r][k-1], f[k-1][j], … fma(x[r][0], f[0][j], 0))`, whatever tile it falls in.
+/// Elsewhere: the general GEMM.
+pub fn gemm_rows(rows: usize, k: usize, n: usize, x: &[f32], f: &[f32], out: &mut [f32]) {
+    assert!(x.len() >= rows * k && f.len() >= k * n && out.len() >= rows * n);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features; the assert above bounds every access.
+            unsafe { gemm_rows_fma(rows, k, n, x, f, out) };
+            return;
+        }
+    }
+    gemm(rows, k, n, x, k, 1, f, n, 1, out, n);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm_rows_fma(rows: usize, k: usize, n: usize, x: &[f32], f: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    const R: usize = 6;
+    let (x, f, o) = (x.as_ptr(), f.as_ptr(), out.as_mut_ptr());
+    let mut r0 = 0;
+    while r0 < rows {
+        let r = R.min(rows - r0);
+        // The rows two tiles ahead: the first tile of a block comes from memory, not cache.
+        let ahead = ((r0 + 2 * R) * k).min(rows * k);
+        let end = ((r0 + 3 * R) * k).min(rows * k);
+        for e in (ahead..end).step_by(16) {
+            _mm_prefetch::<_MM_HINT_T0>(x.add(e).cast());
+        }
+        let (xr, or) = (x.add(r0 * k), o.add(r0 * n));
+        let mut j0 = 0;
+        while j0 + 16 <= n {
+            match r {
+                6 => tile::<6, 2>(k, xr, f.add(j0), n, or.add(j0)),
+                5 => tile::<5, 2>(k, xr, f.add(j0), n, or.add(j0)),
+                4 => tile::<4, 2>(k, xr, f.add(j0), n, or.add(j0)),
+                3 => tile::<3, 2>(k, xr, f.add(j0), n, or.add(j0)),
+                2 => tile::<2, 2>(k, xr, f.add(j0), n, or.add(j0)),
+                _ => tile::<1, 2>(k, xr, f.add(j0), n, or.add(j0)),
+            }
+            j0 += 16;
+        }
+        if j0 + 8 <= n {
+            match r {
+                6 => tile::<6, 1>(k, xr, f.add(j0), n, or.add(j0)),
+                5 => tile::<5, 1>(k, xr, f.add(j0), n, or.add(j0)),
+                4 => tile::<4, 1>(k, xr, f.add(j0), n, or.add(j0)),
+                3 => tile::<3, 1>(k, xr, f.add(j0), n, or.add(j0)),
+                2 => tile::<2, 1>(k, xr, f.add(j0), n, or.add(j0)),
+                _ => tile::<1, 1>(k, xr, f.add(j0), n, or.add(j0)),
+            }
+            j0 += 8;
+        }
+        for i in 0..r {
+            for j in j0..n {
+                let mut acc = 0.0f32;
+                for p in 0..k {
+                    acc = (*xr.add(i * k + p)).mul_add(*f.add(p * n + j), acc);
+                }
+                *or.add(i * n + j) = acc;
+            }
+        }
+        r0 += r;
+    }
+}
+
+/// `R` rows × `8V` columns of `out = x · f`: `x` rows `k` apart, `f` and `out` rows `n` apart.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile<const R: usize, const V: usize>(
+    k: usize,
+    x: *const f32,
+    f: *const f32,
+    n: usize,
+    out: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); V]; R];
+    for p in 0..k {
+        let b: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(f.add(p * n + 8 * v)));
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let a = _mm256_broadcast_ss(&*x.add(i * k + p));
+            for v in 0..V {
+                acc[v] = _mm256_fmadd_ps(a, b[v], acc[v]);
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        for (v, &acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(i * n + 8 * v), acc);
+        }
+    }
+}
+
+/// `Σ a[p]·b[p]` in eight interleaved partial sums (so that it vectorizes), the same order
+/// for every call of the same length.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .fold(0.0, |s, (&x, &y)| s + x * y);
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_rows_matches_the_definition_at_every_tile_edge() {
+        for (rows, k, n) in [
+            (1, 1, 1),
+            (5, 4, 8),
+            (6, 7, 16),
+            (13, 9, 27),
+            (7, 64, 40),
+            (20, 3, 9),
+        ] {
+            let x: Vec<f32> = (0..rows * k).map(|v| ((v * 7 % 11) as f32) - 5.0).collect();
+            let f: Vec<f32> = (0..k * n)
+                .map(|v| ((v * 5 % 13) as f32) * 0.25 - 1.5)
+                .collect();
+            let mut out = vec![f32::NAN; rows * n];
+            gemm_rows(rows, k, n, &x, &f, &mut out);
+            for r in 0..rows {
+                for j in 0..n {
+                    // Small integers and quarters: every product and sum is exact in f32.
+                    let want: f64 = (0..k)
+                        .map(|p| x[r * k + p] as f64 * f[p * n + j] as f64)
+                        .sum();
+                    assert_eq!(out[r * n + j] as f64, want, "{rows}×{k}×{n} at ({r}, {j})");
+                }
+            }
+            // Each row's rounded result does not depend on which rows are computed with it.
+            let x: Vec<f32> = (0..rows * k).map(|v| (v as f32 * 0.37).sin()).collect();
+            gemm_rows(rows, k, n, &x, &f, &mut out);
+            for first in 0..rows {
+                let mut one = vec![0.0; n];
+                gemm_rows(1, k, n, &x[first * k..], &f, &mut one);
+                assert_eq!(one, out[first * n..(first + 1) * n], "row {first} alone");
+            }
+        }
+    }
+}
