@@ -240,41 +240,16 @@ fn transpose<const COLUMNS_OUTER: bool>(
 ) {
     const T: usize = 8;
     let (full_rows, full_cols) = (rows / T * T, cols / T * T);
-    let mut tile = |i0: usize, j0: usize| {
-        // The last element of the tile in each buffer, checked once for the tile.
-        assert!((i0 + T - 1) * ss + j0 + T <= src.len() && (j0 + T - 1) * ds + i0 + T <= dst.len());
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx") {
-                // SAFETY: the CPU has AVX; the assert above keeps all 64 reads and 64 writes
-                // inside the slices.
-                unsafe {
-                    tile8_avx(
-                        src.as_ptr().add(i0 * ss + j0),
-                        ss,
-                        dst.as_mut_ptr().add(j0 * ds + i0),
-                        ds,
-                    )
-                };
-                return;
-            }
-        }
-        for j in 0..T {
-            for i in 0..T {
-                dst[(j0 + j) * ds + i0 + i] = src[(i0 + i) * ss + j0 + j];
-            }
-        }
-    };
     if COLUMNS_OUTER {
         for j0 in (0..full_cols).step_by(T) {
             for i0 in (0..full_rows).step_by(T) {
-                tile(i0, j0);
+                tile(src, ss, dst, ds, i0, j0);
             }
         }
     } else {
         for i0 in (0..full_rows).step_by(T) {
             for j0 in (0..full_cols).step_by(T) {
-                tile(i0, j0);
+                tile(src, ss, dst, ds, i0, j0);
             }
         }
     }
@@ -287,6 +262,35 @@ fn transpose<const COLUMNS_OUTER: bool>(
     for i in full_rows..rows {
         for j in 0..cols {
             edge(i, j, dst);
+        }
+    }
+}
+
+/// The 8×8 tile at (`i0`, `j0`) of [`transpose`].
+#[inline(always)]
+fn tile(src: &[f32], ss: usize, dst: &mut [f32], ds: usize, i0: usize, j0: usize) {
+    const T: usize = 8;
+    // The last element of the tile in each buffer, checked once for the tile.
+    assert!((i0 + T - 1) * ss + j0 + T <= src.len() && (j0 + T - 1) * ds + i0 + T <= dst.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU has AVX; the assert above keeps all 64 reads and 64 writes
+            // inside the slices.
+            unsafe {
+                tile8_avx(
+                    src.as_ptr().add(i0 * ss + j0),
+                    ss,
+                    dst.as_mut_ptr().add(j0 * ds + i0),
+                    ds,
+                )
+            };
+            return;
+        }
+    }
+    for j in 0..T {
+        for i in 0..T {
+            dst[(j0 + j) * ds + i0 + i] = src[(i0 + i) * ss + j0 + j];
         }
     }
 }
@@ -448,6 +452,7 @@ pub fn hoisted_values<'a>(plan: &Plan, inputs: &[&'a Batch<f32>]) -> Vec<Cow<'a,
 /// `i, j < 8`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
+#[inline]
 unsafe fn tile8_avx(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
     use std::arch::x86_64::*;
     let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ss)));
