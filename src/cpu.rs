@@ -266,6 +266,31 @@ fn transpose<const COLUMNS_OUTER: bool>(
     }
 }
 
+/// Asks for share `k` of `n` of the lines of `slices` (taken together) to be brought into L2.
+#[inline(always)]
+fn prefetch_share(slices: &[&[f32]], k: usize, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let (from, to) = (total * k / n, total * (k + 1) / n);
+        let mut offset = 0;
+        for s in slices {
+            let (a, b) = (
+                from.max(offset) - offset,
+                to.min(offset + s.len()).saturating_sub(offset),
+            );
+            for e in (a..b).step_by(16) {
+                // SAFETY: `e < s.len()`; a prefetch never faults and changes no memory.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(s.as_ptr().add(e).cast()) };
+            }
+            offset += s.len();
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (slices, k, n);
+}
+
 /// The 8×8 tile at (`i0`, `j0`) of [`transpose`].
 #[inline(always)]
 fn tile(src: &[f32], ss: usize, dst: &mut [f32], ds: usize, i0: usize, j0: usize) {
@@ -377,7 +402,20 @@ impl Block {
         outs: Vec<(usize, &mut [f32])>,
     ) {
         self.load(job.steps, job.inputs, first, count);
-        self.run(job.steps, job.shared, &job.read_through);
+        // The next block's inputs are fetched into L2 while this one computes: the loads
+        // then overlap arithmetic instead of following it.
+        let next: Vec<&[f32]> = job
+            .steps
+            .iter()
+            .filter(|s| s.batched)
+            .filter_map(|s| {
+                let data = &job.inputs[s.input?].data;
+                let len = s.len();
+                let start = ((first + count) * len).min(data.len());
+                Some(&data[start..((first + 2 * count) * len).min(data.len())])
+            })
+            .collect();
+        self.run(job.steps, job.shared, &job.read_through, &next);
         for (o, chunk) in outs {
             self.store(o, job.steps[o].len(), count, chunk);
         }
@@ -385,12 +423,24 @@ impl Block {
 
     /// Every computed batched step, in plan order.
     #[inline(always)]
-    fn run(&mut self, steps: &[Step], shared: &[Cow<[f32]>], read_through: &[bool]) {
+    fn run(
+        &mut self,
+        steps: &[Step],
+        shared: &[Cow<[f32]>],
+        read_through: &[bool],
+        next: &[&[f32]],
+    ) {
         let l = self.items;
+        let computed = (0..steps.len())
+            .filter(|&i| steps[i].batched && steps[i].input.is_none() && !read_through[i])
+            .count();
+        let mut done = 0;
         for (i, step) in steps.iter().enumerate() {
             if !step.batched || step.input.is_some() || read_through[i] {
                 continue;
             }
+            prefetch_share(next, done, computed);
+            done += 1;
             let mut out = std::mem::take(&mut self.values[i]);
             {
                 let mut args = [Arg::Shared(&[]); 2];
