@@ -8,12 +8,21 @@ Prints one JSON object per line: workload, tool, device, batch, median_s (second
 batch, data resident, after warm-up; JAX waits with block_until_ready). Compare with
 `matgrad bench --workloads --json`, run on the same machine in the same session.
 
+With --matgrad PATH, matgrad's own `bench` of the same workload runs beside the peers,
+interleaved (workload by workload, --rounds times: a shared, noisy machine then slows every
+tool alike), and a summary gives each tool's median over the rounds and matgrad's speed-up
+over the faster peer.
+
 Usage: python3 benches/peers.py [--tools jax,numpy] [--jax-device cpu|gpu] [--samples 20]
+                                [--workloads W1,W3] [--matgrad target/release/matgrad
+                                [--matgrad-device cpu|gpu] [--rounds 3]]
 Optional; not run by CI. Needs numpy, and jax for the JAX rows.
 """
 
 import argparse
 import json
+import statistics
+import subprocess
 import time
 
 import numpy as np
@@ -22,6 +31,14 @@ WORKLOADS = ["W1 lsq-shared", "W2 quadform-matrix", "W3 lsq-per-item", "W4 logde
              "W5 trace", "W6 logistic"]
 BATCH = {"W1 lsq-shared": 65536, "W2 quadform-matrix": 65536, "W3 lsq-per-item": 1048576,
          "W4 logdet": 262144, "W5 trace": 8192, "W6 logistic": 16384}
+
+
+def matgrad_seconds(binary, workload, device, samples):
+    """matgrad's median (compute only) for `workload`, from `matgrad bench --workloads`."""
+    out = subprocess.run([binary, "bench", "--workloads", "--only", workload.split()[0],
+                          "--device", device, "--json", "--samples", str(samples),
+                          "--no-ceilings"], check=True, capture_output=True, text=True).stdout
+    return json.loads(out.splitlines()[0])["median_s"]
 
 
 def inputs(workload, batch, seed=20261122):
@@ -107,28 +124,53 @@ def main():
     p.add_argument("--samples", type=int, default=20)
     p.add_argument("--workloads", default=",".join(w.split()[0] for w in WORKLOADS),
                    help="ids, e.g. W1,W4")
+    p.add_argument("--matgrad", help="path of the matgrad binary to time beside the peers")
+    p.add_argument("--matgrad-device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--rounds", type=int, default=1)
     args = p.parse_args()
     wanted = set(args.workloads.split(","))
     tools = args.tools.split(",")
-    for workload in WORKLOADS:
-        if workload.split()[0] not in wanted:
-            continue
-        batch = BATCH[workload]
-        data = inputs(workload, batch)
-        if "numpy" in tools:
-            g = numpy_closed_form(workload)
-            s = median_seconds(lambda: g(**data), args.samples)
-            print(json.dumps(dict(workload=workload, tool="numpy closed form", device="cpu",
-                                  batch=batch, median_s=s)), flush=True)
-        if "jax" in tools:
-            import jax
-            device = jax.devices(args.jax_device)[0]
-            g = jax_gradient(workload)
-            # Positional, in the order of the function's parameters (vmap's in_axes).
-            on_device = [jax.device_put(v, device) for v in data.values()]
-            s = median_seconds(lambda: g(*on_device).block_until_ready(), args.samples)
-            print(json.dumps(dict(workload=workload, tool="jax jit(vmap(grad))",
-                                  device=str(device), batch=batch, median_s=s)), flush=True)
+    seen = {}  # (workload, tool) -> medians, one per round
+
+    def report(workload, tool, device, batch, s):
+        seen.setdefault((workload, tool), []).append(s)
+        print(json.dumps(dict(workload=workload, tool=tool, device=device, batch=batch,
+                              median_s=s)), flush=True)
+
+    for _ in range(args.rounds):
+        for workload in WORKLOADS:
+            if workload.split()[0] not in wanted:
+                continue
+            batch = BATCH[workload]
+            data = inputs(workload, batch)
+            if args.matgrad:
+                s = matgrad_seconds(args.matgrad, workload, args.matgrad_device, args.samples)
+                report(workload, "matgrad", args.matgrad_device, batch, s)
+            if "numpy" in tools:
+                g = numpy_closed_form(workload)
+                s = median_seconds(lambda: g(**data), args.samples)
+                report(workload, "numpy closed form", "cpu", batch, s)
+            if "jax" in tools:
+                import jax
+                device = jax.devices(args.jax_device)[0]
+                g = jax_gradient(workload)
+                # Positional, in the order of the function's parameters (vmap's in_axes).
+                on_device = [jax.device_put(v, device) for v in data.values()]
+                s = median_seconds(lambda: g(*on_device).block_until_ready(), args.samples)
+                report(workload, "jax jit(vmap(grad))", str(device), batch, s)
+    if args.matgrad:
+        for workload in WORKLOADS:
+            if (workload, "matgrad") not in seen:
+                continue
+            medians = {tool: statistics.median(v) for (w, tool), v in seen.items()
+                       if w == workload}
+            ours = medians.pop("matgrad")
+            best_tool = min(medians, key=medians.get) if medians else None
+            summary = dict(summary=workload, rounds=args.rounds, matgrad_s=ours,
+                           **{f"{t}_s": v for t, v in medians.items()})
+            if best_tool:
+                summary["speed_up_over_faster_peer"] = medians[best_tool] / ours
+            print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

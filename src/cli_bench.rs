@@ -38,6 +38,8 @@ pub struct BenchArgs {
     pub json: bool,
     pub plot: Option<PathBuf>,
     pub workloads: bool,
+    /// With `workloads`: the ids to run (all when empty).
+    pub only: Vec<String>,
     pub config: BenchConfig,
     pub adapter: Option<String>,
     pub ceilings: bool,
@@ -174,8 +176,30 @@ fn cases(args: &BenchArgs) -> Result<Vec<Case>, u8> {
             eprintln!("error: give either a program or --workloads, not both");
             return Err(2);
         }
+        if let Some(unknown) = args.only.iter().find(|id| {
+            !WORKLOADS
+                .iter()
+                .any(|w| w.id.split(' ').next() == Some(id.as_str()))
+        }) {
+            let ids: Vec<&str> = WORKLOADS
+                .iter()
+                .filter_map(|w| w.id.split(' ').next())
+                .collect();
+            eprintln!(
+                "error: `--only`: no workload `{unknown}` (the workloads are {})",
+                ids.join(", ")
+            );
+            return Err(2);
+        }
         return Ok(WORKLOADS
             .iter()
+            .filter(|w| {
+                args.only.is_empty()
+                    || args
+                        .only
+                        .iter()
+                        .any(|id| w.id.split(' ').next() == Some(id.as_str()))
+            })
             .map(|w| Case {
                 label: w.id.to_string(),
                 batches: if args.batches.is_empty() {

@@ -179,6 +179,9 @@ enum Command {
         /// The six standard workloads of shared/workloads.md.
         #[arg(long)]
         workloads: bool,
+        /// With --workloads: only these, by id (e.g. W1,W6).
+        #[arg(long, value_delimiter = ',', value_name = "ID", requires = "workloads")]
+        only: Vec<String>,
         /// Timed runs per measurement, at least.
         #[arg(long, default_value_t = 10)]
         samples: usize,
@@ -388,6 +391,7 @@ fn run(cli: Cli) -> u8 {
             json,
             plot,
             workloads,
+            only,
             samples,
             min_time,
             adapter,
@@ -411,6 +415,7 @@ fn run(cli: Cli) -> u8 {
                 json,
                 plot,
                 workloads,
+                only,
                 config: matgrad::bench::BenchConfig {
                     samples,
                     min_seconds: min_time,

@@ -211,6 +211,39 @@ fn bench_sweeps_print_one_json_object_per_measurement_and_plot() {
 }
 
 #[test]
+fn bench_only_runs_the_chosen_workloads() {
+    let (code, out, err) = matgrad(&[
+        "bench",
+        "--workloads",
+        "--only",
+        "W4,W1",
+        "--batch",
+        "40",
+        "--device",
+        "cpu",
+        "--json",
+        "--samples",
+        "2",
+        "--min-time",
+        "0",
+        "--no-ceilings",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let labels: Vec<String> = out
+        .lines()
+        .map(|l| {
+            let row: serde_json::Value = serde_json::from_str(l).expect("JSON");
+            row["label"].as_str().unwrap().to_string()
+        })
+        .collect();
+    // In the workloads' own order, whatever the order asked.
+    assert_eq!(labels, ["W1 lsq-shared", "W4 logdet"], "{out}");
+    let (code, _, err) = matgrad(&["bench", "--workloads", "--only", "W7"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("W7") && err.contains("W1, W2"), "{err}");
+}
+
+#[test]
 fn bench_bad_input_is_reported() {
     let (code, _, err) = matgrad(&["bench", "x'*x", "--batch", "0", "--wrt", "x"]);
     assert_eq!(code, 2);

@@ -1,19 +1,21 @@
 //! Item-major blocks: the CPU layout for plans whose batched work needs no transposes.
 //!
-//! In: a plan that [`supports`] accepts, a block of `count` consecutive items, and the
-//! caller's item-major buffers (`[t*len + e]`, the layout of inputs and outputs). Out: the
-//! block's outputs, written in place. Such a plan's batched steps are products of a shared
-//! matrix with batched vectors (`S·x`, one GEMM per block: `[x rows] · Sᵀ`), products of
-//! batched values with a shared right factor (`X·S`, one GEMM over the block's stacked rows),
-//! and element-wise steps and reductions, all of which read and write each item's elements
+//! In: a plan that [`chosen`] accepts, a block of `count` consecutive items, and the caller's
+//! item-major buffers (`[t*len + e]`, the layout of inputs and outputs). Out: the block's
+//! outputs, written in place. Such a plan's batched steps are products of a shared matrix
+//! with batched vectors (`S·x`, one GEMM per block: `[x rows] · Sᵀ`, `Sᵀ` made once per run by
+//! [`right_factors`]), products of batched values with a shared right factor (`X·S`, one GEMM
+//! over the block's stacked rows), a shared row times batched matrices, per-item
+//! matrix-vector products of batched values (when cheaper than the transposes they save),
+//! element-wise steps and reductions, all of which read and write each item's elements
 //! contiguously. Inputs are read where they lie and outputs computed where they go, so the
 //! block does none of the transposes the lanes layout ([`super::kernels`]) needs — for W1,
 //! W2 and W6 those cost as much memory traffic as the arithmetic.
 //!
-//! Invariants: every item is computed by the same operations in the same order (a product's
-//! sums run over the inner index in the same order for every row of a GEMM, whatever its
-//! position in the block), so results do not depend on the block size or the thread count;
-//! no fused multiply-add is formed implicitly.
+//! Invariants: every item is computed by the same operations in the same order (a GEMM row's
+//! sums run over the inner index in the same order wherever the row falls in the block), so
+//! results do not depend on the block size or the thread count. The GEMM kernel uses FMA
+//! explicitly; element-wise steps never form one (their results are the portable build's).
 
 use super::kernels::{gemm, map_func};
 use super::Job;
@@ -513,25 +515,11 @@ unsafe fn gemm_rows_fma(rows: usize, k: usize, n: usize, x: &[f32], f: &[f32], o
         let (xr, or) = (x.add(r0 * k), o.add(r0 * n));
         let mut j0 = 0;
         while j0 + 16 <= n {
-            match r {
-                6 => tile::<6, 2>(k, xr, f.add(j0), n, or.add(j0)),
-                5 => tile::<5, 2>(k, xr, f.add(j0), n, or.add(j0)),
-                4 => tile::<4, 2>(k, xr, f.add(j0), n, or.add(j0)),
-                3 => tile::<3, 2>(k, xr, f.add(j0), n, or.add(j0)),
-                2 => tile::<2, 2>(k, xr, f.add(j0), n, or.add(j0)),
-                _ => tile::<1, 2>(k, xr, f.add(j0), n, or.add(j0)),
-            }
+            tile_of_rows::<2>(r, k, xr, f.add(j0), n, or.add(j0));
             j0 += 16;
         }
         if j0 + 8 <= n {
-            match r {
-                6 => tile::<6, 1>(k, xr, f.add(j0), n, or.add(j0)),
-                5 => tile::<5, 1>(k, xr, f.add(j0), n, or.add(j0)),
-                4 => tile::<4, 1>(k, xr, f.add(j0), n, or.add(j0)),
-                3 => tile::<3, 1>(k, xr, f.add(j0), n, or.add(j0)),
-                2 => tile::<2, 1>(k, xr, f.add(j0), n, or.add(j0)),
-                _ => tile::<1, 1>(k, xr, f.add(j0), n, or.add(j0)),
-            }
+            tile_of_rows::<1>(r, k, xr, f.add(j0), n, or.add(j0));
             j0 += 8;
         }
         for i in 0..r {
@@ -544,6 +532,27 @@ unsafe fn gemm_rows_fma(rows: usize, k: usize, n: usize, x: &[f32], f: &[f32], o
             }
         }
         r0 += r;
+    }
+}
+
+/// [`tile`] for `r` (1 to 6) rows, the row count made a constant.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile_of_rows<const V: usize>(
+    r: usize,
+    k: usize,
+    x: *const f32,
+    f: *const f32,
+    n: usize,
+    out: *mut f32,
+) {
+    match r {
+        6 => tile::<6, V>(k, x, f, n, out),
+        5 => tile::<5, V>(k, x, f, n, out),
+        4 => tile::<4, V>(k, x, f, n, out),
+        3 => tile::<3, V>(k, x, f, n, out),
+        2 => tile::<2, V>(k, x, f, n, out),
+        _ => tile::<1, V>(k, x, f, n, out),
     }
 }
 
