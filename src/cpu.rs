@@ -125,12 +125,16 @@ pub fn run_cpu_into(plan: &Plan, inputs: &[&Batch<f32>], batch: usize, outputs: 
         steps,
         inputs,
         shared: &shared,
-        read_through: read_through_transposes(plan),
+        read_through: if rows::chosen(plan) {
+            rows::transposes_read_in_place(plan)
+        } else {
+            read_through_transposes(plan)
+        },
         right_factors: rows::right_factors(plan, &shared),
     };
     if rows::chosen(plan) {
         per_block.into_par_iter().enumerate().for_each_init(
-            || rows::Buffers::new(steps, items, plan.outputs()),
+            || rows::Buffers::new(steps, items, plan.outputs(), &job.read_through),
             |buffers, (b, outs)| {
                 let first = b * items;
                 rows::process(&job, buffers, first, items.min(batch - first), outs);
@@ -583,31 +587,51 @@ mod tests {
 
     #[test]
     fn transposes_read_in_place_give_the_reference_values() {
-        // W3 with every input batched: 2*A'*(A*x+b) reads A' through swapped indices.
-        let p = crate::workloads::prepare(&crate::workloads::WORKLOADS[2], 37);
-        let read = read_through_transposes(&p.plan);
-        assert!(read.iter().any(|&r| r), "A' is read in place");
-        let inputs: Vec<Batch<f32>> = p.inputs.iter().map(crate::check::to_f32).collect();
-        let refs: Vec<&Batch<f32>> = inputs.iter().collect();
-        let got = run_cpu(&p.plan, &refs, 37);
-        let exact: Vec<Batch<f64>> = crate::check::round_to_f32(&p.inputs);
-        let exact_refs: Vec<&Batch<f64>> = exact.iter().collect();
-        let want = crate::batch::run_reference(&p.plan, &exact_refs, 37);
-        for (g, w) in got[0].data.iter().zip(&want[0].data) {
+        use crate::workloads::{prepare, Workload, WORKLOADS};
+        // W3 (item-major): 2*A'*(A*x+b) reads A's rows in place for A'. The derivative of
+        // tr(X'*Y*X) by Y (lanes: a product of batched matrices) reads X' through swapped
+        // indices.
+        let lanes = Workload {
+            id: "lanes",
+            program: "X: matrix(5,5); Y: matrix(5,5); tr(X'*Y*X)",
+            wrt: "Y",
+            batched: &["X", "Y"],
+            batch: 37,
+        };
+        for (w, item_major) in [(&WORKLOADS[2], true), (&lanes, false)] {
+            let p = prepare(w, 37);
+            assert_eq!(rows::chosen(&p.plan), item_major, "{}", w.id);
+            let read = if item_major {
+                rows::transposes_read_in_place(&p.plan)
+            } else {
+                read_through_transposes(&p.plan)
+            };
             assert!(
-                (*g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                "{g} vs {w}"
+                read.iter().any(|&r| r),
+                "{}: a transpose is read in place",
+                w.id
             );
+            let inputs: Vec<Batch<f32>> = p.inputs.iter().map(crate::check::to_f32).collect();
+            let refs: Vec<&Batch<f32>> = inputs.iter().collect();
+            let got = run_cpu(&p.plan, &refs, 37);
+            let exact: Vec<Batch<f64>> = crate::check::round_to_f32(&p.inputs);
+            let exact_refs: Vec<&Batch<f64>> = exact.iter().collect();
+            let want = crate::batch::run_reference(&p.plan, &exact_refs, 37);
+            for (g, w) in got[0].data.iter().zip(&want[0].data) {
+                assert!(
+                    (*g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "{g} vs {w}"
+                );
+            }
         }
     }
 
     #[test]
     fn block_sizes_are_whole_vectors_within_bounds() {
-        let p = crate::workloads::prepare(&crate::workloads::WORKLOADS[5], 4);
-        let items = block_items(&p.plan);
-        assert!(
-            items % 16 == 0 && (16..=MAX_BLOCK).contains(&items),
-            "{items}"
-        );
+        for (w, most) in [(2, MAX_ROW_BLOCK), (3, MAX_BLOCK), (5, MAX_ROW_BLOCK)] {
+            let p = crate::workloads::prepare(&crate::workloads::WORKLOADS[w], 4);
+            let items = block_items(&p.plan);
+            assert!(items % 16 == 0 && (16..=most).contains(&items), "{items}");
+        }
     }
 }

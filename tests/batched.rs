@@ -249,6 +249,23 @@ fn item_major_blocks_match_the_reference_across_a_block_boundary() {
         ),
         ("A: matrix(3,2); x: vector(2); sum((A*x).^3)", "x", &["x"]),
         ("B: matrix(10,16); x: vector(10); x'*B*B'*x", "x", &["x"]),
+        // Per-item products of batched values: M·v by vectors of rows (8-row groups and
+        // the rows left over), Mᵀ·v reading M in place (8-column groups and the rest).
+        (
+            "A: matrix(8,8); x: vector(8); b: vector(8); (A*x+b)'*(A*x+b)",
+            "x",
+            &["A", "x", "b"],
+        ),
+        (
+            "A: matrix(11,16); x: vector(16); b: vector(11); (A*x+b)'*(A*x+b)",
+            "x",
+            &["A", "x", "b"],
+        ),
+        (
+            "A: matrix(5,24); x: vector(24); b: vector(5); (A*x+b)'*(A*x+b)",
+            "x",
+            &["A", "x"],
+        ),
     ];
     for (source, wrt, batched_vars) in programs {
         let d = derive(source, wrt, false);

@@ -23,17 +23,24 @@ use crate::expr::Node;
 use crate::plan::{Plan, Step};
 
 /// Whether the CPU runs `plan` in item-major blocks: every batched step is one this layout
-/// computes ([`supports`]), and its per-item products of two batched values (plain loops
-/// here, vectorized across items in lanes) cost fewer multiply-adds than the lanes layout's
-/// transposes of the batched inputs and outputs move floats. W1, W2 and W6 run item-major;
-/// W3 (two 8×8 matrix-vector products per item, 88 floats transposed) in lanes.
+/// computes ([`supports`]), and its per-item products of two batched values cost fewer
+/// multiply-adds (an eighth for those that run eight to an instruction here: `M·v` with rows
+/// of whole vectors, `Mᵀ·v` along `M`'s rows) than the lanes layout's transposes of the
+/// batched inputs and outputs move floats. W1, W2, W3 and W6 run item-major; W4 and W5 (LU,
+/// products of batched matrices) in lanes.
 pub fn chosen(plan: &Plan) -> bool {
     let steps = plan.steps();
+    let in_place = transposes_read_in_place(plan);
     let products: usize = steps
         .iter()
         .filter(|s| s.batched && matches!(s.node, Node::MatMul(..)))
         .filter(|s| s.args.iter().all(|&a| steps[a].batched))
-        .map(|s| s.rows * steps[s.args[0]].cols * s.cols)
+        .map(|s| {
+            let k = steps[s.args[0]].cols;
+            // Vectorized: M·v with rows of whole vectors, Mᵀ·v along M's rows.
+            let vectorized = k % 8 == 0 || in_place[s.args[0]];
+            s.rows * k * s.cols / if vectorized { 8 } else { 1 }
+        })
         .sum();
     let transposed: usize = steps
         .iter()
@@ -42,6 +49,32 @@ pub fn chosen(plan: &Plan) -> bool {
         .map(|(_, s)| s.len())
         .sum();
     supports(plan) && products <= transposed
+}
+
+/// Batched transposes that are never stored: each is used only as the left factor of
+/// products with batched vectors, which read the transposed matrix's rows in place
+/// (`Mᵀ·v = Σᵢ vᵢ·(row i of M)`), so `2*A'*(A*x+b)` copies nothing.
+pub fn transposes_read_in_place(plan: &Plan) -> Vec<bool> {
+    let steps = plan.steps();
+    let mut ok: Vec<bool> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            matches!(s.node, Node::Transpose(_)) && s.batched && !plan.outputs().contains(&i)
+        })
+        .collect();
+    for step in steps {
+        let left_of_batched_vector = matches!(step.node, Node::MatMul(..))
+            && step.batched
+            && steps[step.args[1]].batched
+            && step.cols == 1;
+        for (k, &a) in step.args.iter().enumerate() {
+            if !(left_of_batched_vector && k == 0) {
+                ok[a] = false;
+            }
+        }
+    }
+    ok
 }
 
 /// Whether every batched step of `plan` is one this layout computes without transposes.
@@ -110,12 +143,14 @@ pub fn right_factors(plan: &Plan, shared: &[std::borrow::Cow<[f32]>]) -> Vec<Vec
         .collect()
 }
 
-/// Floats of one item's computed batched values (inputs are read in place).
+/// Floats of one item's computed batched values (inputs, and transposes, are read in place).
 pub fn floats_per_item(plan: &Plan) -> usize {
+    let in_place = transposes_read_in_place(plan);
     plan.steps()
         .iter()
-        .filter(|s| s.batched && s.input.is_none())
-        .map(|s| s.len())
+        .enumerate()
+        .filter(|&(i, s)| s.batched && s.input.is_none() && !in_place[i])
+        .map(|(_, s)| s.len())
         .sum()
 }
 
@@ -126,6 +161,9 @@ enum RowArg<'a> {
     Batched(&'a [f32]),
     /// Shared: one value, row-major.
     Shared(&'a [f32]),
+    /// Batched and read through a transpose: `count` items of `M`, meaning `Mᵀ`
+    /// ([`transposes_read_in_place`]).
+    Transposed(&'a [f32]),
 }
 
 impl<'a> RowArg<'a> {
@@ -133,7 +171,7 @@ impl<'a> RowArg<'a> {
     #[inline(always)]
     fn item(self, t: usize, len: usize) -> &'a [f32] {
         match self {
-            RowArg::Batched(d) => &d[t * len..(t + 1) * len],
+            RowArg::Batched(d) | RowArg::Transposed(d) => &d[t * len..(t + 1) * len],
             RowArg::Shared(d) => &d[..len],
         }
     }
@@ -146,12 +184,18 @@ pub(crate) struct Buffers {
 }
 
 impl Buffers {
-    pub(crate) fn new(steps: &[Step], items: usize, outputs: &[usize]) -> Buffers {
+    /// Buffers for blocks of `items` items; `in_place[i]` marks transposes never stored.
+    pub(crate) fn new(
+        steps: &[Step],
+        items: usize,
+        outputs: &[usize],
+        in_place: &[bool],
+    ) -> Buffers {
         let values = steps
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                if s.batched && s.input.is_none() && !outputs.contains(&i) {
+                if s.batched && s.input.is_none() && !outputs.contains(&i) && !in_place[i] {
                     vec![0.0; s.len() * items]
                 } else {
                     Vec::new()
@@ -208,7 +252,7 @@ fn process_inline(
     let values = &mut buffers.values;
     let mut computed_into = vec![None; outs.len()];
     for (i, step) in steps.iter().enumerate() {
-        if !step.batched || step.input.is_some() {
+        if !step.batched || step.input.is_some() || job.read_through[i] {
             continue;
         }
         let len = step.len();
@@ -237,7 +281,7 @@ fn process_inline(
         let len = steps[o].len();
         let source: Vec<f32> = match value(job, o, values, &outs, first, count) {
             RowArg::Batched(d) => d[..count * len].to_vec(),
-            RowArg::Shared(_) => unreachable!("batched outputs only"),
+            _ => unreachable!("outputs are batched and stored"),
         };
         outs[j].1[..count * len].copy_from_slice(&source);
     }
@@ -273,6 +317,12 @@ fn value<'b>(
     let s = &job.steps[a];
     if !s.batched {
         return RowArg::Shared(&job.shared[a]);
+    }
+    if job.read_through[a] {
+        return match value(job, s.args[0], values, outs, first, count) {
+            RowArg::Batched(m) => RowArg::Transposed(m),
+            _ => unreachable!("a transpose read in place has a stored batched argument"),
+        };
     }
     let len = s.len();
     if let Some(k) = s.input {
@@ -334,7 +384,7 @@ fn run_step(job: &Job, i: usize, args: &[RowArg], count: usize, out: &mut [f32])
 fn batched(a: RowArg<'_>) -> &[f32] {
     match a {
         RowArg::Batched(d) => d,
-        RowArg::Shared(_) => unreachable!("a batched unary step's argument is batched"),
+        _ => unreachable!("a batched unary step's argument is batched and stored"),
     }
 }
 
@@ -357,12 +407,28 @@ fn zip(
     b_scalar: bool,
     f: impl Fn(f32, f32) -> f32,
 ) {
-    if let (RowArg::Batched(x), RowArg::Batched(y), false, false) = (a, b, a_scalar, b_scalar) {
+    match (a, b, a_scalar, b_scalar) {
         // Same shapes, both batched: one flat loop over the block.
-        for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
-            *o = f(x, y);
+        (RowArg::Batched(x), RowArg::Batched(y), false, false) => {
+            for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
+                *o = f(x, y);
+            }
+            return;
         }
-        return;
+        // A shared scalar and a batched value (`2*g`): one flat loop too.
+        (RowArg::Shared(s), RowArg::Batched(y), true, false) => {
+            for (o, &y) in out.iter_mut().zip(y) {
+                *o = f(s[0], y);
+            }
+            return;
+        }
+        (RowArg::Batched(x), RowArg::Shared(s), false, true) => {
+            for (o, &x) in out.iter_mut().zip(x) {
+                *o = f(x, s[0]);
+            }
+            return;
+        }
+        _ => {}
     }
     let (na, nb) = (if a_scalar { 1 } else { n }, if b_scalar { 1 } else { n });
     for (t, o) in out.chunks_exact_mut(n).enumerate() {
@@ -465,11 +531,30 @@ fn matmul(
             }
         }
         // M·v for batched M and vector v: per item, a dot product per row.
-        (RowArg::Batched(a), RowArg::Batched(v)) => {
-            let items = out.chunks_exact_mut(m).zip(a.chunks_exact(m * k));
-            for ((o, a), v) in items.zip(v.chunks_exact(k)) {
-                for (o, row) in o.iter_mut().zip(a.chunks_exact(k)) {
-                    *o = dot(row, v);
+        (RowArg::Batched(a), RowArg::Batched(v)) => matvec(count, m, k, a, v, out),
+        // Mᵀ·v for batched M (k×m) read in place: per item, M's rows weighted by v.
+        // Eight columns at a time in registers, the sum over rows from 0 in row order.
+        (RowArg::Transposed(mt), RowArg::Batched(v)) => {
+            let items = out.chunks_exact_mut(m).zip(mt.chunks_exact(k * m));
+            for ((o, mt), v) in items.zip(v.chunks_exact(k)) {
+                let mut columns = o.chunks_exact_mut(8);
+                for (c, o) in columns.by_ref().enumerate() {
+                    let mut acc = [0.0f32; 8];
+                    for (&v, row) in v.iter().zip(mt.chunks_exact(m)) {
+                        let x: &[f32; 8] = row[8 * c..8 * c + 8].try_into().unwrap();
+                        for l in 0..8 {
+                            acc[l] += v * x[l];
+                        }
+                    }
+                    o.copy_from_slice(&acc);
+                }
+                let tail = columns.into_remainder();
+                let j0 = m - tail.len();
+                for (j, o) in tail.iter_mut().enumerate() {
+                    *o = v
+                        .iter()
+                        .zip(mt.chunks_exact(m))
+                        .fold(0.0, |acc, (&v, row)| acc + v * row[j0 + j]);
                 }
             }
         }
@@ -582,6 +667,84 @@ unsafe fn tile<const R: usize, const V: usize>(
             _mm256_storeu_ps(out.add(i * n + 8 * v), acc);
         }
     }
+}
+
+/// `out = M·v` per item for batched `M` (m×k) and `v` (k): with AVX2 and FMA and rows of
+/// whole vectors (`k` a multiple of 8), eight rows at a time, their eight partial-sum vectors
+/// reduced together by a tree of horizontal adds; otherwise a [`dot`] per row.
+#[inline(always)]
+fn matvec(count: usize, m: usize, k: usize, a: &[f32], v: &[f32], out: &mut [f32]) {
+    assert!(a.len() >= count * m * k && v.len() >= count * k && out.len() >= count * m);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if k % 8 == 0
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features; the assert above bounds every access.
+            unsafe { matvec_fma(count, m, k, a, v, out) };
+            return;
+        }
+    }
+    let items = out.chunks_exact_mut(m).zip(a.chunks_exact(m * k));
+    for ((o, a), v) in items.zip(v.chunks_exact(k)) {
+        for (o, row) in o.iter_mut().zip(a.chunks_exact(k)) {
+            *o = dot(row, v);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn matvec_fma(count: usize, m: usize, k: usize, a: &[f32], v: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    for t in 0..count {
+        let (a, v, o) = (
+            a.as_ptr().add(t * m * k),
+            v.as_ptr().add(t * k),
+            out.as_mut_ptr().add(t * m),
+        );
+        let partial = |r: usize| {
+            let mut acc = _mm256_setzero_ps();
+            for c in (0..k).step_by(8) {
+                acc = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(a.add(r * k + c)),
+                    _mm256_loadu_ps(v.add(c)),
+                    acc,
+                );
+            }
+            acc
+        };
+        let mut r0 = 0;
+        while r0 + 8 <= m {
+            let sums: [__m256; 8] = std::array::from_fn(|r| partial(r0 + r));
+            _mm256_storeu_ps(o.add(r0), sum_lanes8(sums));
+            r0 += 8;
+        }
+        for r in r0..m {
+            let one = sum_lanes8([partial(r); 8]);
+            *o.add(r) = _mm256_cvtss_f32(one);
+        }
+    }
+}
+
+/// Lane `r` of the result is the sum of `a[r]`'s eight lanes, as
+/// `((a0+a1)+(a2+a3)) + ((a4+a5)+(a6+a7))`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_lanes8(a: [std::arch::x86_64::__m256; 8]) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // hadd(x, y) = [x0+x1, x2+x3, y0+y1, y2+y3 | x4+x5, x6+x7, y4+y5, y6+y7].
+    let s01 = _mm256_hadd_ps(a[0], a[1]);
+    let s23 = _mm256_hadd_ps(a[2], a[3]);
+    let s45 = _mm256_hadd_ps(a[4], a[5]);
+    let s67 = _mm256_hadd_ps(a[6], a[7]);
+    // [a0 0..3, a1 0..3, a2 0..3, a3 0..3 | a0 4..7, a1 4..7, a2 4..7, a3 4..7], and a4..a7.
+    let s0123 = _mm256_hadd_ps(s01, s23);
+    let s4567 = _mm256_hadd_ps(s45, s67);
+    let low = _mm256_permute2f128_ps::<0x20>(s0123, s4567);
+    let high = _mm256_permute2f128_ps::<0x31>(s0123, s4567);
+    _mm256_add_ps(low, high)
 }
 
 /// `Σ a[p]·b[p]` in eight interleaved partial sums (so that it vectorizes), the same order
