@@ -121,18 +121,23 @@ pub fn run_cpu_into(plan: &Plan, inputs: &[&Batch<f32>], batch: usize, outputs: 
             }
         }
     }
+    let item_major = rows::chosen(plan);
     let job = Job {
         steps,
         inputs,
         shared: &shared,
-        read_through: if rows::chosen(plan) {
+        read_through: if item_major {
             rows::transposes_read_in_place(plan)
         } else {
             read_through_transposes(plan)
         },
-        right_factors: rows::right_factors(plan, &shared),
+        right_factors: if item_major {
+            rows::right_factors(plan, &shared)
+        } else {
+            Vec::new()
+        },
     };
-    if rows::chosen(plan) {
+    if item_major {
         per_block.into_par_iter().enumerate().for_each_init(
             || rows::Buffers::new(steps, items, plan.outputs(), &job.read_through),
             |buffers, (b, outs)| {
