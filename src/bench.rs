@@ -211,6 +211,7 @@ pub fn measure_cpu() -> Ceilings {
     let (rows, k, cols, repeats) = (192, 128, 256, 40);
     let x: Vec<f32> = (0..rows * k).map(|i| (i % 7) as f32 * 0.1).collect();
     let f: Vec<f32> = (0..k * cols).map(|i| (i % 5) as f32 * 0.1).collect();
+    let f = crate::cpu::rows::pack(k, cols, &f);
     let mut outs = vec![vec![0.0f32; rows * cols]; threads];
     let tile_seconds = median_of_five(|| {
         outs.par_iter_mut().for_each(|out| {
