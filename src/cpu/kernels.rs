@@ -78,6 +78,7 @@ pub struct Scratch {
     x: Vec<f32>,
     acc: Vec<f64>,
     power: Vec<f32>,
+    reciprocal: Vec<f32>,
 }
 
 fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
@@ -519,6 +520,15 @@ fn lu_inverse(m: usize, l: usize, s: &mut Scratch, out: &mut [f32]) {
     let x = grow(&mut s.x, m * l);
     let lu = &s.lu[..m * m * l];
     let at = |row: usize, col: usize| (row * m + col) * l;
+    // One division per pivot, not one per pivot and column: back substitution multiplies
+    // by the pivots' reciprocals (within an ulp of dividing; divisions are the slowest
+    // vector operation, and there would be m² of them per item).
+    let reciprocal = grow(&mut s.reciprocal, m * l);
+    for (i, r) in reciprocal.chunks_exact_mut(l).enumerate() {
+        for (r, &d) in r.iter_mut().zip(&lu[at(i, i)..at(i, i) + l]) {
+            *r = 1.0 / d;
+        }
+    }
     for col in 0..m {
         for (xi, &p) in x.iter_mut().zip(&s.perm[..m * l]) {
             *xi = if p as usize == col { 1.0 } else { 0.0 };
@@ -543,8 +553,8 @@ fn lu_inverse(m: usize, l: usize, s: &mut Scratch, out: &mut [f32]) {
                     *v -= u * y;
                 }
             }
-            for (v, &d) in xi.iter_mut().zip(&lu[at(i, i)..at(i, i) + l]) {
-                *v /= d;
+            for (v, &r) in xi.iter_mut().zip(&reciprocal[i * l..(i + 1) * l]) {
+                *v *= r;
             }
         }
         for i in 0..m {
