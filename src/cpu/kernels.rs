@@ -514,7 +514,8 @@ fn lu_log_det(m: usize, l: usize, s: &Scratch, out: &mut [f32]) {
 }
 
 /// The inverse from the factorization, column by column (forward then back substitution on
-/// the permuted identity), the method of [`crate::eval::Lu::inverse_into`]; NaN where singular.
+/// the permuted identity), the method of [`crate::eval::Lu::inverse_into`] except that back
+/// substitution multiplies by each pivot's reciprocal instead of dividing; NaN where singular.
 #[inline(always)]
 fn lu_inverse(m: usize, l: usize, s: &mut Scratch, out: &mut [f32]) {
     let x = grow(&mut s.x, m * l);
