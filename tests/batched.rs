@@ -249,6 +249,12 @@ fn item_major_blocks_match_the_reference_across_a_block_boundary() {
         ),
         ("A: matrix(3,2); x: vector(2); sum((A*x).^3)", "x", &["x"]),
         ("B: matrix(10,16); x: vector(10); x'*B*B'*x", "x", &["x"]),
+        // Shared matrices times batched matrices: a small GEMM per item (as in W5).
+        (
+            "A: matrix(9,7); B: matrix(11,10); X: matrix(7,11); sum((A*X*B).^2)",
+            "X",
+            &["X"],
+        ),
         // Per-item products of batched values: M·v by vectors of rows (8-row groups and
         // the rows left over), Mᵀ·v reading M in place (8-column groups and the rest).
         (

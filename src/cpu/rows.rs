@@ -5,7 +5,8 @@
 //! outputs, written in place. Such a plan's batched steps are products of a shared matrix
 //! with batched vectors (`S·x`, one GEMM per block: `[x rows] · Sᵀ`, `Sᵀ` made once per run by
 //! [`right_factors`]), products of batched values with a shared right factor (`X·S`, one GEMM
-//! over the block's stacked rows), a shared row times batched matrices, per-item
+//! over the block's stacked rows), shared matrices times batched matrices (`S·X`, a small
+//! GEMM per item by the same kernel), a shared row times batched matrices, per-item
 //! matrix-vector products of batched values (when cheaper than the transposes they save),
 //! element-wise steps and reductions, all of which read and write each item's elements
 //! contiguously. Inputs are read where they lie and outputs computed where they go, so the
@@ -26,8 +27,8 @@ use crate::plan::{Plan, Step};
 /// computes ([`supports`]), and its per-item products of two batched values cost fewer
 /// multiply-adds (an eighth for those that run eight to an instruction here: `M·v` with rows
 /// of whole vectors, `Mᵀ·v` along `M`'s rows) than the lanes layout's transposes of the
-/// batched inputs and outputs move floats. W1, W2, W3 and W6 run item-major; W4 and W5 (LU,
-/// products of batched matrices) in lanes.
+/// batched inputs and outputs move floats. W1, W2, W3, W5 and W6 run item-major; W4 (LU) in
+/// lanes.
 pub fn chosen(plan: &Plan) -> bool {
     let steps = plan.steps();
     let in_place = transposes_read_in_place(plan);
@@ -101,8 +102,8 @@ pub fn supports(plan: &Plan) -> bool {
             Node::MatMul(..) => {
                 let (a, b) = (&steps[s.args[0]], &steps[s.args[1]]);
                 match (a.batched, b.batched) {
-                    // S·x for vectors x, and u'·X (a shared row times batched matrices).
-                    (false, true) => b.cols == 1 || a.rows == 1,
+                    // S·x, u'·X, and S·X item by item.
+                    (false, true) => true,
                     (true, false) => true,
                     // Matrix-vector and inner products of two batched values: per item.
                     _ => b.cols == 1,
@@ -123,7 +124,7 @@ pub fn right_factors(plan: &Plan, shared: &[std::borrow::Cow<[f32]>]) -> Vec<Vec
         .map(|s| match s.node {
             Node::MatMul(..) if s.batched => {
                 let (a, b) = (s.args[0], s.args[1]);
-                if !steps[a].batched {
+                if !steps[a].batched && s.cols == 1 {
                     let (m, k) = (steps[a].rows, steps[a].cols);
                     let mut t = vec![0.0; m * k];
                     for i in 0..m {
@@ -132,7 +133,7 @@ pub fn right_factors(plan: &Plan, shared: &[std::borrow::Cow<[f32]>]) -> Vec<Vec
                         }
                     }
                     pack(k, m, &t)
-                } else if !steps[b].batched {
+                } else if !steps[b].batched && steps[a].batched {
                     pack(steps[b].rows, steps[b].cols, &shared[b])
                 } else {
                     Vec::new()
@@ -487,6 +488,13 @@ fn matmul(
     out: &mut [f32],
 ) {
     match (a, b) {
+        // S·X for batched matrices X: one small GEMM per item, S's rows times X's.
+        (RowArg::Shared(s), RowArg::Batched(x)) if n > 1 && m > 1 => {
+            let items = out.chunks_exact_mut(m * n).zip(x.chunks_exact(k * n));
+            for (o, x) in items {
+                gemm_rows_with(m, k, n, s, x, Factor::Plain, o);
+            }
+        }
         // u'·X for a shared row u': per item, the rows of X weighted by u.
         (RowArg::Shared(u), RowArg::Batched(x)) if n > 1 => {
             for (o, x) in out.chunks_exact_mut(n).zip(x.chunks_exact(k * n)) {
@@ -591,27 +599,70 @@ pub fn pack(k: usize, n: usize, f: &[f32]) -> Vec<f32> {
 /// element is `fma(x[r][k-1], f[k-1][j], … fma(x[r][0], f[0][j], 0))`, whatever tile it falls
 /// in. Elsewhere: the general GEMM, panel by panel.
 pub fn gemm_rows(rows: usize, k: usize, n: usize, x: &[f32], f: &[f32], out: &mut [f32]) {
+    gemm_rows_with(rows, k, n, x, f, Factor::Packed, out)
+}
+
+/// How [`gemm_rows_with`] finds the right factor's elements.
+#[derive(Clone, Copy)]
+enum Factor {
+    /// [`pack`]ed.
+    Packed,
+    /// Row-major, rows `n` apart (a batched item's matrix, used once).
+    Plain,
+}
+
+impl Factor {
+    /// (offset of panel `c`, its row stride, offset of the last columns, their row stride).
+    fn layout(self, k: usize, n: usize) -> (usize, usize, usize, usize) {
+        let panels = n / PANEL;
+        match self {
+            Factor::Packed => (k * PANEL, PANEL, panels * k * PANEL, n % PANEL),
+            Factor::Plain => (PANEL, n, panels * PANEL, n),
+        }
+    }
+}
+
+/// [`gemm_rows`] with the right factor laid out as `factor` says.
+fn gemm_rows_with(
+    rows: usize,
+    k: usize,
+    n: usize,
+    x: &[f32],
+    f: &[f32],
+    factor: Factor,
+    out: &mut [f32],
+) {
     assert!(x.len() >= rows * k && f.len() >= k * n && out.len() >= rows * n);
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            // SAFETY: the CPU has the features; the assert above bounds every access.
-            unsafe { gemm_rows_fma(rows, k, n, x, f, out) };
+            // SAFETY: the CPU has the features; the assert above bounds every access (the
+            // layouts address exactly the k·n elements of `f`).
+            unsafe { gemm_rows_fma(rows, k, n, x, f, factor, out) };
             return;
         }
     }
-    gemm_rows_general(rows, k, n, x, f, out)
+    gemm_rows_general(rows, k, n, x, f, factor, out)
 }
 
-/// [`gemm_rows`] by the general GEMM, one call per panel.
-fn gemm_rows_general(rows: usize, k: usize, n: usize, x: &[f32], f: &[f32], out: &mut [f32]) {
+/// [`gemm_rows_with`] by the general GEMM, one call per panel and one for the last columns.
+fn gemm_rows_general(
+    rows: usize,
+    k: usize,
+    n: usize,
+    x: &[f32],
+    f: &[f32],
+    factor: Factor,
+    out: &mut [f32],
+) {
     if rows == 0 {
         return;
     }
     let (panels, rest) = (n / PANEL, n % PANEL);
+    let (step, stride, tail, tail_stride) = factor.layout(k, n);
     for c in 0..panels {
-        let panel = &f[c * k * PANEL..(c + 1) * k * PANEL];
+        let panel = &f[c * step..];
         gemm(
             rows,
             k,
@@ -620,14 +671,14 @@ fn gemm_rows_general(rows: usize, k: usize, n: usize, x: &[f32], f: &[f32], out:
             k,
             1,
             panel,
-            PANEL,
+            stride,
             1,
             &mut out[c * PANEL..],
             n,
         );
     }
     if rest > 0 {
-        let tail = &f[panels * k * PANEL..];
+        let last = &f[tail..];
         gemm(
             rows,
             k,
@@ -635,8 +686,8 @@ fn gemm_rows_general(rows: usize, k: usize, n: usize, x: &[f32], f: &[f32], out:
             x,
             k,
             1,
-            tail,
-            rest,
+            last,
+            tail_stride,
             1,
             &mut out[panels * PANEL..],
             n,
@@ -646,12 +697,21 @@ fn gemm_rows_general(rows: usize, k: usize, n: usize, x: &[f32], f: &[f32], out:
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gemm_rows_fma(rows: usize, k: usize, n: usize, x: &[f32], f: &[f32], out: &mut [f32]) {
+unsafe fn gemm_rows_fma(
+    rows: usize,
+    k: usize,
+    n: usize,
+    x: &[f32],
+    f: &[f32],
+    factor: Factor,
+    out: &mut [f32],
+) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     const R: usize = 6;
     let (panels, rest) = (n / PANEL, n % PANEL);
+    let (step, stride, tail, tail_stride) = factor.layout(k, n);
     let (x, f, o) = (x.as_ptr(), f.as_ptr(), out.as_mut_ptr());
-    let tail = f.add(panels * k * PANEL);
+    let last = f.add(tail);
     let mut r0 = 0;
     while r0 < rows {
         let r = R.min(rows - r0);
@@ -663,19 +723,18 @@ unsafe fn gemm_rows_fma(rows: usize, k: usize, n: usize, x: &[f32], f: &[f32], o
         }
         let (xr, or) = (x.add(r0 * k), o.add(r0 * n));
         for c in 0..panels {
-            let panel = f.add(c * k * PANEL);
-            tile_of_rows::<2>(r, k, xr, panel, PANEL, or.add(c * PANEL), n);
+            tile_of_rows::<2>(r, k, xr, f.add(c * step), stride, or.add(c * PANEL), n);
         }
         let mut j = 0;
         if j + 8 <= rest {
-            tile_of_rows::<1>(r, k, xr, tail, rest, or.add(panels * PANEL), n);
+            tile_of_rows::<1>(r, k, xr, last, tail_stride, or.add(panels * PANEL), n);
             j += 8;
         }
         for i in 0..r {
             for j in j..rest {
                 let mut acc = 0.0f32;
                 for p in 0..k {
-                    acc = (*xr.add(i * k + p)).mul_add(*tail.add(p * rest + j), acc);
+                    acc = (*xr.add(i * k + p)).mul_add(*last.add(p * tail_stride + j), acc);
                 }
                 *or.add(i * n + panels * PANEL + j) = acc;
             }
@@ -864,7 +923,12 @@ mod tests {
                 }
             }
             let mut general = vec![f32::NAN; rows * n];
-            gemm_rows_general(rows, k, n, &x, &packed, &mut general);
+            gemm_rows_general(rows, k, n, &x, &packed, Factor::Packed, &mut general);
+            assert_eq!(general, out, "{rows}×{k}×{n} by the general GEMM");
+            let mut plain = vec![f32::NAN; rows * n];
+            gemm_rows_with(rows, k, n, &x, &f, Factor::Plain, &mut plain);
+            assert_eq!(plain, out, "{rows}×{k}×{n} with an unpacked factor");
+            gemm_rows_general(rows, k, n, &x, &f, Factor::Plain, &mut general);
             assert_eq!(general, out, "{rows}×{k}×{n} by the general GEMM");
             // Each row's rounded result does not depend on which rows are computed with it.
             let x: Vec<f32> = (0..rows * k).map(|v| (v as f32 * 0.37).sin()).collect();
