@@ -661,37 +661,13 @@ fn gemm_rows_general(
     }
     let (panels, rest) = (n / PANEL, n % PANEL);
     let (step, stride, tail, tail_stride) = factor.layout(k, n);
-    for c in 0..panels {
-        let panel = &f[c * step..];
-        gemm(
-            rows,
-            k,
-            PANEL,
-            x,
-            k,
-            1,
-            panel,
-            stride,
-            1,
-            &mut out[c * PANEL..],
-            n,
-        );
-    }
-    if rest > 0 {
-        let last = &f[tail..];
-        gemm(
-            rows,
-            k,
-            rest,
-            x,
-            k,
-            1,
-            last,
-            tail_stride,
-            1,
-            &mut out[panels * PANEL..],
-            n,
-        );
+    // (first output column, width, where the factor's columns start, their row stride).
+    let pieces = (0..panels)
+        .map(|c| (c * PANEL, PANEL, c * step, stride))
+        .chain((rest > 0).then_some((panels * PANEL, rest, tail, tail_stride)));
+    for (j0, width, start, fs) in pieces {
+        let o = &mut out[j0..];
+        gemm(rows, k, width, x, k, 1, &f[start..], fs, 1, o, n);
     }
 }
 
