@@ -221,7 +221,7 @@ fn zip(
 }
 
 #[inline(always)]
-fn map(out: &mut [f32], a: &[f32], f: impl Fn(f32) -> f32) {
+pub fn map(out: &mut [f32], a: &[f32], f: impl Fn(f32) -> f32) {
     for (o, &x) in out.iter_mut().zip(a) {
         *o = f(x);
     }

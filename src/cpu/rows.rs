@@ -18,7 +18,7 @@
 //! results do not depend on the block size or the thread count. The GEMM kernel uses FMA
 //! explicitly; element-wise steps never form one (their results are the portable build's).
 
-use super::kernels::{gemm, map_func};
+use super::kernels::{gemm, map, map_func};
 use super::Job;
 use crate::expr::Node;
 use crate::plan::{Plan, Step};
@@ -280,15 +280,17 @@ fn process_inline(
             continue;
         }
         let len = steps[o].len();
-        let source: Vec<f32> = match value(job, o, values, &outs, first, count) {
-            RowArg::Batched(d) => d[..count * len].to_vec(),
+        // Taken out while it is written: its source is an input or an earlier output.
+        let dst = std::mem::take(&mut outs[j].1);
+        match value(job, o, values, &outs, first, count) {
+            RowArg::Batched(d) => dst[..count * len].copy_from_slice(&d[..count * len]),
             _ => unreachable!("outputs are batched and stored"),
-        };
-        outs[j].1[..count * len].copy_from_slice(&source);
+        }
+        outs[j].1 = dst;
     }
 }
 
-/// The arguments of `step` for this block.
+/// The arguments of `step` for this block (a step has at most two; unused ones are empty).
 #[inline(always)]
 fn arguments<'b>(
     job: &'b Job,
@@ -297,11 +299,12 @@ fn arguments<'b>(
     outs: &'b [(usize, &mut [f32])],
     first: usize,
     count: usize,
-) -> Vec<RowArg<'b>> {
-    step.args
-        .iter()
-        .map(|&a| value(job, a, values, outs, first, count))
-        .collect()
+) -> [RowArg<'b>; 2] {
+    let mut args = [RowArg::Shared(&[]); 2];
+    for (arg, &a) in args.iter_mut().zip(&step.args) {
+        *arg = value(job, a, values, outs, first, count);
+    }
+    args
 }
 
 /// Where step `a`'s value for this block lies: a shared value, the caller's input, an output
@@ -386,13 +389,6 @@ fn batched(a: RowArg<'_>) -> &[f32] {
     match a {
         RowArg::Batched(d) => d,
         _ => unreachable!("a batched unary step's argument is batched and stored"),
-    }
-}
-
-#[inline(always)]
-fn map(out: &mut [f32], a: &[f32], f: impl Fn(f32) -> f32) {
-    for (o, &x) in out.iter_mut().zip(a) {
-        *o = f(x);
     }
 }
 
@@ -498,12 +494,7 @@ fn matmul(
         // u'·X for a shared row u': per item, the rows of X weighted by u.
         (RowArg::Shared(u), RowArg::Batched(x)) if n > 1 => {
             for (o, x) in out.chunks_exact_mut(n).zip(x.chunks_exact(k * n)) {
-                o.fill(0.0);
-                for (&u, x) in u.iter().zip(x.chunks_exact(n)) {
-                    for (o, &x) in o.iter_mut().zip(x) {
-                        *o += u * x;
-                    }
-                }
+                weighted_rows(o, &u[..k], x);
             }
         }
         // S·x for a vector x: [out rows] (count × m) = [x rows] (count × k) · Sᵀ.
@@ -529,12 +520,7 @@ fn matmul(
                 }
             } else {
                 for (o, x) in out.chunks_exact_mut(n).zip(x.chunks_exact(k)) {
-                    o.fill(0.0);
-                    for (&v, s) in x.iter().zip(s.chunks_exact(n)) {
-                        for (o, &s) in o.iter_mut().zip(s) {
-                            *o += v * s;
-                        }
-                    }
+                    weighted_rows(o, x, s);
                 }
             }
         }
@@ -854,6 +840,18 @@ unsafe fn sum_lanes8(a: [std::arch::x86_64::__m256; 8]) -> std::arch::x86_64::__
     let low = _mm256_permute2f128_ps::<0x20>(s0123, s4567);
     let high = _mm256_permute2f128_ps::<0x31>(s0123, s4567);
     _mm256_add_ps(low, high)
+}
+
+/// `out = Σ_p w[p] · (row p of rows)`, rows of `out.len()` elements, summed from 0 in row
+/// order (vectorized along the row).
+#[inline(always)]
+fn weighted_rows(out: &mut [f32], w: &[f32], rows: &[f32]) {
+    out.fill(0.0);
+    for (&w, row) in w.iter().zip(rows.chunks_exact(out.len())) {
+        for (o, &x) in out.iter_mut().zip(row) {
+            *o += w * x;
+        }
+    }
 }
 
 /// `Σ a[p]·b[p]` in eight interleaved partial sums (so that it vectorizes), the same order
