@@ -176,15 +176,12 @@ fn cases(args: &BenchArgs) -> Result<Vec<Case>, u8> {
             eprintln!("error: give either a program or --workloads, not both");
             return Err(2);
         }
-        if let Some(unknown) = args.only.iter().find(|id| {
-            !WORKLOADS
-                .iter()
-                .any(|w| w.id.split(' ').next() == Some(id.as_str()))
-        }) {
-            let ids: Vec<&str> = WORKLOADS
-                .iter()
-                .filter_map(|w| w.id.split(' ').next())
-                .collect();
+        if let Some(unknown) = args
+            .only
+            .iter()
+            .find(|id| !WORKLOADS.iter().any(|w| w.short_id() == id.as_str()))
+        {
+            let ids: Vec<&str> = WORKLOADS.iter().map(|w| w.short_id()).collect();
             eprintln!(
                 "error: `--only`: no workload `{unknown}` (the workloads are {})",
                 ids.join(", ")
@@ -193,13 +190,7 @@ fn cases(args: &BenchArgs) -> Result<Vec<Case>, u8> {
         }
         return Ok(WORKLOADS
             .iter()
-            .filter(|w| {
-                args.only.is_empty()
-                    || args
-                        .only
-                        .iter()
-                        .any(|id| w.id.split(' ').next() == Some(id.as_str()))
-            })
+            .filter(|w| args.only.is_empty() || args.only.iter().any(|id| id == w.short_id()))
             .map(|w| Case {
                 label: w.id.to_string(),
                 batches: if args.batches.is_empty() {

@@ -25,6 +25,13 @@ pub struct Workload {
     pub batch: usize,
 }
 
+impl Workload {
+    /// The id's first word, as `bench --only` takes it: "W1" for "W1 lsq-shared".
+    pub fn short_id(&self) -> &'static str {
+        self.id.split(' ').next().unwrap_or(self.id)
+    }
+}
+
 pub static WORKLOADS: &[Workload] = &[
     Workload {
         id: "W1 lsq-shared",
