@@ -39,7 +39,9 @@ pub const MAX_ROW_BLOCK: usize = 1024;
 const BLOCK_BYTES: usize = 512 * 1024;
 
 /// Items per block for `plan`: as many as keep a block's batched values within
-/// [`BLOCK_BYTES`], a multiple of 16 (whole vectors) between 16 and [`MAX_BLOCK`].
+/// [`BLOCK_BYTES`], a multiple of 16 (whole vectors) between 16 and [`MAX_BLOCK`] in lanes;
+/// for item-major blocks only the computed values count (inputs are read in place), up to
+/// [`MAX_ROW_BLOCK`].
 pub fn block_items(plan: &Plan) -> usize {
     if rows::chosen(plan) {
         let items = BLOCK_BYTES / 4 / rows::floats_per_item(plan).max(1);
