@@ -31,6 +31,8 @@ use std::fmt::{self, Write as _};
 use crate::expr::{Func, Node};
 use crate::plan::{Plan, Step};
 
+mod lu;
+
 /// Invocations per workgroup (one item each) for kernels with small intermediates.
 pub const WORKGROUP_SIZE: u32 = 64;
 
@@ -60,8 +62,6 @@ enum Storage {
     Out(usize),
 }
 
-/// The hand-written LU building block, instantiated per matrix size.
-const LU_TEMPLATE: &str = include_str!("../shaders/lu.wgsl");
 /// The hand-written power function.
 const POW_SOURCE: &str = include_str!("../shaders/pow.wgsl");
 
@@ -496,7 +496,7 @@ fn per_item_stage(gen: Generator, body: Vec<Stmt>) -> Result<Stage, InvalidShade
     sizes.sort_unstable();
     sizes.dedup();
     for n in sizes {
-        source.push_str(&instantiate_lu(n));
+        source.push_str(&lu::building_block(n));
         source.push('\n');
     }
     let private: usize = body
@@ -538,20 +538,6 @@ fn lanes(buffer: &'static str, base: usize, idx: Expr) -> Expr {
             Expr::id(Ident::item()),
         ),
     )
-}
-
-/// The LU building block for n×n matrices: its size tokens become integers.
-fn instantiate_lu(n: usize) -> String {
-    LU_TEMPLATE
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("//"))
-        .map(|l| {
-            l.replace("NNU", &format!("{}u", n * n))
-                .replace("NU", &format!("{n}u"))
-                .replace("NAME", &n.to_string())
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// A generated identifier: built from numbers only.

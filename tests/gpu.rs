@@ -318,3 +318,35 @@ fn tiled_products_match_the_reference_across_partial_tiles_and_chunks() {
         assert!(err < F32_TOLERANCE, "gpu error {err:.2e}");
     }
 }
+
+/// The LU building block at every size around the switch from the unrolled form (constant
+/// indices, pivots by `select`) to the looped one: log-determinants and inverses of normal
+/// matrices, which need row exchanges, against the reference; an exactly singular item (a
+/// zero row) gives -Inf and an all-NaN inverse on the GPU and spoils no other item.
+#[test]
+fn lu_building_blocks_match_the_reference_at_every_size() {
+    let _serial = serial();
+    let Some(ctx) = context(GpuOptions::default()) else {
+        return;
+    };
+    let batch = 40;
+    for n in 1..=10 {
+        let (d, plan) = plan_of(&format!("X: matrix({n},{n}); logdet(X)"), "X", "X", true);
+        let mut values = inputs(&d, &plan, batch, n as u64);
+        let x = values.iter_mut().find(|b| b.batch.is_some()).unwrap();
+        x.data[3 * n * n..3 * n * n + n].fill(0.0);
+        let err = gpu_error(&ctx, &plan, &values, batch, &format!("n = {n}"));
+        assert!(err < F32_TOLERANCE, "n = {n}: gpu error {err:.2e}");
+
+        let values32: Vec<Batch<f32>> = values.iter().map(to_f32).collect();
+        let refs: Vec<&Batch<f32>> = values32.iter().collect();
+        let out = run_gpu(&ctx, &plan, &refs, batch).unwrap();
+        let (inverse, logdet) = (&out[0], &out[1]);
+        assert!(inverse.item(3).iter().all(|v| v.is_nan()), "n = {n}");
+        assert_eq!(logdet.item(3)[0], f32::NEG_INFINITY, "n = {n}");
+        let finite = (0..batch)
+            .filter(|&i| inverse.item(i).iter().all(|v| v.is_finite()))
+            .count();
+        assert_eq!(finite, batch - 1, "n = {n}");
+    }
+}
