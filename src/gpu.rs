@@ -7,11 +7,13 @@
 //! kernel's element-major layout, see [`crate::wgsl`]), runs the plan's dispatches in order
 //! (per-item kernels folded into two dimensions past 65 535 workgroups, tiled GEMMs), each in
 //! its own compute pass so that wgpu orders their buffer accesses, and reads its outputs back
-//! (transposed back to item-major). Invariants: a batch too large for one binding or one
-//! dispatch is split into chunks whose results are identical to an unchunked run (items are independent
-//! and computed by the same code); compiled pipelines are cached per shader source; no
-//! adapter, a failed device request, device loss and out-of-memory are [`GpuError`]s, never
-//! panics.
+//! (transposed back to item-major). Chunks alternate between two sets of buffers made once
+//! per session, so the host prepares one chunk and reads another back while the device
+//! computes. Invariants: a batch too large for one binding, one dispatch or one pipelined
+//! chunk is split into chunks whose results are identical to an unchunked run (items are
+//! independent and computed by the same code); compiled pipelines are cached per shader
+//! source; a set of buffers is reused only after its chunk's read-back finished; no adapter,
+//! a failed device request, device loss and out-of-memory are [`GpuError`]s, never panics.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -411,11 +413,12 @@ impl GpuContext {
             pipelines,
             shared,
             shared_outputs,
+            buffers: Mutex::new(Vec::new()),
         })
     }
 
-    /// Items per dispatch: what fits one binding of the inputs and of the outputs, and one
-    /// 2-D dispatch.
+    /// Items per chunk: what fits one binding of the inputs and of the outputs, one 2-D
+    /// dispatch, and about [`PIPELINE_CHUNK_BYTES`] of transfers.
     fn chunk_items(&self, kernel: &Kernel, batch: usize) -> usize {
         let binding =
             (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size);
@@ -427,13 +430,25 @@ impl GpuContext {
         let per_dim = self.workgroups_per_dimension as u64;
         let by_dispatch = per_dim * per_dim * kernel.workgroup_size() as u64;
         let by_gemm = kernel.max_gemm_items(per_dim as usize) as u64;
-        let mut items = (binding / per_item).min(by_dispatch).min(by_gemm).max(1) as usize;
+        let transfers = 4 * (kernel.batched_len() + kernel.out_len()).max(1) as u64;
+        let by_pipeline = (PIPELINE_CHUNK_BYTES / transfers).max(1);
+        let mut items = (binding / per_item)
+            .min(by_dispatch)
+            .min(by_gemm)
+            .min(by_pipeline)
+            .max(1) as usize;
         if let Some(m) = self.max_chunk_items {
             items = items.min(m.max(1));
         }
         items.min(batch.max(1))
     }
 }
+
+/// A batch whose inputs and outputs take more bytes than this runs in chunks of about this
+/// size, so that the host lays out one chunk's inputs and reads another's outputs back while
+/// the device computes (a large batch in one chunk would serialize the three). Large enough
+/// that a chunk fills the device (131 072 items of 8×8 in and out).
+const PIPELINE_CHUNK_BYTES: u64 = 64 << 20;
 
 /// A plan ready to run repeatedly: the pipeline and the shared inputs stay on the device;
 /// each [`GpuSession::run`] streams only the batched inputs.
@@ -446,6 +461,8 @@ pub struct GpuSession<'c> {
     shared: wgpu::Buffer,
     /// The value of each plan output that reads no batched input.
     shared_outputs: Vec<Option<Vec<f32>>>,
+    /// The chunks' buffers, made by the first run and kept while chunks fit them.
+    buffers: Mutex<Vec<ChunkBuffers>>,
 }
 
 impl GpuSession<'_> {
@@ -474,20 +491,8 @@ impl GpuSession<'_> {
             .collect();
         if plan.is_batched() && out_len > 0 {
             let chunk = self.ctx.chunk_items(&self.kernel, batch);
-            let mut first = 0;
-            while first < batch {
-                let count = chunk.min(batch - first);
-                let (data, seconds) = with_stack(|| self.run_chunk(inputs, first, count))?;
-                kernel_seconds += seconds;
-                // The chunk's outputs come back in lanes, output after output.
-                let mut base = 0;
-                for (k, &(_, len)) in self.kernel.batched_outputs.iter().enumerate() {
-                    let target = &mut batched_results[k][first * len..(first + count) * len];
-                    lanes_to_items(&data[base..base + count * len], len, count, target);
-                    base += count * len;
-                }
-                first += count;
-            }
+            kernel_seconds =
+                with_stack(|| self.run_chunks(inputs, batch, chunk, &mut batched_results))?;
         }
         let mut outputs = Vec::new();
         for (position, &o) in plan.outputs().iter().enumerate() {
@@ -523,172 +528,277 @@ impl GpuSession<'_> {
         Ok((outputs, timing))
     }
 
-    /// One dispatch for the items `first..first+count`; returns the `out` buffer's values.
-    fn run_chunk(
+    /// Runs the chunks of `batch` items, `chunk` at a time, into `results` (item-major, one
+    /// vector per batched output); returns the kernels' seconds. Two sets of buffers take
+    /// turns: while the device runs one chunk, the host lays out the next chunk's inputs and
+    /// submits them, then reads the first chunk's outputs back.
+    fn run_chunks(
         &self,
+        inputs: &[&Batch<f32>],
+        batch: usize,
+        chunk: usize,
+        results: &mut [Vec<f32>],
+    ) -> Result<f64, GpuError> {
+        let mut sets = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+        let wanted = if chunk < batch { 2 } else { 1 };
+        if sets.len() < wanted || sets.iter().any(|b| b.capacity < chunk) {
+            *sets = (0..wanted)
+                .map(|_| ChunkBuffers::new(self, chunk))
+                .collect::<Result<_, _>>()?;
+        }
+        let mut seconds = 0.0;
+        let mut in_flight: Option<InFlight> = None;
+        let mut first = 0;
+        let mut turn = 0;
+        while first < batch || in_flight.is_some() {
+            let next = if first < batch {
+                let count = chunk.min(batch - first);
+                let submitted = self.submit_chunk(&mut sets[turn], turn, inputs, first, count)?;
+                first += count;
+                turn = (turn + 1) % sets.len();
+                Some(submitted)
+            } else {
+                None
+            };
+            if let Some(done) = in_flight.take() {
+                seconds += self.finish_chunk(&sets[done.set], &done, results)?;
+            }
+            in_flight = next;
+            if sets.len() == 1 {
+                if let Some(done) = in_flight.take() {
+                    seconds += self.finish_chunk(&sets[done.set], &done, results)?;
+                }
+            }
+        }
+        Ok(seconds)
+    }
+
+    /// Lays out the items `first..first+count` in lanes, uploads them into `set` and submits
+    /// the chunk's dispatches and the copy of its outputs to the read-back buffer.
+    fn submit_chunk(
+        &self,
+        set: &mut ChunkBuffers,
+        index: usize,
         inputs: &[&Batch<f32>],
         first: usize,
         count: usize,
-    ) -> Result<(Vec<f32>, f64), GpuError> {
+    ) -> Result<InFlight, GpuError> {
         let ctx = self.ctx;
-        // The chunk's batched inputs in lanes (element-major), input after input.
-        let mut batched = vec![0.0f32; (count * self.kernel.batched_len()).max(1)];
         let mut base = 0;
         for &(k, len) in &self.kernel.batched_inputs {
             let items = &inputs[k].data[first * len..(first + count) * len];
-            items_to_lanes(items, count, len, &mut batched[base..base + count * len]);
+            items_to_lanes(items, count, len, &mut set.lanes[base..base + count * len]);
             base += count * len;
         }
         let out_bytes = (4 * count * self.kernel.out_len()).max(4) as u64;
-        let scratch_bytes = (4 * count * self.kernel.scratch_len).max(4) as u64;
-        // Each stage's parameter block and dispatch size.
         let per_dim = ctx.workgroups_per_dimension as u64;
-        let dispatches: Vec<(Vec<u32>, [u32; 3])> = self
-            .kernel
-            .stages
-            .iter()
-            .map(|stage| match stage.kind {
-                StageKind::PerItem { workgroup_size } => {
-                    let workgroup = workgroup_size as u64;
-                    let groups = (count as u64).div_ceil(workgroup);
-                    let groups_x = groups.min(per_dim);
-                    let groups_y = groups.div_ceil(groups_x);
-                    let params = vec![count as u32, (groups_x * workgroup) as u32, 0, 0];
-                    (params, [groups_x as u32, groups_y as u32, 1])
-                }
-                StageKind::Gemm(g) => {
-                    let (params, groups) = g.params(count);
-                    (params.to_vec(), groups)
-                }
-            })
-            .collect();
         let submitted_at = std::time::Instant::now();
-        let (readback, timestamps, submission) = ctx.scoped("running a chunk", || {
-            let device = &ctx.device;
-            let input = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("matgrad batched inputs"),
-                contents: bytemuck::cast_slice(&batched),
-                usage: wgpu::BufferUsages::STORAGE,
-            });
-            let output = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("matgrad outputs"),
-                size: out_bytes,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            });
-            let readback = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("matgrad readback"),
-                size: out_bytes,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            let scratch = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("matgrad scratch"),
-                size: scratch_bytes,
-                usage: wgpu::BufferUsages::STORAGE,
-                mapped_at_creation: false,
-            });
-            let bind_groups: Vec<wgpu::BindGroup> = dispatches
-                .iter()
-                .map(|(params, _)| {
-                    let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("matgrad params"),
-                        contents: bytemuck::cast_slice(params),
-                        usage: wgpu::BufferUsages::UNIFORM,
-                    });
-                    device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some("matgrad bindings"),
-                        layout: &ctx.layout,
-                        entries: &[
-                            wgpu::BindGroupEntry {
-                                binding: 0,
-                                resource: self.shared.as_entire_binding(),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 1,
-                                resource: input.as_entire_binding(),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 2,
-                                resource: output.as_entire_binding(),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 3,
-                                resource: uniform.as_entire_binding(),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 4,
-                                resource: scratch.as_entire_binding(),
-                            },
-                        ],
-                    })
-                })
-                .collect();
-            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("matgrad"),
-            });
-            let queries = ctx.timestamp_queries();
+        let submission = ctx.scoped("running a chunk", || {
+            if base > 0 {
+                ctx.queue
+                    .write_buffer(&set.input, 0, bytemuck::cast_slice(&set.lanes[..base]));
+            }
+            let mut encoder = ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("matgrad"),
+                });
             // One pass per stage (wgpu orders the passes' storage accesses); the timestamps
             // bracket them all.
-            let last = dispatches.len().saturating_sub(1);
-            for (k, ((_, groups), bind_group)) in dispatches.iter().zip(&bind_groups).enumerate() {
-                let timestamp_writes = queries.as_ref().and_then(|q| q.writes(k == 0, k == last));
+            let last = self.kernel.stages.len().saturating_sub(1);
+            for (k, stage) in self.kernel.stages.iter().enumerate() {
+                let (params, groups) = match stage.kind {
+                    StageKind::PerItem { workgroup_size } => {
+                        let workgroup = workgroup_size as u64;
+                        let groups = (count as u64).div_ceil(workgroup);
+                        let groups_x = groups.min(per_dim);
+                        let groups_y = groups.div_ceil(groups_x);
+                        let mut params = [0u32; 16];
+                        params[0] = count as u32;
+                        params[1] = (groups_x * workgroup) as u32;
+                        (params, [groups_x as u32, groups_y as u32, 1])
+                    }
+                    StageKind::Gemm(g) => g.params(count),
+                };
+                ctx.queue
+                    .write_buffer(&set.uniforms[k], 0, bytemuck::cast_slice(&params));
+                let timestamp_writes = set
+                    .queries
+                    .as_ref()
+                    .and_then(|q| q.writes(k == 0, k == last));
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("matgrad"),
                     timestamp_writes,
                 });
                 pass.set_pipeline(&self.pipelines[k]);
-                pass.set_bind_group(0, bind_group, &[]);
+                pass.set_bind_group(0, &set.bind_groups[k], &[]);
                 pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
             }
-            encoder.copy_buffer_to_buffer(&output, 0, &readback, 0, out_bytes);
-            if let Some(q) = &queries {
+            encoder.copy_buffer_to_buffer(&set.output, 0, &set.readback, 0, out_bytes);
+            if let Some(q) = &set.queries {
                 q.resolve(&mut encoder);
             }
-            let submission = ctx.queue.submit(Some(encoder.finish()));
-            (readback, queries.map(|q| q.read), submission)
+            ctx.queue.submit(Some(encoder.finish()))
         })?;
-        let (sender, receiver) = mpsc::channel();
-        readback
-            .slice(..)
+        let (sender, mapped) = mpsc::channel();
+        set.readback
+            .slice(..out_bytes)
             .map_async(wgpu::MapMode::Read, move |result| {
                 let _ = sender.send(result);
             });
+        Ok(InFlight {
+            set: index,
+            first,
+            count,
+            submission,
+            mapped,
+            submitted_at,
+        })
+    }
+
+    /// Waits for a submitted chunk, copies its outputs (transposed back to item-major) into
+    /// `results` and returns the kernels' seconds.
+    fn finish_chunk(
+        &self,
+        set: &ChunkBuffers,
+        chunk: &InFlight,
+        results: &mut [Vec<f32>],
+    ) -> Result<f64, GpuError> {
+        let ctx = self.ctx;
         ctx.device
-            .poll(wgpu::PollType::WaitForSubmissionIndex(submission))
+            .poll(wgpu::PollType::WaitForSubmissionIndex(
+                chunk.submission.clone(),
+            ))
             .map_err(|e| GpuError::Device {
                 during: "waiting for a chunk".into(),
                 why: e.to_string(),
             })?;
         ctx.check_lost("reading results back")?;
-        match receiver.recv() {
+        let reading = |why: String| GpuError::Device {
+            during: "reading results back".into(),
+            why,
+        };
+        match chunk.mapped.recv() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(GpuError::Device {
-                    during: "reading results back".into(),
-                    why: e.to_string(),
-                })
-            }
-            Err(_) => {
-                return Err(GpuError::Device {
-                    during: "reading results back".into(),
-                    why: "the map callback never ran".into(),
-                })
+            Ok(Err(e)) => return Err(reading(e.to_string())),
+            Err(_) => return Err(reading("the map callback never ran".into())),
+        }
+        let host_seconds = chunk.submitted_at.elapsed().as_secs_f64();
+        let (first, count) = (chunk.first, chunk.count);
+        let out_bytes = (4 * count * self.kernel.out_len()).max(4) as u64;
+        {
+            let view = set.readback.slice(..out_bytes).get_mapped_range();
+            let data: &[f32] = bytemuck::cast_slice(&view);
+            // The chunk's outputs come back in lanes, output after output.
+            let mut base = 0;
+            for (k, &(_, len)) in self.kernel.batched_outputs.iter().enumerate() {
+                let target = &mut results[k][first * len..(first + count) * len];
+                lanes_to_items(&data[base..base + count * len], len, count, target);
+                base += count * len;
             }
         }
-        let host_seconds = submitted_at.elapsed().as_secs_f64();
-        let values = {
-            let view = readback.slice(..).get_mapped_range();
-            let floats: &[f32] = bytemuck::cast_slice(&view);
-            floats[..count * self.kernel.out_len()].to_vec()
-        };
-        readback.unmap();
-        let seconds = match timestamps {
-            Some(read) => read_timestamps(ctx, &read).unwrap_or(host_seconds),
-            None => host_seconds,
-        };
-        Ok((values, seconds))
+        set.readback.unmap();
+        Ok(set
+            .queries
+            .as_ref()
+            .and_then(|q| read_timestamps(ctx, &q.read, chunk.submission.clone()))
+            .unwrap_or(host_seconds))
     }
+}
+
+/// The device buffers of chunks of up to `capacity` items and the bindings of every stage
+/// to them, made once per session and reused by every chunk and run.
+struct ChunkBuffers {
+    capacity: usize,
+    /// The chunk's batched inputs in lanes on the host, before the upload.
+    lanes: Vec<f32>,
+    input: wgpu::Buffer,
+    output: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    /// One parameter block per stage.
+    uniforms: Vec<wgpu::Buffer>,
+    bind_groups: Vec<wgpu::BindGroup>,
+    queries: Option<TimestampQueries>,
+}
+
+impl ChunkBuffers {
+    fn new(session: &GpuSession<'_>, capacity: usize) -> Result<ChunkBuffers, GpuError> {
+        let ctx = session.ctx;
+        let kernel = &session.kernel;
+        let bytes = |floats: usize| (4 * capacity * floats).max(4) as u64;
+        ctx.scoped("allocating chunk buffers", || {
+            let device = &ctx.device;
+            let buffer = |label: &str, size: u64, usage: wgpu::BufferUsages| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size,
+                    usage,
+                    mapped_at_creation: false,
+                })
+            };
+            use wgpu::BufferUsages as U;
+            let input = buffer(
+                "matgrad batched inputs",
+                bytes(kernel.batched_len()),
+                U::STORAGE | U::COPY_DST,
+            );
+            let output = buffer(
+                "matgrad outputs",
+                bytes(kernel.out_len()),
+                U::STORAGE | U::COPY_SRC,
+            );
+            let readback = buffer(
+                "matgrad readback",
+                bytes(kernel.out_len()),
+                U::MAP_READ | U::COPY_DST,
+            );
+            let scratch = buffer("matgrad scratch", bytes(kernel.scratch_len), U::STORAGE);
+            let uniforms: Vec<wgpu::Buffer> = kernel
+                .stages
+                .iter()
+                .map(|_| buffer("matgrad params", 64, U::UNIFORM | U::COPY_DST))
+                .collect();
+            let bind_groups = uniforms
+                .iter()
+                .map(|uniform| {
+                    let entries: Vec<wgpu::BindGroupEntry> =
+                        [&session.shared, &input, &output, uniform, &scratch]
+                            .iter()
+                            .enumerate()
+                            .map(|(binding, b)| wgpu::BindGroupEntry {
+                                binding: binding as u32,
+                                resource: b.as_entire_binding(),
+                            })
+                            .collect();
+                    device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("matgrad bindings"),
+                        layout: &ctx.layout,
+                        entries: &entries,
+                    })
+                })
+                .collect();
+            ChunkBuffers {
+                capacity,
+                lanes: vec![0.0; capacity * kernel.batched_len()],
+                input,
+                output,
+                readback,
+                uniforms,
+                bind_groups,
+                queries: ctx.timestamp_queries(),
+            }
+        })
+    }
+}
+
+/// A submitted chunk: which buffers it runs in, its items, and the read-back's mapping.
+struct InFlight {
+    set: usize,
+    first: usize,
+    count: usize,
+    submission: wgpu::SubmissionIndex,
+    mapped: mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>,
+    submitted_at: std::time::Instant,
 }
 
 /// Two timestamps (the start of the first pass, the end of the last) and the buffers they
@@ -728,13 +838,19 @@ pub struct GpuTiming {
     pub timestamps: bool,
 }
 
-/// The seconds between the two timestamps written into `read` (already submitted).
-fn read_timestamps(ctx: &GpuContext, read: &wgpu::Buffer) -> Option<f64> {
+/// The seconds between the two timestamps written into `read` by `submission`.
+fn read_timestamps(
+    ctx: &GpuContext,
+    read: &wgpu::Buffer,
+    submission: wgpu::SubmissionIndex,
+) -> Option<f64> {
     let (sender, receiver) = mpsc::channel();
     read.slice(..).map_async(wgpu::MapMode::Read, move |r| {
         let _ = sender.send(r);
     });
-    ctx.device.poll(wgpu::PollType::Wait).ok()?;
+    ctx.device
+        .poll(wgpu::PollType::WaitForSubmissionIndex(submission))
+        .ok()?;
     receiver.recv().ok()?.ok()?;
     let ticks = {
         let view = read.slice(..).get_mapped_range();

@@ -261,6 +261,24 @@ fn a_resident_session_streams_batches() {
     assert_eq!(a, run_gpu(&ctx, &plan, &r1, 10).unwrap());
     assert_eq!(b, run_gpu(&ctx, &plan, &r2, 10).unwrap());
     assert_ne!(a, b);
+    // A larger batch outgrows the session's buffers, a smaller one reuses the larger ones
+    // (new batched inputs, the session's shared ones).
+    for batch in [37, 3] {
+        let values: Vec<Batch<f32>> = inputs(&d, &plan, batch, batch as u64)
+            .iter()
+            .zip(&first)
+            .map(|(new, old)| match new.batch {
+                Some(_) => to_f32(new),
+                None => old.clone(),
+            })
+            .collect();
+        let refs: Vec<&Batch<f32>> = values.iter().collect();
+        assert_eq!(
+            session.run(&refs, batch).unwrap(),
+            run_gpu(&ctx, &plan, &refs, batch).unwrap(),
+            "batch {batch}"
+        );
+    }
     assert!(
         timing.kernel_seconds > 0.0 && timing.kernel_seconds <= timing.end_to_end_seconds,
         "{timing:?}"

@@ -73,14 +73,14 @@ fn time_dispatch(
         )
     })?;
     ctx.device
-        .poll(wgpu::PollType::WaitForSubmissionIndex(submission))
+        .poll(wgpu::PollType::WaitForSubmissionIndex(submission.clone()))
         .map_err(|e| GpuError::Device {
             during: "waiting for a microbenchmark".into(),
             why: e.to_string(),
         })?;
     let host = started.elapsed().as_secs_f64();
     Ok(queries
-        .and_then(|read| super::read_timestamps(ctx, &read))
+        .and_then(|read| super::read_timestamps(ctx, &read, submission))
         .filter(|&s| s > 0.0)
         .unwrap_or(host))
 }
