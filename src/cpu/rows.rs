@@ -515,9 +515,8 @@ fn matmul(
             if n >= GEMM_MIN_WIDTH && k >= GEMM_MIN_INNER {
                 gemm_rows(rows, k, n, x, f, out);
             } else if n == 1 {
-                for (o, x) in out.iter_mut().zip(x.chunks_exact(k)) {
-                    *o = dot(x, s);
-                }
+                // X·s for a shared vector s: the block's rows as one tall matrix times s.
+                matvec(1, rows, k, x, s, out);
             } else {
                 for (o, x) in out.chunks_exact_mut(n).zip(x.chunks_exact(k)) {
                     weighted_rows(o, x, s);
@@ -842,12 +841,22 @@ unsafe fn sum_lanes8(a: [std::arch::x86_64::__m256; 8]) -> std::arch::x86_64::__
     _mm256_add_ps(low, high)
 }
 
-/// `out = Σ_p w[p] · (row p of rows)`, rows of `out.len()` elements, summed from 0 in row
-/// order (vectorized along the row).
+/// `out = Σ_p w[p] · (row p of rows)`, rows of `out.len()` elements, summed in row order
+/// (vectorized along the row).
 #[inline(always)]
 fn weighted_rows(out: &mut [f32], w: &[f32], rows: &[f32]) {
-    out.fill(0.0);
-    for (&w, row) in w.iter().zip(rows.chunks_exact(out.len())) {
+    let mut terms = w.iter().zip(rows.chunks_exact(out.len()));
+    // The first row's term written, not added to zeros: an outer product (one row) then
+    // writes its output once instead of clearing it and reading it back.
+    match terms.next() {
+        Some((&w, row)) => {
+            for (o, &x) in out.iter_mut().zip(row) {
+                *o = w * x;
+            }
+        }
+        None => out.fill(0.0),
+    }
+    for (&w, row) in terms {
         for (o, &x) in out.iter_mut().zip(row) {
             *o += w * x;
         }
