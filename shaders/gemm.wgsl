@@ -5,7 +5,8 @@
 //
 // A is always in `hoisted`; src/wgsl.rs replaces the tokens BBUF and CBUF with the names of the
 // buffers that hold B and C (`batched`, `scratch` or `out`: names the generator chooses,
-// nothing a user typed). Each workgroup of 16×16 invocations computes a 64×64 tile of C,
+// nothing a user typed), and ELEMENT and EPILOGUE in `store` with expressions it generates
+// from step numbers and offsets. Each workgroup of 16×16 invocations computes a 64×64 tile of C,
 // each invocation 4×4 outputs (rows ty + 16r, columns tx + 16c, so that neighbouring
 // invocations store neighbouring columns) in sixteen scalar accumulators (written out, not an
 // array, so that drivers keep them in registers), stepping through K by 16 with both operand
@@ -46,9 +47,12 @@ fn stage_tiles(e: u32, row0: u32, col0: u32, k0: u32, a0: u32, b0: u32) {
     tile_b[pb * 64u + j] = vb;
 }
 
-fn store(i: u32, j: u32, c0: u32, v: f32) {
+// Stores entry (i, j) of C in slice z: `acc`, or EPILOGUE, the element-wise steps fused
+// into the product, computed from `acc` and entry `e` (ELEMENT) of the shared values they read.
+fn store(i: u32, j: u32, z: u32, c0: u32, acc: f32) {
     if (i < g.m && j < g.n) {
-        CBUF[c0 + i * g.c_rs + j * g.c_cs] = v;
+        let e = ELEMENT;
+        CBUF[c0 + i * g.c_rs + j * g.c_cs] = EPILOGUE;
     }
 }
 
@@ -112,20 +116,20 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         }
         workgroupBarrier();
     }
-    store(row0 + ty + 0u, col0 + tx + 0u, c0, c00);
-    store(row0 + ty + 0u, col0 + tx + 16u, c0, c01);
-    store(row0 + ty + 0u, col0 + tx + 32u, c0, c02);
-    store(row0 + ty + 0u, col0 + tx + 48u, c0, c03);
-    store(row0 + ty + 16u, col0 + tx + 0u, c0, c10);
-    store(row0 + ty + 16u, col0 + tx + 16u, c0, c11);
-    store(row0 + ty + 16u, col0 + tx + 32u, c0, c12);
-    store(row0 + ty + 16u, col0 + tx + 48u, c0, c13);
-    store(row0 + ty + 32u, col0 + tx + 0u, c0, c20);
-    store(row0 + ty + 32u, col0 + tx + 16u, c0, c21);
-    store(row0 + ty + 32u, col0 + tx + 32u, c0, c22);
-    store(row0 + ty + 32u, col0 + tx + 48u, c0, c23);
-    store(row0 + ty + 48u, col0 + tx + 0u, c0, c30);
-    store(row0 + ty + 48u, col0 + tx + 16u, c0, c31);
-    store(row0 + ty + 48u, col0 + tx + 32u, c0, c32);
-    store(row0 + ty + 48u, col0 + tx + 48u, c0, c33);
+    store(row0 + ty + 0u, col0 + tx + 0u, wg.z, c0, c00);
+    store(row0 + ty + 0u, col0 + tx + 16u, wg.z, c0, c01);
+    store(row0 + ty + 0u, col0 + tx + 32u, wg.z, c0, c02);
+    store(row0 + ty + 0u, col0 + tx + 48u, wg.z, c0, c03);
+    store(row0 + ty + 16u, col0 + tx + 0u, wg.z, c0, c10);
+    store(row0 + ty + 16u, col0 + tx + 16u, wg.z, c0, c11);
+    store(row0 + ty + 16u, col0 + tx + 32u, wg.z, c0, c12);
+    store(row0 + ty + 16u, col0 + tx + 48u, wg.z, c0, c13);
+    store(row0 + ty + 32u, col0 + tx + 0u, wg.z, c0, c20);
+    store(row0 + ty + 32u, col0 + tx + 16u, wg.z, c0, c21);
+    store(row0 + ty + 32u, col0 + tx + 32u, wg.z, c0, c22);
+    store(row0 + ty + 32u, col0 + tx + 48u, wg.z, c0, c23);
+    store(row0 + ty + 48u, col0 + tx + 0u, wg.z, c0, c30);
+    store(row0 + ty + 48u, col0 + tx + 16u, wg.z, c0, c31);
+    store(row0 + ty + 48u, col0 + tx + 32u, wg.z, c0, c32);
+    store(row0 + ty + 48u, col0 + tx + 48u, wg.z, c0, c33);
 }

@@ -100,16 +100,23 @@ pub fn explain(d: &Derivative, plan: &Plan, kernel: Option<&Kernel>) -> String {
                     "  per-item kernel: {} lines of WGSL, one invocation per item, workgroup size {workgroup_size}",
                     stage.source.lines().count()
                 ),
-                StageKind::Gemm(g) if g.shared_left => writeln!(
-                    out,
-                    "  tiled GEMM: shared {}×{} times batched {}×{} for every item (64×64 tiles)",
-                    g.m, g.k, g.k, g.n
-                ),
-                StageKind::Gemm(g) => writeln!(
-                    out,
-                    "  tiled GEMM: batched {}×{} times shared {}×{} for every item (64×64 tiles)",
-                    g.m, g.k, g.k, g.n
-                ),
+                StageKind::Gemm(g) => {
+                    let (first, second) = if g.shared_left {
+                        ("shared", "batched")
+                    } else {
+                        ("batched", "shared")
+                    };
+                    let fused = match g.fused {
+                        0 => String::new(),
+                        1 => ", 1 element-wise step fused into its stores".to_string(),
+                        f => format!(", {f} element-wise steps fused into its stores"),
+                    };
+                    writeln!(
+                        out,
+                        "  tiled GEMM: {first} {}×{} times {second} {}×{} for every item (64×64 tiles){fused}",
+                        g.m, g.k, g.k, g.n
+                    )
+                }
             };
         }
     }

@@ -60,6 +60,9 @@ enum Storage {
     Scratch(usize),
     /// Lanes at this base in `out` (an output written where it is computed).
     Out(usize),
+    /// A GEMM's accumulator (`acc`), read only by the element-wise steps fused into the
+    /// GEMM's stores.
+    Accumulator,
 }
 
 /// The hand-written power function.
@@ -109,6 +112,8 @@ pub struct GemmStep {
     pub shared: usize,
     pub b: usize,
     pub c: usize,
+    /// Element-wise steps applied to each entry as it is stored (0: the product itself).
+    pub fused: usize,
 }
 
 /// Workgroup tile of the GEMM shader (rows and columns of C per workgroup).
@@ -285,12 +290,46 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
     let is_gemm: Vec<bool> = (0..steps.len())
         .map(|i| computed(i) && gemm_shape(steps, i).is_some())
         .collect();
+    // Each computed step's users (one entry per use).
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+    for j in (0..steps.len()).filter(|&j| computed(j)) {
+        for &a in &steps[j].args {
+            users[a].push(j);
+        }
+    }
+    let is_output = |i: usize| plan.outputs().contains(&i);
+    // A GEMM's epilogue: the chain of element-wise steps of its shape, each the only user of
+    // the one before and otherwise reading shared values only, applied as entries are stored.
+    let mut epilogue: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+    let mut in_epilogue = vec![false; steps.len()];
+    for i in (0..steps.len()).filter(|&i| is_gemm[i]) {
+        let mut last = i;
+        while let [u] = users[last][..] {
+            let step = &steps[u];
+            let fusable = !is_output(last)
+                && !is_gemm[u]
+                && is_elementwise(step.node)
+                && step.len() == steps[i].len()
+                && step.args.iter().all(|&a| a == last || !steps[a].batched);
+            if !fusable {
+                break;
+            }
+            epilogue[i].push(u);
+            in_epilogue[u] = true;
+            last = u;
+        }
+    }
+    // The step whose value a GEMM stage stores.
+    let stored = |i: usize| epilogue[i].last().copied().unwrap_or(i);
     let mut stage_of = vec![usize::MAX; steps.len()];
     let mut stage_steps: Vec<Vec<usize>> = Vec::new();
     let mut open = false;
-    for i in (0..steps.len()).filter(|&i| computed(i)) {
+    for i in (0..steps.len()).filter(|&i| computed(i) && !in_epilogue[i]) {
         if is_gemm[i] {
             stage_steps.push(vec![i]);
+            for &u in &epilogue[i] {
+                stage_of[u] = stage_steps.len() - 1;
+            }
             open = false;
         } else {
             if !open {
@@ -302,21 +341,17 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
         stage_of[i] = stage_steps.len() - 1;
     }
 
-    // Storage: a value read in another stage, by a GEMM, or made by one lives in a buffer;
+    // Storage: a value read in another stage, by a GEMM, or stored by one lives in a buffer;
     // an output lives in `out` when it is there once; the rest in function memory.
-    let mut global = is_gemm.clone();
+    let mut global = vec![false; steps.len()];
+    for i in (0..steps.len()).filter(|&i| is_gemm[i]) {
+        global[stored(i)] = true;
+    }
     for j in (0..steps.len()).filter(|&j| computed(j)) {
         for &a in &steps[j].args {
             if computed(a) && (stage_of[a] != stage_of[j] || is_gemm[j]) {
                 global[a] = true;
             }
-        }
-    }
-    // Each computed step's users (one entry per use).
-    let mut users: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
-    for j in (0..steps.len()).filter(|&j| computed(j)) {
-        for &a in &steps[j].args {
-            users[a].push(j);
         }
     }
     let mut storage = vec![Storage::Private; steps.len()];
@@ -341,7 +376,9 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
                         Node::Sum(_) | Node::Norm1(_) | Node::Norm2(_)
                     )
             });
-        storage[i] = if inline {
+        storage[i] = if is_gemm[i] && !epilogue[i].is_empty() {
+            Storage::Accumulator
+        } else if inline {
             Storage::Inline
         } else if !global[i] && positions.is_empty() && fits {
             private += len;
@@ -358,7 +395,7 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
             (Some(k), _) => ("batched", input_base[k]),
             (None, Storage::Scratch(b)) => ("scratch", b),
             (None, Storage::Out(b)) => ("out", b),
-            (None, Storage::Private | Storage::Inline) => ("private", 0),
+            (None, Storage::Private | Storage::Inline | Storage::Accumulator) => ("private", 0),
         }
     };
 
@@ -383,10 +420,37 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
                 (steps[i].args[1], steps[i].args[0])
             };
             let (b_buffer, b_base) = buffer_of(b);
-            let (c_buffer, c_base) = buffer_of(i);
-            let source = GEMM_TEMPLATE
-                .replace("BBUF", b_buffer)
-                .replace("CBUF", c_buffer);
+            let (c_buffer, c_base) = buffer_of(stored(i));
+            // Entry `e` of the product's value for the entry (i, j) of C in slice z (see
+            // `GemmStep::params`): lanes make column j item j mod chunk of column j / chunk.
+            let element = if shared_left {
+                format!("i * {n}u + j / (g.n / {n}u)")
+            } else {
+                format!("z * {n}u + i")
+            };
+            let gen = generator();
+            let value = match epilogue[i].last() {
+                Some(&last) => gen
+                    .elementwise_expr(last, Expr::Raw("e"))
+                    .expect("an epilogue step is element-wise")
+                    .to_string(),
+                None => "acc".to_string(),
+            };
+            let mut source = String::new();
+            if epilogue[i]
+                .iter()
+                .any(|&u| matches!(steps[u].node, Node::Pow(..) | Node::ElemPow(..)))
+            {
+                source.push_str(POW_SOURCE);
+                source.push('\n');
+            }
+            source.push_str(
+                &GEMM_TEMPLATE
+                    .replace("BBUF", b_buffer)
+                    .replace("CBUF", c_buffer)
+                    .replace("ELEMENT", &element)
+                    .replace("EPILOGUE", &value),
+            );
             validate(&source)?;
             stages.push(Stage {
                 source,
@@ -398,6 +462,7 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
                     shared: shared_offsets[s].unwrap_or(0),
                     b: b_base,
                     c: c_base,
+                    fused: epilogue[i].len(),
                 }),
             });
             continue;
@@ -817,6 +882,7 @@ impl Generator<'_> {
             Storage::Private => Expr::index(Expr::id(Ident::step(s)), idx),
             Storage::Scratch(base) => lanes("scratch", base, idx),
             Storage::Out(base) => lanes("out", base, idx),
+            Storage::Accumulator => Expr::Raw("acc"),
         }
     }
 

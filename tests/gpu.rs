@@ -337,6 +337,55 @@ fn tiled_products_match_the_reference_across_partial_tiles_and_chunks() {
     }
 }
 
+/// Element-wise steps fused into a GEMM's stores (the product's entries never stored): on
+/// a matrix-vector product (W6's logistic chain, then a negation fused into the second
+/// product), on shared×batched matrices (entries of one item spread over N = 3·chunk
+/// columns) and batched×shared ones, both reading a shared matrix entry by entry, and
+/// through `mg_pow`; partial tiles, odd chunks.
+#[test]
+fn element_wise_steps_fused_into_products_match_the_reference() {
+    let _serial = serial();
+    let Some((whole, tiny)) = context_pair(GpuOptions {
+        max_chunk_items: Some(33),
+        ..GpuOptions::default()
+    }) else {
+        return;
+    };
+    let cases = [
+        (
+            "X: matrix(40,35); y: vector(40); w: vector(35); sum(log(vector(1)+exp(-y.*(X*w))))",
+            "w",
+        ),
+        (
+            "A: matrix(40,40); C: matrix(40,3); X: matrix(40,3); sum(exp(0.1*(A*X)).*C)",
+            "X",
+        ),
+        (
+            "B: matrix(40,40); C: matrix(3,40); X: matrix(3,40); sum(exp(0.1*(X*B)).*C)",
+            "X",
+        ),
+        ("A: matrix(40,40); X: matrix(40,3); sum((A*X).^3)", "X"),
+    ];
+    for (source, wrt) in cases {
+        let (d, plan) = plan_of(source, wrt, wrt, false);
+        let kernel = matgrad::wgsl::generate(&plan).unwrap();
+        let fused: usize = kernel
+            .stages
+            .iter()
+            .map(|s| match s.kind {
+                matgrad::wgsl::StageKind::Gemm(g) => g.fused,
+                _ => 0,
+            })
+            .sum();
+        assert!(fused > 0, "{source}: nothing fused\n{}", kernel.source());
+        let values = inputs(&d, &plan, 70, 12);
+        for ctx in [&whole, &tiny] {
+            let err = gpu_error(ctx, &plan, &values, 70, source);
+            assert!(err < F32_TOLERANCE, "{source}: gpu error {err:.2e}");
+        }
+    }
+}
+
 /// The LU building block at every size around the switch from the unrolled form (constant
 /// indices, pivots by `select`) to the looped one: log-determinants and inverses of normal
 /// matrices, which need row exchanges, against the reference; an exactly singular item (a
