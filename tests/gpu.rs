@@ -11,6 +11,7 @@ use matgrad::batch::{batches_from_points, run_reference, run_reference_rounded, 
 use matgrad::catalog::CASES;
 use matgrad::check::{device_against_reference, perturb, round_to_f32, to_f32, F32_TOLERANCE};
 use matgrad::diff::Derivative;
+use matgrad::expr::Node;
 use matgrad::gpu::{run_gpu, GpuContext, GpuError, GpuOptions};
 use matgrad::plan::Plan;
 use matgrad::verify::dimension_sizes;
@@ -147,6 +148,80 @@ fn gpu_matches_reference_on_random_programs_across_chunks() {
         }
     }
     assert!(compared >= 200, "only {compared} compared");
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Random programs with every dimension 32 or 33, so that shared matrices have over 1024
+/// entries and their products run as GEMM dispatches, with element-wise steps fused into
+/// them wherever the generator's chains allow; the plans with a GEMM run in two chunks of
+/// at most 3 items.
+#[test]
+fn gpu_matches_reference_on_random_programs_with_large_dimensions() {
+    let _serial = serial();
+    let Some(ctx) = context(GpuOptions {
+        max_chunk_items: Some(3),
+        ..GpuOptions::default()
+    }) else {
+        return;
+    };
+    let (mut compared, mut gemms, mut fused) = (0, 0, 0);
+    let mut failures = Vec::new();
+    for seed in 1..=600u64 {
+        let Some((generated, _, _)) = random_case(seed, 70_000) else {
+            continue;
+        };
+        // The generator's declarations end with `X: matrix(n,m);`; the expression follows.
+        let declarations = "X: matrix(";
+        let at = generated.source.find(declarations).unwrap();
+        let end = at + generated.source[at..].find(';').unwrap() + 1;
+        let source = format!(
+            "a: scalar; b: scalar; x: vector(32); y: vector(32); z: vector(33); \
+             A: matrix(33,32); B: matrix(32,32); C: symmetric(32); S: spd(32); X: matrix(32,33); {}",
+            &generated.source[end..]
+        );
+        let (d, plan) = plan_of(&source, &generated.wrt, &generated.wrt, false);
+        // Not 32×32 factorizations: per item they are the looped LU in function memory
+        // (seconds each on a software adapter; the LU is tested at every size up to 10
+        // below), and determinants of this size leave the float32 range.
+        if plan
+            .steps()
+            .iter()
+            .any(|s| matches!(s.node, Node::Inv(_) | Node::Det(_) | Node::LogDet(_)))
+        {
+            continue;
+        }
+        // Only plans with a GEMM: the others are the random programs above at other sizes
+        // (and a software adapter takes a second or more to compile each large kernel).
+        let kernel = matgrad::wgsl::generate(&plan).unwrap();
+        let before = gemms;
+        for stage in &kernel.stages {
+            if let matgrad::wgsl::StageKind::Gemm(g) = stage.kind {
+                gemms += 1;
+                fused += g.fused;
+            }
+        }
+        if gemms == before {
+            continue;
+        }
+        let values = inputs(&d, &plan, 5, seed);
+        let what = format!("seed {seed}: d/d{} of `{source}`", generated.wrt);
+        let err = gpu_error(&ctx, &plan, &values, 5, &what);
+        compared += 1;
+        if err > F32_TOLERANCE {
+            failures.push(format!("{what}: {err:.2e}\n  {}", d.text()));
+        }
+    }
+    eprintln!("{compared} compared, {gemms} GEMMs, {fused} fused steps");
+    assert!(compared >= 20, "only {compared} compared");
+    assert!(
+        gemms >= 20 && fused >= 5,
+        "{gemms} GEMMs, {fused} fused steps"
+    );
     assert!(
         failures.is_empty(),
         "{} failures:\n{}",
