@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{derive_for as derive, points, random_case};
+use common::{derive_for as derive, points, random_case, with_dimensions};
 use matgrad::batch::{
     batches_from_points, non_finite_items, run_reference, run_reference_rounded, set_points, Batch,
 };
@@ -185,6 +185,48 @@ fn cpu_matches_reference_on_random_programs() {
     // Both CPU layouts are exercised.
     assert!(
         (50..compared - 50).contains(&item_major),
+        "{item_major} of {compared} plans in item-major blocks"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Random programs with dimensions 16 and 17 and random batched variables, so that the
+/// CPU's GEMM and FMA kernels (8 rows or more, rows of whole vectors) run, on batches that
+/// cross blocks of both layouts.
+#[test]
+fn cpu_matches_reference_on_random_programs_with_larger_dimensions() {
+    let sizes = [1, 7, 300];
+    let (mut compared, mut item_major) = (0, 0);
+    let mut failures = Vec::new();
+    for seed in 1..=150u64 {
+        let Some((generated, _, batched)) = random_case(seed, 60_000) else {
+            continue;
+        };
+        let source = with_dimensions(&generated.source, 16, 17);
+        let d = derive(&source, &generated.wrt, false);
+        let batch = sizes[seed as usize % sizes.len()];
+        let what = format!(
+            "seed {seed}: d/d{} of `{source}` (batch {batch})",
+            generated.wrt
+        );
+        let err = check_batched(&d, &batched, batch, seed, &what);
+        compared += 1;
+        item_major += usize::from(rows::chosen(&plan_for(&d, &batched)));
+        if err > F32_TOLERANCE {
+            failures.push(format!(
+                "{what}: cpu relative error {err:.2e}\n  derivative {}",
+                d.text()
+            ));
+        }
+    }
+    assert!(compared >= 120, "only {compared} programs compared");
+    assert!(
+        (30..compared - 30).contains(&item_major),
         "{item_major} of {compared} plans in item-major blocks"
     );
     assert!(

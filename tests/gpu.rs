@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{derive_for as derive, points, random_case};
+use common::{derive_for as derive, points, random_case, with_dimensions};
 use matgrad::batch::{batches_from_points, run_reference, run_reference_rounded, Batch};
 use matgrad::catalog::CASES;
 use matgrad::check::{device_against_reference, perturb, round_to_f32, to_f32, F32_TOLERANCE};
@@ -175,15 +175,7 @@ fn gpu_matches_reference_on_random_programs_with_large_dimensions() {
         let Some((generated, _, _)) = random_case(seed, 70_000) else {
             continue;
         };
-        // The generator's declarations end with `X: matrix(n,m);`; the expression follows.
-        let declarations = "X: matrix(";
-        let at = generated.source.find(declarations).unwrap();
-        let end = at + generated.source[at..].find(';').unwrap() + 1;
-        let source = format!(
-            "a: scalar; b: scalar; x: vector(32); y: vector(32); z: vector(33); \
-             A: matrix(33,32); B: matrix(32,32); C: symmetric(32); S: spd(32); X: matrix(32,33); {}",
-            &generated.source[end..]
-        );
+        let source = with_dimensions(&generated.source, 32, 33);
         let (d, plan) = plan_of(&source, &generated.wrt, &generated.wrt, false);
         // Not 32×32 factorizations: per item they are the looped LU in function memory
         // (seconds each on a software adapter; the LU is tested at every size up to 10

@@ -100,3 +100,18 @@ pub fn random_case(
         .collect();
     Some((generated, d, batched))
 }
+
+/// A generated program (`random_program`) with its dimensions n and m declared anew: its
+/// declarations end with `X: matrix(n,m);` and the expression follows.
+#[allow(dead_code)]
+pub fn with_dimensions(source: &str, n: usize, m: usize) -> String {
+    let at = source
+        .find("X: matrix(")
+        .expect("the generator declares X last");
+    let end = at + source[at..].find(';').expect("a declaration ends with ;") + 1;
+    format!(
+        "a: scalar; b: scalar; x: vector({n}); y: vector({n}); z: vector({m}); \
+         A: matrix({m},{n}); B: matrix({n},{n}); C: symmetric({n}); S: spd({n}); X: matrix({n},{m}); {}",
+        &source[end..]
+    )
+}
