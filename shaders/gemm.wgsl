@@ -5,8 +5,8 @@
 //
 // A is always in `hoisted`; src/wgsl.rs replaces the tokens BBUF and CBUF with the names of the
 // buffers that hold B and C (`batched`, `scratch` or `out`: names the generator chooses,
-// nothing a user typed), and ELEMENT and EPILOGUE in `store` with expressions it generates
-// from step numbers and offsets. Each workgroup of 16×16 invocations computes a 64×64 tile of C,
+// nothing a user typed), and the tokens of `store` with expressions it generates from step
+// numbers, sizes and offsets. Each workgroup of 16×16 invocations computes a 64×64 tile of C,
 // each invocation 4×4 outputs (rows ty + 16r, columns tx + 16c, so that neighbouring
 // invocations store neighbouring columns) in sixteen scalar accumulators (written out, not an
 // array, so that drivers keep them in registers), stepping through K by 16 with both operand
@@ -47,10 +47,13 @@ fn stage_tiles(e: u32, row0: u32, col0: u32, k0: u32, a0: u32, b0: u32) {
     tile_b[pb * 64u + j] = vb;
 }
 
-// Stores entry (i, j) of C in slice z: `acc`, or EPILOGUE, the element-wise steps fused
-// into the product, computed from `acc` and entry `e` (ELEMENT) of the shared values they read.
+// Stores entry (i, j) of C in slice z: the product `acc`, or the element-wise steps fused
+// into the product, computed from `acc` and entry `e` of the item `item` of the values they
+// read (the lanes layout's stride is `chunk`).
 fn store(i: u32, j: u32, z: u32, c0: u32, acc: f32) {
     if (i < g.m && j < g.n) {
+        let chunk = CHUNK;
+        let item = ITEM;
         let e = ELEMENT;
         CBUF[c0 + i * g.c_rs + j * g.c_cs] = EPILOGUE;
     }

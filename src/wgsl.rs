@@ -3,8 +3,10 @@
 //! In: a validated [`Plan`]. Out: a [`Kernel`]: the dispatches that evaluate one chunk of
 //! items, in order ([`Stage`]), and the layout of their buffers. A product of a shared matrix
 //! of at least [`GEMM_MIN_SHARED`] entries with batched values is a tiled GEMM dispatch
-//! (`shaders/gemm.wgsl`); the steps between such products are fused into per-item kernels,
-//! one invocation per item. Shared steps are not in the shaders: the host computes them once
+//! (`shaders/gemm.wgsl`); a chain of element-wise steps on its result that reads nothing
+//! else computed in the same stage is applied as the GEMM stores its entries (an epilogue:
+//! W6's logistic chain, W5's final sum); the other steps between such products are fused
+//! into per-item kernels, one invocation per item. Shared steps are not in the shaders: the host computes them once
 //! per batch and uploads them with the shared inputs.
 //!
 //! Bindings (the same five for every dispatch): 0 `hoisted` (read-only storage: shared inputs
@@ -299,7 +301,8 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
     }
     let is_output = |i: usize| plan.outputs().contains(&i);
     // A GEMM's epilogue: the chain of element-wise steps of its shape, each the only user of
-    // the one before and otherwise reading shared values only, applied as entries are stored.
+    // the one before and otherwise reading shared values, batched inputs, or values that
+    // earlier stages left in buffers; applied as the product's entries are stored.
     let mut epilogue: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
     let mut in_epilogue = vec![false; steps.len()];
     for i in (0..steps.len()).filter(|&i| is_gemm[i]) {
@@ -310,7 +313,10 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
                 && !is_gemm[u]
                 && is_elementwise(step.node)
                 && step.len() == steps[i].len()
-                && step.args.iter().all(|&a| a == last || !steps[a].batched);
+                && step
+                    .args
+                    .iter()
+                    .all(|&a| a == last || !steps[a].batched || a < i);
             if !fusable {
                 break;
             }
@@ -421,12 +427,18 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
             };
             let (b_buffer, b_base) = buffer_of(b);
             let (c_buffer, c_base) = buffer_of(stored(i));
-            // Entry `e` of the product's value for the entry (i, j) of C in slice z (see
-            // `GemmStep::params`): lanes make column j item j mod chunk of column j / chunk.
-            let element = if shared_left {
-                format!("i * {n}u + j / (g.n / {n}u)")
+            // The item and entry `e` of the product's value for the entry (i, j) of C in
+            // slice z (see `GemmStep::params`): with the shared factor on the left, C has n
+            // columns per item, column j is column j / chunk of item j mod chunk; on the
+            // right, slice z holds row z of every item, column j is item j.
+            let (chunk, item, element) = if shared_left {
+                (
+                    format!("g.n / {n}u"),
+                    "j % chunk".to_string(),
+                    format!("i * {n}u + j / chunk"),
+                )
             } else {
-                format!("z * {n}u + i")
+                ("g.n".to_string(), "j".to_string(), format!("z * {n}u + i"))
             };
             let gen = generator();
             let value = match epilogue[i].last() {
@@ -444,10 +456,18 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
                 source.push_str(POW_SOURCE);
                 source.push('\n');
             }
+            // The template without its comments (which name the tokens replaced here).
+            let template: String = GEMM_TEMPLATE
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .map(|l| format!("{l}\n"))
+                .collect();
             source.push_str(
-                &GEMM_TEMPLATE
+                &template
                     .replace("BBUF", b_buffer)
                     .replace("CBUF", c_buffer)
+                    .replace("CHUNK", &chunk)
+                    .replace("ITEM", &item)
                     .replace("ELEMENT", &element)
                     .replace("EPILOGUE", &value),
             );
@@ -540,11 +560,12 @@ fn is_elementwise(node: Node) -> bool {
 /// The item index and the guard that every per-item stage starts with.
 fn item_prologue() -> Vec<Stmt> {
     vec![
+        Stmt::Let(Ident::chunk(), Expr::Raw("params.chunk")),
         Stmt::Let(Ident::item(), Expr::raw_item()),
         Stmt::ReturnIf(Expr::bin(
             ">=",
             Expr::id(Ident::item()),
-            Expr::Raw("params.chunk"),
+            Expr::id(Ident::chunk()),
         )),
     ]
 }
@@ -597,7 +618,7 @@ fn lanes(buffer: &'static str, base: usize, idx: Expr) -> Expr {
         Expr::Raw(buffer),
         Expr::add(
             Expr::mul(
-                Expr::Raw("params.chunk"),
+                Expr::id(Ident::chunk()),
                 Expr::add(Expr::U32(base as u32), idx),
             ),
             Expr::id(Ident::item()),
@@ -622,6 +643,10 @@ impl Ident {
     }
     fn item() -> Ident {
         Ident("item".into())
+    }
+    /// Items in the chunk: the stride of the lanes layout.
+    fn chunk() -> Ident {
+        Ident("chunk".into())
     }
 }
 
@@ -1267,28 +1292,29 @@ mod tests {
         let main = &source[source.find("@compute").unwrap()..];
         let expected = "@compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let chunk = params.chunk;
     let item = gid.x + gid.y * params.row;
-    if (item >= params.chunk) {
+    if (item >= chunk) {
         return;
     }
     var v2: array<f32, 1u>;
     var acc2: f32 = f32(0.0);
     {
         let idx1 = 0u;
-        acc2 = (acc2 + (batched[((params.chunk * idx1) + item)] * batched[((params.chunk * idx1) + item)]));
+        acc2 = (acc2 + (batched[((chunk * idx1) + item)] * batched[((chunk * idx1) + item)]));
     }
     {
         let idx1 = 1u;
-        acc2 = (acc2 + (batched[((params.chunk * idx1) + item)] * batched[((params.chunk * idx1) + item)]));
+        acc2 = (acc2 + (batched[((chunk * idx1) + item)] * batched[((chunk * idx1) + item)]));
     }
     v2[0u] = sqrt(acc2);
     {
         let idx2 = 0u;
-        out[((params.chunk * idx2) + item)] = (exp(batched[((params.chunk * idx2) + item)]) + (batched[((params.chunk * idx2) + item)] / v2[0u]));
+        out[((chunk * idx2) + item)] = (exp(batched[((chunk * idx2) + item)]) + (batched[((chunk * idx2) + item)] / v2[0u]));
     }
     {
         let idx2 = 1u;
-        out[((params.chunk * idx2) + item)] = (exp(batched[((params.chunk * idx2) + item)]) + (batched[((params.chunk * idx2) + item)] / v2[0u]));
+        out[((chunk * idx2) + item)] = (exp(batched[((chunk * idx2) + item)]) + (batched[((chunk * idx2) + item)] / v2[0u]));
     }
 }
 ";
@@ -1304,8 +1330,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         // (A+A')*x: the shared sum is hoisted (offset 8, after A and A'); x is batched.
         let expected = "@compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let chunk = params.chunk;
     let item = gid.x + gid.y * params.row;
-    if (item >= params.chunk) {
+    if (item >= chunk) {
         return;
     }
     {
@@ -1315,13 +1342,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             var dot3: f32 = f32(0.0);
             {
                 let idx3 = 0u;
-                dot3 = (dot3 + (hoisted[(8u + ((idx1 * 2u) + idx3))] * batched[((params.chunk * (idx3 + idx2)) + item)]));
+                dot3 = (dot3 + (hoisted[(8u + ((idx1 * 2u) + idx3))] * batched[((chunk * (idx3 + idx2)) + item)]));
             }
             {
                 let idx3 = 1u;
-                dot3 = (dot3 + (hoisted[(8u + ((idx1 * 2u) + idx3))] * batched[((params.chunk * (idx3 + idx2)) + item)]));
+                dot3 = (dot3 + (hoisted[(8u + ((idx1 * 2u) + idx3))] * batched[((chunk * (idx3 + idx2)) + item)]));
             }
-            out[((params.chunk * (idx1 + idx2)) + item)] = dot3;
+            out[((chunk * (idx1 + idx2)) + item)] = dot3;
         }
     }
     {
@@ -1331,13 +1358,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             var dot3: f32 = f32(0.0);
             {
                 let idx3 = 0u;
-                dot3 = (dot3 + (hoisted[(8u + ((idx1 * 2u) + idx3))] * batched[((params.chunk * (idx3 + idx2)) + item)]));
+                dot3 = (dot3 + (hoisted[(8u + ((idx1 * 2u) + idx3))] * batched[((chunk * (idx3 + idx2)) + item)]));
             }
             {
                 let idx3 = 1u;
-                dot3 = (dot3 + (hoisted[(8u + ((idx1 * 2u) + idx3))] * batched[((params.chunk * (idx3 + idx2)) + item)]));
+                dot3 = (dot3 + (hoisted[(8u + ((idx1 * 2u) + idx3))] * batched[((chunk * (idx3 + idx2)) + item)]));
             }
-            out[((params.chunk * (idx1 + idx2)) + item)] = dot3;
+            out[((chunk * (idx1 + idx2)) + item)] = dot3;
         }
     }
 }

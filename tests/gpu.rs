@@ -391,12 +391,19 @@ fn tiled_products_match_the_reference_across_partial_tiles_and_chunks() {
         false,
     );
     let kernel = matgrad::wgsl::generate(&plan).unwrap();
-    let gemms = kernel
+    let gemms: Vec<_> = kernel
         .stages
         .iter()
-        .filter(|s| matches!(s.kind, matgrad::wgsl::StageKind::Gemm(_)))
-        .count();
-    assert!(gemms >= 2, "{}", kernel.source());
+        .filter_map(|s| match s.kind {
+            matgrad::wgsl::StageKind::Gemm(g) => Some(g),
+            _ => None,
+        })
+        .collect();
+    assert!(gemms.len() >= 2, "{}", kernel.source());
+    // The sum of the two terms is stored by the last product, reading the other term (a
+    // batched value an earlier dispatch left in scratch) entry by entry.
+    assert_eq!(gemms.last().unwrap().fused, 1, "{}", kernel.source());
+    assert_eq!(kernel.stages.len(), gemms.len(), "{}", kernel.source());
     let values = inputs(&d, &plan, 70, 11);
     for ctx in [&whole, &tiny] {
         let err = gpu_error(ctx, &plan, &values, 70, "tr(A*X*C*X')");
