@@ -113,8 +113,8 @@ pub fn explain(d: &Derivative, plan: &Plan, kernel: Option<&Kernel>) -> String {
                     };
                     writeln!(
                         out,
-                        "  tiled GEMM: {first} {}×{} times {second} {}×{} for every item (64×64 tiles){fused}",
-                        g.m, g.k, g.k, g.n
+                        "  tiled GEMM: {first} {}×{} times {second} {}×{} for every item ({}×{} tiles){fused}",
+                        g.m, g.k, g.k, g.n, g.tile.0, g.tile.1
                     )
                 }
             };

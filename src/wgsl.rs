@@ -33,6 +33,7 @@ use std::fmt::{self, Write as _};
 use crate::expr::{Func, Node};
 use crate::plan::{Plan, Step};
 
+mod gemm;
 mod lu;
 
 /// Invocations per workgroup (one item each) for kernels with small intermediates.
@@ -116,10 +117,9 @@ pub struct GemmStep {
     pub c: usize,
     /// Element-wise steps applied to each entry as it is stored (0: the product itself).
     pub fused: usize,
+    /// Rows and columns of C per workgroup.
+    pub tile: (usize, usize),
 }
-
-/// Workgroup tile of the GEMM shader (rows and columns of C per workgroup).
-pub const GEMM_TILE: usize = 64;
 
 impl GemmStep {
     /// The shader's parameter block for a chunk of `chunk` items, and the dispatch size.
@@ -168,8 +168,8 @@ impl GemmStep {
             ]
         };
         let groups = [
-            v[1].div_ceil(GEMM_TILE) as u32,
-            v[0].div_ceil(GEMM_TILE) as u32,
+            v[1].div_ceil(self.tile.1) as u32,
+            v[0].div_ceil(self.tile.0) as u32,
             v[3] as u32,
         ];
         (v.map(|x| x as u32), groups)
@@ -205,15 +205,16 @@ impl Kernel {
             .unwrap_or(WORKGROUP_SIZE)
     }
 
-    /// Items per chunk the GEMM dispatches allow: `n·chunk / 64` workgroups in one dimension.
+    /// Items per chunk the GEMM dispatches allow: `n·chunk / tile columns` workgroups in one
+    /// dimension.
     pub fn max_gemm_items(&self, workgroups_per_dimension: usize) -> usize {
         self.stages
             .iter()
             .filter_map(|s| match s.kind {
                 StageKind::Gemm(g) => Some(if g.shared_left {
-                    workgroups_per_dimension * GEMM_TILE / g.n
+                    workgroups_per_dimension * g.tile.1 / g.n
                 } else {
-                    workgroups_per_dimension * GEMM_TILE
+                    workgroups_per_dimension * g.tile.1
                 }),
                 _ => None,
             })
@@ -221,9 +222,6 @@ impl Kernel {
             .unwrap_or(usize::MAX)
     }
 }
-
-/// The tiled GEMM shader; `BBUF` and `CBUF` become buffer names.
-const GEMM_TEMPLATE: &str = include_str!("../shaders/gemm.wgsl");
 
 /// A product runs as a GEMM dispatch when its shared matrix has at least this many entries
 /// (below, the per-item loops in registers are faster than a round trip through memory).
@@ -456,21 +454,19 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
                 source.push_str(POW_SOURCE);
                 source.push('\n');
             }
-            // The template without its comments (which name the tokens replaced here).
-            let template: String = GEMM_TEMPLATE
-                .lines()
-                .filter(|l| !l.trim_start().starts_with("//"))
-                .map(|l| format!("{l}\n"))
-                .collect();
-            source.push_str(
-                &template
-                    .replace("BBUF", b_buffer)
-                    .replace("CBUF", c_buffer)
-                    .replace("CHUNK", &chunk)
-                    .replace("ITEM", &item)
-                    .replace("ELEMENT", &element)
-                    .replace("EPILOGUE", &value),
-            );
+            // Rows of C per slice: the shared factor's rows, or (on the right) its columns.
+            let tile = gemm::tile_for(if shared_left { m } else { n });
+            source.push_str(&gemm::shader(
+                tile,
+                b_buffer,
+                c_buffer,
+                &gemm::Store {
+                    chunk: &chunk,
+                    item: &item,
+                    element: &element,
+                    epilogue: &value,
+                },
+            ));
             validate(&source)?;
             stages.push(Stage {
                 source,
@@ -483,6 +479,7 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
                     b: b_base,
                     c: c_base,
                     fused: epilogue[i].len(),
+                    tile,
                 }),
             });
             continue;

@@ -170,6 +170,7 @@ fn gpu_matches_reference_on_random_programs_with_large_dimensions() {
         return;
     };
     let (mut compared, mut gemms, mut fused) = (0, 0, 0);
+    let mut tiles = std::collections::BTreeSet::new();
     let mut failures = Vec::new();
     for seed in 1..=600u64 {
         let Some((generated, _, _)) = random_case(seed, 70_000) else {
@@ -195,6 +196,7 @@ fn gpu_matches_reference_on_random_programs_with_large_dimensions() {
             if let matgrad::wgsl::StageKind::Gemm(g) = stage.kind {
                 gemms += 1;
                 fused += g.fused;
+                tiles.insert(g.tile);
             }
         }
         if gemms == before {
@@ -415,7 +417,7 @@ fn tiled_products_match_the_reference_across_partial_tiles_and_chunks() {
 /// a matrix-vector product (W6's logistic chain, then a negation fused into the second
 /// product), on shared×batched matrices (entries of one item spread over N = 3·chunk
 /// columns) and batched×shared ones, both reading a shared matrix entry by entry, and
-/// through `mg_pow`; partial tiles, odd chunks.
+/// through `mg_pow`; partial tiles of every shape, odd chunks.
 #[test]
 fn element_wise_steps_fused_into_products_match_the_reference() {
     let _serial = serial();
@@ -439,7 +441,17 @@ fn element_wise_steps_fused_into_products_match_the_reference() {
             "X",
         ),
         ("A: matrix(40,40); X: matrix(40,3); sum((A*X).^3)", "X"),
+        // 12-row products: 16×256 tiles.
+        (
+            "A: matrix(12,90); c: vector(12); x: vector(90); sum(exp(0.1*(A*x)).*c)",
+            "x",
+        ),
+        (
+            "B: matrix(90,12); X: matrix(3,90); sum(exp(0.1*(X*B)))",
+            "X",
+        ),
     ];
+    let mut tiles = std::collections::BTreeSet::new();
     for (source, wrt) in cases {
         let (d, plan) = plan_of(source, wrt, wrt, false);
         let kernel = matgrad::wgsl::generate(&plan).unwrap();
@@ -447,7 +459,10 @@ fn element_wise_steps_fused_into_products_match_the_reference() {
             .stages
             .iter()
             .map(|s| match s.kind {
-                matgrad::wgsl::StageKind::Gemm(g) => g.fused,
+                matgrad::wgsl::StageKind::Gemm(g) => {
+                    tiles.insert(g.tile);
+                    g.fused
+                }
                 _ => 0,
             })
             .sum();
@@ -458,6 +473,12 @@ fn element_wise_steps_fused_into_products_match_the_reference() {
             assert!(err < F32_TOLERANCE, "{source}: gpu error {err:.2e}");
         }
     }
+    // 64×64 tiles, and 16×256 for the 12-row products (32×128: the random programs at
+    // dimension 32).
+    assert!(
+        tiles.contains(&(64, 64)) && tiles.contains(&(16, 256)),
+        "{tiles:?}"
+    );
 }
 
 /// The LU building block at every size around the switch from the unrolled form (constant
