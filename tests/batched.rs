@@ -156,59 +156,31 @@ fn cpu_matches_reference_on_the_whole_catalog() {
     }
 }
 
-#[test]
-fn cpu_matches_reference_on_random_programs() {
-    let sizes = [1, 2, 5, 17, MAX_BLOCK + 3];
-    let mut compared = 0;
-    let mut item_major = 0;
-    let mut failures = Vec::new();
-    for seed in 1..=380u64 {
-        let Some((generated, d, batched)) = random_case(seed, 50_000) else {
-            continue;
-        };
-        let batch = sizes[seed as usize % sizes.len()];
-        let what = format!(
-            "seed {seed}: d/d{} of `{}` (batch {batch})",
-            generated.wrt, generated.source
-        );
-        let err = check_batched(&d, &batched, batch, seed, &what);
-        compared += 1;
-        item_major += usize::from(rows::chosen(&plan_for(&d, &batched)));
-        if err > F32_TOLERANCE {
-            failures.push(format!(
-                "{what}: cpu relative error {err:.2e}\n  derivative {}",
-                d.text()
-            ));
-        }
-    }
-    assert!(compared >= 300, "only {compared} programs compared");
-    // Both CPU layouts are exercised.
-    assert!(
-        (50..compared - 50).contains(&item_major),
-        "{item_major} of {compared} plans in item-major blocks"
-    );
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
-}
-
-/// Random programs with dimensions 16 and 17 and random batched variables, so that the
-/// CPU's GEMM and FMA kernels (8 rows or more, rows of whole vectors) run, on batches that
-/// cross blocks of both layouts.
-#[test]
-fn cpu_matches_reference_on_random_programs_with_larger_dimensions() {
-    let sizes = [1, 7, 300];
+/// The CPU against the reference on random programs `seeds` (from `offset`), with their
+/// dimensions redeclared as `dimensions` (n, m) if given, on batches of `sizes` in turn.
+/// Asserts that at least `least` were compared, that each layout ran at least `each` of
+/// them, and that none failed.
+fn random_programs_on_the_cpu(
+    seeds: std::ops::RangeInclusive<u64>,
+    offset: u64,
+    dimensions: Option<(usize, usize)>,
+    sizes: &[usize],
+    (least, each): (usize, usize),
+) {
     let (mut compared, mut item_major) = (0, 0);
     let mut failures = Vec::new();
-    for seed in 1..=150u64 {
-        let Some((generated, _, batched)) = random_case(seed, 60_000) else {
+    for seed in seeds {
+        let Some((generated, d, batched)) = random_case(seed, offset) else {
             continue;
         };
-        let source = with_dimensions(&generated.source, 16, 17);
-        let d = derive(&source, &generated.wrt, false);
+        let (source, d) = match dimensions {
+            Some((n, m)) => {
+                let source = with_dimensions(&generated.source, n, m);
+                let d = derive(&source, &generated.wrt, false);
+                (source, d)
+            }
+            None => (generated.source.clone(), d),
+        };
         let batch = sizes[seed as usize % sizes.len()];
         let what = format!(
             "seed {seed}: d/d{} of `{source}` (batch {batch})",
@@ -224,9 +196,10 @@ fn cpu_matches_reference_on_random_programs_with_larger_dimensions() {
             ));
         }
     }
-    assert!(compared >= 120, "only {compared} programs compared");
+    assert!(compared >= least, "only {compared} programs compared");
+    // Both CPU layouts are exercised.
     assert!(
-        (30..compared - 30).contains(&item_major),
+        (each..compared - each).contains(&item_major),
         "{item_major} of {compared} plans in item-major blocks"
     );
     assert!(
@@ -235,6 +208,25 @@ fn cpu_matches_reference_on_random_programs_with_larger_dimensions() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn cpu_matches_reference_on_random_programs() {
+    random_programs_on_the_cpu(
+        1..=380,
+        50_000,
+        None,
+        &[1, 2, 5, 17, MAX_BLOCK + 3],
+        (300, 50),
+    );
+}
+
+/// Random programs with dimensions 16 and 17 and random batched variables, so that the
+/// CPU's GEMM and FMA kernels (8 rows or more, rows of whole vectors) run, on batches that
+/// cross blocks of both layouts.
+#[test]
+fn cpu_matches_reference_on_random_programs_with_larger_dimensions() {
+    random_programs_on_the_cpu(1..=150, 60_000, Some((16, 17)), &[1, 7, 300], (120, 30));
 }
 
 #[test]
