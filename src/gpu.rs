@@ -550,25 +550,34 @@ impl GpuSession<'_> {
         let mut in_flight: Option<InFlight> = None;
         let mut first = 0;
         let mut turn = 0;
-        while first < batch || in_flight.is_some() {
-            let next = if first < batch {
-                let count = chunk.min(batch - first);
-                let submitted = self.submit_chunk(&mut sets[turn], turn, inputs, first, count)?;
-                first += count;
-                turn = (turn + 1) % sets.len();
-                Some(submitted)
-            } else {
-                None
-            };
-            if let Some(done) = in_flight.take() {
-                seconds += self.finish_chunk(&sets[done.set], &done, results)?;
-            }
-            in_flight = next;
-            if sets.len() == 1 {
+        let mut pipeline = || -> Result<(), GpuError> {
+            while first < batch || in_flight.is_some() {
+                let next = if first < batch {
+                    let count = chunk.min(batch - first);
+                    let submitted =
+                        self.submit_chunk(&mut sets[turn], turn, inputs, first, count)?;
+                    first += count;
+                    turn = (turn + 1) % sets.len();
+                    Some(submitted)
+                } else {
+                    None
+                };
                 if let Some(done) = in_flight.take() {
                     seconds += self.finish_chunk(&sets[done.set], &done, results)?;
                 }
+                in_flight = next;
+                if sets.len() == 1 {
+                    if let Some(done) = in_flight.take() {
+                        seconds += self.finish_chunk(&sets[done.set], &done, results)?;
+                    }
+                }
             }
+            Ok(())
+        };
+        if let Err(e) = pipeline() {
+            // A chunk left in flight may hold its buffers mapped: the next run makes new ones.
+            sets.clear();
+            return Err(e);
         }
         Ok(seconds)
     }
