@@ -670,6 +670,36 @@ pub enum Expr {
 }
 
 impl Expr {
+    /// Whether an array in function memory (an identifier, not a buffer) is indexed here by
+    /// an expression that reads `var`.
+    fn indexes_arrays_by(&self, var: &Ident) -> bool {
+        match self {
+            Expr::Index(base, idx) => {
+                (matches!(**base, Expr::Id(_)) && idx.reads(var))
+                    || base.indexes_arrays_by(var)
+                    || idx.indexes_arrays_by(var)
+            }
+            Expr::Binary(_, a, b) => a.indexes_arrays_by(var) || b.indexes_arrays_by(var),
+            Expr::Unary(_, a) => a.indexes_arrays_by(var),
+            Expr::Call(_, args) | Expr::CallN(_, args) => {
+                args.iter().any(|a| a.indexes_arrays_by(var))
+            }
+            Expr::F32(_) | Expr::U32(_) | Expr::Id(_) | Expr::Raw(_) | Expr::AddrOf(_) => false,
+        }
+    }
+
+    /// Whether the expression reads the identifier `var`.
+    fn reads(&self, var: &Ident) -> bool {
+        match self {
+            Expr::Id(i) => i == var,
+            Expr::Index(a, b) | Expr::Binary(_, a, b) => a.reads(var) || b.reads(var),
+            Expr::Unary(_, a) => a.reads(var),
+            Expr::Call(_, args) | Expr::CallN(_, args) => args.iter().any(|a| a.reads(var)),
+            Expr::AddrOf(i) => i == var,
+            Expr::F32(_) | Expr::U32(_) | Expr::Raw(_) => false,
+        }
+    }
+
     fn id(i: Ident) -> Expr {
         Expr::Id(i)
     }
@@ -756,19 +786,41 @@ pub enum Stmt {
 
 /// A loop whose unrolled body would be at most this many statements is written unrolled
 /// (each iteration a block that binds the loop variable to a constant), so that drivers see
-/// constant indices and keep small per-item arrays in registers instead of local memory...
+/// constant indices and keep small per-item arrays in registers instead of local memory; a
+/// loop that indexes such an array by its variable unrolls up to the kernel's budget (rolled,
+/// it would put the whole array in local memory: W2's outer product, 768 statements,
+/// read its 16-float vector that way)...
 const UNROLL_LOOP: usize = 512;
 /// ...while the kernel's unrolled statements stay within this many (naga's validation time
 /// grows faster than linearly with a function's length).
 pub const UNROLL_KERNEL: usize = 2048;
 
 impl Stmt {
-    /// Statements this one is written as when every loop within the per-loop limit unrolls.
+    /// Statements this one is written as when every loop within its limit unrolls.
     fn size(&self) -> usize {
         match (self, self.unrolled_size()) {
-            (_, Some(n)) if n <= UNROLL_LOOP => n,
+            (_, Some(n)) if n <= self.unroll_limit() => n,
             (Stmt::For(_, _, body), _) => 1 + body.iter().map(Stmt::size).sum::<usize>(),
             _ => 1,
+        }
+    }
+
+    /// The most statements this loop is unrolled into (see [`UNROLL_LOOP`]).
+    fn unroll_limit(&self) -> usize {
+        match self {
+            Stmt::For(i, _, body) if body.iter().any(|s| s.indexes_arrays_by(i)) => UNROLL_KERNEL,
+            _ => UNROLL_LOOP,
+        }
+    }
+
+    /// Whether an array in function memory is indexed by an expression that reads `var`.
+    fn indexes_arrays_by(&self, var: &Ident) -> bool {
+        let e = |x: &Expr| x.indexes_arrays_by(var);
+        match self {
+            Stmt::Var(_, x) | Stmt::Let(_, x) | Stmt::ReturnIf(x) | Stmt::Call(x) => e(x),
+            Stmt::Assign(t, x) => e(t) || e(x),
+            Stmt::For(_, _, body) => body.iter().any(|s| s.indexes_arrays_by(var)),
+            Stmt::Array(..) | Stmt::IndexArray(..) => false,
         }
     }
 
@@ -787,7 +839,7 @@ impl Stmt {
             Stmt::For(i, count, body)
                 if self
                     .unrolled_size()
-                    .is_some_and(|n| n <= UNROLL_LOOP.min(*budget)) =>
+                    .is_some_and(|n| n <= self.unroll_limit().min(*budget)) =>
             {
                 *budget -= self.size();
                 // Inside, every loop unrolls as `size` counted it.
@@ -1253,6 +1305,21 @@ mod tests {
                 k.source()
             );
         }
+    }
+
+    /// W2's outer product (768 statements unrolled, over the per-loop limit) reads its
+    /// 16-float vector by the loop's variable: rolled, that vector would live in local
+    /// memory, so the loop unrolls within the kernel's budget.
+    #[test]
+    fn a_loop_that_indexes_a_private_array_by_its_variable_unrolls() {
+        let k = kernel(
+            "C: matrix(16,16); X: matrix(16,16); a: vector(16); a'*X'*C*X*a",
+            "X",
+        );
+        assert!(!k.source().contains("for ("), "{}", k.source());
+        // A loop over a buffer only keeps the per-loop limit: 1024 entries of a sum stay a loop.
+        let k = kernel("X: matrix(32,32); sum(exp(X))", "X");
+        assert!(k.source().contains("for ("), "{}", k.source());
     }
 
     #[test]
