@@ -47,6 +47,24 @@ fn context_pair(options: GpuOptions) -> Option<(GpuContext, GpuContext)> {
     Some((context(GpuOptions::default())?, context(options)?))
 }
 
+/// Options that cut batches into chunks of at most `items` items.
+fn chunks_of(items: usize) -> GpuOptions {
+    GpuOptions {
+        max_chunk_items: Some(items),
+        ..GpuOptions::default()
+    }
+}
+
+/// Fails with every collected failure, one per line.
+fn assert_none_failed(failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 /// The derivative of `source` by `wrt` and its plan with the variable `batched` batched (the
 /// others shared), computing the function value too when `with_value`.
 fn plan_of(source: &str, wrt: &str, batched: &str, with_value: bool) -> (Derivative, Plan) {
@@ -120,10 +138,7 @@ fn gpu_matches_reference_on_the_whole_catalog() {
 #[test]
 fn gpu_matches_reference_on_random_programs_across_chunks() {
     let _serial = serial();
-    let Some(ctx) = context(GpuOptions {
-        max_chunk_items: Some(64),
-        ..GpuOptions::default()
-    }) else {
+    let Some(ctx) = context(chunks_of(64)) else {
         return;
     };
     let sizes = [1, 3, 17, 64, 65, 131];
@@ -148,12 +163,7 @@ fn gpu_matches_reference_on_random_programs_across_chunks() {
         }
     }
     assert!(compared >= 200, "only {compared} compared");
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_none_failed(&failures);
 }
 
 /// Random programs with every dimension 32 or 33, so that shared matrices have over 1024
@@ -163,10 +173,7 @@ fn gpu_matches_reference_on_random_programs_across_chunks() {
 #[test]
 fn gpu_matches_reference_on_random_programs_with_large_dimensions() {
     let _serial = serial();
-    let Some(ctx) = context(GpuOptions {
-        max_chunk_items: Some(3),
-        ..GpuOptions::default()
-    }) else {
+    let Some(ctx) = context(chunks_of(3)) else {
         return;
     };
     let (mut compared, mut gemms, mut fused) = (0, 0, 0);
@@ -216,21 +223,13 @@ fn gpu_matches_reference_on_random_programs_with_large_dimensions() {
         gemms >= 20 && fused >= 5,
         "{gemms} GEMMs, {fused} fused steps"
     );
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_none_failed(&failures);
 }
 
 #[test]
 fn chunked_runs_equal_unchunked_runs() {
     let _serial = serial();
-    let Some((whole, tiny)) = context_pair(GpuOptions {
-        max_chunk_items: Some(7),
-        ..GpuOptions::default()
-    }) else {
+    let Some((whole, tiny)) = context_pair(chunks_of(7)) else {
         return;
     };
     let (d, plan) = plan_of(
@@ -380,10 +379,7 @@ fn tiled_products_match_the_reference_across_partial_tiles_and_chunks() {
     // Shared 40×40 and 35×35 matrices: both products run as GEMM dispatches (shared on the
     // left and on the right), with tiles cut by 40 and 35 rows and by odd chunk sizes.
     let _serial = serial();
-    let Some((whole, tiny)) = context_pair(GpuOptions {
-        max_chunk_items: Some(33),
-        ..GpuOptions::default()
-    }) else {
+    let Some((whole, tiny)) = context_pair(chunks_of(33)) else {
         return;
     };
     let (d, plan) = plan_of(
@@ -421,10 +417,7 @@ fn tiled_products_match_the_reference_across_partial_tiles_and_chunks() {
 #[test]
 fn element_wise_steps_fused_into_products_match_the_reference() {
     let _serial = serial();
-    let Some((whole, tiny)) = context_pair(GpuOptions {
-        max_chunk_items: Some(33),
-        ..GpuOptions::default()
-    }) else {
+    let Some((whole, tiny)) = context_pair(chunks_of(33)) else {
         return;
     };
     let cases = [
