@@ -609,6 +609,16 @@ fn per_item_stage(gen: Generator, body: Vec<Stmt>) -> Result<Stage, InvalidShade
     })
 }
 
+/// A hand-written template's lines without its comment lines (which may name the tokens
+/// the generator replaces), each ended by a newline.
+fn without_comments(template: &str) -> String {
+    template
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// Element `idx` of the lanes at `base` of a buffer, for the current item.
 fn lanes(buffer: &'static str, base: usize, idx: Expr) -> Expr {
     Expr::index(

@@ -79,11 +79,7 @@ pub fn shader(
             )
         })
         .collect();
-    TEMPLATE
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("//"))
-        .map(|l| format!("{l}\n"))
-        .collect::<String>()
+    super::without_comments(TEMPLATE)
         .replace("ACCUMULATORS", &indent(1, accumulators))
         .replace("STAGING", &indent(2, staging))
         .replace("PRODUCTS", &indent(3, products))

@@ -34,16 +34,10 @@ pub fn building_block(n: usize) -> String {
 
 /// The template with its size tokens replaced by integers.
 fn looped(n: usize) -> String {
-    LU_TEMPLATE
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("//"))
-        .map(|l| {
-            l.replace("NNU", &format!("{}u", n * n))
-                .replace("NU", &format!("{n}u"))
-                .replace("NAME", &n.to_string())
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    super::without_comments(LU_TEMPLATE)
+        .replace("NNU", &format!("{}u", n * n))
+        .replace("NU", &format!("{n}u"))
+        .replace("NAME", &n.to_string())
 }
 
 /// The four functions with every loop unrolled (writing to a `String` cannot fail).
