@@ -546,40 +546,34 @@ impl GpuSession<'_> {
                 .map(|_| ChunkBuffers::new(self, chunk))
                 .collect::<Result<_, _>>()?;
         }
-        let mut seconds = 0.0;
-        let mut in_flight: Option<InFlight> = None;
-        let mut first = 0;
-        let mut turn = 0;
-        let mut pipeline = || -> Result<(), GpuError> {
-            while first < batch || in_flight.is_some() {
-                let next = if first < batch {
-                    let count = chunk.min(batch - first);
-                    let submitted =
-                        self.submit_chunk(&mut sets[turn], turn, inputs, first, count)?;
-                    first += count;
-                    turn = (turn + 1) % sets.len();
-                    Some(submitted)
-                } else {
-                    None
-                };
-                if let Some(done) = in_flight.take() {
+        let mut pipeline = || -> Result<f64, GpuError> {
+            let (mut seconds, mut first, mut turn) = (0.0, 0, 0);
+            let mut in_flight: Option<InFlight> = None;
+            while first < batch {
+                // A set is reused only once its chunk is read back (with one set, at once).
+                if let Some(done) = in_flight.take_if(|f| f.set == turn) {
                     seconds += self.finish_chunk(&sets[done.set], &done, results)?;
                 }
-                in_flight = next;
-                if sets.len() == 1 {
-                    if let Some(done) = in_flight.take() {
-                        seconds += self.finish_chunk(&sets[done.set], &done, results)?;
-                    }
+                let count = chunk.min(batch - first);
+                let submitted = self.submit_chunk(&mut sets[turn], turn, inputs, first, count)?;
+                // The previous chunk is read back while the device runs this one.
+                if let Some(done) = in_flight.replace(submitted) {
+                    seconds += self.finish_chunk(&sets[done.set], &done, results)?;
                 }
+                first += count;
+                turn = (turn + 1) % sets.len();
             }
-            Ok(())
+            if let Some(done) = in_flight.take() {
+                seconds += self.finish_chunk(&sets[done.set], &done, results)?;
+            }
+            Ok(seconds)
         };
-        if let Err(e) = pipeline() {
+        let seconds = pipeline();
+        if seconds.is_err() {
             // A chunk left in flight may hold its buffers mapped: the next run makes new ones.
             sets.clear();
-            return Err(e);
         }
-        Ok(seconds)
+        seconds
     }
 
     /// Lays out the items `first..first+count` in lanes, uploads them into `set` and submits
