@@ -61,9 +61,55 @@ pub fn block_items(plan: &Plan) -> usize {
 /// Runs `plan`; `inputs[k]` is the value of `plan.inputs()[k]`. Outputs are shaped as
 /// [`run_reference`](crate::batch::run_reference)'s.
 pub fn run_cpu(plan: &Plan, inputs: &[&Batch<f32>], batch: usize) -> Vec<Batch<f32>> {
+    run_cpu_on(Isa::fastest(), plan, inputs, batch)
+}
+
+/// [`run_cpu`] with the blocks compiled for `isa`, one of [`Isa::available`].
+pub fn run_cpu_on(isa: Isa, plan: &Plan, inputs: &[&Batch<f32>], batch: usize) -> Vec<Batch<f32>> {
     let mut outputs = output_buffers(plan, batch);
-    run_cpu_into(plan, inputs, batch, &mut outputs);
+    run_cpu_into_on(isa, plan, inputs, batch, &mut outputs);
     outputs
+}
+
+/// An instruction set the executor's blocks are compiled for, chosen at run time.
+///
+/// `Avx512` and `Avx2` give the same bits: their products form every multiply-add with one
+/// FMA in the same order, and their element-wise steps form none (the compiler never
+/// contracts a multiply and an add). `Portable`, the build for any CPU, rounds its
+/// products' multiply-adds separately, so its results may differ from theirs in the last
+/// bits of a sum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// 512-bit vectors (16 floats), FMA.
+    Avx512,
+    /// 256-bit vectors (8 floats), FMA.
+    Avx2,
+    /// Whatever the compiler's baseline for the target gives.
+    Portable,
+}
+
+impl Isa {
+    /// The instruction sets this CPU runs, widest first; `Portable` is always last.
+    pub fn available() -> Vec<Isa> {
+        let mut isas = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                if has!("avx512f") {
+                    isas.push(Isa::Avx512);
+                }
+                isas.push(Isa::Avx2);
+            }
+        }
+        isas.push(Isa::Portable);
+        isas
+    }
+
+    /// The widest of [`Isa::available`]: what [`run_cpu`] uses.
+    pub fn fastest() -> Isa {
+        Isa::available()[0]
+    }
 }
 
 /// Zeroed output buffers for `plan` and `batch` items, in the shapes [`run_cpu`] returns.
@@ -89,6 +135,24 @@ pub fn output_buffers(plan: &Plan, batch: usize) -> Vec<Batch<f32>> {
 /// # Panics
 /// If `outputs` does not have the shapes [`output_buffers`] gives.
 pub fn run_cpu_into(plan: &Plan, inputs: &[&Batch<f32>], batch: usize, outputs: &mut [Batch<f32>]) {
+    run_cpu_into_on(Isa::fastest(), plan, inputs, batch, outputs)
+}
+
+/// [`run_cpu_into`] with the blocks compiled for `isa`.
+///
+/// # Panics
+/// As [`run_cpu_into`], and if `isa` is not one of [`Isa::available`].
+pub fn run_cpu_into_on(
+    isa: Isa,
+    plan: &Plan,
+    inputs: &[&Batch<f32>],
+    batch: usize,
+    outputs: &mut [Batch<f32>],
+) {
+    assert!(
+        Isa::available().contains(&isa),
+        "run_cpu_into_on: this CPU does not run {isa:?}"
+    );
     let steps = plan.steps();
     let expected = output_buffers_shape(plan, batch);
     assert!(
@@ -125,6 +189,7 @@ pub fn run_cpu_into(plan: &Plan, inputs: &[&Batch<f32>], batch: usize, outputs: 
     }
     let item_major = rows::chosen(plan);
     let job = Job {
+        isa,
         steps,
         inputs,
         shared: &shared,
@@ -198,6 +263,8 @@ pub fn lanes_to_items(src: &[f32], len: usize, count: usize, dst: &mut [f32]) {
 
 /// What every block of one run reads.
 pub(crate) struct Job<'a> {
+    /// One of [`Isa::available`].
+    isa: Isa,
     steps: &'a [Step],
     inputs: &'a [&'a Batch<f32>],
     shared: &'a [Cow<'a, [f32]>],
@@ -379,15 +446,15 @@ impl Block {
 
     /// Loads, runs and stores one block, vectorized for the CPU it runs on.
     fn process(&mut self, job: &Job, first: usize, count: usize, outs: Vec<(usize, &mut [f32])>) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has the feature the function is compiled for.
-                unsafe { self.process_avx2(job, first, count, outs) };
-                return;
-            }
+        // SAFETY (both): `job.isa` is available, so the CPU has the features the function is
+        // compiled for.
+        match job.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { self.process_avx512(job, first, count, outs) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { self.process_avx2(job, first, count, outs) },
+            _ => self.process_inline(job, first, count, outs),
         }
-        self.process_inline(job, first, count, outs)
     }
 
     /// The block compiled for AVX2 (256-bit vectors: 8 items per instruction). No FMA is
@@ -395,6 +462,21 @@ impl Block {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn process_avx2(
+        &mut self,
+        job: &Job,
+        first: usize,
+        count: usize,
+        outs: Vec<(usize, &mut [f32])>,
+    ) {
+        self.process_inline(job, first, count, outs)
+    }
+
+    /// The block compiled for AVX-512 (16 items per instruction). The compiler forms no FMA
+    /// from separate multiplies and adds (Rust never contracts them), so the results are
+    /// again the portable build's.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn process_avx512(
         &mut self,
         job: &Job,
         first: usize,
@@ -638,7 +720,10 @@ mod tests {
         for (w, most) in [(2, MAX_ROW_BLOCK), (3, MAX_BLOCK), (5, MAX_ROW_BLOCK)] {
             let p = crate::workloads::prepare(&crate::workloads::WORKLOADS[w], 4);
             let items = block_items(&p.plan);
-            assert!(items % 16 == 0 && (16..=most).contains(&items), "{items}");
+            assert!(
+                items.is_multiple_of(16) && (16..=most).contains(&items),
+                "{items}"
+            );
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Batched evaluation: the reference equals the per-item loop for every shared/batched
 //! assignment (to 1e-12: product chains are re-associated per assignment); the float32 CPU path matches the reference on the whole catalog and on
-//! random programs, with batch sizes 1, odd sizes and sizes that cross a block boundary.
+//! random programs, with batch sizes 1, odd sizes and sizes that cross a block boundary, on
+//! every instruction set the CPU runs (the vector builds bit for bit alike).
 
 mod common;
 
@@ -10,7 +11,7 @@ use matgrad::batch::{
 };
 use matgrad::catalog::CASES;
 use matgrad::check::{device_against_reference, perturb, round_to_f32, to_f32, F32_TOLERANCE};
-use matgrad::cpu::{rows, run_cpu, MAX_BLOCK};
+use matgrad::cpu::{rows, run_cpu, run_cpu_on, Isa, MAX_BLOCK};
 use matgrad::diff::Derivative;
 use matgrad::eval::evaluate;
 use matgrad::plan::Plan;
@@ -63,11 +64,32 @@ fn check_batched(d: &Derivative, batched: &[bool], batch: usize, seed: u64, what
     let values32: Vec<Batch<f32>> = values.iter().map(to_f32).collect();
     let refs32: Vec<&Batch<f32>> = values32.iter().collect();
     let cpu = run_cpu(&plan, &refs32, n);
+    // The other instruction sets: the vector builds give the fastest one's bits; the
+    // portable build is checked against the reference as it is.
+    let mut runs = vec![cpu];
+    for isa in Isa::available().into_iter().skip(1) {
+        let other = run_cpu_on(isa, &plan, &refs32, n);
+        if isa == Isa::Portable {
+            runs.push(other);
+            continue;
+        }
+        for (o, c) in other.iter().zip(&runs[0]) {
+            let same = o
+                .data
+                .iter()
+                .zip(&c.data)
+                .all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+            assert!(same, "{what}: {isa:?} differs from {:?}", Isa::fastest());
+        }
+    }
     let moved = perturb(&values);
     let moved_refs: Vec<&Batch<f64>> = moved.iter().collect();
     let perturbed = run_reference_rounded(&plan, &moved_refs, n);
     let mut worst: f64 = 0.0;
-    for ((c, r), p) in cpu.iter().zip(&outputs).zip(&perturbed) {
+    let pairs = runs
+        .iter()
+        .flat_map(|cpu| cpu.iter().zip(&outputs).zip(&perturbed));
+    for ((c, r), p) in pairs {
         assert_eq!(
             (c.batch, c.rows, c.cols),
             (r.batch, r.rows, r.cols),

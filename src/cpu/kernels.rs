@@ -303,9 +303,9 @@ fn matmul(a: Arg, b: Arg, m: usize, k: usize, n: usize, l: usize, out: &mut [f32
         }
         // Thin products: each output element accumulated in registers, a chunk of lanes at a
         // time (block sizes are multiples of 16).
-        _ if l % 64 == 0 => small_matmul::<64>(a, b, m, k, n, l, out),
-        _ if l % 32 == 0 => small_matmul::<32>(a, b, m, k, n, l, out),
-        _ if l % 16 == 0 => small_matmul::<16>(a, b, m, k, n, l, out),
+        _ if l.is_multiple_of(64) => small_matmul::<64>(a, b, m, k, n, l, out),
+        _ if l.is_multiple_of(32) => small_matmul::<32>(a, b, m, k, n, l, out),
+        _ if l.is_multiple_of(16) => small_matmul::<16>(a, b, m, k, n, l, out),
         _ => small_matmul::<1>(a, b, m, k, n, l, out),
     }
 }

@@ -19,7 +19,7 @@
 //! explicitly; element-wise steps never form one (their results are the portable build's).
 
 use super::kernels::{gemm, map, map_func};
-use super::Job;
+use super::{Isa, Job};
 use crate::expr::Node;
 use crate::plan::{Plan, Step};
 
@@ -39,7 +39,7 @@ pub fn chosen(plan: &Plan) -> bool {
         .map(|s| {
             let k = steps[s.args[0]].cols;
             // Vectorized: M·v with rows of whole vectors, Mᵀ·v along M's rows.
-            let vectorized = k % 8 == 0 || in_place[s.args[0]];
+            let vectorized = k.is_multiple_of(8) || in_place[s.args[0]];
             s.rows * k * s.cols / if vectorized { 8 } else { 1 }
         })
         .sum();
@@ -218,20 +218,32 @@ pub(crate) fn process(
     count: usize,
     outs: Vec<(usize, &mut [f32])>,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has the feature the function is compiled for.
-            unsafe { process_avx2(job, buffers, first, count, outs) };
-            return;
-        }
+    // SAFETY (both): `job.isa` is available, so the CPU has the features the function is
+    // compiled for.
+    match job.isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { process_avx512(job, buffers, first, count, outs) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { process_avx2(job, buffers, first, count, outs) },
+        _ => process_inline(job, buffers, first, count, outs),
     }
-    process_inline(job, buffers, first, count, outs)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn process_avx2(
+    job: &Job,
+    buffers: &mut Buffers,
+    first: usize,
+    count: usize,
+    outs: Vec<(usize, &mut [f32])>,
+) {
+    process_inline(job, buffers, first, count, outs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn process_avx512(
     job: &Job,
     buffers: &mut Buffers,
     first: usize,
@@ -377,7 +389,8 @@ fn run_step(job: &Job, i: usize, args: &[RowArg], count: usize, out: &mut [f32])
         Node::MatMul(..) => {
             let (a, b) = (&steps[step.args[0]], &steps[step.args[1]]);
             let f = &job.right_factors[i];
-            matmul(args[0], args[1], a.rows, a.cols, b.cols, count, f, out)
+            let isa = job.isa;
+            matmul(isa, args[0], args[1], a.rows, a.cols, b.cols, count, f, out)
         }
         _ => unreachable!("rows::supports admits no {:?}", step.node),
     }
@@ -474,6 +487,7 @@ const GEMM_MIN_INNER: usize = 4;
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn matmul(
+    isa: Isa,
     a: RowArg,
     b: RowArg,
     m: usize,
@@ -488,7 +502,7 @@ fn matmul(
         (RowArg::Shared(s), RowArg::Batched(x)) if n > 1 && m > 1 => {
             let items = out.chunks_exact_mut(m * n).zip(x.chunks_exact(k * n));
             for (o, x) in items {
-                gemm_rows_with(m, k, n, s, x, Factor::Plain, o);
+                gemm_rows_on(isa, m, k, n, s, x, Factor::Plain, o);
             }
         }
         // u'·X for a shared row u': per item, the rows of X weighted by u.
@@ -500,7 +514,7 @@ fn matmul(
         // S·x for a vector x: [out rows] (count × m) = [x rows] (count × k) · Sᵀ.
         (RowArg::Shared(s), RowArg::Batched(x)) => {
             if m >= GEMM_MIN_WIDTH && k >= GEMM_MIN_INNER {
-                gemm_rows(count, k, m, x, f, out);
+                gemm_rows_on(isa, count, k, m, x, f, Factor::Packed, out);
             } else {
                 for (o, x) in out.chunks_exact_mut(m).zip(x.chunks_exact(k)) {
                     for (o, s) in o.iter_mut().zip(s.chunks_exact(k)) {
@@ -513,10 +527,10 @@ fn matmul(
         (RowArg::Batched(x), RowArg::Shared(s)) => {
             let rows = count * m;
             if n >= GEMM_MIN_WIDTH && k >= GEMM_MIN_INNER {
-                gemm_rows(rows, k, n, x, f, out);
+                gemm_rows_on(isa, rows, k, n, x, f, Factor::Packed, out);
             } else if n == 1 {
                 // X·s for a shared vector s: the block's rows as one tall matrix times s.
-                matvec(1, rows, k, x, s, out);
+                matvec(isa, 1, rows, k, x, s, out);
             } else {
                 for (o, x) in out.chunks_exact_mut(n).zip(x.chunks_exact(k)) {
                     weighted_rows(o, x, s);
@@ -524,7 +538,7 @@ fn matmul(
             }
         }
         // M·v for batched M and vector v: per item, a dot product per row.
-        (RowArg::Batched(a), RowArg::Batched(v)) => matvec(count, m, k, a, v, out),
+        (RowArg::Batched(a), RowArg::Batched(v)) => matvec(isa, count, m, k, a, v, out),
         // Mᵀ·v for batched M (k×m) read in place: per item, M's rows weighted by v.
         // Eight columns at a time in registers, the sum over rows from 0 in row order.
         (RowArg::Transposed(mt), RowArg::Batched(v)) => {
@@ -578,16 +592,17 @@ pub fn pack(k: usize, n: usize, f: &[f32]) -> Vec<f32> {
 }
 
 /// `out (rows × n) = x (rows × k) · f (k × n)`, `x` and `out` row-major and contiguous, `f`
-/// shared by every call and given [`pack`]ed. With AVX2 and FMA: tiles of 6 rows × 16
-/// columns in registers, `f`'s panel rows read as vectors and `x`'s elements broadcast (the
-/// rows stream from the caller's buffer once, never packed or transposed). Every output
-/// element is `fma(x[r][k-1], f[k-1][j], … fma(x[r][0], f[0][j], 0))`, whatever tile it falls
-/// in. Elsewhere: the general GEMM, panel by panel.
+/// shared by every call and given [`pack`]ed. With AVX-512: tiles of 8 rows × 32 columns in
+/// registers; with AVX2 and FMA: 6 rows × 16. Either reads `f`'s panel rows as vectors and
+/// broadcasts `x`'s elements (the rows stream from the caller's buffer once, never packed or
+/// transposed), and computes every output element as
+/// `fma(x[r][k-1], f[k-1][j], … fma(x[r][0], f[0][j], 0))`, whatever tile it falls in, so the
+/// two give the same bits. Elsewhere: the general GEMM, panel by panel.
 pub fn gemm_rows(rows: usize, k: usize, n: usize, x: &[f32], f: &[f32], out: &mut [f32]) {
-    gemm_rows_with(rows, k, n, x, f, Factor::Packed, out)
+    gemm_rows_on(Isa::fastest(), rows, k, n, x, f, Factor::Packed, out)
 }
 
-/// How [`gemm_rows_with`] finds the right factor's elements.
+/// How [`gemm_rows_on`] finds the right factor's elements.
 #[derive(Clone, Copy)]
 enum Factor {
     /// [`pack`]ed.
@@ -607,8 +622,12 @@ impl Factor {
     }
 }
 
-/// [`gemm_rows`] with the right factor laid out as `factor` says.
-fn gemm_rows_with(
+/// [`gemm_rows`] by the kernel for `isa`, one of [`Isa::available`], with the right factor
+/// laid out as `factor` says.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn gemm_rows_on(
+    isa: Isa,
     rows: usize,
     k: usize,
     n: usize,
@@ -618,20 +637,18 @@ fn gemm_rows_with(
     out: &mut [f32],
 ) {
     assert!(x.len() >= rows * k && f.len() >= k * n && out.len() >= rows * n);
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features; the assert above bounds every access (the
-            // layouts address exactly the k·n elements of `f`).
-            unsafe { gemm_rows_fma(rows, k, n, x, f, factor, out) };
-            return;
-        }
+    match isa {
+        // SAFETY (both): the CPU has the features (`isa` is available); the assert above
+        // bounds every access (the layouts address exactly the k·n elements of `f`).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { gemm_rows_avx512(rows, k, n, x, f, factor, out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { gemm_rows_fma(rows, k, n, x, f, factor, out) },
+        _ => gemm_rows_general(rows, k, n, x, f, factor, out),
     }
-    gemm_rows_general(rows, k, n, x, f, factor, out)
 }
 
-/// [`gemm_rows_with`] by the general GEMM, one call per panel and one for the last columns.
+/// [`gemm_rows_on`] by the general GEMM, one call per panel and one for the last columns.
 fn gemm_rows_general(
     rows: usize,
     k: usize,
@@ -704,6 +721,109 @@ unsafe fn gemm_rows_fma(
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gemm_rows_avx512(
+    rows: usize,
+    k: usize,
+    n: usize,
+    x: &[f32],
+    f: &[f32],
+    factor: Factor,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    const R: usize = 8;
+    let (panels, rest) = (n / PANEL, n % PANEL);
+    let (step, stride, tail, tail_stride) = factor.layout(k, n);
+    let (x, f, o) = (x.as_ptr(), f.as_ptr(), out.as_mut_ptr());
+    let mut r0 = 0;
+    while r0 < rows {
+        let r = R.min(rows - r0);
+        // The rows two tiles ahead: the first tile of a block comes from memory, not cache.
+        let ahead = ((r0 + 2 * R) * k).min(rows * k);
+        let end = ((r0 + 3 * R) * k).min(rows * k);
+        for e in (ahead..end).step_by(16) {
+            _mm_prefetch::<_MM_HINT_T0>(x.add(e).cast());
+        }
+        let (xr, or) = (x.add(r0 * k), o.add(r0 * n));
+        let mut c = 0;
+        while c + 2 <= panels {
+            let panel = [f.add(c * step), f.add((c + 1) * step)];
+            tile512_of_rows::<2>(r, k, xr, panel, stride, or.add(c * PANEL), n, u16::MAX);
+            c += 2;
+        }
+        if c < panels {
+            let panel = [f.add(c * step)];
+            tile512_of_rows::<1>(r, k, xr, panel, stride, or.add(c * PANEL), n, u16::MAX);
+        }
+        if rest > 0 {
+            let (last, mask) = ([f.add(tail)], (1u16 << rest) - 1);
+            let o = or.add(panels * PANEL);
+            tile512_of_rows::<1>(r, k, xr, last, tail_stride, o, n, mask);
+        }
+        r0 += r;
+    }
+}
+
+/// [`tile512`] for `r` (1 to 8) rows, the row count made a constant.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile512_of_rows<const V: usize>(
+    r: usize,
+    k: usize,
+    x: *const f32,
+    f: [*const f32; V],
+    fs: usize,
+    out: *mut f32,
+    n: usize,
+    mask: u16,
+) {
+    match r {
+        8 => tile512::<8, V>(k, x, f, fs, out, n, mask),
+        7 => tile512::<7, V>(k, x, f, fs, out, n, mask),
+        6 => tile512::<6, V>(k, x, f, fs, out, n, mask),
+        5 => tile512::<5, V>(k, x, f, fs, out, n, mask),
+        4 => tile512::<4, V>(k, x, f, fs, out, n, mask),
+        3 => tile512::<3, V>(k, x, f, fs, out, n, mask),
+        2 => tile512::<2, V>(k, x, f, fs, out, n, mask),
+        _ => tile512::<1, V>(k, x, f, fs, out, n, mask),
+    }
+}
+
+/// `R` rows × `16V` columns of `out = x · f`: `x` rows `k` apart, the `V` panels of `f` at
+/// `f[v]` with rows `fs` apart, `out` rows `n` apart. Only the columns in `mask` are read
+/// and written (the last `n mod 16` columns; all 16 elsewhere).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile512<const R: usize, const V: usize>(
+    k: usize,
+    x: *const f32,
+    f: [*const f32; V],
+    fs: usize,
+    out: *mut f32,
+    n: usize,
+    mask: u16,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    for p in 0..k {
+        let b: [__m512; V] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(mask, f[v].add(p * fs)));
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let a = _mm512_set1_ps(*x.add(i * k + p));
+            for v in 0..V {
+                acc[v] = _mm512_fmadd_ps(a, b[v], acc[v]);
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        for (v, &acc) in acc.iter().enumerate() {
+            _mm512_mask_storeu_ps(out.add(i * n + 16 * v), mask, acc);
+        }
+    }
+}
+
 /// [`tile`] for `r` (1 to 6) rows, the row count made a constant.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -760,19 +880,17 @@ unsafe fn tile<const R: usize, const V: usize>(
 /// whole vectors (`k` a multiple of 8), eight rows at a time, their eight partial-sum vectors
 /// reduced together by a tree of horizontal adds; otherwise a [`dot`] per row.
 #[inline(always)]
-fn matvec(count: usize, m: usize, k: usize, a: &[f32], v: &[f32], out: &mut [f32]) {
+fn matvec(isa: Isa, count: usize, m: usize, k: usize, a: &[f32], v: &[f32], out: &mut [f32]) {
     assert!(a.len() >= count * m * k && v.len() >= count * k && out.len() >= count * m);
     #[cfg(target_arch = "x86_64")]
     {
-        if k % 8 == 0
-            && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features; the assert above bounds every access.
+        if k.is_multiple_of(8) && matches!(isa, Isa::Avx512 | Isa::Avx2) {
+            // SAFETY: both have AVX2 and FMA; the assert above bounds every access.
             unsafe { matvec_fma(count, m, k, a, v, out) };
             return;
         }
     }
+    let _ = isa;
     let items = out.chunks_exact_mut(m).zip(a.chunks_exact(m * k));
     for ((o, a), v) in items.zip(v.chunks_exact(k)) {
         for (o, row) in o.iter_mut().zip(a.chunks_exact(k)) {
@@ -895,6 +1013,8 @@ mod tests {
             (13, 9, 27),
             (7, 64, 40),
             (20, 3, 9),
+            (17, 5, 48),
+            (9, 8, 33),
         ] {
             let x: Vec<f32> = (0..rows * k).map(|v| ((v * 7 % 11) as f32) - 5.0).collect();
             let f: Vec<f32> = (0..k * n)
@@ -912,14 +1032,14 @@ mod tests {
                     assert_eq!(out[r * n + j] as f64, want, "{rows}×{k}×{n} at ({r}, {j})");
                 }
             }
-            let mut general = vec![f32::NAN; rows * n];
-            gemm_rows_general(rows, k, n, &x, &packed, Factor::Packed, &mut general);
-            assert_eq!(general, out, "{rows}×{k}×{n} by the general GEMM");
-            let mut plain = vec![f32::NAN; rows * n];
-            gemm_rows_with(rows, k, n, &x, &f, Factor::Plain, &mut plain);
-            assert_eq!(plain, out, "{rows}×{k}×{n} with an unpacked factor");
-            gemm_rows_general(rows, k, n, &x, &f, Factor::Plain, &mut general);
-            assert_eq!(general, out, "{rows}×{k}×{n} by the general GEMM");
+            // Every kernel this CPU has, on either layout of the factor, gives the same bits.
+            for isa in Isa::available() {
+                for (factor, f) in [(Factor::Packed, &packed), (Factor::Plain, &f)] {
+                    let mut other = vec![f32::NAN; rows * n];
+                    gemm_rows_on(isa, rows, k, n, &x, f, factor, &mut other);
+                    assert_eq!(other, out, "{rows}×{k}×{n} by {isa:?}");
+                }
+            }
             // Each row's rounded result does not depend on which rows are computed with it.
             let x: Vec<f32> = (0..rows * k).map(|v| (v as f32 * 0.37).sin()).collect();
             gemm_rows(rows, k, n, &x, &packed, &mut out);
@@ -927,6 +1047,12 @@ mod tests {
                 let mut one = vec![0.0; n];
                 gemm_rows(1, k, n, &x[first * k..], &packed, &mut one);
                 assert_eq!(one, out[first * n..(first + 1) * n], "row {first} alone");
+            }
+            // The vector kernels round alike where the sums are not exact too.
+            for isa in Isa::available().into_iter().filter(|&i| i != Isa::Portable) {
+                let mut other = vec![f32::NAN; rows * n];
+                gemm_rows_on(isa, rows, k, n, &x, &packed, Factor::Packed, &mut other);
+                assert_eq!(other, out, "{rows}×{k}×{n} by {isa:?}, inexact sums");
             }
         }
     }
