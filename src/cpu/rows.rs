@@ -902,7 +902,28 @@ fn matvec(isa: Isa, count: usize, m: usize, k: usize, a: &[f32], v: &[f32], out:
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn matvec_fma(count: usize, m: usize, k: usize, a: &[f32], v: &[f32], out: &mut [f32]) {
+    // Rows of one or two vectors (W3's 8×8) with the row loop unrolled: the loop's own
+    // bookkeeping cost as much as its arithmetic.
+    match k {
+        8 => matvec_fma_rows::<8>(count, m, k, a, v, out),
+        16 => matvec_fma_rows::<16>(count, m, k, a, v, out),
+        _ => matvec_fma_rows::<0>(count, m, k, a, v, out),
+    }
+}
+
+/// [`matvec_fma`] for rows of `K` elements, or of `k` when `K` is 0.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn matvec_fma_rows<const K: usize>(
+    count: usize,
+    m: usize,
+    k: usize,
+    a: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+) {
     use std::arch::x86_64::*;
+    let k = if K > 0 { K } else { k };
     for t in 0..count {
         // The matrix eight items ahead: the matrices stream from memory, one pass each.
         if t + 8 < count {
