@@ -88,6 +88,49 @@ impl Derivative {
     }
 }
 
+/// When the program's result is not a scalar and some of its variables took their kinds from
+/// their first letters (`a'*X*b`: `a` and `b` are scalars there), says so and how to declare
+/// them, since that, not the formula, is the usual reason; `None` when no variable did.
+fn letter_kinds_help(g: &Graph, typed_by_letter: &[bool], source: &str) -> Option<String> {
+    let by_letter: Vec<&Var> = g
+        .vars
+        .iter()
+        .zip(typed_by_letter)
+        .filter_map(|(v, &by_letter)| by_letter.then_some(v))
+        .collect();
+    if by_letter.is_empty() {
+        return None;
+    }
+    let list = |names: &[String]| match names {
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+        [] => String::new(),
+    };
+    let named: Vec<String> = by_letter
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let verb = if i == 0 { "is " } else { "" };
+            format!("`{}` {verb}a {}", v.name, g.describe_shape(v.shape))
+        })
+        .collect();
+    // Scalars by letter are usually vectors meant (`a'*X*b`): the example declares them so.
+    let scalars: Vec<String> = by_letter
+        .iter()
+        .filter(|v| v.shape.is_scalar())
+        .map(|v| format!("{}: vector; ", v.name))
+        .collect();
+    let example = if scalars.is_empty() {
+        String::new()
+    } else {
+        format!(", e.g. `{}{}`", scalars.concat(), source.trim())
+    };
+    Some(format!(
+        "by first letter (a–g scalar, h–z vector, A–Z matrix), {}; declare what they are{example}",
+        list(&named)
+    ))
+}
+
 /// Differentiates a checked program by the variable named `wrt`.
 pub fn differentiate(
     mut program: Program,
@@ -110,20 +153,30 @@ pub fn differentiate(
                 let j = jacobian(g, root, var).map_err(|e| unsupported(&e))?;
                 (j, Kind::Jacobian)
             } else {
+                let help = letter_kinds_help(g, &program.typed_by_letter, &program.source)
+                    .unwrap_or_else(|| {
+                        "differentiate a scalar (e.g. sum(...), tr(...) or u'*(...)) instead".into()
+                    });
                 return Err(Diagnostic::without_span(format!(
                     "the derivative of a {} by a {} is a higher-order tensor, which matgrad does not support",
                     g.describe_shape(root_shape),
                     g.describe_shape(var_shape)
                 ))
-                .with_help("differentiate a scalar (e.g. sum(...), tr(...) or u'*(...)) instead"));
+                .with_help(help));
             }
         }
         Request::Hessian | Request::HessianTimes(_) => {
             if !root_shape.is_scalar() {
-                return Err(Diagnostic::without_span(format!(
+                let error = Diagnostic::without_span(format!(
                     "a Hessian needs a scalar expression, but this one is a {}",
                     g.describe_shape(root_shape)
-                )));
+                ));
+                return Err(
+                    match letter_kinds_help(g, &program.typed_by_letter, &program.source) {
+                        Some(help) => error.with_help(help),
+                        None => error,
+                    },
+                );
             }
             if !(var_shape.is_column() || var_shape.is_scalar()) {
                 return Err(Diagnostic::without_span(format!(
@@ -916,5 +969,31 @@ mod tests {
         let p = check_program("z: vector; x'*x").unwrap();
         let e = differentiate(p, "z", &Request::Derivative, Layout::Gradient).unwrap_err();
         assert!(e.message.contains("does not occur"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_result_made_non_scalar_by_letter_kinds_says_so() {
+        // `a` and `b` are scalars by their first letters, so `a'*X*b` is a matrix.
+        for request in [Request::Derivative, Request::Hessian] {
+            let p = check_program("a'*X*b").unwrap();
+            let e = differentiate(p, "X", &request, Layout::Gradient).unwrap_err();
+            let help = e.help.unwrap_or_default();
+            assert!(
+                help.contains("`a` is a scalar")
+                    && help.contains("`b` a scalar")
+                    && help.contains("`a: vector; b: vector; a'*X*b`"),
+                "{help}"
+            );
+            // Declared, the suggestion is right: the result is a scalar.
+            let p = check_program("a: vector; b: vector; a'*X*b").unwrap();
+            assert!(differentiate(p, "X", &Request::Derivative, Layout::Gradient).is_ok());
+        }
+        // Only variables typed by letter are named; none here, so the general advice stays.
+        let p = check_program("A: matrix; x: vector; A*x*x'").unwrap();
+        let e = differentiate(p, "x", &Request::Derivative, Layout::Gradient).unwrap_err();
+        assert!(e
+            .help
+            .unwrap_or_default()
+            .contains("differentiate a scalar"));
     }
 }

@@ -24,6 +24,8 @@ pub struct Program {
     pub root: Id,
     /// For each variable, the span of its declaration or first use.
     pub var_spans: Vec<Span>,
+    /// For each variable, whether its kind came from its first letter (usage left it open).
+    pub typed_by_letter: Vec<bool>,
 }
 
 impl Program {
@@ -76,11 +78,13 @@ pub fn check_program_with_shape(
     let mut lowering = Lowering::new(&checker);
     let root = lowering.lower(&ast.expr)?;
     let var_spans = checker.vars.iter().map(|v| v.span).collect();
+    let typed_by_letter = checker.vars.iter().map(|v| v.by_letter).collect();
     Ok(Program {
         source: source.to_string(),
         graph: lowering.graph,
         root,
         var_spans,
+        typed_by_letter,
     })
 }
 
@@ -109,6 +113,8 @@ struct VarEntry {
     span: Span,
     symmetric: bool,
     positive_definite: bool,
+    /// The kind came from [`letter_default`].
+    by_letter: bool,
 }
 
 /// How an overloaded operator was resolved once the operand kinds were known.
@@ -461,6 +467,7 @@ impl Checker {
                 span: decl.name_span,
                 symmetric,
                 positive_definite,
+                by_letter: false,
             });
         }
         Ok(())
@@ -581,6 +588,7 @@ impl Checker {
             span,
             symmetric: false,
             positive_definite: false,
+            by_letter: false,
         });
         Ok(ty)
     }
@@ -736,6 +744,7 @@ impl Checker {
                 continue;
             }
             let kind = letter_default(&self.vars[i].name);
+            self.vars[i].by_letter = true;
             let (want_r, want_c) = match kind {
                 "scalar" => (Slot::One, Slot::One),
                 "vector" => (
