@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::batch::Batch;
-use crate::cpu::{output_buffers, run_cpu_into};
+use crate::cpu::{output_buffers, run_cpu_into_on, Isa};
 use crate::gpu::{GpuContext, GpuError};
 use crate::plan::Plan;
 
@@ -138,8 +138,12 @@ fn measurement(
 }
 
 /// The fast CPU path on `inputs` (outputs written into buffers allocated once).
+///
+/// # Panics
+/// If `isa` is not one of [`Isa::available`].
 pub fn bench_cpu(
     label: &str,
+    isa: Isa,
     plan: &Plan,
     inputs: &[&Batch<f32>],
     batch: usize,
@@ -149,13 +153,21 @@ pub fn bench_cpu(
     let mut outputs = output_buffers(plan, batch);
     let timing = sample::<std::convert::Infallible>(config, || {
         let started = Instant::now();
-        run_cpu_into(plan, inputs, batch, &mut outputs);
+        run_cpu_into_on(isa, plan, inputs, batch, &mut outputs);
         let s = started.elapsed().as_secs_f64();
         Ok((s, s))
     });
     let Ok(timing) = timing;
-    let device = format!("cpu ({} threads)", rayon::current_num_threads());
-    measurement(label, device, plan, batch, timing, ceilings)
+    measurement(label, cpu_device(isa), plan, batch, timing, ceilings)
+}
+
+/// How the CPU is named in measurements: threads and instruction set.
+fn cpu_device(isa: Isa) -> String {
+    format!(
+        "cpu ({} threads, {})",
+        rayon::current_num_threads(),
+        isa.name()
+    )
 }
 
 /// The GPU: the pipeline and shared inputs resident, batched inputs streamed each run.
@@ -181,7 +193,10 @@ pub fn bench_gpu(
 /// Measures this machine's CPU: a parallel copy of two 256 MiB buffers and a parallel
 /// float32 GEMM: 1024³ (matrixmultiply, the lanes path's GEMM) and the item-major path's
 /// kernel on cache-resident operands, the faster of the two; medians of five runs each.
-pub fn measure_cpu() -> Ceilings {
+///
+/// # Panics
+/// If `isa` is not one of [`Isa::available`].
+pub fn measure_cpu(isa: Isa) -> Ceilings {
     let len = 64 << 20;
     let src = vec![1.0f32; len];
     let mut dst = vec![0.0f32; len];
@@ -216,13 +231,13 @@ pub fn measure_cpu() -> Ceilings {
     let tile_seconds = median_of_five(|| {
         outs.par_iter_mut().for_each(|out| {
             for _ in 0..repeats {
-                crate::cpu::rows::gemm_rows(rows, k, cols, &x, &f, out);
+                crate::cpu::rows::gemm_rows_for(isa, rows, k, cols, &x, &f, out);
             }
         })
     });
     let tile_flops = (2 * rows * k * cols * repeats * threads) as f64 / tile_seconds;
     Ceilings {
-        device: format!("cpu ({threads} threads)"),
+        device: cpu_device(isa),
         copy_bytes_per_s: 2.0 * 4.0 * len as f64 / copy_seconds,
         flops_per_s: (2.0 * (n as f64).powi(3) / gemm_seconds).max(tile_flops),
         how: "host timer".into(),

@@ -15,6 +15,7 @@ use matgrad::bench::{
     bench_cpu, bench_gpu, measure_cpu, measure_gpu, svg_plot, BenchConfig, Ceilings, Measurement,
 };
 use matgrad::check::{batched_flags, sizes_with, to_f32};
+use matgrad::cpu::Isa;
 use matgrad::gpu::{list_adapters, GpuContext, GpuOptions};
 use matgrad::workloads::{prepare, prepare_derivative, Prepared, WORKLOADS};
 
@@ -43,6 +44,8 @@ pub struct BenchArgs {
     pub config: BenchConfig,
     pub adapter: Option<String>,
     pub ceilings: bool,
+    /// The CPU's instruction set, by [`Isa::name`] (the widest it has when `None`).
+    pub cpu_isa: Option<String>,
 }
 
 /// One program to measure: a label, and a way to prepare it for a batch size.
@@ -53,6 +56,13 @@ struct Case {
 }
 
 pub fn run_bench(args: BenchArgs) -> u8 {
+    let isa = match cpu_isa(args.cpu_isa.as_deref()) {
+        Ok(isa) => isa,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return 2;
+        }
+    };
     let cases = match cases(&args) {
         Ok(c) => c,
         Err(code) => return code,
@@ -79,7 +89,7 @@ pub fn run_bench(args: BenchArgs) -> u8 {
     let cpu = args.device != BenchDevice::Gpu;
     let (cpu_ceilings, gpu_ceilings) = if args.ceilings {
         eprintln!("measuring the devices' ceilings (copy bandwidth, float32 multiply-add rate)…");
-        let c = cpu.then(measure_cpu);
+        let c = cpu.then(|| measure_cpu(isa));
         let g = match &gpu {
             Some(ctx) => match measure_gpu(ctx) {
                 Ok(c) => Some(c),
@@ -118,6 +128,7 @@ pub fn run_bench(args: BenchArgs) -> u8 {
                 bar.set_message(format!("{} cpu batch {batch}", case.label));
                 let m = bench_cpu(
                     &case.label,
+                    isa,
                     plan,
                     &refs,
                     batch,
@@ -255,7 +266,7 @@ fn print_measurement(m: &Measurement, json: bool) {
             .unwrap_or_default()
     };
     println!(
-        "{:<20} {:<24} batch {:>8}  median {:>9}  end-to-end {:>9}  {:>7.2e} items/s  {:>7.1} GFLOP/s{}  {:>6.1} GB/s{}",
+        "{:<20} {:<26} batch {:>8}  median {:>9}  end-to-end {:>9}  {:>7.2e} items/s  {:>7.1} GFLOP/s{}  {:>6.1} GB/s{}",
         m.label,
         m.device,
         m.batch,
@@ -279,9 +290,30 @@ fn seconds(s: f64) -> String {
     }
 }
 
+/// The instruction set `--cpu-isa` names, or the widest this CPU runs; an error names the
+/// ones it does run.
+fn cpu_isa(name: Option<&str>) -> Result<Isa, String> {
+    let Some(name) = name else {
+        return Ok(Isa::fastest());
+    };
+    let names = |isas: &[Isa]| isas.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ");
+    let available = Isa::available();
+    match Isa::from_name(name) {
+        Some(isa) if available.contains(&isa) => Ok(isa),
+        Some(_) => Err(format!(
+            "--cpu-isa {name}: this CPU does not run it; it runs {}",
+            names(&available)
+        )),
+        None => Err(format!(
+            "--cpu-isa {name}: unknown; the instruction sets are {}",
+            names(&Isa::ALL)
+        )),
+    }
+}
+
 /// `matgrad devices --measure`: the CPU's and every adapter's ceilings.
 pub fn measure_devices(json: bool, adapter: Option<String>) -> u8 {
-    let mut all = vec![measure_cpu()];
+    let mut all = vec![measure_cpu(Isa::fastest())];
     let names: Vec<String> = match adapter {
         Some(a) => vec![a],
         None => list_adapters().into_iter().map(|a| a.name).collect(),

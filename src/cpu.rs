@@ -110,6 +110,23 @@ impl Isa {
     pub fn fastest() -> Isa {
         Isa::available()[0]
     }
+
+    /// Every instruction set, widest first.
+    pub const ALL: [Isa; 3] = [Isa::Avx512, Isa::Avx2, Isa::Portable];
+
+    /// The name `matgrad bench --cpu-isa` takes: `avx512`, `avx2`, `portable`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => "portable",
+        }
+    }
+
+    /// The instruction set called `name` ([`Isa::name`]), if any.
+    pub fn from_name(name: &str) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|i| i.name() == name)
+    }
 }
 
 /// Zeroed output buffers for `plan` and `batch` items, in the shapes [`run_cpu`] returns.

@@ -194,6 +194,10 @@ enum Command {
         /// Skip measuring the devices' ceilings (no fractions of peak).
         #[arg(long)]
         no_ceilings: bool,
+        /// The CPU path's instruction set: avx512, avx2 or portable (default: the widest this
+        /// CPU runs), for studies of what the vector width gives.
+        #[arg(long, value_name = "ISA")]
+        cpu_isa: Option<String>,
     },
     /// Decide every seed identity by computation.
     Catalog {
@@ -396,6 +400,7 @@ fn run(cli: Cli) -> u8 {
             min_time,
             adapter,
             no_ceilings,
+            cpu_isa,
         } => {
             let dims = match parse_dims(&dims) {
                 Ok(d) => d,
@@ -422,6 +427,7 @@ fn run(cli: Cli) -> u8 {
                 },
                 adapter,
                 ceilings: !no_ceilings,
+                cpu_isa,
             })
         }
         Command::Explain {

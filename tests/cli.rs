@@ -244,6 +244,51 @@ fn bench_only_runs_the_chosen_workloads() {
 }
 
 #[test]
+fn bench_runs_the_cpu_on_the_instruction_set_asked_for() {
+    for isa in ["portable", "avx2", "avx512"] {
+        let (code, out, err) = matgrad(&[
+            "bench",
+            "--workloads",
+            "--only",
+            "W6",
+            "--batch",
+            "20",
+            "--device",
+            "cpu",
+            "--json",
+            "--samples",
+            "1",
+            "--min-time",
+            "0",
+            "--no-ceilings",
+            "--cpu-isa",
+            isa,
+        ]);
+        // Which exist depends on the CPU; portable always does.
+        if code == 2 && isa != "portable" {
+            assert!(
+                err.contains("does not run it") && err.contains("portable"),
+                "{err}"
+            );
+            continue;
+        }
+        assert_eq!(code, 0, "{isa}: {err}");
+        let row: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+        let device = row["device"].as_str().unwrap();
+        assert!(
+            device.starts_with("cpu (") && device.ends_with(&format!(", {isa})")),
+            "{device}"
+        );
+    }
+    let (code, _, err) = matgrad(&["bench", "--workloads", "--cpu-isa", "sse"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("sse") && err.contains("avx512, avx2, portable"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bench_bad_input_is_reported() {
     let (code, _, err) = matgrad(&["bench", "x'*x", "--batch", "0", "--wrt", "x"]);
     assert_eq!(code, 2);

@@ -599,7 +599,27 @@ pub fn pack(k: usize, n: usize, f: &[f32]) -> Vec<f32> {
 /// `fma(x[r][k-1], f[k-1][j], … fma(x[r][0], f[0][j], 0))`, whatever tile it falls in, so the
 /// two give the same bits. Elsewhere: the general GEMM, panel by panel.
 pub fn gemm_rows(rows: usize, k: usize, n: usize, x: &[f32], f: &[f32], out: &mut [f32]) {
-    gemm_rows_on(Isa::fastest(), rows, k, n, x, f, Factor::Packed, out)
+    gemm_rows_for(Isa::fastest(), rows, k, n, x, f, out)
+}
+
+/// [`gemm_rows`] by the kernel for `isa`.
+///
+/// # Panics
+/// If `isa` is not one of [`Isa::available`].
+pub fn gemm_rows_for(
+    isa: Isa,
+    rows: usize,
+    k: usize,
+    n: usize,
+    x: &[f32],
+    f: &[f32],
+    out: &mut [f32],
+) {
+    assert!(
+        Isa::available().contains(&isa),
+        "gemm_rows_for: this CPU does not run {isa:?}"
+    );
+    gemm_rows_on(isa, rows, k, n, x, f, Factor::Packed, out)
 }
 
 /// How [`gemm_rows_on`] finds the right factor's elements.
