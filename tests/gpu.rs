@@ -282,6 +282,76 @@ fn every_operation_runs() {
     }
 }
 
+/// `x.^k` entry by entry against float64's `powf`: powers ±1 to ±4 as products (at most two
+/// roundings: `x.^2` is `x*x` rounded once, bit for bit), negative bases with the sign of odd
+/// powers, `0.^-1` infinite, larger and fractional powers by WGSL's `pow`.
+#[test]
+fn powers_are_accurate_and_small_ones_exact() {
+    let _serial = serial();
+    let Some(ctx) = context(GpuOptions::default()) else {
+        return;
+    };
+    // Zero, ±1, and sixteen others between -9 and 9 (few: each entry of each power is
+    // inlined into the kernel, and lavapipe's compiler is slow).
+    let bases: Vec<f32> = (0..19)
+        .map(|i| match i {
+            0 => 0.0,
+            1 => -1.0,
+            2 => 1.0,
+            _ => (i as f32 * 0.77).sin() * 9.0 * (i as f32 / 19.0),
+        })
+        .collect();
+    // One program, one dispatch: every power is an output of the same plan.
+    let exponents = ["-4", "-3", "-2", "-1", "2", "3", "4", "5", "-6", "0.5"];
+    let terms: Vec<String> = exponents.iter().map(|k| format!("x.^{k}")).collect();
+    let source = format!("x: vector({}); {}", bases.len(), terms.join(" + "));
+    let program = matgrad::types::check_program(&source).unwrap();
+    let g = &program.graph;
+    let powers: Vec<matgrad::expr::Id> = (0..g.len() as u32)
+        .map(matgrad::expr::Id)
+        .filter(|&id| matches!(g.node(id), Node::ElemPow(..)))
+        .collect();
+    assert_eq!(
+        powers.len(),
+        exponents.len(),
+        "one node per power, in source order"
+    );
+    let plan = Plan::new(g, &powers, &dimension_sizes(g), &[true]).unwrap();
+    let x = Batch {
+        batch: Some(1),
+        rows: bases.len(),
+        cols: 1,
+        data: bases.clone(),
+    };
+    let outputs = run_gpu(&ctx, &plan, &[&x], 1).unwrap();
+    for (k, got) in exponents.iter().zip(&outputs) {
+        let e: f64 = k.parse().unwrap();
+        // Products round at most three times (with the reciprocal); pow errs by several ulps.
+        // The GPU may flush subnormal results to zero.
+        let ulps = if e.abs() <= 4.0 && e.fract() == 0.0 {
+            2.0
+        } else {
+            64.0
+        };
+        for (&b, &g) in bases.iter().zip(&got.data) {
+            let want = (b as f64).powf(e);
+            let what = format!("{b}.^{k}: gpu {g}, float64 {want}");
+            if want.is_nan() {
+                assert!(g.is_nan(), "{what}");
+            } else if want.is_infinite() {
+                assert_eq!(g as f64, want, "{what}");
+            } else {
+                let error = (g as f64 - want).abs();
+                let bound = ulps * f32::EPSILON as f64 * want.abs() + f32::MIN_POSITIVE as f64;
+                assert!(error <= bound, "{what}");
+            }
+            if *k == "2" {
+                assert_eq!(g.to_bits(), (b * b).to_bits(), "{what}: not x*x");
+            }
+        }
+    }
+}
+
 #[test]
 fn an_adapter_that_is_not_there_is_a_clear_error() {
     let _serial = serial();
