@@ -15,7 +15,7 @@ use crate::diff::{differentiate, Derivative, Layout, Request};
 use crate::eval::evaluate;
 use crate::types::{check_program, check_program_with_shape};
 use crate::verify::{
-    compare, dimension_sizes, random_point, relative_error, translate_env, TOLERANCE,
+    compare, dimension_sizes, random_point, relative_error_above, translate_env, TOLERANCE,
 };
 
 /// One variant of one seed identity.
@@ -676,7 +676,7 @@ pub fn check_case(case: &Case, seed: u64) -> CaseReport {
             let value = translate_env(g, &env, &p.graph)
                 .and_then(|penv| evaluate(&p.graph, p.root, &penv).ok());
             let err = match value {
-                Some(v) => relative_error(&v, &c.estimate),
+                Some(v) => relative_error_above(&v, &c.estimate, c.floor),
                 None => f64::INFINITY,
             };
             printed_error = printed_error.max(err);

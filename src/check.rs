@@ -19,7 +19,7 @@ use crate::diagnostic::Diagnostic;
 use crate::diff::Derivative;
 use crate::eval::Env;
 use crate::plan::Plan;
-use crate::verify::{compare, dimension_sizes, random_point, relative_error, TOLERANCE};
+use crate::verify::{compare, dimension_sizes, random_point, relative_error_above, TOLERANCE};
 
 /// The largest relative error (Frobenius norm, per item) allowed between a float32 device
 /// and the float64 reference. Float32 rounds at 6e-8; a derivative is tens of operations deep
@@ -108,7 +108,8 @@ pub fn run_check(
     for (i, env) in items.iter().enumerate().take(FD_ITEMS) {
         if let Ok(c) = compare(d, env) {
             let value = reference.item_mat(if plan.is_batched() { i } else { 0 });
-            fd_error = fd_error.max(relative_error(&value, &c.estimate).max(c.rel_error));
+            let error = relative_error_above(&value, &c.estimate, c.floor);
+            fd_error = fd_error.max(error.max(c.rel_error));
             fd_items += 1;
         }
     }

@@ -680,7 +680,9 @@ fn report_non_finite(items: &[usize], total: usize, path: &Path) {
 }
 
 fn print_check(d: &Derivative, reports: &[DeviceReport], json: bool) -> u8 {
-    let passed = reports.iter().all(|r| r.passed);
+    // Nothing compared proves nothing: the check fails (a device with no item to compare
+    // against a reference that has none is not "ok").
+    let passed = reports.iter().all(|r| r.passed && r.items_compared > 0);
     if json {
         let value = json!({"derivative": d.text(), "passed": passed, "devices": reports});
         println!(
@@ -698,6 +700,13 @@ fn print_check(d: &Derivative, reports: &[DeviceReport], json: bool) -> u8 {
             } else {
                 String::new()
             };
+            if r.items_compared == 0 {
+                println!(
+                    "{:<10} vs {:<19} nothing compared (0 items{skipped}): FAILED",
+                    r.device, r.against
+                );
+                continue;
+            }
             println!(
                 "{:<10} vs {:<19} max relative error {:.3e} (tolerance {:.0e}, {} items{skipped}): {}",
                 r.device,
@@ -706,6 +715,13 @@ fn print_check(d: &Derivative, reports: &[DeviceReport], json: bool) -> u8 {
                 r.tolerance,
                 r.items_compared,
                 if r.passed { "ok" } else { "FAILED" }
+            );
+        }
+        if reports.first().is_some_and(|r| r.items_compared == 0) {
+            eprintln!(
+                "error: no random point gave a finite value, derivative and finite differences \
+                 (a `log`, `logdet` or `inv` outside its domain at every point?)\n\
+                 help: other sizes (`--dims`) or another `--seed` may give points inside it"
             );
         }
     }

@@ -19,11 +19,14 @@ use crate::expr::{Graph, Id, Shape};
 /// The tolerance on the relative error between a derivative and finite differences.
 ///
 /// Richardson-extrapolated central differences with step 1e-3 have truncation error about
-/// 1e-12 and rounding error about 1e-13 relative to the function's scale, so 1e-6 leaves six
-/// orders of magnitude for conditioning (an `inv` of a matrix with condition number 1e3 loses
-/// three) while any wrong factor, sign or transpose shows up as an error of order 1. A
-/// derivative smaller than 1e-7 times the function's value is measured against that floor,
-/// since differences cannot resolve it more finely.
+/// 1e-12 relative to the function's scale, and rounding error up to a few 1e-12 of it (the
+/// function's rounding, about 2e-16 of its size, divided by the finest step, 1.25e-4, and
+/// amplified by the extrapolation), so 1e-6 leaves six orders of magnitude for conditioning
+/// (an `inv` of a matrix with condition number 1e3 loses three) while any wrong factor, sign
+/// or transpose shows up as an error of order 1. A derivative smaller than 1e-5 times the
+/// function's value is measured against that floor (errors then below 1e-11 of the value
+/// pass), since differences cannot resolve it more finely: `(x.*y)'*(x./y)` by `y` is
+/// exactly 0, and its differences are that rounding, 6e-12 of the value.
 pub const TOLERANCE: f64 = 1e-6;
 
 /// A derived value next to its finite-difference estimate.
@@ -32,6 +35,10 @@ pub struct Comparison {
     pub derived: Mat,
     pub estimate: Mat,
     pub rel_error: f64,
+    /// The smallest norm errors are measured against here (differences resolve a derivative
+    /// only to about 1e-7 of the function's value): any other value compared with
+    /// `estimate` uses it too, through [`relative_error_above`].
+    pub floor: f64,
 }
 
 /// Why a point could not be used.
@@ -118,15 +125,16 @@ pub fn compare(d: &Derivative, env: &Env) -> Result<Comparison, Unusable> {
     if !estimate.is_finite() {
         return Err(Unusable::OutOfDomain);
     }
-    // Differences carry an absolute error of about 1e-13 times the function's size, so a
-    // derivative much smaller than the function is compared against that floor instead.
+    // Differences carry an absolute error of up to a few 1e-12 of the function's size (see
+    // TOLERANCE), so a derivative much smaller than the function is compared against a floor.
     let value = evaluate(g, d.program.root, env).map_err(|_| Unusable::OutOfDomain)?;
-    let floor = 1e-7 * value.norm().max(1.0);
+    let floor = 1e-5 * value.norm().max(1.0);
     let rel_error = relative_error_above(&derived, &estimate, floor);
     Ok(Comparison {
         derived,
         estimate,
         rel_error,
+        floor,
     })
 }
 

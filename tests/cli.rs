@@ -328,3 +328,37 @@ fn logistic_gradients_stay_finite_in_float32_at_large_margins() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("-X'*(y./(exp(y.*(X*w))+vector(1)))"), "{out}");
 }
+
+#[test]
+fn check_passes_a_derivative_that_is_zero_by_cancellation() {
+    // (x.*y)'*(x./y) = x'*x: by y the derivative is exactly 0, computed as the difference of
+    // two equal terms; finite differences of the function give only its rounding.
+    let (code, out, err) = matgrad(&["check", "(x.*y)'*(x./y)", "--wrt", "y", "--batch", "16"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("vs finite differences") && !out.contains("FAILED"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_with_no_point_inside_the_domain_fails_and_says_why() {
+    // X'*X is a singular 5×5 matrix for every 2×5 X: logdet is -inf everywhere.
+    let (code, out, err) = matgrad(&[
+        "check",
+        "X: matrix(2,5); logdet(X'*X)",
+        "--wrt",
+        "X",
+        "--batch",
+        "4",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("nothing compared") && !out.contains(": ok"),
+        "{out}"
+    );
+    assert!(
+        err.contains("no random point") && err.contains("--seed"),
+        "{err}"
+    );
+}
