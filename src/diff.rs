@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use crate::diagnostic::Diagnostic;
 use crate::expr::{Dim, Func, Graph, Id, Node, Shape, Var};
 use crate::simplify::simplify;
-use crate::types::Program;
+use crate::types::{Program, LETTER_RULE};
 
 /// The layout convention of a derivative.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,7 +126,7 @@ fn letter_kinds_help(g: &Graph, typed_by_letter: &[bool], source: &str) -> Optio
         format!(", e.g. `{}{}`", scalars.concat(), source.trim())
     };
     Some(format!(
-        "by first letter (a–g scalar, h–z vector, A–Z matrix), {}; declare what they are{example}",
+        "by first letter ({LETTER_RULE}), {}; declare what they are{example}",
         list(&named)
     ))
 }

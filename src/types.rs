@@ -34,9 +34,48 @@ impl Program {
     }
 }
 
-/// Parses and type-checks a program.
+/// Parses and type-checks a program. A shape error that declaring one variable whose kind
+/// came from its first letter would fix gets that declaration as its help (the first such
+/// variable, names of several letters before single letters).
 pub fn check_program(source: &str) -> Result<Program, Diagnostic> {
-    check_program_with_shape(source, None)
+    let error = match check_program_with_shape(source, None) {
+        Ok(program) => return Ok(program),
+        Err(error) => error,
+    };
+    if error.help.is_some() {
+        return Err(error);
+    }
+    let Ok(ast) = parse_program(source) else {
+        return Err(error);
+    };
+    // The lowercase names nothing declares, in order of first use, longer names first (a
+    // `lambda` or `mu` is more likely a scalar the letter rule missed than `x` a scalar).
+    let mut names = Vec::new();
+    collect_names(&ast.expr, &mut names);
+    names.sort_by_key(|name| name.chars().count() == 1);
+    let declared: Vec<&str> = ast.decls.iter().map(|d| d.name.as_str()).collect();
+    let mut seen = Vec::new();
+    for name in names {
+        let lowercase = name.starts_with(|c: char| c.is_ascii_lowercase());
+        let reserved = name == "eye"
+            || crate::parse::FUNCTIONS.contains(&name.as_str())
+            || crate::parse::KINDS.contains(&name.as_str());
+        if !lowercase || reserved || declared.contains(&name.as_str()) || seen.contains(&name) {
+            continue;
+        }
+        let kind = letter_default(&name);
+        let other = if kind == "scalar" { "vector" } else { "scalar" };
+        let repaired = format!("{name}: {other}; {source}");
+        if check_program_with_shape(&repaired, None).is_ok() {
+            return Err(error.with_help(format!(
+                "`{name}` is a {kind} by its first letter ({LETTER_RULE}); declared a {other}, \
+                 the program checks: `{}`",
+                repaired.trim()
+            )));
+        }
+        seen.push(name);
+    }
+    Err(error)
 }
 
 /// Like [`check_program`], but the result must have `expected` shape (given with the graph
@@ -192,6 +231,9 @@ fn key(ast: &Ast) -> (usize, usize, u8) {
     };
     (ast.span.start, ast.span.end, tag)
 }
+
+/// The kinds undeclared names take when usage leaves them open, as [`letter_default`] says.
+pub const LETTER_RULE: &str = "a–g scalar, h–z vector, A–Z matrix";
 
 fn letter_default(name: &str) -> &'static str {
     match name.chars().next() {
@@ -1188,6 +1230,23 @@ mod tests {
         check("a: vector; b: vector; a'*X*b", "scalar");
         check("sin(X)", "matrix(m,n)");
         check("vector(1)+exp(x)", "vector(m)");
+    }
+
+    #[test]
+    fn a_mismatch_that_one_declaration_fixes_suggests_it() {
+        // `lambda` is a vector by its letter, so `lambda*x'*x` is a vector added to a scalar.
+        let source = "(A*x+b)'*(A*x+b)+lambda*x'*x";
+        let e = check_program(source).unwrap_err();
+        let help = e.help.expect("a help");
+        let suggested = format!("lambda: scalar; {source}");
+        assert!(help.contains(&format!("`{suggested}`")), "{help}");
+        assert!(check_program(&suggested).is_ok());
+        // No single declaration fixes a scalar added to a vector: no suggestion.
+        let e = check_program("sum(log(1+exp(-y.*(A*w))))").unwrap_err();
+        assert_eq!(e.help, None);
+        // Declared names and function names are never suggested.
+        let e = check_program("lambda: vector; x: vector; lambda*x'*x + x'*x").unwrap_err();
+        assert_eq!(e.help, None, "{}", e.message);
     }
 
     #[test]
