@@ -693,6 +693,18 @@ fn gemm_rows_general(
     }
 }
 
+/// Prefetches rows `from..to` (clipped to `rows`) of the `k`-wide row-major `x`: the tile
+/// kernels ask for the rows two tiles ahead, since the first tile of a block comes from
+/// memory, not cache.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch_rows(x: *const f32, from: usize, to: usize, rows: usize, k: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for e in ((from * k).min(rows * k)..(to * k).min(rows * k)).step_by(16) {
+        _mm_prefetch::<_MM_HINT_T0>(x.add(e).cast());
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gemm_rows_fma(
@@ -704,7 +716,6 @@ unsafe fn gemm_rows_fma(
     factor: Factor,
     out: &mut [f32],
 ) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     const R: usize = 6;
     let (panels, rest) = (n / PANEL, n % PANEL);
     let (step, stride, tail, tail_stride) = factor.layout(k, n);
@@ -713,12 +724,7 @@ unsafe fn gemm_rows_fma(
     let mut r0 = 0;
     while r0 < rows {
         let r = R.min(rows - r0);
-        // The rows two tiles ahead: the first tile of a block comes from memory, not cache.
-        let ahead = ((r0 + 2 * R) * k).min(rows * k);
-        let end = ((r0 + 3 * R) * k).min(rows * k);
-        for e in (ahead..end).step_by(16) {
-            _mm_prefetch::<_MM_HINT_T0>(x.add(e).cast());
-        }
+        prefetch_rows(x, r0 + 2 * R, r0 + 3 * R, rows, k);
         let (xr, or) = (x.add(r0 * k), o.add(r0 * n));
         for c in 0..panels {
             tile_of_rows::<2>(r, k, xr, f.add(c * step), stride, or.add(c * PANEL), n);
@@ -752,7 +758,6 @@ unsafe fn gemm_rows_avx512(
     factor: Factor,
     out: &mut [f32],
 ) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     const R: usize = 8;
     let (panels, rest) = (n / PANEL, n % PANEL);
     let (step, stride, tail, tail_stride) = factor.layout(k, n);
@@ -760,12 +765,7 @@ unsafe fn gemm_rows_avx512(
     let mut r0 = 0;
     while r0 < rows {
         let r = R.min(rows - r0);
-        // The rows two tiles ahead: the first tile of a block comes from memory, not cache.
-        let ahead = ((r0 + 2 * R) * k).min(rows * k);
-        let end = ((r0 + 3 * R) * k).min(rows * k);
-        for e in (ahead..end).step_by(16) {
-            _mm_prefetch::<_MM_HINT_T0>(x.add(e).cast());
-        }
+        prefetch_rows(x, r0 + 2 * R, r0 + 3 * R, rows, k);
         let (xr, or) = (x.add(r0 * k), o.add(r0 * n));
         let mut c = 0;
         while c + 2 <= panels {
