@@ -72,15 +72,16 @@ pub fn explain(d: &Derivative, plan: &Plan, kernel: Option<&Kernel>) -> String {
     );
     if plan.is_batched() {
         let items = crate::cpu::block_items(plan);
+        let isa = crate::cpu::Isa::fastest().name();
         let _ = if crate::cpu::rows::chosen(plan) {
             writeln!(
                 out,
-                "cpu: item-major blocks of {items} items (inputs read and outputs written in place, products with shared factors as GEMMs over the block's rows)"
+                "cpu: item-major blocks of {items} items (inputs read and outputs written in place, products with shared factors as GEMMs over the block's rows), compiled for {isa}"
             )
         } else {
             writeln!(
                 out,
-                "cpu: blocks of {items} items in lanes (element-major, transposed in and out; per-item matrix work vectorized across items)"
+                "cpu: blocks of {items} items in lanes (element-major, transposed in and out; per-item matrix work vectorized across items), compiled for {isa}"
             )
         };
     }

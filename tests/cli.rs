@@ -154,6 +154,9 @@ fn explain_shows_the_chosen_order_and_what_is_hoisted() {
     assert!(out.contains("1536 flops and 2048 bytes per item"), "{out}");
     // W2 needs no per-item products of batched values: its CPU blocks are item-major.
     assert!(out.contains("cpu: item-major blocks of"), "{out}");
+    // And it says which instruction set the blocks run on here.
+    let isa = matgrad::cpu::Isa::fastest().name();
+    assert!(out.contains(&format!("compiled for {isa}\n")), "{out}");
     let (code, out, _) = matgrad(&["explain", "x'*A*x", "--wrt", "x", "--wgsl"]);
     assert_eq!(code, 0);
     assert!(out.contains("@compute"), "{out}");
