@@ -10,13 +10,16 @@
 //!   they lie, outputs computed where they go, products with a shared factor are GEMMs over
 //!   the block's rows with the factor transposed once per run;
 //! - **lanes** (element-major, see [`kernels`]) otherwise: the block's inputs are transposed
-//!   into lanes, each step runs as loops over all the block's items at once (an 8×8 LU 8
-//!   items per instruction), and the outputs are transposed back.
+//!   into lanes, each step runs as loops over all the block's items at once (an 8×8 LU 16
+//!   items per instruction with AVX-512), and the outputs are transposed back.
+//!
+//! The blocks are compiled for AVX-512, AVX2 and the portable baseline, and run on the
+//! widest the CPU has ([`Isa`]) or the one [`run_cpu_on`] is given.
 //!
 //! Each thread's buffers are allocated once and reused for every block it runs; nothing is
 //! allocated per item. Invariant: results do not depend on the block size or the thread
 //! count beyond float32 rounding of independent items (each item is computed by the same code
-//! in the same order).
+//! in the same order), nor on whether AVX-512 or AVX2 runs them (the same operations).
 
 pub mod kernels;
 pub mod rows;

@@ -208,9 +208,9 @@ impl Buffers {
 }
 
 /// Runs every batched step for items `first..first + count`; `outs` are the block's slices
-/// of the batched outputs, `(step, count × step length)`. Vectorized for the CPU it runs on
-/// (as the lanes layout's blocks: AVX2 without FMA, so the element-wise results are those of
-/// the portable build).
+/// of the batched outputs, `(step, count × step length)`. Compiled for `job.isa` (as the
+/// lanes layout's blocks: AVX-512, AVX2 or portable, the element-wise steps without FMA in
+/// all three, so their results are the portable build's).
 pub(crate) fn process(
     job: &Job,
     buffers: &mut Buffers,
