@@ -113,6 +113,18 @@ pub fn number(v: f64) -> String {
     }
 }
 
+/// `v` as `(p, q)` with `v == p / q` exactly in float64, for a denominator `q` from 1 to 16
+/// (the smallest), when there is one: `2/3`, `-5/4`, `7`.
+pub fn fraction(v: f64) -> Option<(i64, i64)> {
+    if !v.is_finite() || v.abs() >= 1e15 {
+        return None;
+    }
+    (1..=16i64).find_map(|q| {
+        let p = (v * q as f64).round();
+        (p / q as f64 == v).then_some((p as i64, q))
+    })
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Style {
     Text,
@@ -177,13 +189,25 @@ impl<'g> Writer<'g> {
         match g.node(id) {
             Node::Var(v) => (self.name(&g.vars[v as usize].name), Prec::Atom),
             Node::Const(c) => {
-                let s = number(c.get());
-                let p = if c.get() < 0.0 {
-                    Prec::Unary
-                } else {
-                    Prec::Atom
-                };
-                (s, p)
+                let v = c.get();
+                match fraction(v) {
+                    // `2/3` reads back as the same float64; it binds as a quotient. Numbers
+                    // with few decimals stay decimals (`0.5`, `1.25`).
+                    Some((p, q)) if q > 1 && number(v).len() > 6 => match self.style {
+                        Style::Latex => {
+                            let sign = if p < 0 { "-" } else { "" };
+                            let frac = format!("{sign}\\frac{{{}}}{{{q}}}", p.abs());
+                            (frac, if p < 0 { Prec::Unary } else { Prec::Atom })
+                        }
+                        // Juxtaposed, `2/3x` would read as 2/(3x).
+                        Style::Unicode => (format!("({p}/{q})"), Prec::Atom),
+                        Style::Text => (format!("{p}/{q}"), Prec::Product),
+                    },
+                    _ => {
+                        let p = if v < 0.0 { Prec::Unary } else { Prec::Atom };
+                        (number(v), p)
+                    }
+                }
             }
             Node::Fill(c, shape) => self.fill(c.get(), shape),
             Node::Eye(_) => (if text { "eye".into() } else { "I".into() }, Prec::Atom),

@@ -189,6 +189,18 @@ impl<'g> Simplifier<'g> {
             }
         }
         let v = crate::eval::evaluate(self.g, id, &env).ok()?.data[0];
+        // `log(2)` and `sqrt(2)` stay as written: their digits are no way to print them.
+        // Arithmetic on numbers folds (`2*3`, `1/3`), and so does a function whose value is
+        // a simple fraction (`exp(0)`, `sqrt(4)`).
+        let transcendental = order.iter().any(|&n| {
+            matches!(
+                self.g.node(n),
+                Node::Map(..) | Node::Pow(..) | Node::ElemPow(..) | Node::Norm2(_)
+            )
+        });
+        if transcendental && crate::print::fraction(v).is_none() {
+            return None;
+        }
         v.is_finite().then_some(v)
     }
 
@@ -1048,7 +1060,14 @@ impl<'g> Simplifier<'g> {
 
     fn map(&mut self, f: Func, p: Poly) -> Poly {
         if let Some(c) = p.constant() {
-            return self.constant(f.apply(c));
+            let v = f.apply(c);
+            // `exp(0)` is 1, but `log(2)` stays `log(2)` ([`Self::fold_constant`]).
+            if crate::print::fraction(v).is_some() || !v.is_finite() {
+                return self.constant(v);
+            }
+            let arg = self.g.constant(c);
+            let node = self.g.map(f, arg);
+            return self.atom(node);
         }
         // A constant matrix (zero, or c times ones) maps to a constant matrix.
         let fill_value = match p.terms.as_slice() {
@@ -1064,8 +1083,14 @@ impl<'g> Simplifier<'g> {
         };
         if let Some(c) = fill_value {
             let mut ones = self.ones(p.shape);
-            scale_poly(&mut ones, f.apply(c));
-            return ones;
+            let v = f.apply(c);
+            if crate::print::fraction(v).is_some() || !v.is_finite() {
+                scale_poly(&mut ones, v);
+                return ones;
+            }
+            // `log(2*vector(1))` is `log(2)*vector(1)`, the scalar kept as written.
+            let scalar = self.map(f, self.constant(c));
+            return self.mul(scalar, ones);
         }
         let arg = self.build(&p);
         let node = self.g.map(f, arg);

@@ -91,3 +91,30 @@ fn the_other_symmetric_convention_fails_the_check() {
     let fd = estimate(&d, &env).unwrap();
     assert!(relative_error(&other, &fd) > 0.1);
 }
+
+/// Constants print as a person writes them: a fraction whose decimals run on as `2/3`, a
+/// short decimal as it is, and `log(2)` or `sqrt(2)` by name rather than by their digits;
+/// each printed formula is also checked against finite differences.
+#[test]
+fn constants_print_as_written() {
+    let cases = [
+        ("x'*x/3", "2/3*x"),
+        ("x'*x/(-3)", "-2/3*x"),
+        ("x'*x/4", "0.5*x"),
+        ("sqrt(2)*x'*x", "2*sqrt(2)*x"),
+        ("2^x", "2^x*log(2)"),
+        ("sum(x)/log(3)", "vector(1)/log(3)"),
+        ("exp(0)*x'*x", "2*x"),
+        ("sqrt(4)*sum(x)", "2*vector(1)"),
+    ];
+    for (program, expected) in cases {
+        let d = derive(program, "x", Request::Derivative, Layout::Gradient);
+        assert_eq!(d.text(), expected, "{program}");
+        let (_, c) = first_usable(&d, 3, 10).expect("usable point");
+        assert!(c.rel_error < TOLERANCE, "{program}: {:.2e}", c.rel_error);
+    }
+    let d = derive("x'*x/3", "x", Request::Derivative, Layout::Gradient);
+    let render = |format| matgrad::print::render(&d.program.graph, d.node, format);
+    assert_eq!(render(matgrad::print::Format::Unicode), "(2/3)x");
+    assert_eq!(render(matgrad::print::Format::Latex), "\\frac{2}{3} x");
+}
