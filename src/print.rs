@@ -125,6 +125,20 @@ pub fn fraction(v: f64) -> Option<(i64, i64)> {
     })
 }
 
+/// The number every entry of `id` is, when `id` is a filled constant: `vector(2)`,
+/// `2*vector(1)`, `-vector(2)`.
+fn filled_with(g: &Graph, id: Id) -> Option<f64> {
+    match g.node(id) {
+        Node::Fill(c, _) => Some(c.get()),
+        Node::Neg(a) => filled_with(g, a).map(|c| -c),
+        Node::Scale(k, a) => match g.node(k) {
+            Node::Const(k) => filled_with(g, a).map(|c| k.get() * c),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Style {
     Text,
@@ -272,7 +286,17 @@ impl<'g> Writer<'g> {
             }
             Node::Pow(a, b) | Node::ElemPow(a, b) => {
                 let elementwise = matches!(g.node(id), Node::ElemPow(..));
-                let base = self.operand(a, Prec::Postfix, false);
+                // `2.^x`, not `(2*vector(1)).^x`: the number broadcasts to the exponent's
+                // shape, which is the result's. (Text only: juxtaposed in the other styles, a
+                // bare number base would run into the factor before it.)
+                let number_base = (text && elementwise && g.shape(b) == g.shape(id))
+                    .then(|| filled_with(g, a))
+                    .flatten();
+                let base = match number_base {
+                    Some(c) if c < 0.0 => format!("({})", number(c)),
+                    Some(c) => number(c),
+                    None => self.operand(a, Prec::Postfix, false),
+                };
                 let exponent = self.expr(b, false, false);
                 let exponent_value = match g.node(b) {
                     Node::Const(c) => Some(c.get()),

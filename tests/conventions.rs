@@ -93,8 +93,8 @@ fn the_other_symmetric_convention_fails_the_check() {
 }
 
 /// Constants print as a person writes them: a fraction whose decimals run on as `2/3`, a
-/// short decimal as it is, and `log(2)` or `sqrt(2)` by name rather than by their digits;
-/// each printed formula is also checked against finite differences.
+/// short decimal as it is, `log(2)` or `sqrt(2)` by name rather than by their digits, a
+/// number raised element-wise as `2.^x`; each formula is checked against finite differences.
 #[test]
 fn constants_print_as_written() {
     let cases = [
@@ -106,6 +106,8 @@ fn constants_print_as_written() {
         ("sum(x)/log(3)", "vector(1)/log(3)"),
         ("exp(0)*x'*x", "2*x"),
         ("sqrt(4)*sum(x)", "2*vector(1)"),
+        ("sum(2.^x)", "log(2)*2.^x"),
+        ("sum(vector(0.5).^x)", "log(0.5)*0.5.^x"),
     ];
     for (program, expected) in cases {
         let d = derive(program, "x", Request::Derivative, Layout::Gradient);
