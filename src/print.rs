@@ -337,6 +337,16 @@ impl<'g> Writer<'g> {
                 (format!("{base}{mark}"), Prec::Postfix)
             }
             Node::Inv(a) => self.inverse(a),
+            // `sin(x)'`, as people write it, for `sin(x')` (the same for element-wise maps).
+            Node::Map(f, a) if matches!(g.node(a), Node::Transpose(_)) => {
+                let inner = g.node(a).args()[0];
+                let mark = match self.style {
+                    Style::Text => "'",
+                    Style::Unicode => "ᵀ",
+                    Style::Latex => "^\\top",
+                };
+                (format!("{}{mark}", self.map(f, inner)), Prec::Postfix)
+            }
             Node::Map(f, a) => (self.map(f, a), Prec::Atom),
             Node::Sum(a) => (self.call("sum", a), Prec::Atom),
             Node::Trace(a) => (self.call("tr", a), Prec::Atom),

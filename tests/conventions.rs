@@ -115,6 +115,9 @@ fn constants_print_as_written() {
         let (_, c) = first_usable(&d, 3, 10).expect("usable point");
         assert!(c.rel_error < TOLERANCE, "{program}: {:.2e}", c.rel_error);
     }
+    // An element-wise function of a transpose prints as the transpose of the function.
+    let d = derive("x'*x*sin(x)'*y", "x", Request::Derivative, Layout::Gradient);
+    assert_eq!(d.text(), "2*(sin(x)'*y)*x + (x'*x)*(y.*cos(x))");
     let d = derive("x'*x/3", "x", Request::Derivative, Layout::Gradient);
     let render = |format| matgrad::print::render(&d.program.graph, d.node, format);
     assert_eq!(render(matgrad::print::Format::Unicode), "(2/3)x");
