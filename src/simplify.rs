@@ -438,7 +438,7 @@ impl<'g> Simplifier<'g> {
         let tb = self.as_term(b);
         let mut chain = ta.chain;
         for f in tb.chain {
-            push_factor(&mut chain, f);
+            self.push_factor_merging_diagonals(&mut chain, f);
         }
         let term = Term {
             coef: ta.coef * tb.coef,
@@ -450,6 +450,26 @@ impl<'g> Simplifier<'g> {
             shape,
             terms: collect(vec![term]),
         }
+    }
+
+    /// [`push_factor`], except that a diagonal matrix after a diagonal matrix becomes one:
+    /// `diag(u)*diag(v) = diag(u.*v)` and `diag(u)*diag(u) = diag(u.^2)`, with the Hadamard
+    /// product in its canonical order, so `diag(u)*diag(v) + diag(v)*diag(u)` is
+    /// `2*diag(u.*v)`.
+    fn push_factor_merging_diagonals(&mut self, chain: &mut Vec<Factor>, f: Factor) {
+        let last = chain.last().copied();
+        if let (Some(last), Node::Diag(v)) = (last, self.g.node(f.base)) {
+            if let (Node::Diag(u), 1, 1) = (self.g.node(last.base), last.power, f.power) {
+                let (pu, pv) = (self.poly(u), self.poly(v));
+                let product = self.hadamard(pu, pv);
+                let inner = self.build(&product);
+                let base = self.g.diag(inner);
+                chain.pop();
+                push_factor(chain, Factor { base, power: 1 });
+                return;
+            }
+        }
+        push_factor(chain, f);
     }
 
     /// Moves every 1×1 segment of the chain (a row vector times … times a column vector)

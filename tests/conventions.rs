@@ -123,3 +123,21 @@ fn constants_print_as_written() {
     assert_eq!(render(matgrad::print::Format::Unicode), "(2/3)x");
     assert_eq!(render(matgrad::print::Format::Latex), "\\frac{2}{3} x");
 }
+
+/// Products of diagonal matrices are one diagonal matrix, `diag(u)*diag(v) = diag(u.*v)`, so
+/// Hessians of element-wise functions come out as a person writes them (and are evaluated
+/// element-wise, not as products of n×n matrices); each is checked against differences.
+#[test]
+fn products_of_diagonal_matrices_merge() {
+    let cases = [
+        ("sin(x)'*cos(x)", "-4*diag(sin(x).*cos(x))"),
+        ("exp(x)'*exp(x)", "4*diag(exp(x).^2)"),
+        ("x'*diag(y)*diag(z)*x", "2*diag(y.*z)"),
+    ];
+    for (program, expected) in cases {
+        let d = derive(program, "x", Request::Hessian, Layout::Gradient);
+        assert_eq!(d.text(), expected, "{program}");
+        let (_, c) = first_usable(&d, 4, 10).expect("usable point");
+        assert!(c.rel_error < TOLERANCE, "{program}: {:.2e}", c.rel_error);
+    }
+}

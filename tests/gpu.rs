@@ -218,7 +218,9 @@ fn gpu_matches_reference_on_random_programs_with_large_dimensions() {
         }
     }
     eprintln!("{compared} compared, {gemms} GEMMs, {fused} fused steps");
-    assert!(compared >= 20, "only {compared} compared");
+    // 18 of the 600 seeds give GEMM plans (chains of diagonal matrices, which used to be
+    // GEMMs, are element-wise since diag(u)*diag(v) simplifies to diag(u.*v)).
+    assert!(compared >= 15, "only {compared} compared");
     assert!(
         gemms >= 20 && fused >= 5,
         "{gemms} GEMMs, {fused} fused steps"
