@@ -49,6 +49,17 @@ fn a_symmetric_constant_is_used_by_the_simplifier() {
     assert_eq!(d.text(), "2*C*x");
 }
 
+/// Each program's derivative by `wrt` prints as expected and agrees with finite differences
+/// (at the first usable of ten points from `seed`).
+fn assert_prints(cases: &[(&str, &str)], wrt: &str, request: Request, seed: u64) {
+    for &(program, expected) in cases {
+        let d = derive(program, wrt, request.clone(), Layout::Gradient);
+        assert_eq!(d.text(), expected, "{program}");
+        let (_, c) = first_usable(&d, seed, 10).expect("usable point");
+        assert!(c.rel_error < TOLERANCE, "{program}: {:.2e}", c.rel_error);
+    }
+}
+
 /// By a symmetric variable, matgrad returns sym(G) = (G+G')/2: the symmetric matrix S with
 /// f(X+tD) = f(X) + t<S,D> + o(t) for every symmetric direction D.
 #[test]
@@ -58,12 +69,7 @@ fn gradient_by_a_symmetric_variable_is_sym_g() {
         ("X: symmetric(n); A: matrix(n,n); tr(A*X)", "0.5*(A+A')"),
         ("X: spd(n); a: vector(n); a'*X*X*a", "X*a*a' + a*a'*X"),
     ];
-    for (program, expected) in cases {
-        let d = derive(program, "X", Request::Derivative, Layout::Gradient);
-        assert_eq!(d.text(), expected, "{program}");
-        let (_, c) = first_usable(&d, 9, 10).expect("usable point");
-        assert!(c.rel_error < TOLERANCE, "{program}: {:.2e}", c.rel_error);
-    }
+    assert_prints(&cases, "X", Request::Derivative, 9);
 }
 
 /// The other convention in the literature, G + G' - G∘I, is not what finite differences
@@ -108,16 +114,10 @@ fn constants_print_as_written() {
         ("sqrt(4)*sum(x)", "2*vector(1)"),
         ("sum(2.^x)", "log(2)*2.^x"),
         ("sum(vector(0.5).^x)", "log(0.5)*0.5.^x"),
+        // An element-wise function of a transpose prints as the transpose of the function.
+        ("x'*x*sin(x)'*y", "2*(sin(x)'*y)*x + (x'*x)*(y.*cos(x))"),
     ];
-    for (program, expected) in cases {
-        let d = derive(program, "x", Request::Derivative, Layout::Gradient);
-        assert_eq!(d.text(), expected, "{program}");
-        let (_, c) = first_usable(&d, 3, 10).expect("usable point");
-        assert!(c.rel_error < TOLERANCE, "{program}: {:.2e}", c.rel_error);
-    }
-    // An element-wise function of a transpose prints as the transpose of the function.
-    let d = derive("x'*x*sin(x)'*y", "x", Request::Derivative, Layout::Gradient);
-    assert_eq!(d.text(), "2*(sin(x)'*y)*x + (x'*x)*(y.*cos(x))");
+    assert_prints(&cases, "x", Request::Derivative, 3);
     let d = derive("x'*x/3", "x", Request::Derivative, Layout::Gradient);
     let render = |format| matgrad::print::render(&d.program.graph, d.node, format);
     assert_eq!(render(matgrad::print::Format::Unicode), "(2/3)x");
@@ -134,10 +134,5 @@ fn products_of_diagonal_matrices_merge() {
         ("exp(x)'*exp(x)", "4*diag(exp(x).^2)"),
         ("x'*diag(y)*diag(z)*x", "2*diag(y.*z)"),
     ];
-    for (program, expected) in cases {
-        let d = derive(program, "x", Request::Hessian, Layout::Gradient);
-        assert_eq!(d.text(), expected, "{program}");
-        let (_, c) = first_usable(&d, 4, 10).expect("usable point");
-        assert!(c.rel_error < TOLERANCE, "{program}: {:.2e}", c.rel_error);
-    }
+    assert_prints(&cases, "x", Request::Hessian, 4);
 }
