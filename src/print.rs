@@ -466,6 +466,10 @@ impl<'g> Writer<'g> {
                 let circle = if elementwise { "∘" } else { "" };
                 match value.filter(|v| v.fract() == 0.0 && v.abs() < 1e6) {
                     Some(v) => format!("{base}{circle}{}", superscript(&number(v))),
+                    // An atom that is already parenthesized (a fraction) keeps its own.
+                    None if exponent.1 == Prec::Atom && exponent.0.starts_with('(') => {
+                        format!("{base}^{circle}{}", exponent.0)
+                    }
                     None => format!("{base}^{circle}({})", exponent.0),
                 }
             }

@@ -122,6 +122,15 @@ fn constants_print_as_written() {
     let render = |format| matgrad::print::render(&d.program.graph, d.node, format);
     assert_eq!(render(matgrad::print::Format::Unicode), "(2/3)x");
     assert_eq!(render(matgrad::print::Format::Latex), "\\frac{2}{3} x");
+    // As an exponent: one pair of parentheses in every format.
+    let d = derive("y'*(x.^(1/3))", "y", Request::Derivative, Layout::Gradient);
+    let render = |format| matgrad::print::render(&d.program.graph, d.node, format);
+    assert_eq!(d.text(), "x.^(1/3)");
+    assert_eq!(render(matgrad::print::Format::Unicode), "x^∘(1/3)");
+    assert_eq!(
+        render(matgrad::print::Format::Latex),
+        "x^{\\circ \\frac{1}{3}}"
+    );
 }
 
 /// Products of diagonal matrices are one diagonal matrix, `diag(u)*diag(v) = diag(u.*v)`, so
