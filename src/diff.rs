@@ -326,7 +326,7 @@ pub static RULES: &[Rule] = &[
         operation: "A./B",
         reverse: "A += G./B; B += -G.*A./B.^2",
         forward: "dA./B - A.*dB./B.^2",
-        example: ("x: vector; y: vector; sum(x./y)", "x", "vector(1)./y"),
+        example: ("x: vector; y: vector; sum(x./y)", "x", "1./y"),
     },
     Rule {
         name: "pow",

@@ -280,7 +280,16 @@ impl<'g> Writer<'g> {
                     (_, Style::Unicode) => " ⊘ ",
                     (_, Style::Latex) => " \\oslash ",
                 };
-                let left = self.product_operand(a, true, false);
+                // `1./x`, not `vector(1)./x`: the number broadcasts (text only, as for powers).
+                let divide = matches!(g.node(id), Node::ElemDiv(..));
+                let number_left = (text && divide && g.shape(b) == g.shape(id))
+                    .then(|| filled_with(g, a))
+                    .flatten();
+                let left = match number_left {
+                    Some(c) if c < 0.0 => format!("({})", number(c)),
+                    Some(c) => number(c),
+                    None => self.product_operand(a, true, false),
+                };
                 let right = self.strict_right(b);
                 (format!("{left}{op}{right}"), Prec::Product)
             }

@@ -100,7 +100,7 @@ fn the_other_symmetric_convention_fails_the_check() {
 
 /// Constants print as a person writes them: a fraction whose decimals run on as `2/3`, a
 /// short decimal as it is, `log(2)` or `sqrt(2)` by name rather than by their digits, a
-/// number raised element-wise as `2.^x`; each formula is checked against finite differences.
+/// number broadcast as `2.^x` or `1./x`; each formula is checked against finite differences.
 #[test]
 fn constants_print_as_written() {
     let cases = [
@@ -114,6 +114,8 @@ fn constants_print_as_written() {
         ("sqrt(4)*sum(x)", "2*vector(1)"),
         ("sum(2.^x)", "log(2)*2.^x"),
         ("sum(vector(0.5).^x)", "log(0.5)*0.5.^x"),
+        ("sum(log(x))", "1./x"),
+        ("sum(1.5./x)", "-1.5*(1./x.^2)"),
         // An element-wise function of a transpose prints as the transpose of the function.
         ("x'*x*sin(x)'*y", "2*(sin(x)'*y)*x + (x'*x)*(y.*cos(x))"),
     ];
