@@ -1049,6 +1049,10 @@ impl<'g> Simplifier<'g> {
             if c == 0.0 {
                 return self.ones(shape);
             }
+            // 0.^c = 0 for c > 0 (`vector(0).^2` is the zero vector).
+            if c > 0.0 && a.terms.is_empty() {
+                return Poly::zero(shape);
+            }
             if c.fract() == 0.0 && a.terms.len() == 1 {
                 // (k*s*A).^c = k^c * s^c * A.^c for an integer c.
                 let t = self.as_term(a);
@@ -1578,6 +1582,17 @@ mod tests {
     fn trace_rotations() {
         check("x: vector; a: vector; tr(x*a')", "a'*x");
         check("A: matrix(n,n); B: matrix(n,n); tr(B*A) - tr(A*B)", "0");
+    }
+
+    #[test]
+    fn powers_of_zero_fold() {
+        check("x: vector; vector(0).^2 + x", "x");
+        check(
+            "x: vector; vector(1)./(vector(0).^3+vector(1)) + x",
+            "vector(1) + x",
+        );
+        // Not for a negative power (infinite) or a variable one.
+        check("vector(0).^(-1)", "vector(0).^(-1)");
     }
 
     #[test]
