@@ -701,7 +701,14 @@ impl<'g> Simplifier<'g> {
             return self.constant(1.0);
         }
         if let Some(v) = p.constant() {
-            return self.constant(v.powf(c));
+            // `4^0.5` is 2, but `4.5^1.5` stays as written, not as its digits.
+            let value = v.powf(c);
+            if crate::print::fraction(value).is_some() || !value.is_finite() {
+                return self.constant(value);
+            }
+            let (base, exponent) = (self.g.constant(v), self.g.constant(c));
+            let node = self.g.pow(base, exponent);
+            return self.atom(node);
         }
         let integer = c.fract() == 0.0;
         if let [t] = p.terms.as_slice() {

@@ -115,6 +115,9 @@ fn constants_print_as_written() {
         ("sum(2.^x)", "log(2)*2.^x"),
         ("sum(vector(0.5).^x)", "log(0.5)*0.5.^x"),
         ("sum(log(x))", "1./x"),
+        ("2^0.5*x'*x", "2*2^0.5*x"),
+        ("(2^2+0.5)^1.5*sum(x)", "4.5^1.5*vector(1)"),
+        ("4^0.5*x'*x", "4*x"),
         ("sum(1.5./x)", "-1.5*(1./x.^2)"),
         // An element-wise function of a transpose prints as the transpose of the function.
         ("x'*x*sin(x)'*y", "2*(sin(x)'*y)*x + (x'*x)*(y.*cos(x))"),
