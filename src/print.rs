@@ -280,32 +280,22 @@ impl<'g> Writer<'g> {
                     (_, Style::Unicode) => " ⊘ ",
                     (_, Style::Latex) => " \\oslash ",
                 };
-                // `1./x`, not `vector(1)./x`: the number broadcasts (text only, as for powers).
+                // `1./x`, not `vector(1)./x`.
                 let divide = matches!(g.node(id), Node::ElemDiv(..));
-                let number_left = (text && divide && g.shape(b) == g.shape(id))
-                    .then(|| filled_with(g, a))
-                    .flatten();
-                let left = match number_left {
-                    Some(c) if c < 0.0 => format!("({})", number(c)),
-                    Some(c) => number(c),
-                    None => self.product_operand(a, true, false),
-                };
+                let left = divide
+                    .then(|| self.broadcast_number(a, b, id))
+                    .flatten()
+                    .unwrap_or_else(|| self.product_operand(a, true, false));
                 let right = self.strict_right(b);
                 (format!("{left}{op}{right}"), Prec::Product)
             }
             Node::Pow(a, b) | Node::ElemPow(a, b) => {
                 let elementwise = matches!(g.node(id), Node::ElemPow(..));
-                // `2.^x`, not `(2*vector(1)).^x`: the number broadcasts to the exponent's
-                // shape, which is the result's. (Text only: juxtaposed in the other styles, a
-                // bare number base would run into the factor before it.)
-                let number_base = (text && elementwise && g.shape(b) == g.shape(id))
-                    .then(|| filled_with(g, a))
-                    .flatten();
-                let base = match number_base {
-                    Some(c) if c < 0.0 => format!("({})", number(c)),
-                    Some(c) => number(c),
-                    None => self.operand(a, Prec::Postfix, false),
-                };
+                // `2.^x`, not `(2*vector(1)).^x`.
+                let base = elementwise
+                    .then(|| self.broadcast_number(a, b, id))
+                    .flatten()
+                    .unwrap_or_else(|| self.operand(a, Prec::Postfix, false));
                 let exponent = self.expr(b, false, false);
                 let exponent_value = match g.node(b) {
                     Node::Const(c) => Some(c.get()),
@@ -533,6 +523,22 @@ impl<'g> Writer<'g> {
                 format!("{name}\\left({arg}\\right)")
             }
         }
+    }
+
+    /// The left operand `a` of the element-wise `id = a op b` as the bare number it is filled
+    /// with, when that number broadcasts to `b`'s shape, which is the result's (`1./x`,
+    /// `2.^x`); a negative one in parentheses. Text only: juxtaposed in the other styles, a
+    /// bare number would run into the factor before it.
+    fn broadcast_number(&self, a: Id, b: Id, id: Id) -> Option<String> {
+        if self.style != Style::Text || self.g.shape(b) != self.g.shape(id) {
+            return None;
+        }
+        let c = filled_with(self.g, a)?;
+        Some(if c < 0.0 {
+            format!("({})", number(c))
+        } else {
+            number(c)
+        })
     }
 
     fn map(&self, f: Func, a: Id) -> String {
