@@ -198,7 +198,7 @@ impl<'g> Simplifier<'g> {
                 Node::Map(..) | Node::Pow(..) | Node::ElemPow(..) | Node::Norm2(_)
             )
         });
-        if transcendental && crate::print::fraction(v).is_none() {
+        if transcendental && !folds(v) {
             return None;
         }
         v.is_finite().then_some(v)
@@ -703,7 +703,7 @@ impl<'g> Simplifier<'g> {
         if let Some(v) = p.constant() {
             // `4^0.5` is 2, but `4.5^1.5` stays as written, not as its digits.
             let value = v.powf(c);
-            if crate::print::fraction(value).is_some() || !value.is_finite() {
+            if folds(value) {
                 return self.constant(value);
             }
             let (base, exponent) = (self.g.constant(v), self.g.constant(c));
@@ -1092,8 +1092,8 @@ impl<'g> Simplifier<'g> {
     fn map(&mut self, f: Func, p: Poly) -> Poly {
         if let Some(c) = p.constant() {
             let v = f.apply(c);
-            // `exp(0)` is 1, but `log(2)` stays `log(2)` ([`Self::fold_constant`]).
-            if crate::print::fraction(v).is_some() || !v.is_finite() {
+            // `exp(0)` is 1, but `log(2)` stays `log(2)`.
+            if folds(v) {
                 return self.constant(v);
             }
             let arg = self.g.constant(c);
@@ -1115,7 +1115,7 @@ impl<'g> Simplifier<'g> {
         if let Some(c) = fill_value {
             let mut ones = self.ones(p.shape);
             let v = f.apply(c);
-            if crate::print::fraction(v).is_some() || !v.is_finite() {
+            if folds(v) {
                 scale_poly(&mut ones, v);
                 return ones;
             }
@@ -1458,6 +1458,14 @@ fn scale_poly(p: &mut Poly, c: f64) {
 }
 
 /// Appends a factor, merging powers of the same atom and cancelling `X^k * X^-k`.
+/// Whether a function or power of numbers with value `v` becomes that number: when it is a
+/// simple fraction (`exp(0)`, `sqrt(4)`, `4^0.5`; see [`crate::print::fraction`]) or not
+/// finite. Otherwise (`log(2)`, `4.5^1.5`) it stays as written, since its digits are no way
+/// to print it.
+fn folds(v: f64) -> bool {
+    crate::print::fraction(v).is_some() || !v.is_finite()
+}
+
 fn push_factor(chain: &mut Vec<Factor>, f: Factor) {
     if let Some(last) = chain.last_mut() {
         if last.base == f.base {
