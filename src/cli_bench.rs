@@ -297,12 +297,11 @@ fn cpu_isa(name: Option<&str>) -> Result<Isa, String> {
         return Ok(Isa::fastest());
     };
     let names = |isas: &[Isa]| isas.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ");
-    let available = Isa::available();
     match Isa::from_name(name) {
-        Some(isa) if available.contains(&isa) => Ok(isa),
+        Some(isa) if isa.is_available() => Ok(isa),
         Some(_) => Err(format!(
             "--cpu-isa {name}: this CPU does not run it; it runs {}",
-            names(&available)
+            names(&Isa::available())
         )),
         None => Err(format!(
             "--cpu-isa {name}: unknown; the instruction sets are {}",

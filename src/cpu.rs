@@ -92,26 +92,35 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The instruction sets this CPU runs, widest first; `Portable` is always last.
-    pub fn available() -> Vec<Isa> {
-        let mut isas = Vec::new();
+    /// Whether this CPU runs `self` (the features are detected once and cached by std).
+    pub fn is_available(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            if has!("avx2") && has!("fma") {
-                if has!("avx512f") {
-                    isas.push(Isa::Avx512);
-                }
-                isas.push(Isa::Avx2);
+            let vector = has!("avx2") && has!("fma");
+            match self {
+                Isa::Avx512 => vector && has!("avx512f"),
+                Isa::Avx2 => vector,
+                Isa::Portable => true,
             }
         }
-        isas.push(Isa::Portable);
-        isas
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Isa::Portable
+        }
+    }
+
+    /// The instruction sets this CPU runs, widest first; `Portable` is always last.
+    pub fn available() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|i| i.is_available()).collect()
     }
 
     /// The widest of [`Isa::available`]: what [`run_cpu`] uses.
     pub fn fastest() -> Isa {
-        Isa::available()[0]
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.is_available())
+            .unwrap_or(Isa::Portable)
     }
 
     /// Every instruction set, widest first.
@@ -170,7 +179,7 @@ pub fn run_cpu_into_on(
     outputs: &mut [Batch<f32>],
 ) {
     assert!(
-        Isa::available().contains(&isa),
+        isa.is_available(),
         "run_cpu_into_on: this CPU does not run {isa:?}"
     );
     let steps = plan.steps();

@@ -616,7 +616,7 @@ pub fn gemm_rows_for(
     out: &mut [f32],
 ) {
     assert!(
-        Isa::available().contains(&isa),
+        isa.is_available(),
         "gemm_rows_for: this CPU does not run {isa:?}"
     );
     gemm_rows_on(isa, rows, k, n, x, f, Factor::Packed, out)
