@@ -35,8 +35,8 @@ pub struct Comparison {
     pub derived: Mat,
     pub estimate: Mat,
     pub rel_error: f64,
-    /// The smallest norm errors are measured against here (differences resolve a derivative
-    /// only to about 1e-7 of the function's value): any other value compared with
+    /// The smallest norm errors are measured against here (1e-5 of the function's value:
+    /// see [`TOLERANCE`] for why): any other value compared with
     /// `estimate` uses it too, through [`relative_error_above`].
     pub floor: f64,
 }
