@@ -247,7 +247,7 @@ fn cases(args: &BenchArgs) -> Result<Vec<Case>, u8> {
 }
 
 fn print_ceilings(c: &Ceilings) {
-    println!(
+    outln!(
         "{}: copy {:.1} GB/s, float32 {:.1} GFLOP/s ({})",
         c.device,
         c.copy_bytes_per_s / 1e9,
@@ -258,14 +258,14 @@ fn print_ceilings(c: &Ceilings) {
 
 fn print_measurement(m: &Measurement, json: bool) {
     if json {
-        println!("{}", serde_json::to_string(m).unwrap_or_default());
+        outln!("{}", serde_json::to_string(m).unwrap_or_default());
         return;
     }
     let of = |f: Option<f64>| {
         f.map(|f| format!(" ({:.0}%)", 100.0 * f))
             .unwrap_or_default()
     };
-    println!(
+    outln!(
         "{:<20} {:<26} batch {:>8}  median {:>9}  end-to-end {:>9}  {:>7.2e} items/s  {:>7.1} GFLOP/s{}  {:>6.1} GB/s{}",
         m.label,
         m.device,
@@ -333,7 +333,7 @@ pub fn measure_devices(json: bool, adapter: Option<String>) -> u8 {
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
     } else {
         all.iter().for_each(print_ceilings);
     }

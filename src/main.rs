@@ -1,13 +1,25 @@
 //! The `matgrad` command line: turns library results and errors into output and exit codes.
 //!
-//! Exit status: 0 success, 1 a check failed, 2 bad input or usage. Errors in a program are
-//! printed with the program and a caret under the offending span.
+//! Exit status: 0 success, 1 a check failed, 2 bad input or usage or output that cannot be
+//! written, 141 when standard output's reader went away. Errors in a program are printed with
+//! the program and a caret under the offending span. Results go to standard output through
+//! `outln!`/`out!` ([`write_stdout`]), never `println!`, which panics when it cannot write.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+/// `println!` for this binary's results: see [`write_stdout`].
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*), true) };
+}
+
+/// `print!` for this binary's results: see [`write_stdout`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*), false) };
+}
 
 mod cli_bench;
 use serde_json::json;
@@ -262,6 +274,33 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes to standard output. `println!` panics when it cannot; here a reader that went away
+/// (`matgrad catalog | head -3`) ends the process quietly with the status a shell gives a
+/// process killed by SIGPIPE (141), and any other failure (a full disk) ends it with a
+/// message and status 2: a result that could not be written is never reported as success.
+fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(args)
+        .and_then(|()| {
+            if newline {
+                stdout.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(141),
+        Err(e) => {
+            eprintln!("error: cannot write to standard output: {e}");
+            std::process::exit(2)
+        }
+    }
+}
+
 fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Grad {
@@ -449,7 +488,7 @@ fn run(cli: Cli) -> u8 {
             let batched = batched_or_wrt(batched, &wrt);
             match explain_plan(&derivative, &sizes, &batched, wgsl) {
                 Ok(text) => {
-                    print!("{text}");
+                    out!("{text}");
                     0
                 }
                 Err(e) => report(&e, &program),
@@ -550,19 +589,19 @@ fn gpu_if_any(adapter: Option<String>) -> Option<GpuContext> {
 fn list_devices(json: bool) -> u8 {
     let adapters = list_adapters();
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&adapters).unwrap_or_default()
         );
         return 0;
     }
     if adapters.is_empty() {
-        println!("no GPU adapters; for a software Vulkan adapter install Mesa's lavapipe (apt-get install mesa-vulkan-drivers libvulkan1)");
+        outln!("no GPU adapters; for a software Vulkan adapter install Mesa's lavapipe (apt-get install mesa-vulkan-drivers libvulkan1)");
     }
     for a in &adapters {
-        println!("{} ({}, {})", a.name, a.backend, a.device_type);
-        println!("    driver: {}", a.driver);
-        println!(
+        outln!("{} ({}, {})", a.name, a.backend, a.device_type);
+        outln!("    driver: {}", a.driver);
+        outln!(
             "    max storage binding {} MiB, max buffer {} MiB, {} workgroups per dimension, {} invocations per workgroup, timestamp queries: {}",
             a.max_storage_buffer_binding_size >> 20,
             a.max_buffer_size >> 20,
@@ -685,12 +724,12 @@ fn print_check(d: &Derivative, reports: &[DeviceReport], json: bool) -> u8 {
     let passed = reports.iter().all(|r| r.passed && r.items_compared > 0);
     if json {
         let value = json!({"derivative": d.text(), "passed": passed, "devices": reports});
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
         );
     } else {
-        println!("derivative: {}", d.text());
+        outln!("derivative: {}", d.text());
         for r in reports {
             let skipped = if r.items_ill_conditioned > 0 {
                 format!(
@@ -701,13 +740,14 @@ fn print_check(d: &Derivative, reports: &[DeviceReport], json: bool) -> u8 {
                 String::new()
             };
             if r.items_compared == 0 {
-                println!(
+                outln!(
                     "{:<10} vs {:<19} nothing compared (0 items{skipped}): FAILED",
-                    r.device, r.against
+                    r.device,
+                    r.against
                 );
                 continue;
             }
-            println!(
+            outln!(
                 "{:<10} vs {:<19} max relative error {:.3e} (tolerance {:.0e}, {} items{skipped}): {}",
                 r.device,
                 r.against,
@@ -738,7 +778,7 @@ fn derive_and_print(
     let derivative = check_program(source).and_then(|p| differentiate(p, wrt, request, layout));
     match derivative {
         Ok(d) => {
-            println!("{}", render(&d, format));
+            outln!("{}", render(&d, format));
             0
         }
         Err(e) => report(&e, source),
@@ -784,7 +824,7 @@ fn run_catalog(json: bool, seed: u64) -> u8 {
         )
     });
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&reports).unwrap_or_default()
         );
@@ -806,7 +846,7 @@ fn run_catalog(json: bool, seed: u64) -> u8 {
         } else {
             ""
         };
-        println!(
+        outln!(
             "{:<4} {kind}{} by {}{condition}{layout}: {}",
             r.id,
             r.function,
@@ -814,13 +854,13 @@ fn run_catalog(json: bool, seed: u64) -> u8 {
             r.verdict.label()
         );
         match &r.verdict {
-            Verdict::Agrees => println!("       {}", r.derived),
+            Verdict::Agrees => outln!("       {}", r.derived),
             Verdict::PrintedFormulaWrong { why } => {
-                println!("       printed: {}   ({why})", r.printed);
-                println!("       correct: {}", r.derived);
+                outln!("       printed: {}   ({why})", r.printed);
+                outln!("       correct: {}", r.derived);
             }
             Verdict::Unsupported { why } | Verdict::MatgradWrong { why } => {
-                println!("       {why}")
+                outln!("       {why}")
             }
         }
     }
@@ -838,7 +878,7 @@ fn run_catalog(json: bool, seed: u64) -> u8 {
         .map(|r| r.id.as_str())
         .collect();
     wrong.dedup();
-    println!(
+    outln!(
         "\n{} entries, {} variants: {} agree, {} printed formula wrong, {} unsupported, {} matgrad wrong",
         entries.len(),
         reports.len(),
@@ -847,6 +887,6 @@ fn run_catalog(json: bool, seed: u64) -> u8 {
         count("unsupported"),
         count("matgrad wrong")
     );
-    println!("entries printed wrongly: {}", wrong.join(", "));
+    outln!("entries printed wrongly: {}", wrong.join(", "));
     u8::from(failed)
 }

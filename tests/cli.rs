@@ -365,3 +365,42 @@ fn check_with_no_point_inside_the_domain_fails_and_says_why() {
         "{err}"
     );
 }
+
+/// Runs `matgrad catalog` with its standard output going to `stdout`.
+fn catalog_into(stdout: std::process::Stdio) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_matgrad"))
+        .arg("catalog")
+        .stdout(stdout)
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    // `matgrad catalog | head -1`: a pipe whose reader is already closed, so the first write
+    // fails however fast the process is.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let (code, err) = catalog_into(writer.into());
+    assert_eq!(code, 141, "{err}");
+    assert!(err.is_empty(), "no panic, no message: {err}");
+}
+
+#[test]
+fn output_that_cannot_be_written_is_an_error() {
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        eprintln!("SKIPPED: no /dev/full on this system");
+        return;
+    };
+    let (code, err) = catalog_into(full.into());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("error: cannot write to standard output"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
