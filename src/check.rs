@@ -2,11 +2,13 @@
 //! float64 reference, and the reference against finite differences.
 //!
 //! In: a [`Derivative`] and a [`CheckConfig`] (dimension sizes, batch size, which variables
-//! are batched, a seed). Out: one [`DeviceReport`] per device with the largest relative error
-//! over the items and its tolerance. Invariants: shared inputs are one value for the whole
+//! are batched, a seed). Out: a [`Checked`]: one [`DeviceReport`] per device with the largest
+//! relative error over the items and its tolerance, and the sizes when not the defaults. Invariants: shared inputs are one value for the whole
 //! batch, batched inputs one per item; an item's inputs are redrawn (up to 20 times) until
 //! the function and its finite differences are finite there, so a `log` or `logdet` outside
-//! its domain is avoided rather than reported; the reference is compared with finite
+//! its domain is avoided rather than reported, and when no point at the default sizes is
+//! (`logdet(X'*X)` with a wide `X`), other sizes for the dimensions the user left free are
+//! tried ([`size_candidates`]); the reference is compared with finite
 //! differences on up to [`FD_ITEMS`] items, each device with the reference on every item.
 
 use std::collections::HashMap;
@@ -55,43 +57,44 @@ pub struct DeviceReport {
     pub passed: bool,
 }
 
+/// A check's reports and the sizes it ran at.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    pub reports: Vec<DeviceReport>,
+    /// `m=3, n=4` when these are not the default sizes: no random point was inside the
+    /// domain at those (see [`size_candidates`]), and the check moved on to these.
+    pub other_sizes: Option<String>,
+}
+
 /// Runs the check. Errors name the variable or dimension at fault.
 pub fn run_check(
     d: &Derivative,
     config: &CheckConfig,
     gpu: Option<&crate::gpu::GpuContext>,
-) -> Result<Vec<DeviceReport>, Diagnostic> {
+) -> Result<Checked, Diagnostic> {
     let g = &d.program.graph;
-    let sizes = sizes_with(g, &config.dims)?;
     let batched = batched_flags(g, &config.batched)?;
     let batch = config.batch.max(1);
-    let plan = Plan::new(g, &[d.node], &sizes, &batched)
-        .map_err(|e| Diagnostic::without_span(e.to_string()))?;
-
-    // Shared values from one point; each item redrawn until it is inside the domain.
-    let base = random_point(g, &sizes, config.seed);
-    let mut items: Vec<Env> = Vec::with_capacity(batch);
-    for item in 0..batch {
-        let mut chosen = None;
-        for attempt in 0..20u64 {
-            let seed = config
-                .seed
-                .wrapping_mul(7919)
-                .wrapping_add((item as u64) * 1000 + attempt + 1);
-            let mut env = random_point(g, &sizes, seed);
-            for (v, value) in env.values.iter_mut().enumerate() {
-                if !batched[v] {
-                    value.clone_from(&base.values[v]);
-                }
-            }
-            let usable = compare(d, &env).is_ok();
-            chosen = Some(env);
-            if usable {
-                break;
-            }
+    // The first sizes that give the function a point in its domain, else the defaults.
+    let candidates = size_candidates(g, &config.dims)?;
+    let mut sizes = &candidates[0];
+    let (mut items, mut usable) = draw_items(d, sizes, &batched, batch, config.seed);
+    let mut other_sizes = None;
+    for next in &candidates[1..] {
+        if usable {
+            break;
         }
-        items.extend(chosen);
+        let (next_items, next_usable) = draw_items(d, next, &batched, batch, config.seed);
+        if next_usable {
+            (sizes, items, usable) = (next, next_items, true);
+            let named: Vec<String> = (g.dims.iter().zip(next))
+                .map(|(dim, size)| format!("{}={size}", dim.name))
+                .collect();
+            other_sizes = Some(named.join(", "));
+        }
     }
+    let plan = Plan::new(g, &[d.node], sizes, &batched)
+        .map_err(|e| Diagnostic::without_span(e.to_string()))?;
 
     // Every device and the finite-difference points read the same float32-rounded numbers.
     let inputs64 = round_to_f32(&batches_from_points(&plan, &items));
@@ -138,7 +141,81 @@ pub fn run_check(
             "gpu", &result, &reference, &perturbed,
         ));
     }
-    Ok(reports)
+    Ok(Checked {
+        reports,
+        other_sizes,
+    })
+}
+
+/// A batch of points at `sizes`: shared values from one point, each item redrawn (up to 20
+/// times) until the function and its finite differences are finite there. Also whether any
+/// item found such a point.
+fn draw_items(
+    d: &Derivative,
+    sizes: &[usize],
+    batched: &[bool],
+    batch: usize,
+    seed: u64,
+) -> (Vec<Env>, bool) {
+    let g = &d.program.graph;
+    let base = random_point(g, sizes, seed);
+    let mut items: Vec<Env> = Vec::with_capacity(batch);
+    let mut any_usable = false;
+    for item in 0..batch {
+        let mut chosen = None;
+        for attempt in 0..20u64 {
+            let seed = seed
+                .wrapping_mul(7919)
+                .wrapping_add((item as u64) * 1000 + attempt + 1);
+            let mut env = random_point(g, sizes, seed);
+            for (v, value) in env.values.iter_mut().enumerate() {
+                if !batched[v] {
+                    value.clone_from(&base.values[v]);
+                }
+            }
+            let usable = compare(d, &env).is_ok();
+            chosen = Some(env);
+            if usable {
+                any_usable = true;
+                break;
+            }
+        }
+        items.extend(chosen);
+    }
+    (items, any_usable)
+}
+
+/// The sizes a check tries, in order: [`sizes_with`]'s, then, when some dimensions are
+/// neither declared nor given, other sizes for those: the defaults in reverse order, all
+/// equal to 3, all equal to 2. A function may have no point in its domain at the defaults
+/// (`logdet(X'*X)` with `X` 3×4 is `log 0` everywhere) and points at others (4×3).
+pub fn size_candidates(
+    g: &crate::expr::Graph,
+    overrides: &HashMap<String, usize>,
+) -> Result<Vec<Vec<usize>>, Diagnostic> {
+    let first = sizes_with(g, overrides)?;
+    let free: Vec<usize> = (0..g.dims.len())
+        .filter(|&i| g.dims[i].size.is_none() && !overrides.contains_key(&g.dims[i].name))
+        .collect();
+    let with = |values: &mut dyn Iterator<Item = usize>| {
+        let mut sizes = first.clone();
+        for (&i, v) in free.iter().zip(values) {
+            sizes[i] = v;
+        }
+        sizes
+    };
+    let defaults: Vec<usize> = free.iter().map(|&i| first[i]).collect();
+    let mut candidates = vec![first.clone()];
+    for sizes in [
+        with(&mut defaults.iter().rev().copied()),
+        with(&mut std::iter::repeat(3)),
+        with(&mut std::iter::repeat(2)),
+    ] {
+        if !candidates.contains(&sizes) {
+            candidates.push(sizes);
+        }
+    }
+    Ok(candidates)
 }
 
 /// Dimension sizes: declared sizes, then `overrides` by name, then 3, 4, 2, 5, … Errors name

@@ -413,7 +413,15 @@ fn run(cli: Cli) -> u8 {
             };
             let gpu = gpu_if_any(adapter);
             match run_check(&derivative, &config, gpu.as_ref()) {
-                Ok(reports) => print_check(&derivative, &reports, json),
+                Ok(checked) => {
+                    if let Some(sizes) = &checked.other_sizes {
+                        eprintln!(
+                            "note: no random point was inside the function's domain at the \
+                             default sizes; checked at {sizes}"
+                        );
+                    }
+                    print_check(&derivative, &checked.reports, json)
+                }
                 Err(e) => report(&e, &program),
             }
         }

@@ -366,6 +366,20 @@ fn check_with_no_point_inside_the_domain_fails_and_says_why() {
     );
 }
 
+#[test]
+fn check_moves_to_sizes_where_the_function_has_a_domain() {
+    // At the default sizes X is 3×4 and X'*X a singular 4×4 (logdet -inf everywhere); at
+    // 4×3 it is invertible. Sizes the user fixes are kept (the test above).
+    let (code, out, err) = matgrad(&["check", "logdet(X'*X)", "--wrt", "X", "--batch", "4"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("FAILED"), "{out}");
+    assert!(
+        err.contains("no random point was inside the function's domain at the default sizes"),
+        "{err}"
+    );
+    assert!(err.contains("checked at n=4, m=3"), "{err}");
+}
+
 /// Runs `matgrad catalog` with its standard output going to `stdout`.
 fn catalog_into(stdout: std::process::Stdio) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_matgrad"))
