@@ -56,6 +56,7 @@ enum Command {
     Grad {
         /// The program: optional declarations, then the expression, e.g.
         /// "A: matrix(m,n); x: vector(n); (A*x+b)'*(A*x+b)".
+        #[arg(allow_hyphen_values = true)]
         program: String,
         /// The variable to differentiate by.
         #[arg(long)]
@@ -68,6 +69,7 @@ enum Command {
     /// Hessian of a scalar expression by a vector (or scalar) variable.
     Hessian {
         /// The program: optional declarations, then the expression.
+        #[arg(allow_hyphen_values = true)]
         program: String,
         /// The variable to differentiate by.
         #[arg(long)]
@@ -81,6 +83,7 @@ enum Command {
     /// Evaluate a derivative for a whole batch of inputs from a NumPy .npz file.
     Eval {
         /// The program: optional declarations, then the expression.
+        #[arg(allow_hyphen_values = true)]
         program: String,
         /// The variable to differentiate by.
         #[arg(long)]
@@ -109,6 +112,7 @@ enum Command {
     /// and the reference against finite differences.
     Check {
         /// The program: optional declarations, then the expression.
+        #[arg(allow_hyphen_values = true)]
         program: String,
         /// The variable to differentiate by.
         #[arg(long)]
@@ -135,6 +139,7 @@ enum Command {
     /// item), its operations and bytes, and the GPU kernel.
     Explain {
         /// The program: optional declarations, then the expression.
+        #[arg(allow_hyphen_values = true)]
         program: String,
         /// The variable to differentiate by.
         #[arg(long)]
@@ -167,6 +172,7 @@ enum Command {
     /// fraction of the device's measured ceilings.
     Bench {
         /// The program (omit with --workloads).
+        #[arg(allow_hyphen_values = true)]
         program: Option<String>,
         /// The variable to differentiate by.
         #[arg(long)]

@@ -51,6 +51,15 @@ fn hessians() {
 }
 
 #[test]
+fn a_program_may_start_with_a_minus() {
+    // A negative log-likelihood is a natural first character, not a flag.
+    let (code, out, err) = matgrad(&["grad", "-sum(log(x))", "--wrt", "x"]);
+    assert_eq!((code, out.trim()), (0, "-1./x"), "{err}");
+    let (code, out, err) = matgrad(&["hessian", "--wrt", "x", "-x'*x"]);
+    assert_eq!((code, out.trim()), (0, "-2*eye"), "{err}");
+}
+
+#[test]
 fn syntax_errors_point_at_the_token() {
     let (code, _, err) = matgrad(&["grad", "x'*(A*x + ", "--wrt", "x"]);
     assert_eq!(code, 2);
