@@ -348,7 +348,11 @@ impl<'g> Simplifier<'g> {
             }
             Node::Diag(a) => {
                 let pa = self.poly(a);
-                self.pull_out(pa, shape, |g, v| g.diag(v))
+                // diag(vector(1)) = eye
+                self.pull_out(pa, shape, |g, v| match g.node(v) {
+                    Node::Fill(c, s) if c.get() == 1.0 => g.eye(s.rows),
+                    _ => g.diag(v),
+                })
             }
             Node::DiagPart(a) => {
                 let pa = self.poly(a);
@@ -383,10 +387,73 @@ impl<'g> Simplifier<'g> {
                         }
                     }
                 }
+                if let Some(sums) = self.diag_of_ones_product(&pa, shape) {
+                    return sums;
+                }
                 let oriented = self.orient_single(pa);
                 self.pull_out(oriented, shape, |g, v| g.diag_part(v))
             }
         }
+    }
+
+    /// `diag(P*J) = P*vector(1)` and `diag(J*P) = P'*vector(1)` for a matrix of ones `J`:
+    /// the row (column) sums of `P`, for a single-term `p`; `None` for other forms.
+    fn diag_of_ones_product(&mut self, p: &Poly, shape: Shape) -> Option<Poly> {
+        if p.terms.len() > 1 {
+            // diag is linear: the terms of this form one by one, the others under one diag.
+            let mut done = Poly::zero(shape);
+            let mut others = Poly::zero(p.shape);
+            for t in &p.terms {
+                let single = Poly::single(p.shape, t.clone());
+                match self.diag_of_ones_product(&single, shape) {
+                    Some(d) => done = self.add(done, d),
+                    None => others = self.add(others, single),
+                }
+            }
+            if done.terms.is_empty() {
+                return None;
+            }
+            if !others.terms.is_empty() {
+                let oriented = self.orient_single(others);
+                let rest = self.pull_out(oriented, shape, |g, v| g.diag_part(v));
+                done = self.add(done, rest);
+            }
+            return Some(done);
+        }
+        let [t] = p.terms.as_slice() else {
+            return None;
+        };
+        let ones_at = |i: usize| {
+            t.chain
+                .get(i)
+                .filter(|f| f.power == 1 && self.is_ones(f.base))
+                .map(|f| self.shape(f.base))
+        };
+        let last = t.chain.len().checked_sub(1)?;
+        let (rest, k, transposed) = if let Some(j) = ones_at(last) {
+            (&t.chain[..last], j.rows, false)
+        } else if let Some(j) = ones_at(0) {
+            (&t.chain[1..], j.cols, true)
+        } else {
+            return None;
+        };
+        let rest_shape = if transposed {
+            Shape::new(k, shape.rows)
+        } else {
+            Shape::new(shape.rows, k)
+        };
+        let mut factor = Poly::single(
+            rest_shape,
+            Term {
+                chain: rest.to_vec(),
+                ..t.clone()
+            },
+        );
+        if transposed {
+            factor = self.transpose(factor);
+        }
+        let ones = self.ones(Shape::new(k, Dim::One));
+        Some(self.mul(factor, ones))
     }
 
     /// The poly of a single chain factor.
@@ -455,9 +522,45 @@ impl<'g> Simplifier<'g> {
     /// [`push_factor`], except that a diagonal matrix after a diagonal matrix becomes one:
     /// `diag(u)*diag(v) = diag(u.*v)` and `diag(u)*diag(u) = diag(u.^2)`, with the Hadamard
     /// product in its canonical order, so `diag(u)*diag(v) + diag(v)*diag(u)` is
-    /// `2*diag(u.*v)`.
+    /// `2*diag(u.*v)`; and a diagonal matrix times ones is its vector, `diag(u)*vector(1) = u`,
+    /// `vector(1)'*diag(u) = u'`.
     fn push_factor_merging_diagonals(&mut self, chain: &mut Vec<Factor>, f: Factor) {
         let last = chain.last().copied();
+        // diag(u)*vector(1) = u and vector(1)'*diag(u) = u'
+        if let Some(last) = last.filter(|l| l.power == 1 && f.power == 1) {
+            let ones = |me: &Self, id: Id, column: bool| {
+                let shape = me.shape(id);
+                me.is_ones(id)
+                    && if column {
+                        shape.cols == Dim::One
+                    } else {
+                        shape.rows == Dim::One
+                    }
+            };
+            let vector = match (self.g.node(last.base), self.g.node(f.base)) {
+                (Node::Diag(u), _) if ones(self, f.base, true) => Some(self.poly(u)),
+                (_, Node::Diag(u)) if ones(self, last.base, false) => {
+                    let pu = self.poly(u);
+                    Some(self.transpose(pu))
+                }
+                _ => None,
+            };
+            if let Some(pu) = vector {
+                chain.pop();
+                match pu.terms.as_slice() {
+                    [t] if t.coef == 1.0 && t.scalars.is_empty() => {
+                        for &factor in &t.chain {
+                            self.push_factor_merging_diagonals(chain, factor);
+                        }
+                    }
+                    _ => {
+                        let base = self.build(&pu);
+                        push_factor(chain, Factor { base, power: 1 });
+                    }
+                }
+                return;
+            }
+        }
         if let (Some(last), Node::Diag(v)) = (last, self.g.node(f.base)) {
             if let (Node::Diag(u), 1, 1) = (self.g.node(last.base), last.power, f.power) {
                 let (pu, pv) = (self.poly(u), self.poly(v));
@@ -1245,7 +1348,11 @@ impl<'g> Simplifier<'g> {
         );
         let arg = self.build(&unit);
         let node = f(self.g, arg);
-        let mut out = self.atom(node);
+        let mut out = match self.g.node(node) {
+            // The identity is the empty chain, not an atom, so products drop it.
+            Node::Eye(_) => Poly::single(shape, Term::unit()),
+            _ => self.atom(node),
+        };
         for term in &mut out.terms {
             term.coef *= t.coef;
             term.scalars = merge_scalars(&term.scalars, &t.scalars);

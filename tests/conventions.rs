@@ -150,3 +150,33 @@ fn products_of_diagonal_matrices_merge() {
     ];
     assert_prints(&cases, "x", Request::Hessian, 4);
 }
+
+/// Diagonals of products: `diag(x)*A*x` is `x.*(A*x)`, whose Jacobian (gradient layout, the
+/// transpose) is `diag(A*x) + A'*diag(x)`; `diag(P*diag(x)*Q) = (P.*Q')*x`, so its gradient
+/// layout is `Q.*P'`; `tr(M)` and `diag(M)` of a scalar times a matrix. Each formula is the
+/// mathematics above, checked against differences.
+#[test]
+fn diagonals_of_products_have_closed_forms() {
+    let cases = [
+        ("diag(x)*A*x", "A'*diag(x) + diag(A*x)"),
+        ("diag(A*diag(x)*B)", "B.*A'"),
+        ("diag(x'*x*A)", "2*x*diag(A)'"),
+        ("tr(A*diag(x))*x", "diag(A)*x' + tr(A*diag(x))*eye"),
+    ];
+    assert_prints(&cases, "x", Request::Derivative, 7);
+}
+
+/// Sums over diagonal products read as row or column sums: `sum(diag(x)*A) = x'*A*1`,
+/// `sum(diag(x)*A*diag(x)) = x'*A*x`, `sum(diag(X)) = tr(X)`.
+#[test]
+fn sums_of_diagonal_products_are_row_sums() {
+    let cases = [
+        ("sum(diag(x)*A)", "A*vector(1)"),
+        ("sum(A*diag(x))", "A'*vector(1)"),
+        ("sum(diag(x)*A*diag(x))", "(A+A')*x"),
+        ("sum(diag(A*diag(x)*B))", "diag(B*A)"),
+        ("diag(x'*x*A)'*vector(1)", "2*tr(A)*x"),
+    ];
+    assert_prints(&cases, "x", Request::Derivative, 8);
+    assert_prints(&[("sum(diag(X))", "eye")], "X", Request::Derivative, 8);
+}

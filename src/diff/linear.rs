@@ -4,7 +4,8 @@
 //! In: a (simplified) column-vector or scalar expression that is linear in `u`. Out: `M`
 //! (k×n for a k-vector `e`, a row for a scalar `e`). Used for Jacobians (`e = grad_x(y'*u)`)
 //! and Hessians (`e = grad_x(grad_x(f)'*u)`). Invariant: each rule is an exact identity
-//! (`w.*(A*u) = diag(w)*A*u`, `(P*Q)*B = P*(Q*B)`, `s(u)*w = w*r` when `s(u) = r*u`);
+//! (`w.*(A*u) = diag(w)*A*u`, `(P*Q)*B = P*(Q*B)`, `s(u)*w = w*r` when `s(u) = r*u`,
+//! `tr(M) = sum(diag(M))`, `diag(P*diag(v)*Q) = (P.*Q')*v`);
 //! anything that is not of these forms is an error, never a guess.
 
 use crate::expr::{Dim, Graph, Id, Node, Shape};
@@ -125,10 +126,16 @@ fn linear(g: &mut Graph, e: Id, u: u32, depth: usize) -> Result<Option<Id>, Stri
             let ones = g.fill(1.0, Shape::new(Dim::One, g.shape(a).rows));
             g.mul(ones, ma)
         }
-        Node::DiagPart(a) => match g.node(a) {
-            Node::Diag(v) => return rec(g, v),
-            _ => return Err(not_linear(g, e)),
-        },
+        Node::Trace(a) => {
+            // tr(M) = sum(diag(M))
+            let d = g.diag_part(a);
+            let s = g.sum(d);
+            return rec(g, s);
+        }
+        Node::DiagPart(a) => {
+            let inward = diag_part_inward(g, a).ok_or_else(|| not_linear(g, e))?;
+            return rec(g, inward);
+        }
         _ => return Err(not_linear(g, e)),
     };
     Ok(Some(m))
@@ -175,6 +182,93 @@ fn push_transpose(g: &mut Graph, r: Id) -> Option<Id> {
         Node::Diag(_) => r,
         _ => return None,
     })
+}
+
+/// `diag(m)`, the diagonal of a square `m`, with the diagonal taken one level inward, when
+/// `m` has a form that allows it: `diag(p*r') = p.*r` for an outer product (the Jacobians of
+/// `diag(x)*A*x` give `diag(A*x*u')`), `diag(diag(v)*M) = v.*diag(M)`,
+/// `diag(P*diag(v)*Q) = (P.*Q')*v`, and `diag` through
+/// sums, scalings, transposes and element-wise products.
+fn diag_part_inward(g: &mut Graph, m: Id) -> Option<Id> {
+    Some(match g.node(m) {
+        Node::Diag(v) => v,
+        Node::Add(p, q) => {
+            let (dp, dq) = (g.diag_part(p), g.diag_part(q));
+            g.add(dp, dq)
+        }
+        Node::Neg(p) => {
+            let dp = g.diag_part(p);
+            g.neg(dp)
+        }
+        Node::Scale(s, p) => {
+            let dp = g.diag_part(p);
+            g.mul(s, dp)
+        }
+        Node::Div(p, s) => {
+            let dp = g.diag_part(p);
+            g.div(dp, s)
+        }
+        Node::Transpose(p) => g.diag_part(p),
+        Node::Hadamard(p, q) => {
+            let (dp, dq) = (g.diag_part(p), g.diag_part(q));
+            g.hadamard(dp, dq)
+        }
+        Node::MatMul(..) => {
+            let factors = chain_factors(g, m);
+            let (first, last) = (factors[0], factors[factors.len() - 1]);
+            if let Node::Diag(v) = g.node(first) {
+                let rest = product(g, &factors[1..]);
+                let dr = g.diag_part(rest);
+                g.hadamard(v, dr)
+            } else if let Node::Diag(v) = g.node(last) {
+                let rest = product(g, &factors[..factors.len() - 1]);
+                let dr = g.diag_part(rest);
+                g.hadamard(dr, v)
+            } else if let Some(split) =
+                (1..factors.len()).find(|&i| g.shape(factors[i - 1]).cols == Dim::One)
+            {
+                // A rank-one chain: a prefix of the factors is a column.
+                let column = product(g, &factors[..split]);
+                let row = product(g, &factors[split..]);
+                let rt = g.transpose(row);
+                g.hadamard(column, rt)
+            } else {
+                // diag(P*diag(v)*Q) = (P.*Q')*v.
+                let k = (1..factors.len() - 1)
+                    .find(|&k| matches!(g.node(factors[k]), Node::Diag(_)))?;
+                let Node::Diag(v) = g.node(factors[k]) else {
+                    return None;
+                };
+                let p = product(g, &factors[..k]);
+                let q = product(g, &factors[k + 1..]);
+                let qt = g.transpose(q);
+                let pq = g.hadamard(p, qt);
+                g.mul(pq, v)
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// The factors of a matrix-product chain, left to right (`m` itself when it is no product).
+fn chain_factors(g: &Graph, m: Id) -> Vec<Id> {
+    match g.node(m) {
+        Node::MatMul(a, b) => {
+            let mut factors = chain_factors(g, a);
+            factors.extend(chain_factors(g, b));
+            factors
+        }
+        _ => vec![m],
+    }
+}
+
+/// The product of a non-empty chain of factors.
+fn product(g: &mut Graph, factors: &[Id]) -> Id {
+    let mut acc = factors[0];
+    for &f in &factors[1..] {
+        acc = g.mul(acc, f);
+    }
+    acc
 }
 
 /// `A*B` rewritten so that the part of `A` that depends on `u` meets `B` first.
