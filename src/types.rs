@@ -35,16 +35,13 @@ impl Program {
 }
 
 /// Parses and type-checks a program. A shape error that declaring one variable whose kind
-/// came from its first letter would fix gets that declaration as its help (the first such
+/// came from its first letter would fix gets that declaration as its help (every such
 /// variable, names of several letters before single letters).
 pub fn check_program(source: &str) -> Result<Program, Diagnostic> {
     let error = match check_program_with_shape(source, None) {
         Ok(program) => return Ok(program),
         Err(error) => error,
     };
-    if error.help.is_some() {
-        return Err(error);
-    }
     let Ok(ast) = parse_program(source) else {
         return Err(error);
     };
@@ -55,6 +52,7 @@ pub fn check_program(source: &str) -> Result<Program, Diagnostic> {
     names.sort_by_key(|name| name.chars().count() == 1);
     let declared: Vec<&str> = ast.decls.iter().map(|d| d.name.as_str()).collect();
     let mut seen = Vec::new();
+    let mut repairs = Vec::new();
     for name in names {
         let lowercase = name.starts_with(|c: char| c.is_ascii_lowercase());
         let reserved = name == "eye"
@@ -67,15 +65,23 @@ pub fn check_program(source: &str) -> Result<Program, Diagnostic> {
         let other = if kind == "scalar" { "vector" } else { "scalar" };
         let repaired = format!("{name}: {other}; {source}");
         if check_program_with_shape(&repaired, None).is_ok() {
-            return Err(error.with_help(format!(
-                "`{name}` is a {kind} by its first letter ({LETTER_RULE}); declared a {other}, \
-                 the program checks: `{}`",
+            repairs.push(format!(
+                "`{name}` is a {kind} by its first letter; declared a {other}, the program \
+                 checks: `{}`",
                 repaired.trim()
-            )));
+            ));
         }
         seen.push(name);
     }
-    Err(error)
+    if repairs.is_empty() {
+        return Err(error);
+    }
+    // A help the error already had (`use .^ for an element-wise power`) stays first.
+    let mut help: Vec<String> = error.help.iter().cloned().collect();
+    let lead = if help.is_empty() { "" } else { "or: " };
+    help.push(format!("{lead}{}", repairs.join("; or ")));
+    help.push(format!("the letter rule: {LETTER_RULE}"));
+    Err(error.with_help(help.join("\nhelp: ")))
 }
 
 /// Like [`check_program`], but the result must have `expected` shape (given with the graph

@@ -60,6 +60,27 @@ fn a_program_may_start_with_a_minus() {
 }
 
 #[test]
+fn a_letter_rule_repair_is_suggested_and_works() {
+    // By the letter rule t is a vector and a a scalar; the help quotes each declaration that
+    // makes the program check, after the error's own help, and each quoted program derives.
+    for (program, wrt, repair, own_help) in [
+        ("tr(inv(A+t*B))", "t", "t: scalar; tr(inv(A+t*B))", None),
+        ("log(t^2+1)", "t", "t: scalar; log(t^2+1)", Some("use .^")),
+        ("(x'*a)^2", "x", "a: vector; (x'*a)^2", Some("use .^")),
+    ] {
+        let (code, _, err) = matgrad(&["grad", program, "--wrt", wrt]);
+        assert_eq!(code, 2, "{program}: {err}");
+        assert!(err.contains(&format!("`{repair}`")), "{program}: {err}");
+        if let Some(own) = own_help {
+            let (own_at, repair_at) = (err.find(own), err.find(repair));
+            assert!(own_at.is_some() && own_at < repair_at, "{program}: {err}");
+        }
+        let (code, out, err) = matgrad(&["grad", repair, "--wrt", wrt]);
+        assert_eq!(code, 0, "{repair}: {out}{err}");
+    }
+}
+
+#[test]
 fn syntax_errors_point_at_the_token() {
     let (code, _, err) = matgrad(&["grad", "x'*(A*x + ", "--wrt", "x"]);
     assert_eq!(code, 2);
