@@ -243,6 +243,11 @@ impl<'g> Writer<'g> {
                 };
                 (format!("{minus}{inner}"), Prec::Unary)
             }
+            Node::Scale(k, x) if self.number_over(k, x).is_some() => {
+                // `0.5./sqrt(x)`, not `0.5*(1./sqrt(x))`.
+                let (c, b) = self.number_over(k, x).unwrap_or((String::new(), x));
+                (format!("{c}./{}", self.strict_right(b)), Prec::Product)
+            }
             Node::MatMul(a, b) | Node::Scale(a, b) => {
                 let in_prefix = matches!(g.node(id), Node::Scale(..)) && !g.shape(b).is_scalar();
                 let prefix_flag = scalar_prefix || in_prefix;
@@ -539,6 +544,19 @@ impl<'g> Writer<'g> {
         } else {
             number(c)
         })
+    }
+
+    /// For `k*(1./b)` with `k` a positive number that prints as a plain decimal, its text
+    /// and `b`: printed `k./b` (text only, like [`Self::broadcast_number`]).
+    fn number_over(&self, k: Id, x: Id) -> Option<(String, Id)> {
+        let (Node::Const(_), Node::ElemDiv(a, b)) = (self.g.node(k), self.g.node(x)) else {
+            return None;
+        };
+        // Positive and not printed as a fraction: an atom.
+        let (c, prec) = self.expr(k, false, false);
+        let ok = self.style == Style::Text && prec == Prec::Atom;
+        let ok = ok && filled_with(self.g, a) == Some(1.0) && self.g.shape(b) == self.g.shape(x);
+        ok.then_some((c, b))
     }
 
     fn map(&self, f: Func, a: Id) -> String {

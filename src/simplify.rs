@@ -1045,21 +1045,7 @@ impl<'g> Simplifier<'g> {
         let scalars = merge_scalars(&ta.scalars, &tb.scalars);
         let na = self.build_chain(&ta.chain, shape);
         let nb = self.build_chain(&tb.chain, shape);
-        let node = if self.is_ones(na) {
-            nb
-        } else if self.is_ones(nb) {
-            na
-        } else if let Some(d) = self.reciprocal_of(na) {
-            self.elem_div_node(nb, d)
-        } else if let Some(d) = self.reciprocal_of(nb) {
-            self.elem_div_node(na, d)
-        } else if na == nb {
-            let two = self.g.constant(2.0);
-            self.g.push(Node::ElemPow(na, two))
-        } else {
-            let (x, y) = if na <= nb { (na, nb) } else { (nb, na) };
-            self.g.push(Node::Hadamard(x, y))
-        };
+        let node = self.elementwise_monomial(&[(na, 1.0), (nb, 1.0)], shape);
         let mut p = self.poly_of_unit(node);
         for t in &mut p.terms {
             t.coef *= coef;
@@ -1100,11 +1086,73 @@ impl<'g> Simplifier<'g> {
         self.g.push(Node::ElemDiv(n, d))
     }
 
-    /// `d` when `id` is `ones ./ d`.
-    fn reciprocal_of(&self, id: Id) -> Option<Id> {
+    /// The element-wise product of `parts` raised to their exponents (`x.*y` is `[(x, 1),
+    /// (y, 1)]`, `x./y` is `[(x, 1), (y, -1)]`), as one node: the factors of every part
+    /// (through `.*`, `./` and `.^` by a number) with their exponents added, so `x.*log(x)`
+    /// by `x` gives `x./x = vector(1)` and `x.^3./x` gives `x.^2`; then the factors with
+    /// positive exponents over those with negative ones, each product in handle order.
+    /// Cancelling is exact wherever the operands are finite and nonzero, as in any algebra
+    /// system.
+    fn elementwise_monomial(&mut self, parts: &[(Id, f64)], shape: Shape) -> Id {
+        let mut factors: Vec<(Id, f64)> = Vec::new();
+        for &(id, exponent) in parts {
+            self.elementwise_factors(id, exponent, &mut factors);
+        }
+        factors.sort_by_key(|&(id, _)| id);
+        let mut merged: Vec<(Id, f64)> = Vec::new();
+        for (id, exponent) in factors {
+            match merged.last_mut() {
+                Some(last) if last.0 == id => last.1 += exponent,
+                _ => merged.push((id, exponent)),
+            }
+        }
+        let product = |g: &mut Graph, sign: f64| {
+            let mut acc: Option<Id> = None;
+            for &(base, exponent) in merged.iter().filter(|f| f.1 * sign > 0.0) {
+                let e = exponent * sign;
+                let f = if e == 1.0 {
+                    base
+                } else {
+                    let c = g.constant(e);
+                    g.push(Node::ElemPow(base, c))
+                };
+                acc = Some(match acc {
+                    None => f,
+                    Some(a) if a <= f => g.push(Node::Hadamard(a, f)),
+                    Some(a) => g.push(Node::Hadamard(f, a)),
+                });
+            }
+            acc
+        };
+        let numerator = product(self.g, 1.0);
+        let denominator = product(self.g, -1.0);
+        match (numerator, denominator) {
+            (Some(n), None) => n,
+            (n, Some(d)) => {
+                let n = n.unwrap_or_else(|| self.g.fill(1.0, shape));
+                self.elem_div_node(n, d)
+            }
+            (None, None) => self.g.fill(1.0, shape),
+        }
+    }
+
+    /// Appends the factors of the unit node `id`, raised to `exponent`, to `out`.
+    fn elementwise_factors(&self, id: Id, exponent: f64, out: &mut Vec<(Id, f64)>) {
         match self.g.node(id) {
-            Node::ElemDiv(n, d) if self.is_ones(n) => Some(d),
-            _ => None,
+            Node::Fill(c, _) if c.get() == 1.0 => {}
+            Node::Hadamard(x, y) => {
+                self.elementwise_factors(x, exponent, out);
+                self.elementwise_factors(y, exponent, out);
+            }
+            Node::ElemDiv(n, d) => {
+                self.elementwise_factors(n, exponent, out);
+                self.elementwise_factors(d, -exponent, out);
+            }
+            Node::ElemPow(x, c) => match self.g.node(c) {
+                Node::Const(k) => self.elementwise_factors(x, exponent * k.get(), out),
+                _ => out.push((id, exponent)),
+            },
+            _ => out.push((id, exponent)),
         }
     }
 
@@ -1128,11 +1176,7 @@ impl<'g> Simplifier<'g> {
         let scalars = merge_scalars(&ta.scalars, &inverted);
         let na = self.build_chain(&ta.chain, shape);
         let nb = self.build_chain(&tb.chain, shape);
-        let node = if self.is_ones(nb) {
-            na
-        } else {
-            self.elem_div_node(na, nb)
-        };
+        let node = self.elementwise_monomial(&[(na, 1.0), (nb, -1.0)], shape);
         let mut p = self.poly_of_unit(node);
         for t in &mut p.terms {
             t.coef *= coef;

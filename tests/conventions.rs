@@ -118,7 +118,8 @@ fn constants_print_as_written() {
         ("2^0.5*x'*x", "2*2^0.5*x"),
         ("(2^2+0.5)^1.5*sum(x)", "4.5^1.5*vector(1)"),
         ("4^0.5*x'*x", "4*x"),
-        ("sum(1.5./x)", "-1.5*(1./x.^2)"),
+        ("sum(1.5./x)", "-1.5./x.^2"),
+        ("sum(sqrt(x))", "0.5./sqrt(x)"),
         // An element-wise function of a transpose prints as the transpose of the function.
         ("x'*x*sin(x)'*y", "2*(sin(x)'*y)*x + (x'*x)*(y.*cos(x))"),
     ];
@@ -136,6 +137,20 @@ fn constants_print_as_written() {
         render(matgrad::print::Format::Latex),
         "x^{\\circ \\frac{1}{3}}"
     );
+}
+
+/// Element-wise products and quotients of the same factor combine their exponents, as a
+/// person cancels them: `x.*log(x)` by `x` is `log(x) + x./x = log(x) + 1`.
+#[test]
+fn elementwise_powers_of_one_factor_combine() {
+    let cases = [
+        ("sum(x.*log(x))", "log(x) + vector(1)"),
+        ("sum(x.^3./x)", "2*x"),
+        ("sum(exp(x)./exp(x).*x)", "vector(1)"),
+        ("sum(x.*x.^(-1))", "vector(0)"),
+        ("sum(log(x).*x.^2)", "x + 2*(x.*log(x))"),
+    ];
+    assert_prints(&cases, "x", Request::Derivative, 5);
 }
 
 /// Products of diagonal matrices are one diagonal matrix, `diag(u)*diag(v) = diag(u.*v)`, so
