@@ -607,6 +607,9 @@ impl<'g> Simplifier<'g> {
 
     /// The node for a 1×1 chain, oriented so that it has the fewest transposes.
     fn scalar_chain_atom(&mut self, chain: Vec<Factor>) -> Id {
+        if let Some(sum) = self.sum_of_ones_product(&chain) {
+            return sum;
+        }
         let shape = Shape::SCALAR;
         let direct = self.build_chain(&chain, shape);
         let as_poly = Poly::single(
@@ -623,6 +626,30 @@ impl<'g> Simplifier<'g> {
                 self.better(direct, flipped)
             }
             None => direct,
+        }
+    }
+
+    /// `vector(1)'*u` and `u'*vector(1)` as `sum(u)`, the atom a written `sum(u)` gives, so
+    /// that the two cancel (`1/sum(e) - (vector(1)'*e)/sum(e)^2` is 0); `None` for other
+    /// chains.
+    fn sum_of_ones_product(&mut self, chain: &[Factor]) -> Option<Id> {
+        let ones_vector = |me: &Self, f: &Factor| f.power == 1 && me.is_ones(f.base);
+        let rest = match chain {
+            [first, rest @ ..] if !rest.is_empty() && ones_vector(self, first) => rest,
+            [rest @ .., last] if !rest.is_empty() && ones_vector(self, last) => rest,
+            _ => return None,
+        };
+        let rest_shape = match (rest.first(), rest.last()) {
+            (Some(f), Some(l)) => Shape::new(self.shape(f.base).rows, self.shape(l.base).cols),
+            _ => return None,
+        };
+        let sum = self.reduce_chain(rest, rest_shape, Reduction::Sum);
+        match sum.terms.as_slice() {
+            [t] if t.coef == 1.0 && t.chain.is_empty() => match t.scalars.as_slice() {
+                [(atom, e)] if e.get() == 1.0 => Some(*atom),
+                _ => None,
+            },
+            _ => None,
         }
     }
 

@@ -195,3 +195,15 @@ fn sums_of_diagonal_products_are_row_sums() {
     assert_prints(&cases, "x", Request::Derivative, 8);
     assert_prints(&[("sum(diag(X))", "eye")], "X", Request::Derivative, 8);
 }
+
+/// `vector(1)'*u` is `sum(u)`, the same atom, so a softmax sums to one symbolically: its
+/// gradient is exactly 0, not the float32 noise of `1/s - s/s^2`.
+#[test]
+fn a_product_with_ones_is_a_sum() {
+    let cases = [
+        ("sum(exp(x)/sum(exp(x)))", "vector(0)"),
+        ("sum(exp(x)/(vector(1)'*exp(x)))", "vector(0)"),
+        ("(vector(1)'*x)^2", "2*sum(x)*vector(1)"),
+    ];
+    assert_prints(&cases, "x", Request::Derivative, 6);
+}
