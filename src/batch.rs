@@ -10,7 +10,7 @@
 //! [`eval::apply`](crate::eval::apply), shared steps computed once.
 
 use crate::eval::{apply, Mat};
-use crate::expr::{Dim, Graph};
+use crate::expr::{Dim, Func, Graph, Node};
 use crate::plan::Plan;
 
 /// A batch of values of one shape: `data` holds `batch` (or 1) row-major items back to back.
@@ -218,90 +218,207 @@ pub fn run_reference(plan: &Plan, inputs: &[&Batch<f64>], batch: usize) -> Vec<B
 }
 
 /// The reference with every intermediate rounded to float32, as any float32 device stores
-/// them: where this differs much from [`run_reference`], no float32 evaluation of the formula
-/// can be accurate (`1 - tanh(x)^2` once `tanh(x)` is within an ulp of 1).
+/// them, and every one an operation rounds (see `rounds`) that is not an integer then moved by
+/// half a float32 ulp up or down, in a pattern that differs from step
+/// to step and entry to entry, as independent roundings would be: where this differs much
+/// from [`run_reference`], no float32 evaluation of the formula can be accurate (`1 -
+/// tanh(x)^2` once `tanh(x)` is within an ulp of 1; `1/s - (1'*e)/s^2` with `s = sum(e)`,
+/// exactly 0 here only because both sums are computed alike).
 pub fn run_reference_rounded(plan: &Plan, inputs: &[&Batch<f64>], batch: usize) -> Vec<Batch<f64>> {
     reference(plan, inputs, batch, true)
 }
 
+/// Whether float32 rounds the result of `node` (a sum, a product, a function); a negation,
+/// a transpose, a diagonal, `abs`, `sign`, `relu`, a constant or an input it does not.
+fn rounds(node: &Node) -> bool {
+    !matches!(
+        node,
+        Node::Var(_)
+            | Node::Const(_)
+            | Node::Fill(..)
+            | Node::Eye(_)
+            | Node::Neg(_)
+            | Node::Transpose(_)
+            | Node::Diag(_)
+            | Node::DiagPart(_)
+            | Node::Map(Func::Abs | Func::Sign | Func::Relu, _)
+    )
+}
+
 fn reference(plan: &Plan, inputs: &[&Batch<f64>], batch: usize, round: bool) -> Vec<Batch<f64>> {
-    let finish = |m: Mat| if round { m.map(|x| x as f32 as f64) } else { m };
     let steps = plan.steps();
-    let mut shared: Vec<Option<Mat>> = vec![None; steps.len()];
-    for (i, step) in steps.iter().enumerate() {
-        if step.batched {
-            continue;
-        }
-        let value = match step.input {
-            Some(k) => finish(inputs[k].item_mat(0)),
-            None => {
-                let args: Vec<&Mat> = step
-                    .args
-                    .iter()
-                    .map(|&a| shared[a].as_ref().expect("shared argument"))
-                    .collect();
-                finish(apply(&step.node, &args, step.rows, step.cols))
-            }
-        };
-        shared[i] = Some(value);
-    }
     let mut outputs: Vec<Batch<f64>> = plan
         .outputs()
         .iter()
         .map(|&o| {
             let step = &steps[o];
+            let items = if plan.is_batched() { batch } else { 1 };
             Batch {
                 batch: plan.is_batched().then_some(batch),
                 rows: step.rows,
                 cols: step.cols,
-                data: Vec::with_capacity(batch * step.len()),
+                data: Vec::with_capacity(items * step.len()),
             }
         })
         .collect();
-    if !plan.is_batched() {
-        for (out, &o) in outputs.iter_mut().zip(plan.outputs()) {
-            out.data
-                .extend_from_slice(&shared[o].as_ref().expect("shared output").data);
+    walk(
+        plan,
+        batch,
+        |i, args: &[&Mat], item| {
+            let step = &steps[i];
+            let value = match step.input {
+                Some(k) => inputs[k].item_mat(item),
+                None => apply(&step.node, args, step.rows, step.cols),
+            };
+            if round {
+                rounded(value, i, step.input.is_none() && rounds(&step.node))
+            } else {
+                value
+            }
+        },
+        |_, values| {
+            for (out, &o) in outputs.iter_mut().zip(plan.outputs()) {
+                out.data.extend_from_slice(&values[o].data);
+            }
+        },
+    );
+    outputs
+}
+
+/// `m` rounded to float32, and when `inexact` (an operation float32 rounds) each entry that is
+/// not an integer moved by half a float32 ulp, up or down by a pattern of `step` and entry.
+/// Integers stay: float32 holds them exactly, and an exponent of 2 moved off 2 would make a
+/// negative base's power NaN.
+fn rounded(mut m: Mat, step: usize, inexact: bool) -> Mat {
+    let half_ulp = f64::from(f32::EPSILON) / 2.0;
+    for (k, x) in m.data.iter_mut().enumerate() {
+        *x = f64::from(*x as f32);
+        if !inexact || (x.fract() == 0.0 && x.abs() < 16_777_216.0) {
+            continue;
         }
-        return outputs;
+        let up = ((step.wrapping_mul(0x9E37_79B1) ^ k.wrapping_mul(0x85EB_CA77)) >> 7) & 1;
+        *x *= if up == 1 {
+            1.0 + half_ulp
+        } else {
+            1.0 - half_ulp
+        };
     }
-    let mut item_values: Vec<Option<Mat>> = vec![None; steps.len()];
+    m
+}
+
+/// For each item of `inputs` (one when the plan is not batched), the largest finite magnitude
+/// among the values the reference computes for it that float32 resolves: those within a
+/// relative 1e-4 of themselves when the reference runs on `moved` inputs with float32 rounding
+/// (see [`run_reference_rounded`]). It is the scale of the numbers a result is computed from:
+/// `exp(log(x))./x - 1` is 0 while its terms are 1, and an `inv` of a nearly singular matrix,
+/// which float32 does not resolve, does not count.
+pub fn resolved_magnitudes(
+    plan: &Plan,
+    inputs: &[&Batch<f64>],
+    moved: &[&Batch<f64>],
+    batch: usize,
+) -> Vec<f64> {
+    let steps = plan.steps();
+    let mut magnitudes = Vec::new();
+    walk(
+        plan,
+        batch,
+        |i, args: &[&(Mat, Mat)], item| {
+            let step = &steps[i];
+            match step.input {
+                Some(k) => (
+                    inputs[k].item_mat(item),
+                    rounded(moved[k].item_mat(item), i, false),
+                ),
+                None => {
+                    let exact: Vec<&Mat> = args.iter().map(|(e, _)| e).collect();
+                    let perturbed: Vec<&Mat> = args.iter().map(|(_, p)| p).collect();
+                    let (r, c) = (step.rows, step.cols);
+                    (
+                        apply(&step.node, &exact, r, c),
+                        rounded(apply(&step.node, &perturbed, r, c), i, rounds(&step.node)),
+                    )
+                }
+            }
+        },
+        |_, values| {
+            let magnitude = (values.iter())
+                .filter(|(exact, perturbed)| {
+                    let moved = perturbed.zip(exact, |a, b| a - b).norm();
+                    moved <= 1e-4 * exact.norm()
+                })
+                .map(|(exact, _)| {
+                    (exact.data.iter())
+                        .filter(|x| x.is_finite())
+                        .fold(0.0f64, |a, x| a.max(x.abs()))
+                })
+                .fold(0.0, f64::max);
+            magnitudes.push(magnitude);
+        },
+    );
+    magnitudes
+}
+
+/// Evaluates `plan` over a batch: `value(i, args, item)` gives step `i`'s value for `item`
+/// from its arguments' values (none for an input), shared steps once with `item` 0; then
+/// `done(item, values)` sees every step's value for each item (`values[i]`, shared ones
+/// included), once with item 0 when the plan is not batched.
+fn walk<V>(
+    plan: &Plan,
+    batch: usize,
+    mut value: impl FnMut(usize, &[&V], usize) -> V,
+    mut done: impl FnMut(usize, &[&V]),
+) {
+    let steps = plan.steps();
+    let mut shared: Vec<Option<V>> = (0..steps.len()).map(|_| None).collect();
+    for (i, step) in steps.iter().enumerate() {
+        if step.batched {
+            continue;
+        }
+        let args: Vec<&V> = (step.args.iter())
+            .map(|&a| shared[a].as_ref().expect("shared argument"))
+            .collect();
+        let v = value(i, &args, 0);
+        shared[i] = Some(v);
+    }
+    if !plan.is_batched() {
+        let values: Vec<&V> = (shared.iter())
+            .map(|v| v.as_ref().expect("every step evaluated"))
+            .collect();
+        done(0, &values);
+        return;
+    }
+    let mut item_values: Vec<Option<V>> = (0..steps.len()).map(|_| None).collect();
     for item in 0..batch {
         for (i, step) in steps.iter().enumerate() {
             if !step.batched {
                 continue;
             }
-            let value = match step.input {
-                Some(k) => finish(inputs[k].item_mat(item)),
-                None => {
-                    let args: Vec<&Mat> = step
-                        .args
-                        .iter()
-                        .map(|&a| {
-                            if steps[a].batched {
-                                item_values[a].as_ref().expect("batched argument")
-                            } else {
-                                shared[a].as_ref().expect("shared argument")
-                            }
-                        })
-                        .collect();
-                    finish(apply(&step.node, &args, step.rows, step.cols))
-                }
-            };
-            item_values[i] = Some(value);
+            let args: Vec<&V> = (step.args.iter())
+                .map(|&a| {
+                    let values = if steps[a].batched {
+                        &item_values
+                    } else {
+                        &shared
+                    };
+                    values[a].as_ref().expect("argument evaluated")
+                })
+                .collect();
+            let v = value(i, &args, item);
+            item_values[i] = Some(v);
         }
-        for (out, &o) in outputs.iter_mut().zip(plan.outputs()) {
-            // An output that no batched input reaches is the same for every item.
-            let value = if steps[o].batched {
-                &item_values[o]
-            } else {
-                &shared[o]
-            };
-            out.data
-                .extend_from_slice(&value.as_ref().expect("output evaluated").data);
-        }
+        let values: Vec<&V> = (0..steps.len())
+            .map(|i| {
+                let values = if steps[i].batched {
+                    &item_values
+                } else {
+                    &shared
+                };
+                values[i].as_ref().expect("every step evaluated")
+            })
+            .collect();
+        done(item, &values);
     }
-    outputs
 }
 
 /// The plan's inputs as batches built from per-item points (`items[i]` holds item `i`'s

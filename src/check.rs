@@ -15,7 +15,10 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::batch::{batches_from_points, run_reference, run_reference_rounded, set_points, Batch};
+use crate::batch::{
+    batches_from_points, resolved_magnitudes, run_reference, run_reference_rounded, set_points,
+    Batch,
+};
 use crate::cpu::run_cpu;
 use crate::diagnostic::Diagnostic;
 use crate::diff::Derivative;
@@ -52,6 +55,9 @@ pub struct DeviceReport {
     pub max_rel_error: f64,
     pub tolerance: f64,
     pub items_compared: usize,
+    /// Of the items compared, those whose result cancelled to float32's rounding noise, and
+    /// are held to it (see [`device_against_reference`]).
+    pub items_cancelled: usize,
     /// Items left out because float32 cannot resolve them (see [`device_against_reference`]).
     pub items_ill_conditioned: usize,
     pub passed: bool,
@@ -101,9 +107,8 @@ pub fn run_check(
     set_points(&plan, &inputs64, &mut items);
     let refs: Vec<&Batch<f64>> = inputs64.iter().collect();
     let reference = run_reference(&plan, &refs, batch).remove(0);
-    let moved = perturb(&inputs64);
-    let moved_refs: Vec<&Batch<f64>> = moved.iter().collect();
-    let perturbed = run_reference_rounded(&plan, &moved_refs, batch).remove(0);
+    let resolution = Float32Resolution::new(&plan, &inputs64, batch);
+    let noise = resolution.output(0);
 
     // The reference against finite differences.
     let mut fd_error: f64 = 0.0;
@@ -122,6 +127,7 @@ pub fn run_check(
         max_rel_error: fd_error,
         tolerance: TOLERANCE,
         items_compared: fd_items,
+        items_cancelled: 0,
         items_ill_conditioned: 0,
         passed: fd_items > 0 && fd_error <= TOLERANCE,
     }];
@@ -130,16 +136,12 @@ pub fn run_check(
     let inputs32: Vec<Batch<f32>> = inputs64.iter().map(to_f32).collect();
     let refs32: Vec<&Batch<f32>> = inputs32.iter().collect();
     let cpu = run_cpu(&plan, &refs32, batch).remove(0);
-    reports.push(device_against_reference(
-        "cpu", &cpu, &reference, &perturbed,
-    ));
+    reports.push(device_against_reference("cpu", &cpu, &reference, noise));
     if let Some(ctx) = gpu {
         let result = crate::gpu::run_gpu(ctx, &plan, &refs32, batch)
             .map_err(|e| Diagnostic::without_span(format!("the GPU failed: {e}")))?
             .remove(0);
-        reports.push(device_against_reference(
-            "gpu", &result, &reference, &perturbed,
-        ));
+        reports.push(device_against_reference("gpu", &result, &reference, noise));
     }
     Ok(Checked {
         reports,
@@ -261,21 +263,68 @@ pub fn batched_flags(g: &crate::expr::Graph, names: &[String]) -> Result<Vec<boo
     Ok(batched)
 }
 
+/// How many times float32's own rounding noise a result that cancelled may be off by (see
+/// [`device_against_reference`]): a device's float32 sums of many terms round more often than
+/// the one half-ulp per step of the perturbed reference.
+pub const NOISE_ALLOWANCE: f64 = 100.0;
+
+/// What float32 can resolve of a plan's reference on some inputs: the reference recomputed
+/// with float32 rounding ([`run_reference_rounded`] on [`perturb`]ed inputs) and, per item,
+/// the largest magnitude the computation reaches that float32 resolves
+/// ([`resolved_magnitudes`]).
+#[derive(Clone, Debug)]
+pub struct Float32Resolution {
+    perturbed: Vec<Batch<f64>>,
+    magnitudes: Vec<f64>,
+}
+
+impl Float32Resolution {
+    pub fn new(plan: &Plan, inputs: &[Batch<f64>], batch: usize) -> Float32Resolution {
+        let refs: Vec<&Batch<f64>> = inputs.iter().collect();
+        let moved = perturb(inputs);
+        let moved_refs: Vec<&Batch<f64>> = moved.iter().collect();
+        Float32Resolution {
+            perturbed: run_reference_rounded(plan, &moved_refs, batch),
+            magnitudes: resolved_magnitudes(plan, &refs, &moved_refs, batch),
+        }
+    }
+
+    /// For the plan's output `k`.
+    pub fn output(&self, k: usize) -> Float32Noise<'_> {
+        Float32Noise {
+            perturbed: &self.perturbed[k],
+            magnitudes: &self.magnitudes,
+        }
+    }
+}
+
+/// [`Float32Resolution`] for one output.
+#[derive(Clone, Copy, Debug)]
+pub struct Float32Noise<'a> {
+    perturbed: &'a Batch<f64>,
+    magnitudes: &'a [f64],
+}
+
 /// The largest per-item error of a float32 result against the reference, over the items
-/// where the reference is finite and well-conditioned at float32 precision.
+/// float32 can resolve.
 ///
 /// An item's error is `‖got − want‖ / (‖want‖ + 1e-3·M)`, with `M` the largest `‖want‖` in
 /// the batch: relative for items of ordinary size, absolute at float32's resolution of the
 /// batch's scale for items that are tiny because terms cancelled (`1 - tanh(x)^2` is exactly 0
 /// in float32 once `tanh(x)` rounds to 1, while the reference keeps 1e-7). An item whose
-/// reference moves by more than a tenth of the tolerance under float32 rounding (`perturbed`:
-/// the reference on inputs scaled by 1 ± 2⁻²³ with every intermediate rounded to float32)
-/// cannot be computed to the tolerance in float32 by any method, and is counted, not compared.
+/// reference moves by more than a tenth of the tolerance under float32 rounding (`noise`) is
+/// one of two kinds:
+/// - the result and the movement are both small next to the largest magnitude the item's
+///   computation reaches that float32 resolves: the result cancelled (`exp(log(x)) - x` is 0 up to rounding, and so
+///   is its derivative), and the item is held to [`NOISE_ALLOWANCE`] times that movement (a
+///   wrong kernel is off by the size of the terms, far more);
+/// - otherwise the computation itself is lost in float32 (an `inv` of a nearly singular
+///   matrix): no float32 method can be accurate, and the item is counted, not compared.
 pub fn device_against_reference(
     device: &str,
     result: &Batch<f32>,
     reference: &Batch<f64>,
-    perturbed: &Batch<f64>,
+    noise: Float32Noise<'_>,
 ) -> DeviceReport {
     let scale = (0..reference.items())
         .map(|i| reference.item_mat(i).norm())
@@ -283,17 +332,27 @@ pub fn device_against_reference(
         .fold(0.0f64, f64::max);
     let mut worst: f64 = 0.0;
     let mut compared = 0;
+    let mut cancelled = 0;
     let mut ill_conditioned = 0;
     for i in 0..reference.items() {
         let want = reference.item_mat(i);
         if !want.is_finite() {
             continue;
         }
-        let floor = want.norm() + 1e-3 * scale;
-        let moved = perturbed.item_mat(i).zip(&want, |a, b| a - b).norm();
-        if moved > F32_TOLERANCE / 10.0 * floor {
-            ill_conditioned += 1;
-            continue;
+        let mut floor = want.norm() + 1e-3 * scale;
+        let moved = noise.perturbed.item_mat(i).zip(&want, |a, b| a - b).norm();
+        let resolved = moved <= F32_TOLERANCE / 10.0 * floor;
+        if !resolved {
+            // Cancelled: far smaller than the numbers it is computed from, which float32
+            // does resolve.
+            let magnitude = noise.magnitudes.get(i).copied().unwrap_or(0.0);
+            let small = want.norm() <= F32_TOLERANCE * magnitude;
+            if !(small && moved <= F32_TOLERANCE / 10.0 * magnitude) {
+                ill_conditioned += 1;
+                continue;
+            }
+            cancelled += 1;
+            floor += NOISE_ALLOWANCE * moved / F32_TOLERANCE;
         }
         let got = crate::eval::Mat {
             rows: result.rows,
@@ -315,6 +374,7 @@ pub fn device_against_reference(
         max_rel_error: worst,
         tolerance: F32_TOLERANCE,
         items_compared: compared,
+        items_cancelled: cancelled,
         items_ill_conditioned: ill_conditioned,
         passed: worst <= F32_TOLERANCE,
     }
@@ -355,5 +415,45 @@ pub fn to_f32(b: &Batch<f64>) -> Batch<f32> {
         rows: b.rows,
         cols: b.cols,
         data: b.data.iter().map(|&x| x as f32).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column<T>(data: Vec<T>) -> Batch<T> {
+        Batch {
+            batch: Some(data.len()),
+            rows: 1,
+            cols: 1,
+            data,
+        }
+    }
+
+    /// Three items whose exact result is 0 by cancellation of terms of size 1 (float32 noise
+    /// 1e-7 one rounding away), and one whose computation float32 does not resolve at all.
+    #[test]
+    fn cancelled_items_are_held_to_noise_and_lost_ones_left_out() {
+        let reference = column(vec![0.0, 0.0, 1e-17, 2e-4]);
+        let perturbed = column(vec![1e-7, -1e-7, 1e-7, 2.0]);
+        let magnitudes = [1.0, 1.0, 1.0, 1e-3];
+        let noise = Float32Noise {
+            perturbed: &perturbed,
+            magnitudes: &magnitudes,
+        };
+        let at_noise = column(vec![3e-7f32, 0.0, -2e-7, 1.5]);
+        let report = device_against_reference("cpu", &at_noise, &reference, noise);
+        assert_eq!(
+            (report.items_compared, report.items_cancelled),
+            (3, 3),
+            "{report:?}"
+        );
+        assert_eq!(report.items_ill_conditioned, 1, "{report:?}");
+        assert!(report.passed, "{report:?}");
+        // Off by the size of the terms on one cancelled item: a wrong kernel.
+        let wrong = column(vec![3e-7f32, 1.0, -2e-7, 1.5]);
+        let report = device_against_reference("cpu", &wrong, &reference, noise);
+        assert!(!report.passed, "{report:?}");
     }
 }

@@ -745,14 +745,19 @@ fn print_check(d: &Derivative, reports: &[DeviceReport], json: bool) -> u8 {
     } else {
         outln!("derivative: {}", d.text());
         for r in reports {
-            let skipped = if r.items_ill_conditioned > 0 {
-                format!(
+            let mut skipped = String::new();
+            if r.items_cancelled > 0 {
+                skipped += &format!(
+                    ", {} cancelled to float32 noise and held to it",
+                    r.items_cancelled
+                );
+            }
+            if r.items_ill_conditioned > 0 {
+                skipped += &format!(
                     ", {} ill-conditioned in float32 left out",
                     r.items_ill_conditioned
-                )
-            } else {
-                String::new()
-            };
+                );
+            }
             if r.items_compared == 0 {
                 outln!(
                     "{:<10} vs {:<19} nothing compared (0 items{skipped}): FAILED",

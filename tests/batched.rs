@@ -6,11 +6,11 @@
 mod common;
 
 use common::{derive_for as derive, points, random_case, with_dimensions};
-use matgrad::batch::{
-    batches_from_points, non_finite_items, run_reference, run_reference_rounded, set_points, Batch,
-};
+use matgrad::batch::{batches_from_points, non_finite_items, run_reference, set_points, Batch};
 use matgrad::catalog::CASES;
-use matgrad::check::{device_against_reference, perturb, round_to_f32, to_f32, F32_TOLERANCE};
+use matgrad::check::{
+    device_against_reference, round_to_f32, to_f32, Float32Resolution, F32_TOLERANCE,
+};
 use matgrad::cpu::{rows, run_cpu, run_cpu_on, Isa, MAX_BLOCK};
 use matgrad::diff::Derivative;
 use matgrad::eval::evaluate;
@@ -82,20 +82,18 @@ fn check_batched(d: &Derivative, batched: &[bool], batch: usize, seed: u64, what
             assert!(same, "{what}: {isa:?} differs from {:?}", Isa::fastest());
         }
     }
-    let moved = perturb(&values);
-    let moved_refs: Vec<&Batch<f64>> = moved.iter().collect();
-    let perturbed = run_reference_rounded(&plan, &moved_refs, n);
+    let resolution = Float32Resolution::new(&plan, &values, n);
     let mut worst: f64 = 0.0;
     let pairs = runs
         .iter()
-        .flat_map(|cpu| cpu.iter().zip(&outputs).zip(&perturbed));
-    for ((c, r), p) in pairs {
+        .flat_map(|cpu| cpu.iter().zip(&outputs).enumerate());
+    for (k, (c, r)) in pairs {
         assert_eq!(
             (c.batch, c.rows, c.cols),
             (r.batch, r.rows, r.cols),
             "{what}"
         );
-        let report = device_against_reference("cpu", c, r, p);
+        let report = device_against_reference("cpu", c, r, resolution.output(k));
         assert!(
             report.items_ill_conditioned * 4 <= r.items().max(4),
             "{what}: {} of {} items ill-conditioned",

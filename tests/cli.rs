@@ -375,6 +375,17 @@ fn check_passes_a_derivative_that_is_zero_by_cancellation() {
 }
 
 #[test]
+fn check_holds_a_derivative_that_cancels_to_float32_noise() {
+    // exp(log(x))./x - 1 is 0 up to rounding of terms of size 1: float32 gives noise of 1e-7
+    // there, which is right, and the check says so rather than reporting a relative error of
+    // 1e7 against the reference's 1e-16.
+    let (code, out, err) = matgrad(&["check", "sum(exp(log(x))-x)", "--wrt", "x"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("cancelled to float32 noise"), "{out}");
+    assert!(!out.contains("FAILED"), "{out}");
+}
+
+#[test]
 fn check_with_no_point_inside_the_domain_fails_and_says_why() {
     // X'*X is a singular 5×5 matrix for every 2×5 X: logdet is -inf everywhere.
     let (code, out, err) = matgrad(&[

@@ -7,9 +7,11 @@
 mod common;
 
 use common::{derive_for as derive, points, random_case, with_dimensions};
-use matgrad::batch::{batches_from_points, run_reference, run_reference_rounded, Batch};
+use matgrad::batch::{batches_from_points, run_reference, Batch};
 use matgrad::catalog::CASES;
-use matgrad::check::{device_against_reference, perturb, round_to_f32, to_f32, F32_TOLERANCE};
+use matgrad::check::{
+    device_against_reference, round_to_f32, to_f32, Float32Resolution, F32_TOLERANCE,
+};
 use matgrad::diff::Derivative;
 use matgrad::expr::Node;
 use matgrad::gpu::{run_gpu, GpuContext, GpuError, GpuOptions};
@@ -95,20 +97,19 @@ fn gpu_error(
 ) -> f64 {
     let refs: Vec<&Batch<f64>> = values.iter().collect();
     let reference = run_reference(plan, &refs, batch);
-    let moved = perturb(values);
-    let moved_refs: Vec<&Batch<f64>> = moved.iter().collect();
-    let perturbed = run_reference_rounded(plan, &moved_refs, batch);
+    let resolution = Float32Resolution::new(plan, values, batch);
     let values32: Vec<Batch<f32>> = values.iter().map(to_f32).collect();
     let refs32: Vec<&Batch<f32>> = values32.iter().collect();
     let gpu = run_gpu(ctx, plan, &refs32, batch).unwrap_or_else(|e| panic!("{what}: {e}"));
     let mut worst: f64 = 0.0;
-    for ((g, r), p) in gpu.iter().zip(&reference).zip(&perturbed) {
+    for (k, (g, r)) in gpu.iter().zip(&reference).enumerate() {
         assert_eq!(
             (g.batch, g.rows, g.cols),
             (r.batch, r.rows, r.cols),
             "{what}"
         );
-        worst = worst.max(device_against_reference("gpu", g, r, p).max_rel_error);
+        let report = device_against_reference("gpu", g, r, resolution.output(k));
+        worst = worst.max(report.max_rel_error);
     }
     worst
 }
