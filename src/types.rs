@@ -36,7 +36,7 @@ impl Program {
 
 /// Parses and type-checks a program. A shape error that declaring one variable whose kind
 /// came from its first letter would fix gets that declaration as its help (every such
-/// variable, names of several letters before single letters).
+/// variable, names of several letters before single letters; else every such pair).
 pub fn check_program(source: &str) -> Result<Program, Diagnostic> {
     let error = match check_program_with_shape(source, None) {
         Ok(program) => return Ok(program),
@@ -51,27 +51,54 @@ pub fn check_program(source: &str) -> Result<Program, Diagnostic> {
     collect_names(&ast.expr, &mut names);
     names.sort_by_key(|name| name.chars().count() == 1);
     let declared: Vec<&str> = ast.decls.iter().map(|d| d.name.as_str()).collect();
-    let mut seen = Vec::new();
-    let mut repairs = Vec::new();
+    let mut candidates: Vec<String> = Vec::new();
     for name in names {
         let lowercase = name.starts_with(|c: char| c.is_ascii_lowercase());
         let reserved = name == "eye"
             || crate::parse::FUNCTIONS.contains(&name.as_str())
             || crate::parse::KINDS.contains(&name.as_str());
-        if !lowercase || reserved || declared.contains(&name.as_str()) || seen.contains(&name) {
-            continue;
+        if lowercase
+            && !reserved
+            && !declared.contains(&name.as_str())
+            && !candidates.contains(&name)
+        {
+            candidates.push(name);
         }
-        let kind = letter_default(&name);
-        let other = if kind == "scalar" { "vector" } else { "scalar" };
-        let repaired = format!("{name}: {other}; {source}");
+    }
+    let other_kind = |name: &str| match letter_default(name) {
+        "scalar" => "vector",
+        _ => "scalar",
+    };
+    // Each name declared the other way, then (when no single one does it) each pair of the
+    // first eight: `(a'*x)*(b'*x)` needs both `a` and `b` to be vectors.
+    let mut repairs = Vec::new();
+    let singles = candidates.iter().map(|n| vec![n.as_str()]);
+    let first = &candidates[..candidates.len().min(8)];
+    let pairs = (0..first.len()).flat_map(|i| {
+        (i + 1..first.len()).map(move |j| vec![first[i].as_str(), first[j].as_str()])
+    });
+    for group in singles.chain(pairs) {
+        if group.len() == 2 && !repairs.is_empty() {
+            break;
+        }
+        let declarations: Vec<String> = (group.iter())
+            .map(|n| format!("{n}: {}", other_kind(n)))
+            .collect();
+        let repaired = format!("{}; {source}", declarations.join("; "));
         if check_program_with_shape(&repaired, None).is_ok() {
+            let what: Vec<String> = (group.iter())
+                .map(|n| format!("`{n}` is a {} by its first letter", letter_default(n)))
+                .collect();
+            let as_other: Vec<String> = (group.iter())
+                .map(|n| format!("a {}", other_kind(n)))
+                .collect();
             repairs.push(format!(
-                "`{name}` is a {kind} by its first letter; declared a {other}, the program \
-                 checks: `{}`",
+                "{}; declared {}, the program checks: `{}`",
+                what.join(" and "),
+                as_other.join(" and "),
                 repaired.trim()
             ));
         }
-        seen.push(name);
     }
     if repairs.is_empty() {
         return Err(error);

@@ -67,6 +67,13 @@ fn a_letter_rule_repair_is_suggested_and_works() {
         ("tr(inv(A+t*B))", "t", "t: scalar; tr(inv(A+t*B))", None),
         ("log(t^2+1)", "t", "t: scalar; log(t^2+1)", Some("use .^")),
         ("(x'*a)^2", "x", "a: vector; (x'*a)^2", Some("use .^")),
+        // No one name does it; the pair does.
+        (
+            "x: vector; (a'*x)*(b'*x)+1",
+            "x",
+            "a: vector; b: vector; x: vector; (a'*x)*(b'*x)+1",
+            None,
+        ),
     ] {
         let (code, _, err) = matgrad(&["grad", program, "--wrt", wrt]);
         assert_eq!(code, 2, "{program}: {err}");
