@@ -218,12 +218,11 @@ pub fn run_reference(plan: &Plan, inputs: &[&Batch<f64>], batch: usize) -> Vec<B
 }
 
 /// The reference with every intermediate rounded to float32, as any float32 device stores
-/// them, and every one an operation rounds (see `rounds`) that is not an integer then moved by
-/// half a float32 ulp up or down, in a pattern that differs from step
-/// to step and entry to entry, as independent roundings would be: where this differs much
-/// from [`run_reference`], no float32 evaluation of the formula can be accurate (`1 -
-/// tanh(x)^2` once `tanh(x)` is within an ulp of 1; `1/s - (1'*e)/s^2` with `s = sum(e)`,
-/// exactly 0 here only because both sums are computed alike).
+/// them, and each one an operation rounds (see `rounds`) that is not an integer moved by half
+/// a float32 ulp up or down, in a pattern that differs from step to step and entry to entry,
+/// as independent roundings would. Where this differs much from [`run_reference`], no float32
+/// evaluation of the formula can be accurate (`1 - tanh(x)^2` once `tanh(x)` is within an ulp
+/// of 1; `exp(log(x))./x - 1`, which rounding alone would leave exactly 0 here).
 pub fn run_reference_rounded(plan: &Plan, inputs: &[&Batch<f64>], batch: usize) -> Vec<Batch<f64>> {
     reference(plan, inputs, batch, true)
 }

@@ -3,13 +3,16 @@
 //!
 //! In: a [`Derivative`] and a [`CheckConfig`] (dimension sizes, batch size, which variables
 //! are batched, a seed). Out: a [`Checked`]: one [`DeviceReport`] per device with the largest
-//! relative error over the items and its tolerance, and the sizes when not the defaults. Invariants: shared inputs are one value for the whole
-//! batch, batched inputs one per item; an item's inputs are redrawn (up to 20 times) until
-//! the function and its finite differences are finite there, so a `log` or `logdet` outside
-//! its domain is avoided rather than reported, and when no point at the default sizes is
-//! (`logdet(X'*X)` with a wide `X`), other sizes for the dimensions the user left free are
-//! tried ([`size_candidates`]); the reference is compared with finite
-//! differences on up to [`FD_ITEMS`] items, each device with the reference on every item.
+//! relative error over the items and its tolerance, and the sizes when not the defaults.
+//!
+//! Invariants: shared inputs are one value for the whole batch, batched inputs one per item.
+//! An item's inputs are redrawn (up to 20 times) until the function and its finite
+//! differences are finite there, so a `log` or `logdet` outside its domain is avoided rather
+//! than reported; when no point at the default sizes is inside (`logdet(X'*X)` with a wide
+//! `X`), other sizes for the dimensions the user left free are tried ([`size_candidates`]).
+//! The reference is compared with finite differences on up to [`FD_ITEMS`] items, each
+//! device with the reference on every item that float32 resolves
+//! ([`device_against_reference`]).
 
 use std::collections::HashMap;
 
