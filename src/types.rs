@@ -70,10 +70,14 @@ pub fn check_program(source: &str) -> Result<Program, Diagnostic> {
         _ => "scalar",
     };
     // Each name declared the other way, then (when no single one does it) each pair of the
-    // first eight: `(a'*x)*(b'*x)` needs both `a` and `b` to be vectors.
+    // first eight scalars by letter declared vectors: `(a'*x)*(b'*x)+1` needs both `a` and
+    // `b` to be vectors. (Pairs of vectors made scalars would check almost anything.)
     let mut repairs = Vec::new();
     let singles = candidates.iter().map(|n| vec![n.as_str()]);
-    let first = &candidates[..candidates.len().min(8)];
+    let scalars: Vec<&String> = (candidates.iter())
+        .filter(|n| letter_default(n) == "scalar")
+        .collect();
+    let first = &scalars[..scalars.len().min(8)];
     let pairs = (0..first.len()).flat_map(|i| {
         (i + 1..first.len()).map(move |j| vec![first[i].as_str(), first[j].as_str()])
     });
