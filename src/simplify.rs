@@ -370,21 +370,28 @@ impl<'g> Simplifier<'g> {
                     }
                 }
                 if let [t] = pa.terms.as_slice() {
-                    if let [u, v] = t.chain.as_slice() {
-                        let (su, sv) = (self.shape(u.base), self.shape(v.base));
-                        if su.is_column() && sv.is_row() {
-                            // diag(u*v') = u.*v
-                            let (coef, scalars) = (t.coef, t.scalars.clone());
-                            let pu = self.factor_poly(*u);
-                            let pv = self.factor_poly(*v);
-                            let pvt = self.transpose(pv);
-                            let mut h = self.hadamard(pu, pvt);
-                            for term in &mut h.terms {
-                                term.coef *= coef;
-                                term.scalars = merge_scalars(&term.scalars, &scalars);
-                            }
-                            return h;
+                    // diag(p*r') = p.*r for a rank-one chain: a prefix of it is a column.
+                    let split = (1..t.chain.len())
+                        .find(|&k| self.shape(t.chain[k - 1].base).cols == Dim::One);
+                    if let Some(k) = split {
+                        let (n, one) = (shape.rows, Dim::One);
+                        let unit = |chain: &[Factor], shape| {
+                            let term = Term {
+                                chain: chain.to_vec(),
+                                ..Term::unit()
+                            };
+                            Poly::single(shape, term)
+                        };
+                        let column = unit(&t.chain[..k], Shape::new(n, one));
+                        let row = unit(&t.chain[k..], Shape::new(one, n));
+                        let (coef, scalars) = (t.coef, t.scalars.clone());
+                        let row_t = self.transpose(row);
+                        let mut h = self.hadamard(column, row_t);
+                        for term in &mut h.terms {
+                            term.coef *= coef;
+                            term.scalars = merge_scalars(&term.scalars, &scalars);
                         }
+                        return h;
                     }
                 }
                 if let Some(sums) = self.diag_of_ones_product(&pa, shape) {
@@ -454,12 +461,6 @@ impl<'g> Simplifier<'g> {
         }
         let ones = self.ones(Shape::new(k, Dim::One));
         Some(self.mul(factor, ones))
-    }
-
-    /// The poly of a single chain factor.
-    fn factor_poly(&mut self, f: Factor) -> Poly {
-        let base = self.atom(f.base);
-        self.pow_int(base, f.power)
     }
 
     // ----- sums and products -----
@@ -545,20 +546,16 @@ impl<'g> Simplifier<'g> {
                 }
                 _ => None,
             };
-            if let Some(pu) = vector {
-                chain.pop();
-                match pu.terms.as_slice() {
-                    [t] if t.coef == 1.0 && t.scalars.is_empty() => {
-                        for &factor in &t.chain {
-                            self.push_factor_merging_diagonals(chain, factor);
-                        }
+            // Only a product fits in a chain; `diag(A*x+b)*vector(1)` stays as it is rather
+            // than become a sum that products cannot distribute over.
+            if let Some([t]) = vector.as_ref().map(|pu| pu.terms.as_slice()) {
+                if t.coef == 1.0 && t.scalars.is_empty() {
+                    chain.pop();
+                    for &factor in &t.chain.clone() {
+                        self.push_factor_merging_diagonals(chain, factor);
                     }
-                    _ => {
-                        let base = self.build(&pu);
-                        push_factor(chain, Factor { base, power: 1 });
-                    }
+                    return;
                 }
-                return;
             }
         }
         if let (Some(last), Node::Diag(v)) = (last, self.g.node(f.base)) {

@@ -179,6 +179,9 @@ fn diagonals_of_products_have_closed_forms() {
         ("tr(A*diag(x))*x", "diag(A)*x' + tr(A*diag(x))*eye"),
     ];
     assert_prints(&cases, "x", Request::Derivative, 7);
+    // diag of a rank-one chain, diag(A*x*x'*t) = t*(A*x).*x, by the scalar t.
+    let cases = [("t: scalar; diag(A*x*x'*t)", "x.*(A*x)")];
+    assert_prints(&cases, "t", Request::Derivative, 7);
 }
 
 /// Sums over diagonal products read as row or column sums: `sum(diag(x)*A) = x'*A*1`,
