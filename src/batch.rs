@@ -394,30 +394,27 @@ fn walk<V>(
                 continue;
             }
             let args: Vec<&V> = (step.args.iter())
-                .map(|&a| {
-                    let values = if steps[a].batched {
-                        &item_values
-                    } else {
-                        &shared
-                    };
-                    values[a].as_ref().expect("argument evaluated")
-                })
+                .map(|&a| evaluated(steps, &shared, &item_values, a))
                 .collect();
             let v = value(i, &args, item);
             item_values[i] = Some(v);
         }
         let values: Vec<&V> = (0..steps.len())
-            .map(|i| {
-                let values = if steps[i].batched {
-                    &item_values
-                } else {
-                    &shared
-                };
-                values[i].as_ref().expect("every step evaluated")
-            })
+            .map(|i| evaluated(steps, &shared, &item_values, i))
             .collect();
         done(item, &values);
     }
+}
+
+/// Step `i`'s value in [`walk`]: the item's when the step is batched, else the shared one.
+fn evaluated<'a, V>(
+    steps: &[crate::plan::Step],
+    shared: &'a [Option<V>],
+    item: &'a [Option<V>],
+    i: usize,
+) -> &'a V {
+    let values = if steps[i].batched { item } else { shared };
+    values[i].as_ref().expect("steps are evaluated in order")
 }
 
 /// The plan's inputs as batches built from per-item points (`items[i]` holds item `i`'s

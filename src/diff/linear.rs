@@ -149,37 +149,46 @@ fn linear_row(g: &mut Graph, r: Id, u: u32, depth: usize) -> Result<Id, String> 
 
 /// `r'` with the transpose moved one level inward, when `r` has a form that allows it.
 fn push_transpose(g: &mut Graph, r: Id) -> Option<Id> {
-    Some(match g.node(r) {
-        Node::Transpose(c) => c,
+    match g.node(r) {
+        Node::Transpose(c) => Some(c),
         Node::MatMul(p, q) => {
             let (qt, pt) = (g.transpose(q), g.transpose(p));
-            g.mul(qt, pt)
+            Some(g.mul(qt, pt))
         }
-        Node::Scale(s, q) => {
-            let qt = g.transpose(q);
-            g.mul(s, qt)
-        }
+        Node::Diag(_) => Some(r),
+        _ => inward(g, r, Graph::transpose),
+    }
+}
+
+/// `f(m)` for an `f` that is linear and commutes with element-wise operations (a transpose,
+/// the diagonal of a square matrix), taken through the sum, negation, scaling, quotient by a
+/// scalar, or element-wise product or quotient at the top of `m`.
+fn inward(g: &mut Graph, m: Id, f: fn(&mut Graph, Id) -> Id) -> Option<Id> {
+    Some(match g.node(m) {
         Node::Add(a, b) => {
-            let (at, bt) = (g.transpose(a), g.transpose(b));
-            g.add(at, bt)
+            let (fa, fb) = (f(g, a), f(g, b));
+            g.add(fa, fb)
         }
         Node::Neg(a) => {
-            let at = g.transpose(a);
-            g.neg(at)
+            let fa = f(g, a);
+            g.neg(fa)
+        }
+        Node::Scale(s, a) => {
+            let fa = f(g, a);
+            g.mul(s, fa)
         }
         Node::Div(a, s) => {
-            let at = g.transpose(a);
-            g.div(at, s)
+            let fa = f(g, a);
+            g.div(fa, s)
         }
         Node::Hadamard(a, b) => {
-            let (at, bt) = (g.transpose(a), g.transpose(b));
-            g.hadamard(at, bt)
+            let (fa, fb) = (f(g, a), f(g, b));
+            g.hadamard(fa, fb)
         }
         Node::ElemDiv(a, b) => {
-            let (at, bt) = (g.transpose(a), g.transpose(b));
-            g.elem_div(at, bt)
+            let (fa, fb) = (f(g, a), f(g, b));
+            g.elem_div(fa, fb)
         }
-        Node::Diag(_) => r,
         _ => return None,
     })
 }
@@ -187,32 +196,11 @@ fn push_transpose(g: &mut Graph, r: Id) -> Option<Id> {
 /// `diag(m)`, the diagonal of a square `m`, with the diagonal taken one level inward, when
 /// `m` has a form that allows it: `diag(p*r') = p.*r` for an outer product (the Jacobians of
 /// `diag(x)*A*x` give `diag(A*x*u')`), `diag(diag(v)*M) = v.*diag(M)`,
-/// `diag(P*diag(v)*Q) = (P.*Q')*v`, and `diag` through
-/// sums, scalings, transposes and element-wise products.
+/// `diag(P*diag(v)*Q) = (P.*Q')*v`, `diag(M') = diag(M)`, and [`inward`].
 fn diag_part_inward(g: &mut Graph, m: Id) -> Option<Id> {
     Some(match g.node(m) {
         Node::Diag(v) => v,
-        Node::Add(p, q) => {
-            let (dp, dq) = (g.diag_part(p), g.diag_part(q));
-            g.add(dp, dq)
-        }
-        Node::Neg(p) => {
-            let dp = g.diag_part(p);
-            g.neg(dp)
-        }
-        Node::Scale(s, p) => {
-            let dp = g.diag_part(p);
-            g.mul(s, dp)
-        }
-        Node::Div(p, s) => {
-            let dp = g.diag_part(p);
-            g.div(dp, s)
-        }
         Node::Transpose(p) => g.diag_part(p),
-        Node::Hadamard(p, q) => {
-            let (dp, dq) = (g.diag_part(p), g.diag_part(q));
-            g.hadamard(dp, dq)
-        }
         Node::MatMul(..) => {
             let factors = chain_factors(g, m);
             let (first, last) = (factors[0], factors[factors.len() - 1]);
@@ -246,7 +234,7 @@ fn diag_part_inward(g: &mut Graph, m: Id) -> Option<Id> {
                 g.mul(pq, v)
             }
         }
-        _ => return None,
+        _ => return inward(g, m, Graph::diag_part),
     })
 }
 
