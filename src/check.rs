@@ -73,6 +73,9 @@ pub struct Checked {
     /// `m=3, n=4` when these are not the default sizes: no random point was inside the
     /// domain at those (see [`size_candidates`]), and the check moved on to these.
     pub other_sizes: Option<String>,
+    /// Why the GPU was not compared although there is one: an adapter that cannot run this
+    /// plan's kernels correctly (see [`crate::gpu::GpuError::LoopLimit`]).
+    pub gpu_skipped: Option<String>,
 }
 
 /// Runs the check. Errors name the variable or dimension at fault.
@@ -140,14 +143,20 @@ pub fn run_check(
     let refs32: Vec<&Batch<f32>> = inputs32.iter().collect();
     let cpu = run_cpu(&plan, &refs32, batch).remove(0);
     reports.push(device_against_reference("cpu", &cpu, &reference, noise));
+    let mut gpu_skipped = None;
     if let Some(ctx) = gpu {
-        let result = crate::gpu::run_gpu(ctx, &plan, &refs32, batch)
-            .map_err(|e| Diagnostic::without_span(format!("the GPU failed: {e}")))?
-            .remove(0);
-        reports.push(device_against_reference("gpu", &result, &reference, noise));
+        match crate::gpu::run_gpu(ctx, &plan, &refs32, batch) {
+            Ok(mut results) => {
+                let result = results.remove(0);
+                reports.push(device_against_reference("gpu", &result, &reference, noise));
+            }
+            Err(e @ crate::gpu::GpuError::LoopLimit { .. }) => gpu_skipped = Some(e.to_string()),
+            Err(e) => return Err(Diagnostic::without_span(format!("the GPU failed: {e}"))),
+        }
     }
     Ok(Checked {
         reports,
+        gpu_skipped,
         other_sizes,
     })
 }

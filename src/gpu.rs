@@ -57,7 +57,19 @@ pub enum GpuError {
     Device { during: String, why: String },
     #[error("the GPU device was lost while {during}: {why}")]
     Lost { during: String, why: String },
+    #[error(
+        "the software adapter `{adapter}` stops a shader's loops after {SOFTWARE_LOOP_LIMIT} \
+         iterations in all, without an error, and this plan's kernels may run {needs} per item \
+         (the sizes are too large for it); use the CPU path (`--device cpu`) or a hardware GPU"
+    )]
+    LoopLimit { adapter: String, needs: u64 },
 }
+
+/// Mesa's llvmpipe (lavapipe) counts the iterations of all of a shader invocation's loops
+/// together and leaves every loop once they reach this (`LP_MAX_TGSI_LOOP_ITERATIONS`): a
+/// per-item kernel over vectors of 70 000 floats wrote zeros past entry 65 535. A kernel that
+/// may need more is refused on such an adapter rather than run to a wrong answer.
+pub const SOFTWARE_LOOP_LIMIT: u64 = 65_535;
 
 /// What `matgrad devices` shows of an adapter.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -275,6 +287,12 @@ impl GpuContext {
         })
     }
 
+    /// Whether the adapter is Mesa's llvmpipe, which caps loops (see [`SOFTWARE_LOOP_LIMIT`]).
+    pub fn caps_loops(&self) -> bool {
+        let name = self.adapter.name.to_lowercase();
+        name.contains("llvmpipe") || self.adapter.driver.to_lowercase().contains("llvmpipe")
+    }
+
     pub fn adapter(&self) -> &AdapterSummary {
         &self.adapter
     }
@@ -381,6 +399,15 @@ impl GpuContext {
     /// values uploaded. `inputs` are all the plan's inputs (the batched ones are not read).
     pub fn session(&self, plan: &Plan, inputs: &[&Batch<f32>]) -> Result<GpuSession<'_>, GpuError> {
         let kernel = generate(plan)?;
+        let needs = (kernel.stages.iter().map(|s| s.loop_iterations))
+            .max()
+            .unwrap_or(0);
+        if self.caps_loops() && needs > SOFTWARE_LOOP_LIMIT {
+            return Err(GpuError::LoopLimit {
+                adapter: self.adapter.name.clone(),
+                needs,
+            });
+        }
         let pipelines = kernel
             .stages
             .iter()

@@ -32,7 +32,7 @@ use matgrad::check::{batched_flags, run_check, sizes_with, to_f32, CheckConfig, 
 use matgrad::cpu::run_cpu;
 use matgrad::diagnostic::Diagnostic;
 use matgrad::diff::{differentiate, Derivative, Kind, Layout, Request};
-use matgrad::gpu::{list_adapters, run_gpu, GpuContext, GpuOptions};
+use matgrad::gpu::{list_adapters, run_gpu, GpuContext, GpuError, GpuOptions};
 use matgrad::npy::{read_npz, write_npy};
 use matgrad::plan::Plan;
 use matgrad::print::{self, Format};
@@ -426,6 +426,9 @@ fn run(cli: Cli) -> u8 {
                              default sizes; checked at {sizes}"
                         );
                     }
+                    if let Some(why) = &checked.gpu_skipped {
+                        eprintln!("note: the GPU is not compared: {why}");
+                    }
                     print_check(&derivative, &checked.reports, json)
                 }
                 Err(e) => report(&e, &program),
@@ -672,8 +675,14 @@ fn run_eval(
         DeviceArg::Cpu | DeviceArg::Gpu | DeviceArg::Auto => {
             let values32: Vec<Batch<f32>> = values.iter().map(|b| to_f32(b)).collect();
             let refs: Vec<&Batch<f32>> = values32.iter().collect();
-            let results = match gpu {
-                Some(ctx) => run_gpu(ctx, &plan, &refs, batch).map_err(|e| e.to_string())?,
+            let results = match gpu.map(|ctx| run_gpu(ctx, &plan, &refs, batch)) {
+                Some(Ok(results)) => results,
+                // `auto` chose the GPU; one that cannot run this plan hands it to the CPU.
+                Some(Err(e @ GpuError::LoopLimit { .. })) if device == DeviceArg::Auto => {
+                    eprintln!("note: {e}; using the CPU path");
+                    run_cpu(&plan, &refs, batch)
+                }
+                Some(Err(e)) => return Err(e.to_string()),
                 None => run_cpu(&plan, &refs, batch),
             };
             for (result, path) in results.iter().zip(targets) {

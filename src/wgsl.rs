@@ -93,6 +93,10 @@ pub struct Kernel {
 pub struct Stage {
     pub source: String,
     pub kind: StageKind,
+    /// At most how many loop iterations one invocation runs, all loops together (loops
+    /// written unrolled included, so an upper bound): Mesa's llvmpipe stops a shader's loops
+    /// after 65 535 iterations in all, silently (see `gpu::SOFTWARE_LOOP_LIMIT`).
+    pub loop_iterations: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -470,6 +474,8 @@ pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
             validate(&source)?;
             stages.push(Stage {
                 source,
+                // gemm.wgsl: 16-deep panels of k, 16 steps each.
+                loop_iterations: k.div_ceil(16) as u64 * 17,
                 kind: StageKind::Gemm(GemmStep {
                     m,
                     k,
@@ -603,9 +609,16 @@ fn per_item_stage(gen: Generator, body: Vec<Stmt>) -> Result<Stage, InvalidShade
     }
     source.push_str("}\n");
     validate(&source)?;
+    let lu_iterations = |name: &str| {
+        // The looped LU block (above [`lu::UNROLLED_MAX`]): its loops nest three deep over n.
+        let n: u64 = name.rsplit('_').next()?.parse().ok()?;
+        (n > lu::UNROLLED_MAX as u64).then(|| n * n * n + 4 * n * n)
+    };
+    let loop_iterations = body.iter().map(|s| s.iterations(&lu_iterations)).sum();
     Ok(Stage {
         source,
         kind: StageKind::PerItem { workgroup_size },
+        loop_iterations,
     })
 }
 
@@ -695,6 +708,20 @@ impl Expr {
                 args.iter().any(|a| a.indexes_arrays_by(var))
             }
             Expr::F32(_) | Expr::U32(_) | Expr::Id(_) | Expr::Raw(_) | Expr::AddrOf(_) => false,
+        }
+    }
+
+    /// Loop iterations of the building blocks the expression calls (see
+    /// [`Stmt::iterations`]; `mg_pow` and WGSL's builtins do not loop).
+    fn iterations(&self, call: &dyn Fn(&str) -> Option<u64>) -> u64 {
+        match self {
+            Expr::Index(a, b) | Expr::Binary(_, a, b) => a.iterations(call) + b.iterations(call),
+            Expr::Unary(_, a) => a.iterations(call),
+            Expr::Call(_, args) => args.iter().map(|a| a.iterations(call)).sum(),
+            Expr::CallN(name, args) => {
+                call(name).unwrap_or(0) + args.iter().map(|a| a.iterations(call)).sum::<u64>()
+            }
+            Expr::F32(_) | Expr::U32(_) | Expr::Id(_) | Expr::Raw(_) | Expr::AddrOf(_) => 0,
         }
     }
 
@@ -831,6 +858,22 @@ impl Stmt {
             Stmt::Assign(t, x) => e(t) || e(x),
             Stmt::For(_, _, body) => body.iter().any(|s| s.indexes_arrays_by(var)),
             Stmt::Array(..) | Stmt::IndexArray(..) => false,
+        }
+    }
+
+    /// At most how many loop iterations running the statement takes, with `call(name)` those
+    /// of a building block that loops.
+    fn iterations(&self, call: &dyn Fn(&str) -> Option<u64>) -> u64 {
+        match self {
+            Stmt::For(_, count, body) => {
+                let inner: u64 = body.iter().map(|s| s.iterations(call)).sum();
+                *count as u64 * (1 + inner)
+            }
+            Stmt::Var(_, x) | Stmt::Let(_, x) | Stmt::ReturnIf(x) | Stmt::Call(x) => {
+                x.iterations(call)
+            }
+            Stmt::Assign(t, x) => t.iterations(call) + x.iterations(call),
+            Stmt::Array(..) | Stmt::IndexArray(..) => 0,
         }
     }
 

@@ -578,3 +578,32 @@ fn lu_building_blocks_match_the_reference_at_every_size() {
         assert_eq!(finite, batch - 1, "n = {n}");
     }
 }
+
+/// A per-item loop longer than llvmpipe's cap on a shader's loop iterations (65 535, all
+/// loops together) gives an error there, never the zeros it wrote past entry 65 535; on any
+/// other adapter it runs and matches the reference.
+#[test]
+fn loops_past_the_software_adapters_cap_are_refused_there() {
+    let _one = serial();
+    let Some(ctx) = context(GpuOptions::default()) else {
+        return;
+    };
+    let (d, plan) = plan_of("x: vector(70000); x'*x", "x", "x", false);
+    let values = inputs(&d, &plan, 2, 5);
+    if ctx.caps_loops() {
+        let values32: Vec<Batch<f32>> = values.iter().map(to_f32).collect();
+        let refs32: Vec<&Batch<f32>> = values32.iter().collect();
+        match run_gpu(&ctx, &plan, &refs32, 2) {
+            Err(GpuError::LoopLimit { needs, .. }) => assert!(needs >= 70_000, "{needs}"),
+            other => panic!("expected the loop-limit error, got {:?}", other.map(|_| ())),
+        }
+    } else {
+        let error = gpu_error(&ctx, &plan, &values, 2, "x'*x over 70000");
+        assert!(error <= F32_TOLERANCE, "{error}");
+    }
+    // Below the cap the same kernel runs on every adapter.
+    let (d, plan) = plan_of("x: vector(5000); x'*x", "x", "x", false);
+    let values = inputs(&d, &plan, 2, 5);
+    let error = gpu_error(&ctx, &plan, &values, 2, "x'*x over 5000");
+    assert!(error <= F32_TOLERANCE, "{error}");
+}
