@@ -393,6 +393,15 @@ fn check_holds_a_derivative_that_cancels_to_float32_noise() {
 }
 
 #[test]
+fn check_resolves_a_small_derivative_of_a_large_value() {
+    // Rounding 1e8 puts noise of 1e-4 into each difference quotient: no kink, just a large
+    // value (as a sum over 20 000 entries has), and the smoothness test allows for it.
+    let (code, out, err) = matgrad(&["check", "sum(x.^2)+1e8", "--wrt", "x"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("FAILED"), "{out}");
+}
+
+#[test]
 fn check_with_no_point_inside_the_domain_fails_and_says_why() {
     // X'*X is a singular 5×5 matrix for every 2×5 X: logdet is -inf everywhere.
     let (code, out, err) = matgrad(&[
