@@ -417,6 +417,28 @@ fn evaluated<'a, V>(
     values[i].as_ref().expect("steps are evaluated in order")
 }
 
+/// `Err` with a message when `bytes` are more than this machine's available memory
+/// (`MemAvailable` of `/proc/meminfo`; where that cannot be read, nothing is refused): a batch
+/// too large for memory is an error before anything is allocated, not an abort mid-way.
+pub fn fits_in_memory(bytes: f64, what: &str) -> Result<(), String> {
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024.0)
+        });
+    match available {
+        Some(available) if bytes > available => Err(format!(
+            "{what} needs about {:.1} GB and this machine has {:.1} GB available; use a \
+             smaller batch",
+            bytes / 1e9,
+            available / 1e9
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The plan's inputs as batches built from per-item points (`items[i]` holds item `i`'s
 /// variables; a shared input is read from item 0).
 pub fn batches_from_points(plan: &Plan, items: &[crate::eval::Env]) -> Vec<Batch<f64>> {

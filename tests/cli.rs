@@ -475,3 +475,32 @@ fn output_that_cannot_be_written_is_an_error() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_batch_larger_than_memory_is_an_error_not_an_abort() {
+    if !std::path::Path::new("/proc/meminfo").exists() {
+        eprintln!("SKIPPED: no /proc/meminfo to read the available memory from");
+        return;
+    }
+    for args in [
+        &["check", "x'*x", "--wrt", "x", "--batch", "1000000000000"][..],
+        &[
+            "bench",
+            "x'*x",
+            "--wrt",
+            "x",
+            "--batch",
+            "100000000000000",
+            "--device",
+            "cpu",
+            "--no-ceilings",
+        ][..],
+    ] {
+        let (code, _, err) = matgrad(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("GB available; use a smaller batch") && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+}
