@@ -214,17 +214,20 @@ pub fn bind(graph: &Graph, reads: &[u32], arrays: &[NamedArray]) -> Result<Bound
 /// Returns one batch per output of the plan: `batch` items when any input is batched (an
 /// output that depends on shared inputs only is repeated), else one item and no batch axis.
 pub fn run_reference(plan: &Plan, inputs: &[&Batch<f64>], batch: usize) -> Vec<Batch<f64>> {
-    reference(plan, inputs, batch, false)
-}
-
-/// The reference with every intermediate rounded to float32, as any float32 device stores
-/// them, and each one an operation rounds (see `rounds`) that is not an integer moved by half
-/// a float32 ulp up or down, in a pattern that differs from step to step and entry to entry,
-/// as independent roundings would. Where this differs much from [`run_reference`], no float32
-/// evaluation of the formula can be accurate (`1 - tanh(x)^2` once `tanh(x)` is within an ulp
-/// of 1; `exp(log(x))./x - 1`, which rounding alone would leave exactly 0 here).
-pub fn run_reference_rounded(plan: &Plan, inputs: &[&Batch<f64>], batch: usize) -> Vec<Batch<f64>> {
-    reference(plan, inputs, batch, true)
+    let mut outputs = empty_outputs(plan, batch);
+    walk(
+        plan,
+        batch,
+        |i, args: &[&Mat], item| {
+            let step = &plan.steps()[i];
+            match step.input {
+                Some(k) => inputs[k].item_mat(item),
+                None => apply(&step.node, args, step.rows, step.cols),
+            }
+        },
+        |_, values| append_outputs(plan, &mut outputs, values),
+    );
+    outputs
 }
 
 /// Whether float32 rounds the result of `node` (a sum, a product, a function); a negation,
@@ -244,14 +247,13 @@ fn rounds(node: &Node) -> bool {
     )
 }
 
-fn reference(plan: &Plan, inputs: &[&Batch<f64>], batch: usize, round: bool) -> Vec<Batch<f64>> {
-    let steps = plan.steps();
-    let mut outputs: Vec<Batch<f64>> = plan
-        .outputs()
-        .iter()
+/// One empty batch per output of `plan`, with room for `batch` items (one when the plan is
+/// not batched).
+fn empty_outputs(plan: &Plan, batch: usize) -> Vec<Batch<f64>> {
+    let items = if plan.is_batched() { batch } else { 1 };
+    (plan.outputs().iter())
         .map(|&o| {
-            let step = &steps[o];
-            let items = if plan.is_batched() { batch } else { 1 };
+            let step = &plan.steps()[o];
             Batch {
                 batch: plan.is_batched().then_some(batch),
                 rows: step.rows,
@@ -259,29 +261,14 @@ fn reference(plan: &Plan, inputs: &[&Batch<f64>], batch: usize, round: bool) -> 
                 data: Vec::with_capacity(items * step.len()),
             }
         })
-        .collect();
-    walk(
-        plan,
-        batch,
-        |i, args: &[&Mat], item| {
-            let step = &steps[i];
-            let value = match step.input {
-                Some(k) => inputs[k].item_mat(item),
-                None => apply(&step.node, args, step.rows, step.cols),
-            };
-            if round {
-                rounded(value, i, step.input.is_none() && rounds(&step.node))
-            } else {
-                value
-            }
-        },
-        |_, values| {
-            for (out, &o) in outputs.iter_mut().zip(plan.outputs()) {
-                out.data.extend_from_slice(&values[o].data);
-            }
-        },
-    );
-    outputs
+        .collect()
+}
+
+/// Appends one item's output values (`values[i]` is step `i`'s) to `outputs`.
+fn append_outputs(plan: &Plan, outputs: &mut [Batch<f64>], values: &[&Mat]) {
+    for (out, &o) in outputs.iter_mut().zip(plan.outputs()) {
+        out.data.extend_from_slice(&values[o].data);
+    }
 }
 
 /// `m` rounded to float32, and when `inexact` (an operation float32 rounds) each entry that is
@@ -305,19 +292,28 @@ fn rounded(mut m: Mat, step: usize, inexact: bool) -> Mat {
     m
 }
 
-/// For each item of `inputs` (one when the plan is not batched), the largest finite magnitude
-/// among the values the reference computes for it that float32 resolves: those within a
-/// relative 1e-4 of themselves when the reference runs on `moved` inputs with float32 rounding
-/// (see [`run_reference_rounded`]). It is the scale of the numbers a result is computed from:
-/// `exp(log(x))./x - 1` is 0 while its terms are 1, and an `inv` of a nearly singular matrix,
-/// which float32 does not resolve, does not count.
-pub fn resolved_magnitudes(
+/// What float32 can resolve of the reference on `inputs`, in one pass that evaluates each
+/// step twice: exactly, and on `moved` inputs with every intermediate rounded to float32 (as
+/// any float32 device stores them) and each one an operation rounds (see `rounds`) that is not
+/// an integer moved by half a float32 ulp up or down, in a pattern that differs from step to
+/// step and entry to entry, as independent roundings would.
+///
+/// Returns the outputs of that rounded run (where they differ much from [`run_reference`],
+/// no float32 evaluation of the formula can be accurate: `1 - tanh(x)^2` once `tanh(x)` is
+/// within an ulp of 1; `exp(log(x))./x - 1`, which rounding alone would leave exactly 0 here)
+/// and, for each item (one when the plan is not batched), the largest finite magnitude among
+/// the values float32 resolves: those the rounded run keeps within a relative 1e-4. It is the
+/// scale of the numbers a result is computed from: `exp(log(x))./x - 1` is 0 while its terms
+/// are 1, and an `inv` of a nearly singular matrix, which float32 does not resolve, does not
+/// count.
+pub fn float32_resolution(
     plan: &Plan,
     inputs: &[&Batch<f64>],
     moved: &[&Batch<f64>],
     batch: usize,
-) -> Vec<f64> {
+) -> (Vec<Batch<f64>>, Vec<f64>) {
     let steps = plan.steps();
+    let mut rounded_outputs = empty_outputs(plan, batch);
     let mut magnitudes = Vec::new();
     walk(
         plan,
@@ -341,6 +337,8 @@ pub fn resolved_magnitudes(
             }
         },
         |_, values| {
+            let perturbed: Vec<&Mat> = values.iter().map(|(_, p)| p).collect();
+            append_outputs(plan, &mut rounded_outputs, &perturbed);
             let magnitude = (values.iter())
                 .filter(|(exact, perturbed)| {
                     let moved = perturbed.zip(exact, |a, b| a - b).norm();
@@ -355,7 +353,7 @@ pub fn resolved_magnitudes(
             magnitudes.push(magnitude);
         },
     );
-    magnitudes
+    (rounded_outputs, magnitudes)
 }
 
 /// Evaluates `plan` over a batch: `value(i, args, item)` gives step `i`'s value for `item`

@@ -18,10 +18,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::batch::{
-    batches_from_points, resolved_magnitudes, run_reference, run_reference_rounded, set_points,
-    Batch,
-};
+use crate::batch::{batches_from_points, float32_resolution, run_reference, set_points, Batch};
 use crate::cpu::run_cpu;
 use crate::diagnostic::Diagnostic;
 use crate::diff::Derivative;
@@ -288,9 +285,8 @@ pub fn batched_flags(g: &crate::expr::Graph, names: &[String]) -> Result<Vec<boo
 pub const NOISE_ALLOWANCE: f64 = 100.0;
 
 /// What float32 can resolve of a plan's reference on some inputs: the reference recomputed
-/// with float32 rounding ([`run_reference_rounded`] on [`perturb`]ed inputs) and, per item,
-/// the largest magnitude the computation reaches that float32 resolves
-/// ([`resolved_magnitudes`]).
+/// with float32 rounding on [`perturb`]ed inputs and, per item, the largest magnitude the
+/// computation reaches that float32 resolves ([`float32_resolution`]).
 #[derive(Clone, Debug)]
 pub struct Float32Resolution {
     perturbed: Vec<Batch<f64>>,
@@ -302,9 +298,10 @@ impl Float32Resolution {
         let refs: Vec<&Batch<f64>> = inputs.iter().collect();
         let moved = perturb(inputs);
         let moved_refs: Vec<&Batch<f64>> = moved.iter().collect();
+        let (perturbed, magnitudes) = float32_resolution(plan, &refs, &moved_refs, batch);
         Float32Resolution {
-            perturbed: run_reference_rounded(plan, &moved_refs, batch),
-            magnitudes: resolved_magnitudes(plan, &refs, &moved_refs, batch),
+            perturbed,
+            magnitudes,
         }
     }
 
