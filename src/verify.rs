@@ -198,11 +198,12 @@ fn differences(g: &Graph, root: Id, var: u32, env: &Env) -> Result<Vec<Mat>, Unu
     let base = env.values[var as usize]
         .clone()
         .ok_or(Unusable::OutOfDomain)?;
+    let noise = rounding_noise(g, root, env)?;
     let mut columns = Vec::with_capacity(base.data.len());
     for k in 0..base.data.len() {
         let mut direction = Mat::zeros(base.rows, base.cols);
         direction.data[k] = 1.0;
-        columns.push(directional(g, root, var, env, &direction)?);
+        columns.push(directional(g, root, var, env, &direction, noise)?);
     }
     Ok(columns)
 }
@@ -210,13 +211,14 @@ fn differences(g: &Graph, root: Id, var: u32, env: &Env) -> Result<Vec<Mat>, Unu
 /// `<S, D>` along every symmetric basis direction, turned back into `S` (symmetric).
 fn symmetric_gradient(g: &Graph, root: Id, var: u32, env: &Env) -> Result<Mat, Unusable> {
     let n = env.dims_of(g.vars[var as usize].shape).0;
+    let noise = rounding_noise(g, root, env)?;
     let mut s = Mat::zeros(n, n);
     for i in 0..n {
         for j in i..n {
             let mut direction = Mat::zeros(n, n);
             direction.data[i * n + j] = 1.0;
             direction.data[j * n + i] = 1.0;
-            let d = directional(g, root, var, env, &direction)?.data[0];
+            let d = directional(g, root, var, env, &direction, noise)?.data[0];
             // Along E_ij + E_ji the derivative is S_ij + S_ji = 2 S_ij off the diagonal.
             let value = if i == j { d } else { d / 2.0 };
             s.data[i * n + j] = value;
@@ -226,8 +228,28 @@ fn symmetric_gradient(g: &Graph, root: Id, var: u32, env: &Env) -> Result<Mat, U
     Ok(s)
 }
 
-/// The derivative of `root` at `env` along `direction` in variable `var`.
-fn directional(g: &Graph, root: Id, var: u32, env: &Env, direction: &Mat) -> Result<Mat, Unusable> {
+/// How far two difference estimates of `root` at `env` may differ by rounding alone: the
+/// rounding of its value (2e-16 of it, summed over many terms), divided by the finest step,
+/// is a few 1e-12 of the value in each estimate; a long sum such as `x'*x` over 20 000
+/// entries differs by that much without any kink.
+fn rounding_noise(g: &Graph, root: Id, env: &Env) -> Result<f64, Unusable> {
+    let value = evaluate(g, root, env).map_err(|_| Unusable::OutOfDomain)?;
+    if !value.is_finite() {
+        return Err(Unusable::OutOfDomain);
+    }
+    Ok(1e-9 * value.norm())
+}
+
+/// The derivative of `root` at `env` along `direction` in variable `var`; `noise` is
+/// [`rounding_noise`] at `env`.
+fn directional(
+    g: &Graph,
+    root: Id,
+    var: u32,
+    env: &Env,
+    direction: &Mat,
+    noise: f64,
+) -> Result<Mat, Unusable> {
     let base = env.values[var as usize]
         .clone()
         .ok_or(Unusable::OutOfDomain)?;
@@ -260,10 +282,6 @@ fn directional(g: &Graph, root: Id, var: u32, env: &Env, direction: &Mat) -> Res
     let first = richardson(h)?;
     let second = richardson(h / 4.0)?;
     let spread = first.zip(&second, |a, b| a - b).norm();
-    // Rounding the function's value (2e-16 of it, summed over many terms), divided by the
-    // finest step, is noise of a few 1e-12 of the value in each estimate: a long sum such as
-    // `x'*x` over 20 000 entries differs by that much without any kink.
-    let noise = 1e-9 * at(0.0)?.norm();
     if spread > 1e-8 * first.norm().max(1.0) + noise {
         return Err(Unusable::NotSmooth);
     }
