@@ -243,12 +243,11 @@ impl<'g> Writer<'g> {
                 };
                 (format!("{minus}{inner}"), Prec::Unary)
             }
-            Node::Scale(k, x) if self.number_over(k, x).is_some() => {
-                // `0.5./sqrt(x)`, not `0.5*(1./sqrt(x))`.
-                let (c, b) = self.number_over(k, x).unwrap_or((String::new(), x));
-                (format!("{c}./{}", self.strict_right(b)), Prec::Product)
-            }
             Node::MatMul(a, b) | Node::Scale(a, b) => {
+                // `0.5./sqrt(x)`, not `0.5*(1./sqrt(x))`.
+                if let Some((c, over)) = self.number_over(id) {
+                    return (format!("{c}./{}", self.strict_right(over)), Prec::Product);
+                }
                 let in_prefix = matches!(g.node(id), Node::Scale(..)) && !g.shape(b).is_scalar();
                 let prefix_flag = scalar_prefix || in_prefix;
                 let left = self.product_operand(a, true, prefix_flag && g.shape(a).is_scalar());
@@ -546,9 +545,12 @@ impl<'g> Writer<'g> {
         })
     }
 
-    /// For `k*(1./b)` with `k` a positive number that prints as a plain decimal, its text
-    /// and `b`: printed `k./b` (text only, like [`Self::broadcast_number`]).
-    fn number_over(&self, k: Id, x: Id) -> Option<(String, Id)> {
+    /// For `id = k*(1./b)` with `k` a positive number that prints as a plain decimal, its
+    /// text and `b`: printed `k./b` (text only, like [`Self::broadcast_number`]).
+    fn number_over(&self, id: Id) -> Option<(String, Id)> {
+        let Node::Scale(k, x) = self.g.node(id) else {
+            return None;
+        };
         let (Node::Const(_), Node::ElemDiv(a, b)) = (self.g.node(k), self.g.node(x)) else {
             return None;
         };
