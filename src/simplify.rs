@@ -360,11 +360,7 @@ impl<'g> Simplifier<'g> {
                     if let [f] = t.chain.as_slice() {
                         if let (Node::Diag(v), 1) = (self.g.node(f.base), f.power) {
                             let mut pv = self.poly(v);
-                            let (coef, scalars) = (t.coef, t.scalars.clone());
-                            for term in &mut pv.terms {
-                                term.coef *= coef;
-                                term.scalars = merge_scalars(&term.scalars, &scalars);
-                            }
+                            times(&mut pv, t.coef, &t.scalars);
                             return pv;
                         }
                     }
@@ -384,13 +380,9 @@ impl<'g> Simplifier<'g> {
                         };
                         let column = unit(&t.chain[..k], Shape::new(n, one));
                         let row = unit(&t.chain[k..], Shape::new(one, n));
-                        let (coef, scalars) = (t.coef, t.scalars.clone());
                         let row_t = self.transpose(row);
                         let mut h = self.hadamard(column, row_t);
-                        for term in &mut h.terms {
-                            term.coef *= coef;
-                            term.scalars = merge_scalars(&term.scalars, &scalars);
-                        }
+                        times(&mut h, t.coef, &t.scalars);
                         return h;
                     }
                 }
@@ -1071,10 +1063,7 @@ impl<'g> Simplifier<'g> {
         let nb = self.build_chain(&tb.chain, shape);
         let node = self.elementwise_monomial(&[(na, 1.0), (nb, 1.0)], shape);
         let mut p = self.poly_of_unit(node);
-        for t in &mut p.terms {
-            t.coef *= coef;
-            t.scalars = merge_scalars(&t.scalars, &scalars);
-        }
+        times(&mut p, coef, &scalars);
         p
     }
 
@@ -1202,10 +1191,7 @@ impl<'g> Simplifier<'g> {
         let nb = self.build_chain(&tb.chain, shape);
         let node = self.elementwise_monomial(&[(na, 1.0), (nb, -1.0)], shape);
         let mut p = self.poly_of_unit(node);
-        for t in &mut p.terms {
-            t.coef *= coef;
-            t.scalars = merge_scalars(&t.scalars, &scalars);
-        }
+        times(&mut p, coef, &scalars);
         p
     }
 
@@ -1421,10 +1407,7 @@ impl<'g> Simplifier<'g> {
             Node::Eye(_) => Poly::single(shape, Term::unit()),
             _ => self.atom(node),
         };
-        for term in &mut out.terms {
-            term.coef *= t.coef;
-            term.scalars = merge_scalars(&term.scalars, &t.scalars);
-        }
+        times(&mut out, t.coef, &t.scalars);
         out
     }
 
@@ -1621,6 +1604,15 @@ impl<'g> Simplifier<'g> {
 enum Reduction {
     Sum,
     Trace,
+}
+
+/// Every term of `p` times `coef` and the scalar atoms `scalars` (a term's own factors
+/// pulled back onto what was computed from its chain).
+fn times(p: &mut Poly, coef: f64, scalars: &[(Id, Num)]) {
+    for term in &mut p.terms {
+        term.coef *= coef;
+        term.scalars = merge_scalars(&term.scalars, scalars);
+    }
 }
 
 fn scale_poly(p: &mut Poly, c: f64) {
