@@ -118,10 +118,10 @@ pub fn run_bench(args: BenchArgs) -> u8 {
     );
     let mut all = Vec::new();
     for case in &cases {
+        // Inputs in float64 and float32 and the outputs: about four times the plan's float32
+        // bytes per item, which do not depend on the batch size.
+        let per_item = (case.prepare)(1).plan.cost().bytes_per_item;
         for &batch in &case.batches {
-            // Inputs in float64 and float32 and the outputs: about four times the plan's
-            // float32 bytes per item.
-            let per_item = (case.prepare)(1).plan.cost().bytes_per_item;
             let what = format!("{} at batch {batch}", case.label);
             if let Err(e) = matgrad::batch::fits_in_memory(4.0 * per_item * batch as f64, &what) {
                 bar.finish_and_clear();
