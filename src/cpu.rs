@@ -8,7 +8,8 @@
 //! - **item-major** ([`rows`]), chosen when the batched work is products with shared factors,
 //!   element-wise steps and cheap per-item products ([`rows::chosen`]): inputs are read where
 //!   they lie, outputs computed where they go, products with a shared factor are GEMMs over
-//!   the block's rows with the factor transposed once per run;
+//!   the block's rows with the factor transposed once per run, and the element-wise steps
+//!   after a product are applied to its rows as they are stored;
 //! - **lanes** (element-major, see [`kernels`]) otherwise: the block's inputs are transposed
 //!   into lanes, each step runs as loops over all the block's items at once (an 8×8 LU 16
 //!   items per instruction with AVX-512), and the outputs are transposed back.
@@ -178,6 +179,19 @@ pub fn run_cpu_into_on(
     batch: usize,
     outputs: &mut [Batch<f32>],
 ) {
+    run_blocks(isa, plan, inputs, batch, outputs, true)
+}
+
+/// [`run_cpu_into_on`], with item-major products' element-wise steps fused into their stores
+/// ([`rows::fused_chains`]) or, when `fuse` is false, run on their own (the same bits).
+fn run_blocks(
+    isa: Isa,
+    plan: &Plan,
+    inputs: &[&Batch<f32>],
+    batch: usize,
+    outputs: &mut [Batch<f32>],
+    fuse: bool,
+) {
     assert!(
         isa.is_available(),
         "run_cpu_into_on: this CPU does not run {isa:?}"
@@ -217,7 +231,12 @@ pub fn run_cpu_into_on(
         }
     }
     let item_major = rows::chosen(plan);
-    let job = Job {
+    let fused = if item_major && fuse {
+        rows::fused_chains(plan)
+    } else {
+        vec![Vec::new(); steps.len()]
+    };
+    let mut job = Job {
         isa,
         steps,
         inputs,
@@ -232,10 +251,16 @@ pub fn run_cpu_into_on(
         } else {
             Vec::new()
         },
+        fused_into: vec![false; steps.len()],
+        fused,
     };
+    for &u in job.fused.iter().flatten() {
+        job.fused_into[u] = true;
+    }
     if item_major {
+        let unstored = rows::unstored(plan, &job.fused);
         per_block.into_par_iter().enumerate().for_each_init(
-            || rows::Buffers::new(steps, items, plan.outputs(), &job.read_through),
+            || rows::Buffers::new(steps, items, plan.outputs(), &unstored),
             |buffers, (b, outs)| {
                 let first = b * items;
                 rows::process(&job, buffers, first, items.min(batch - first), outs);
@@ -303,6 +328,10 @@ pub(crate) struct Job<'a> {
     /// For item-major blocks, each product step's shared factor as the right factor of a
     /// product with the items' rows ([`rows::right_factors`]); empty for other steps.
     right_factors: Vec<Vec<f32>>,
+    /// For item-major blocks, the steps fused into each product ([`rows::fused_chains`]).
+    fused: Vec<Vec<usize>>,
+    /// The steps in `fused`'s chains (computed with their product, not on their own).
+    fused_into: Vec<bool>,
 }
 
 /// Batched transposes used only as a factor of products of two batched values (whose loops
@@ -753,6 +782,102 @@ mod tests {
                 items.is_multiple_of(16) && (16..=most).contains(&items),
                 "{items}"
             );
+        }
+    }
+
+    #[test]
+    fn fused_steps_give_the_bits_of_the_steps_run_on_their_own() {
+        use crate::workloads::{prepare, Workload, WORKLOADS};
+        let [w1, w5, w6] = [WORKLOADS[0], WORKLOADS[4], WORKLOADS[5]];
+        // (program, wrt, batched, steps fused: counted by hand from the plan)
+        let cases: [(&str, &str, &[&str], usize); 9] = [
+            // A per-item number and an earlier batched value: t8*t11 + t7.
+            (
+                "A: matrix(16,16); x: vector(16); (x'*x)*(x'*A*x)",
+                "x",
+                &["x"],
+                3,
+            ),
+            // A map over stacked rows; an earlier batched value added to X·S.
+            (
+                "X: matrix(12,16); S: matrix(16,16); sum(X .* exp(X*S))",
+                "X",
+                &["X"],
+                2,
+            ),
+            // A shared number; a batched input after the product.
+            (
+                "A: matrix(16,16); x: vector(16); c: scalar; (x'*A*x)/c",
+                "x",
+                &["x"],
+                1,
+            ),
+            (
+                "A: matrix(16,16); x: vector(16); c: scalar; (x'*A*x)/c",
+                "x",
+                &["x", "c"],
+                1,
+            ),
+            // A sum after a per-item S·X.
+            (w5.program, w5.wrt, w5.batched, 1),
+            // A quotient with the chain's value second, a map, a negation.
+            (w6.program, w6.wrt, w6.batched, 5),
+            (w1.program, w1.wrt, w1.batched, 2),
+            // After a small S·x (dot products, no GEMM).
+            (
+                "A: matrix(4,4); x: vector(4); b: vector(4); (A*x+b)'*(A*x+b)",
+                "x",
+                &["x"],
+                2,
+            ),
+            (
+                "A: matrix(16,16); x: vector(16); b: vector(16); sum(exp(A*x) ./ (b+x))",
+                "x",
+                &["x", "b"],
+                1,
+            ),
+        ];
+        for (program, wrt, batched, fused) in cases {
+            let w = Workload {
+                id: "fused",
+                program,
+                wrt,
+                batched,
+                batch: 45,
+            };
+            let p = prepare(&w, 45);
+            let name = format!("{} by {} with {:?} batched", w.program, w.wrt, w.batched);
+            assert!(rows::chosen(&p.plan), "{name}: item-major");
+            let chains = rows::fused_chains(&p.plan);
+            assert_eq!(chains.iter().map(Vec::len).sum::<usize>(), fused, "{name}");
+            let inputs: Vec<Batch<f32>> = p.inputs.iter().map(crate::check::to_f32).collect();
+            let refs: Vec<&Batch<f32>> = inputs.iter().collect();
+            for isa in Isa::available() {
+                let mut bits = Vec::new();
+                for fuse in [true, false] {
+                    let mut out = output_buffers(&p.plan, 45);
+                    run_blocks(isa, &p.plan, &refs, 45, &mut out, fuse);
+                    let b: Vec<u32> = out
+                        .iter()
+                        .flat_map(|o| o.data.iter().map(|x| x.to_bits()))
+                        .collect();
+                    bits.push(b);
+                }
+                let differ = bits[0].iter().zip(&bits[1]).position(|(a, b)| a != b);
+                assert_eq!(differ, None, "{name} by {isa:?}: fused and not differ at");
+            }
+            // And the fused run is the reference's values (up to float32 rounding).
+            let got = run_cpu(&p.plan, &refs, 45);
+            let exact: Vec<Batch<f64>> = crate::check::round_to_f32(&p.inputs);
+            let exact_refs: Vec<&Batch<f64>> = exact.iter().collect();
+            let want = crate::batch::run_reference(&p.plan, &exact_refs, 45);
+            let (g, w) = (&got[0].data, &want[0].data);
+            let scale = w.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            let worst = g
+                .iter()
+                .zip(w)
+                .fold(0.0f64, |m, (g, w)| m.max((*g as f64 - w).abs()));
+            assert!(worst <= 1e-4 * scale, "{name}: off by {worst} of {scale}");
         }
     }
 }

@@ -74,9 +74,18 @@ pub fn explain(d: &Derivative, plan: &Plan, kernel: Option<&Kernel>) -> String {
         let items = crate::cpu::block_items(plan);
         let isa = crate::cpu::Isa::fastest().name();
         let _ = if crate::cpu::rows::chosen(plan) {
+            let fused: usize = crate::cpu::rows::fused_chains(plan)
+                .iter()
+                .map(Vec::len)
+                .sum();
+            let fused = match fused {
+                0 => String::new(),
+                1 => ", 1 element-wise step applied as a product's rows are stored".into(),
+                n => format!(", {n} element-wise steps applied as products' rows are stored"),
+            };
             writeln!(
                 out,
-                "cpu: item-major blocks of {items} items (inputs read and outputs written in place, products with shared factors as GEMMs over the block's rows), compiled for {isa}"
+                "cpu: item-major blocks of {items} items (inputs read and outputs written in place, products with shared factors as GEMMs over the block's rows{fused}), compiled for {isa}"
             )
         } else {
             writeln!(

@@ -258,6 +258,17 @@ pub fn map_func(f: Func, out: &mut [f32], a: &[f32]) {
     }
 }
 
+/// [`map_func`] with `o` its own argument (through a copy of 64 elements at a time).
+#[inline(always)]
+pub fn map_func_in_place(f: Func, o: &mut [f32]) {
+    let mut copy = [0.0f32; 64];
+    for chunk in o.chunks_mut(64) {
+        let copy = &mut copy[..chunk.len()];
+        copy.copy_from_slice(chunk);
+        map_func(f, chunk, copy);
+    }
+}
+
 /// Per lane: `finish(Σ term(a[e]))` over all elements, accumulated in float64.
 #[inline(always)]
 fn reduce(

@@ -11,14 +11,18 @@
 //! element-wise steps and reductions, all of which read and write each item's elements
 //! contiguously. Inputs are read where they lie and outputs computed where they go, so the
 //! block does none of the transposes the lanes layout ([`super::kernels`]) needs — for W1,
-//! W2 and W6 those cost as much memory traffic as the arithmetic.
+//! W2 and W6 those cost as much memory traffic as the arithmetic. A product's chain of
+//! element-wise steps ([`fused_chains`]) is applied to each tile of its rows as soon as the
+//! tile is stored, into the chain's last value: W1's gradient is one GEMM that writes the
+//! output.
 //!
 //! Invariants: every item is computed by the same operations in the same order (a GEMM row's
 //! sums run over the inner index in the same order wherever the row falls in the block), so
 //! results do not depend on the block size or the thread count. The GEMM kernel uses FMA
-//! explicitly; element-wise steps never form one (their results are the portable build's).
+//! explicitly; element-wise steps never form one (their results are the portable build's),
+//! fused or not (the same operations on the same values: the same bits).
 
-use super::kernels::{gemm, map, map_func};
+use super::kernels::{gemm, map, map_func, map_func_in_place};
 use super::{Isa, Job};
 use crate::expr::Node;
 use crate::plan::{Plan, Step};
@@ -76,6 +80,82 @@ pub fn transposes_read_in_place(plan: &Plan) -> Vec<bool> {
         }
     }
     ok
+}
+
+/// For each batched product, the element-wise steps applied to its rows as they are stored
+/// (empty for every other step): the chain of steps of the product's length, each the only
+/// user of the one before (which is not an output), whose other argument is shared or a
+/// batched value stored before the product, a whole value or one number per item. Sums,
+/// products, quotients, negations and functions: W1's `2*(S*x + c)` is one GEMM that writes
+/// the output (the two extra passes over the block cost a third of W1's time), and W6's
+/// `y./(vector(1)+exp(y.*(X*w)))` runs on each tile of rows while it is in L1. The fused
+/// steps are the same operations on the same values as unfused: the same bits.
+pub fn fused_chains(plan: &Plan) -> Vec<Vec<usize>> {
+    let steps = plan.steps();
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+    for (j, s) in steps.iter().enumerate() {
+        for &a in &s.args {
+            users[a].push(j);
+        }
+    }
+    let in_place = transposes_read_in_place(plan);
+    let is_output = |i: usize| plan.outputs().contains(&i);
+    (0..steps.len())
+        .map(|head| {
+            let mut chain = Vec::new();
+            let product = &steps[head];
+            if !(product.batched && matches!(product.node, Node::MatMul(..))) {
+                return chain;
+            }
+            let n = product.len();
+            // Available while the product runs: shared, a batched input, or batched and
+            // stored before it.
+            let ready = |a: usize| {
+                let s = &steps[a];
+                !s.batched || s.input.is_some() || (a < head && !in_place[a])
+            };
+            let mut last = head;
+            while let [u] = users[last][..] {
+                let s = &steps[u];
+                let elementwise = matches!(
+                    s.node,
+                    Node::Add(..)
+                        | Node::Hadamard(..)
+                        | Node::ElemDiv(..)
+                        | Node::Scale(..)
+                        | Node::Div(..)
+                        | Node::Neg(_)
+                        | Node::Map(..)
+                );
+                let operands = s.args.iter().enumerate().all(|(k, &a)| {
+                    let number = matches!((s.node, k), (Node::Scale(..), 0) | (Node::Div(..), 1));
+                    steps[a].len() == if number { 1 } else { n } && (a == last || ready(a))
+                });
+                if is_output(last) || !elementwise || !s.batched || s.len() != n || !operands {
+                    break;
+                }
+                chain.push(u);
+                last = u;
+            }
+            chain
+        })
+        .collect()
+}
+
+/// Batched steps an item-major block never stores: transposes read in place
+/// ([`transposes_read_in_place`]), and products and steps whose values only the next step of
+/// a chain in `fused` reads ([`fused_chains`]: all but the chain's last).
+pub fn unstored(plan: &Plan, fused: &[Vec<usize>]) -> Vec<bool> {
+    let mut skip = transposes_read_in_place(plan);
+    for (head, chain) in fused.iter().enumerate() {
+        if let Some((_, inner)) = chain.split_last() {
+            skip[head] = true;
+            for &u in inner {
+                skip[u] = true;
+            }
+        }
+    }
+    skip
 }
 
 /// Whether every batched step of `plan` is one this layout computes without transposes.
@@ -144,13 +224,14 @@ pub fn right_factors(plan: &Plan, shared: &[std::borrow::Cow<[f32]>]) -> Vec<Vec
         .collect()
 }
 
-/// Floats of one item's computed batched values (inputs, and transposes, are read in place).
+/// Floats of one item's stored batched values (inputs are read in place, and the
+/// [`unstored`] steps are never stored).
 pub fn floats_per_item(plan: &Plan) -> usize {
-    let in_place = transposes_read_in_place(plan);
+    let unstored = unstored(plan, &fused_chains(plan));
     plan.steps()
         .iter()
         .enumerate()
-        .filter(|&(i, s)| s.batched && s.input.is_none() && !in_place[i])
+        .filter(|&(i, s)| s.batched && s.input.is_none() && !unstored[i])
         .map(|(_, s)| s.len())
         .sum()
 }
@@ -185,18 +266,19 @@ pub(crate) struct Buffers {
 }
 
 impl Buffers {
-    /// Buffers for blocks of `items` items; `in_place[i]` marks transposes never stored.
+    /// Buffers for blocks of `items` items; `unstored[i]` marks steps never stored
+    /// ([`unstored`]).
     pub(crate) fn new(
         steps: &[Step],
         items: usize,
         outputs: &[usize],
-        in_place: &[bool],
+        unstored: &[bool],
     ) -> Buffers {
         let values = steps
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                if s.batched && s.input.is_none() && !outputs.contains(&i) && !in_place[i] {
+                if s.batched && s.input.is_none() && !outputs.contains(&i) && !unstored[i] {
                     vec![0.0; s.len() * items]
                 } else {
                     Vec::new()
@@ -265,23 +347,27 @@ fn process_inline(
     let values = &mut buffers.values;
     let mut computed_into = vec![None; outs.len()];
     for (i, step) in steps.iter().enumerate() {
-        if !step.batched || step.input.is_some() || job.read_through[i] {
+        if !step.batched || step.input.is_some() || job.read_through[i] || job.fused_into[i] {
             continue;
         }
         let len = step.len();
-        match outs.iter().position(|&(o, _)| o == i) {
+        // A product with a fused chain stores the chain's last value.
+        let stored = job.fused[i].last().copied().unwrap_or(i);
+        match outs.iter().position(|&(o, _)| o == stored) {
             Some(j) => {
                 let dst = std::mem::take(&mut outs[j].1);
                 let args = arguments(job, step, values, &outs, first, count);
-                run_step(job, i, &args, count, &mut dst[..count * len]);
+                let then = epilogue(job, i, values, &outs, first, count);
+                run_step(job, i, &args, &then, count, &mut dst[..count * len]);
                 outs[j].1 = dst;
-                computed_into[j] = Some(i);
+                computed_into[j] = Some(stored);
             }
             None => {
-                let mut dst = std::mem::take(&mut values[i]);
+                let mut dst = std::mem::take(&mut values[stored]);
                 let args = arguments(job, step, values, &outs, first, count);
-                run_step(job, i, &args, count, &mut dst[..count * len]);
-                values[i] = dst;
+                let then = epilogue(job, i, values, &outs, first, count);
+                run_step(job, i, &args, &then, count, &mut dst[..count * len]);
+                values[stored] = dst;
             }
         }
     }
@@ -350,9 +436,200 @@ fn value<'b>(
     }
 }
 
+/// The steps fused into product `head` ([`fused_chains`]) with their other arguments for
+/// this block.
+#[inline(always)]
+fn epilogue<'b>(
+    job: &'b Job,
+    head: usize,
+    values: &'b [Vec<f32>],
+    outs: &'b [(usize, &mut [f32])],
+    first: usize,
+    count: usize,
+) -> Epilogue<'b> {
+    let steps = job.steps;
+    let (chain, len) = (&job.fused[head], steps[head].len());
+    let mut then = Vec::with_capacity(chain.len());
+    let mut last = head;
+    for &u in chain {
+        let s = &steps[u];
+        // The chain's value is the argument the step before computed (never both: it has one
+        // user); the other one, if any, is the operand.
+        let value_first = s.args[0] == last;
+        let other = s.args.iter().position(|&a| a != last);
+        let operand = match other.map(|k| s.args[k]) {
+            None => Operand::None,
+            Some(a) => {
+                let number = steps[a].len() == 1 && len > 1;
+                match value(job, a, values, outs, first, count) {
+                    RowArg::Shared(d) if number => Operand::Number(d[0]),
+                    RowArg::Shared(d) => Operand::Shared(d),
+                    RowArg::Batched(d) if number => Operand::PerItem(d),
+                    RowArg::Batched(d) => Operand::Batched(d),
+                    RowArg::Transposed(_) => {
+                        unreachable!("fused chains read no transpose in place")
+                    }
+                }
+            }
+        };
+        let op = match s.node {
+            Node::Add(..) => Op::Add,
+            Node::Hadamard(..) | Node::Scale(..) => Op::Mul,
+            Node::ElemDiv(..) | Node::Div(..) => Op::Div,
+            Node::Neg(_) => Op::Neg,
+            Node::Map(f, _) => Op::Map(f),
+            _ => unreachable!("fused_chains admits no {:?}", s.node),
+        };
+        then.push(Then {
+            op,
+            value_first,
+            operand,
+        });
+        last = u;
+    }
+    Epilogue { then, len }
+}
+
+/// The element-wise steps fused into a product ([`fused_chains`]) for one block, applied to
+/// the product's values where they are stored, a row at a time, while the row is in L1.
+pub(crate) struct Epilogue<'a> {
+    then: Vec<Then<'a>>,
+    /// The product's length per item (every step of the chain has it).
+    len: usize,
+}
+
+/// One fused step: `value op operand`, or `operand op value` when `value_first` is false.
+#[derive(Clone, Copy)]
+struct Then<'a> {
+    op: Op,
+    value_first: bool,
+    operand: Operand<'a>,
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Add,
+    Mul,
+    Div,
+    Neg,
+    Map(crate::expr::Func),
+}
+
+/// A fused step's other argument.
+#[derive(Clone, Copy)]
+enum Operand<'a> {
+    /// The step has none.
+    None,
+    /// One number for every item.
+    Number(f32),
+    /// A shared value of the product's length: element `e` for every item.
+    Shared(&'a [f32]),
+    /// The block's items of a batched value of the product's length, item-major.
+    Batched(&'a [f32]),
+    /// One number per item of the block.
+    PerItem(&'a [f32]),
+}
+
+impl Epilogue<'_> {
+    /// No steps.
+    pub(crate) fn none() -> Self {
+        Epilogue {
+            then: Vec::new(),
+            len: 1,
+        }
+    }
+
+    /// Applies the steps to `o`, the product's elements from block index `at` (`item·len +
+    /// element`) on: each step's kind of operand is matched once for the whole run (a tile
+    /// of rows), then its loops run over the items it spans.
+    #[inline(always)]
+    fn apply(&self, at: usize, o: &mut [f32]) {
+        for then in &self.then {
+            let first = then.value_first;
+            match then.op {
+                Op::Add => self.binary(then.operand, first, at, o, |x, y| x + y),
+                Op::Mul => self.binary(then.operand, first, at, o, |x, y| x * y),
+                Op::Div => self.binary(then.operand, first, at, o, |x, y| x / y),
+                Op::Neg => o.iter_mut().for_each(|x| *x = -*x),
+                Op::Map(f) => map_func_in_place(f, o),
+            }
+        }
+    }
+
+    /// One binary step of [`Self::apply`].
+    #[inline(always)]
+    fn binary(
+        &self,
+        operand: Operand,
+        value_first: bool,
+        at: usize,
+        o: &mut [f32],
+        f: impl Fn(f32, f32) -> f32,
+    ) {
+        let whole = match operand {
+            Operand::Number(y) => Some(Resolved::Number(y)),
+            Operand::Batched(d) => Some(Resolved::Slice(&d[at..at + o.len()])),
+            _ => None,
+        };
+        if let Some(y) = whole {
+            return combine(o, y, value_first, f);
+        }
+        // Item `t`'s run of elements from `e` on, item by item.
+        let (mut t, mut e, mut rest) = (at / self.len, at % self.len, o);
+        while !rest.is_empty() {
+            let (run, tail) = rest.split_at_mut((self.len - e).min(rest.len()));
+            let y = match operand {
+                Operand::Shared(d) => Resolved::Slice(&d[e..e + run.len()]),
+                Operand::PerItem(d) => Resolved::Number(d[t]),
+                _ => unreachable!("a binary step has an operand"),
+            };
+            combine(run, y, value_first, &f);
+            (t, e, rest) = (t + 1, 0, tail);
+        }
+    }
+
+    /// [`Self::apply`] to a whole step's values for the block.
+    #[inline(always)]
+    fn apply_to_items(&self, out: &mut [f32]) {
+        if !self.then.is_empty() {
+            self.apply(0, out);
+        }
+    }
+
+    /// [`Self::apply`] to `rows` stored rows of `n` elements from block index `at` on.
+    ///
+    /// # Safety
+    /// `out` holds the `rows · n` elements.
+    #[inline(always)]
+    unsafe fn apply_to_rows(&self, at: usize, rows: usize, n: usize, out: *mut f32) {
+        if !self.then.is_empty() {
+            // SAFETY: as the caller guarantees.
+            self.apply(at, unsafe { std::slice::from_raw_parts_mut(out, rows * n) });
+        }
+    }
+}
+
+/// A fused step's operand for one run of elements.
+#[derive(Clone, Copy)]
+enum Resolved<'a> {
+    Number(f32),
+    Slice(&'a [f32]),
+}
+
+/// `o[e] = f(o[e], y[e])`, or `f(y[e], o[e])` when `value_first` is false.
+#[inline(always)]
+fn combine(o: &mut [f32], y: Resolved, value_first: bool, f: impl Fn(f32, f32) -> f32) {
+    match (y, value_first) {
+        (Resolved::Number(y), true) => o.iter_mut().for_each(|x| *x = f(*x, y)),
+        (Resolved::Number(y), false) => o.iter_mut().for_each(|x| *x = f(y, *x)),
+        (Resolved::Slice(y), true) => o.iter_mut().zip(y).for_each(|(x, &y)| *x = f(*x, y)),
+        (Resolved::Slice(y), false) => o.iter_mut().zip(y).for_each(|(x, &y)| *x = f(y, *x)),
+    }
+}
+
 /// One batched step for `count` items into `out` (`count × step length`).
 #[inline(always)]
-fn run_step(job: &Job, i: usize, args: &[RowArg], count: usize, out: &mut [f32]) {
+fn run_step(job: &Job, i: usize, args: &[RowArg], then: &Epilogue, count: usize, out: &mut [f32]) {
     let (steps, step) = (job.steps, &job.steps[i]);
     let n = step.len();
     let len = |k: usize| steps[step.args[k]].len();
@@ -390,10 +667,13 @@ fn run_step(job: &Job, i: usize, args: &[RowArg], count: usize, out: &mut [f32])
             let (a, b) = (&steps[step.args[0]], &steps[step.args[1]]);
             let f = &job.right_factors[i];
             let isa = job.isa;
-            matmul(isa, args[0], args[1], a.rows, a.cols, b.cols, count, f, out)
+            let shape = (a.rows, a.cols, b.cols);
+            return matmul(isa, args[0], args[1], shape, count, f, then, out);
         }
         _ => unreachable!("rows::supports admits no {:?}", step.node),
     }
+    // Only products have fused steps; a step fused into nothing has none.
+    then.apply_to_items(out);
 }
 
 /// The data of an argument the plan guarantees is batched.
@@ -482,28 +762,39 @@ fn reduce(
 const GEMM_MIN_WIDTH: usize = 8;
 const GEMM_MIN_INNER: usize = 4;
 
-/// `out = a*b` for an `m×k` by `k×n` product, one factor shared; `f` is the shared factor as
-/// a right factor ([`right_factors`]).
+/// `out = a*b` for an `m×k` by `k×n` product (`shape`), one factor shared, then the steps
+/// fused into it; `f` is the shared factor as a right factor ([`right_factors`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     isa: Isa,
     a: RowArg,
     b: RowArg,
-    m: usize,
-    k: usize,
-    n: usize,
+    (m, k, n): (usize, usize, usize),
     count: usize,
     f: &[f32],
+    then: &Epilogue,
     out: &mut [f32],
 ) {
     match (a, b) {
         // S·X for batched matrices X: one small GEMM per item, S's rows times X's.
         (RowArg::Shared(s), RowArg::Batched(x)) if n > 1 && m > 1 => {
             let items = out.chunks_exact_mut(m * n).zip(x.chunks_exact(k * n));
-            for (o, x) in items {
-                gemm_rows_on(isa, m, k, n, s, x, Factor::Plain, o);
+            for (t, (o, x)) in items.enumerate() {
+                gemm_rows_on(isa, m, k, n, s, x, Factor::Plain, (then, t * m * n), o);
             }
+            return;
+        }
+        // S·x for a vector x: [out rows] (count × m) = [x rows] (count × k) · Sᵀ.
+        (RowArg::Shared(_), RowArg::Batched(x))
+            if n == 1 && m >= GEMM_MIN_WIDTH && k >= GEMM_MIN_INNER =>
+        {
+            return gemm_rows_on(isa, count, k, m, x, f, Factor::Packed, (then, 0), out);
+        }
+        // X·S: the block's items stacked, (count·m × k) · S (k × n).
+        (RowArg::Batched(x), RowArg::Shared(_)) if n >= GEMM_MIN_WIDTH && k >= GEMM_MIN_INNER => {
+            let rows = count * m;
+            return gemm_rows_on(isa, rows, k, n, x, f, Factor::Packed, (then, 0), out);
         }
         // u'·X for a shared row u': per item, the rows of X weighted by u.
         (RowArg::Shared(u), RowArg::Batched(x)) if n > 1 => {
@@ -511,24 +802,18 @@ fn matmul(
                 weighted_rows(o, &u[..k], x);
             }
         }
-        // S·x for a vector x: [out rows] (count × m) = [x rows] (count × k) · Sᵀ.
+        // S·x for a small S.
         (RowArg::Shared(s), RowArg::Batched(x)) => {
-            if m >= GEMM_MIN_WIDTH && k >= GEMM_MIN_INNER {
-                gemm_rows_on(isa, count, k, m, x, f, Factor::Packed, out);
-            } else {
-                for (o, x) in out.chunks_exact_mut(m).zip(x.chunks_exact(k)) {
-                    for (o, s) in o.iter_mut().zip(s.chunks_exact(k)) {
-                        *o = dot(s, x);
-                    }
+            for (o, x) in out.chunks_exact_mut(m).zip(x.chunks_exact(k)) {
+                for (o, s) in o.iter_mut().zip(s.chunks_exact(k)) {
+                    *o = dot(s, x);
                 }
             }
         }
-        // X·S: the block's items stacked, (count·m × k) · S (k × n).
+        // X·S for a narrow or thin S.
         (RowArg::Batched(x), RowArg::Shared(s)) => {
             let rows = count * m;
-            if n >= GEMM_MIN_WIDTH && k >= GEMM_MIN_INNER {
-                gemm_rows_on(isa, rows, k, n, x, f, Factor::Packed, out);
-            } else if n == 1 {
+            if n == 1 {
                 // X·s for a shared vector s: the block's rows as one tall matrix times s.
                 matvec(isa, 1, rows, k, x, s, out);
             } else {
@@ -567,6 +852,7 @@ fn matmul(
         }
         _ => unreachable!("a batched product has a batched factor"),
     }
+    then.apply_to_items(out);
 }
 
 /// Columns per panel of a packed right factor ([`pack`]): one register tile's width.
@@ -619,7 +905,8 @@ pub fn gemm_rows_for(
         isa.is_available(),
         "gemm_rows_for: this CPU does not run {isa:?}"
     );
-    gemm_rows_on(isa, rows, k, n, x, f, Factor::Packed, out)
+    let none = (&Epilogue::none(), 0);
+    gemm_rows_on(isa, rows, k, n, x, f, Factor::Packed, none, out)
 }
 
 /// How [`gemm_rows_on`] finds the right factor's elements.
@@ -643,7 +930,8 @@ impl Factor {
 }
 
 /// [`gemm_rows`] by the kernel for `isa`, one of [`Isa::available`], with the right factor
-/// laid out as `factor` says.
+/// laid out as `factor` says, and `then`'s steps applied to each tile of rows once it is
+/// stored (`out` starts at block index `at`: [`Epilogue::apply`]).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn gemm_rows_on(
@@ -654,6 +942,7 @@ fn gemm_rows_on(
     x: &[f32],
     f: &[f32],
     factor: Factor,
+    (then, at): (&Epilogue, usize),
     out: &mut [f32],
 ) {
     assert!(x.len() >= rows * k && f.len() >= k * n && out.len() >= rows * n);
@@ -661,10 +950,14 @@ fn gemm_rows_on(
         // SAFETY (both): the CPU has the features (`isa` is available); the assert above
         // bounds every access (the layouts address exactly the k·n elements of `f`).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { gemm_rows_avx512(rows, k, n, x, f, factor, out) },
+        Isa::Avx512 => unsafe { gemm_rows_avx512(rows, k, n, x, f, factor, (then, at), out) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { gemm_rows_fma(rows, k, n, x, f, factor, out) },
-        _ => gemm_rows_general(rows, k, n, x, f, factor, out),
+        Isa::Avx2 => unsafe { gemm_rows_fma(rows, k, n, x, f, factor, (then, at), out) },
+        _ => {
+            gemm_rows_general(rows, k, n, x, f, factor, out);
+            // SAFETY: `out` holds the `rows` rows of `n` (the assert above).
+            unsafe { then.apply_to_rows(at, rows, n, out.as_mut_ptr()) };
+        }
     }
 }
 
@@ -707,6 +1000,7 @@ unsafe fn prefetch_rows(x: *const f32, from: usize, to: usize, rows: usize, k: u
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn gemm_rows_fma(
     rows: usize,
     k: usize,
@@ -714,6 +1008,7 @@ unsafe fn gemm_rows_fma(
     x: &[f32],
     f: &[f32],
     factor: Factor,
+    (then, at): (&Epilogue, usize),
     out: &mut [f32],
 ) {
     const R: usize = 6;
@@ -743,12 +1038,14 @@ unsafe fn gemm_rows_fma(
                 *or.add(i * n + panels * PANEL + j) = acc;
             }
         }
+        then.apply_to_rows(at + r0 * n, r, n, or);
         r0 += r;
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn gemm_rows_avx512(
     rows: usize,
     k: usize,
@@ -756,6 +1053,7 @@ unsafe fn gemm_rows_avx512(
     x: &[f32],
     f: &[f32],
     factor: Factor,
+    (then, at): (&Epilogue, usize),
     out: &mut [f32],
 ) {
     const R: usize = 8;
@@ -782,6 +1080,7 @@ unsafe fn gemm_rows_avx512(
             let o = or.add(panels * PANEL);
             tile512_of_rows::<1>(r, k, xr, last, tail_stride, o, n, mask);
         }
+        then.apply_to_rows(at + r0 * n, r, n, or);
         r0 += r;
     }
 }
@@ -1077,7 +1376,8 @@ mod tests {
             for isa in Isa::available() {
                 for (factor, f) in [(Factor::Packed, &packed), (Factor::Plain, &f)] {
                     let mut other = vec![f32::NAN; rows * n];
-                    gemm_rows_on(isa, rows, k, n, &x, f, factor, &mut other);
+                    let none = (&Epilogue::none(), 0);
+                    gemm_rows_on(isa, rows, k, n, &x, f, factor, none, &mut other);
                     assert_eq!(other, out, "{rows}×{k}×{n} by {isa:?}");
                 }
             }
@@ -1092,7 +1392,18 @@ mod tests {
             // The vector kernels round alike where the sums are not exact too.
             for isa in Isa::available().into_iter().filter(|&i| i != Isa::Portable) {
                 let mut other = vec![f32::NAN; rows * n];
-                gemm_rows_on(isa, rows, k, n, &x, &packed, Factor::Packed, &mut other);
+                let none = (&Epilogue::none(), 0);
+                gemm_rows_on(
+                    isa,
+                    rows,
+                    k,
+                    n,
+                    &x,
+                    &packed,
+                    Factor::Packed,
+                    none,
+                    &mut other,
+                );
                 assert_eq!(other, out, "{rows}×{k}×{n} by {isa:?}, inexact sums");
             }
         }
