@@ -88,13 +88,15 @@ fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
     &mut v[..len]
 }
 
-/// One batched step for a block of `l` lanes. `shapes[k]` is the (rows, cols) of `args[k]`.
+/// One batched step for a block of `l` lanes. `shapes[k]` is the (rows, cols) of `args[k]`;
+/// `fma` fuses `exp`'s and `log`'s multiply-adds ([`map_func`]).
 #[inline(always)]
 pub fn run_step(
     step: &Step,
     args: &[Arg],
     shapes: &[(usize, usize)],
     l: usize,
+    fma: bool,
     out: &mut [f32],
     scratch: &mut Scratch,
 ) {
@@ -106,10 +108,13 @@ pub fn run_step(
         Node::ElemDiv(..) => zip(out, n, l, args[0], false, args[1], false, |x, y| x / y),
         Node::Scale(..) => zip(out, n, l, args[0], true, args[1], false, |s, x| s * x),
         Node::Div(..) => zip(out, n, l, args[0], false, args[1], true, |x, s| x / s),
-        Node::Pow(..) => zip(out, 1, l, args[0], true, args[1], true, f32::powf),
-        Node::ElemPow(..) => zip(out, n, l, args[0], false, args[1], scalar(1), f32::powf),
+        Node::Pow(..) => zip(out, 1, l, args[0], true, args[1], true, pow_f32),
+        Node::ElemPow(..) => match (args[0], args[1]) {
+            (Arg::Lanes(x), Arg::Shared(y)) if scalar(1) => pow_map(out, x, y[0]),
+            _ => zip(out, n, l, args[0], false, args[1], scalar(1), pow_f32),
+        },
         Node::Neg(_) => map(out, args[0].lanes(), |x| -x),
-        Node::Map(f, _) => map_func(f, out, args[0].lanes()),
+        Node::Map(f, _) => map_func(f, fma, out, args[0].lanes()),
         Node::Transpose(_) => {
             let (r, c) = shapes[0];
             let a = args[0].lanes();
@@ -235,11 +240,14 @@ fn add_assign(out: &mut [f32], a: &[f32]) {
 }
 
 /// An element-wise function over lanes. `exp` and `log` are branch-free float32 versions that
-/// vectorize (within 2 ulp; see [`exp_f32`]); the rest are exact float32 operations or, for the
-/// trigonometric family, float64 evaluated and rounded.
+/// vectorize (within 2 ulp; see [`exp_f32`]), with their multiply-adds fused when `fma` (the
+/// vector builds); the rest are exact float32 operations or, for the trigonometric family,
+/// float64 evaluated and rounded.
 #[inline(always)]
-pub fn map_func(f: Func, out: &mut [f32], a: &[f32]) {
+pub fn map_func(f: Func, fma: bool, out: &mut [f32], a: &[f32]) {
     match f {
+        Func::Exp if fma => map(out, a, exp_f32_fma),
+        Func::Log if fma => map(out, a, ln_f32_fma),
         Func::Exp => map(out, a, exp_f32),
         Func::Log => map(out, a, ln_f32),
         Func::Abs => map(out, a, f32::abs),
@@ -258,14 +266,61 @@ pub fn map_func(f: Func, out: &mut [f32], a: &[f32]) {
     }
 }
 
+/// `x^y` with the meaning of `powf`, but the integer powers −4 to 4 (the ones derivatives
+/// are full of) as products in float64, rounded once to float32 (within half an ulp but for a
+/// rare double rounding; `x.^2` is exactly `x*x`): the C library's `powf` is no more exact
+/// and fifty times slower. The GPU's `mg_pow` forms the same products in float32.
+#[inline(always)]
+pub fn pow_f32(x: f32, y: f32) -> f32 {
+    match small_power(y) {
+        Some(k) => {
+            let x = x as f64;
+            let x2 = x * x;
+            let r = match k.unsigned_abs() {
+                0 => return 1.0,
+                1 => x,
+                2 => x2,
+                3 => x2 * x,
+                _ => x2 * x2,
+            };
+            (if k < 0 { 1.0 / r } else { r }) as f32
+        }
+        None => x.powf(y),
+    }
+}
+
+/// `y` as an integer from −4 to 4, if it is one.
+#[inline(always)]
+fn small_power(y: f32) -> Option<i32> {
+    (y == y.trunc() && y.abs() <= 4.0).then_some(y as i32)
+}
+
+/// `out[e] = pow_f32(a[e], y)` for one exponent `y`, chosen once so that the loop vectorizes.
+#[inline(always)]
+pub fn pow_map(out: &mut [f32], a: &[f32], y: f32) {
+    let sq = |x: f32| x as f64 * x as f64;
+    match small_power(y) {
+        Some(0) => map(out, a, |_| 1.0),
+        Some(1) => map(out, a, |x| x),
+        Some(2) => map(out, a, |x| sq(x) as f32),
+        Some(3) => map(out, a, |x| (sq(x) * x as f64) as f32),
+        Some(4) => map(out, a, |x| (sq(x) * sq(x)) as f32),
+        Some(-1) => map(out, a, |x| (1.0 / x as f64) as f32),
+        Some(-2) => map(out, a, |x| (1.0 / sq(x)) as f32),
+        Some(-3) => map(out, a, |x| (1.0 / (sq(x) * x as f64)) as f32),
+        Some(-4) => map(out, a, |x| (1.0 / (sq(x) * sq(x))) as f32),
+        _ => map(out, a, |x| x.powf(y)),
+    }
+}
+
 /// [`map_func`] with `o` its own argument (through a copy of 64 elements at a time).
 #[inline(always)]
-pub fn map_func_in_place(f: Func, o: &mut [f32]) {
+pub fn map_func_in_place(f: Func, fma: bool, o: &mut [f32]) {
     let mut copy = [0.0f32; 64];
     for chunk in o.chunks_mut(64) {
         let copy = &mut copy[..chunk.len()];
         copy.copy_from_slice(chunk);
-        map_func(f, chunk, copy);
+        map_func(f, fma, chunk, copy);
     }
 }
 
@@ -586,28 +641,52 @@ fn lu_inverse(m: usize, l: usize, s: &mut Scratch, out: &mut [f32]) {
 /// with `|r| ≤ ln2/2` (ln2 split in two for an exact reduction), a degree-6 polynomial for
 /// `exp(r)` (Cephes' `expf`), and `2^n` built from exponent bits in two halves so that results
 /// near overflow and in the subnormal range come out right. Within 2 ulp of the exact value
-/// on the whole range (tested); `inf` above 88.72…, `0` far below −87, NaN for NaN.
+/// on the whole range (tested); `inf` above 88.72…, `0` far below −87, NaN for NaN. Separate
+/// multiplies and adds: the portable build's; [`exp_f32_fma`] is the vector builds'.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
+    exp_with::<false>(x)
+}
+
+/// [`exp_f32`] with its multiply-adds fused (a third fewer operations; on a CPU without FMA,
+/// a slow library call).
+#[inline(always)]
+pub fn exp_f32_fma(x: f32) -> f32 {
+    exp_with::<true>(x)
+}
+
+/// `a·b + c`, fused (one rounding) when `FMA`.
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+#[inline(always)]
+fn exp_with<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding and subtracting 1.5·2^23 rounds to the nearest integer (|v| < 2^22 here).
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(-104.0, 89.0);
-    let shifted = xc * LOG2E + ROUND;
+    let shifted = madd::<FMA>(xc, LOG2E, ROUND);
     let n = shifted - ROUND;
     // The integer n from the rounded value's low mantissa bits (a float-to-int cast would
     // not vectorize: its saturating NaN and overflow cases are handled lane by lane).
     let ni = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
-    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    // x - n·ln2 in two steps (n·LN2_HI is exact: LN2_HI has 12 significant bits).
+    let r = madd::<FMA>(n, -LN2_LO, madd::<FMA>(n, -LN2_HI, xc));
     let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5e-1;
-    let y = p * (r * r) + r + 1.0;
+    p = madd::<FMA>(p, r, 1.398_199_9e-3);
+    p = madd::<FMA>(p, r, 8.333_452e-3);
+    p = madd::<FMA>(p, r, 4.166_579_6e-2);
+    p = madd::<FMA>(p, r, 1.666_666_5e-1);
+    p = madd::<FMA>(p, r, 5e-1);
+    let y = madd::<FMA>(p, r * r, r) + 1.0;
     let n1 = ni >> 1;
     let n2 = ni - n1;
     let scale1 = f32::from_bits(((n1 + 127) as u32) << 23);
@@ -618,9 +697,21 @@ pub fn exp_f32(x: f32) -> f32 {
 /// `ln(x)` in float32 without branches (Cephes' `logf`): `x = m·2^e` with `m` in
 /// `[√½, √2)`, a degree-9 polynomial in `m − 1`, `e·ln2` added in two parts. Subnormal inputs
 /// are scaled up first. Within 2 ulp (tested); `-inf` at 0, NaN below 0 and for NaN, `inf` at
-/// `inf`.
+/// `inf`. Separate multiplies and adds: the portable build's; [`ln_f32_fma`] is the vector
+/// builds'.
 #[inline(always)]
 pub fn ln_f32(x: f32) -> f32 {
+    ln_with::<false>(x)
+}
+
+/// [`ln_f32`] with its multiply-adds fused.
+#[inline(always)]
+pub fn ln_f32_fma(x: f32) -> f32 {
+    ln_with::<true>(x)
+}
+
+#[inline(always)]
+fn ln_with<const FMA: bool>(x: f32) -> f32 {
     let subnormal = x < f32::MIN_POSITIVE;
     let xs = if subnormal { x * 8_388_608.0 } else { x };
     let bits = xs.to_bits();
@@ -631,19 +722,19 @@ pub fn ln_f32(x: f32) -> f32 {
     let f = if small { m + m - 1.0 } else { m - 1.0 };
     let z = f * f;
     let mut y = 7.037_683_6e-2f32;
-    y = y * f - 1.151_461e-1;
-    y = y * f + 1.167_699_9e-1;
-    y = y * f - 1.242_014_1e-1;
-    y = y * f + 1.424_932_3e-1;
-    y = y * f - 1.666_805_8e-1;
-    y = y * f + 2.000_071_4e-1;
-    y = y * f - 2.499_999_4e-1;
-    y = y * f + 3.333_333e-1;
+    y = madd::<FMA>(y, f, -1.151_461e-1);
+    y = madd::<FMA>(y, f, 1.167_699_9e-1);
+    y = madd::<FMA>(y, f, -1.242_014_1e-1);
+    y = madd::<FMA>(y, f, 1.424_932_3e-1);
+    y = madd::<FMA>(y, f, -1.666_805_8e-1);
+    y = madd::<FMA>(y, f, 2.000_071_4e-1);
+    y = madd::<FMA>(y, f, -2.499_999_4e-1);
+    y = madd::<FMA>(y, f, 3.333_333e-1);
     y = y * f * z;
     let ef = e as f32;
-    y += -2.121_944_4e-4 * ef;
-    y += -0.5 * z;
-    let r = f + y + 0.693_359_4 * ef;
+    y = madd::<FMA>(-2.121_944_4e-4, ef, y);
+    y = madd::<FMA>(-0.5, z, y);
+    let r = madd::<FMA>(0.693_359_4, ef, f + y);
     if x == 0.0 {
         f32::NEG_INFINITY
     } else if x == f32::INFINITY {
@@ -694,36 +785,90 @@ mod tests {
 
     #[test]
     fn exp_is_within_two_ulp() {
-        let mut worst = 0.0f64;
-        for x in sweep().filter(|x| x.is_finite() && x.abs() < 120.0) {
-            let exact = (x as f64).exp();
-            if exact < f32::MIN_POSITIVE as f64 {
-                // Subnormal results: absolute error within one subnormal step.
-                assert!(
-                    (exp_f32(x) as f64 - exact).abs() <= 2.0 * 1.4e-45,
-                    "exp({x})"
-                );
-                continue;
+        for (name, exp) in [
+            ("exp_f32", exp_f32 as fn(f32) -> f32),
+            ("exp_f32_fma", exp_f32_fma),
+        ] {
+            let mut worst = 0.0f64;
+            for x in sweep().filter(|x| x.is_finite() && x.abs() < 120.0) {
+                let exact = (x as f64).exp();
+                if exact < f32::MIN_POSITIVE as f64 {
+                    // Subnormal results: absolute error within one subnormal step.
+                    assert!(
+                        (exp(x) as f64 - exact).abs() <= 2.0 * 1.4e-45,
+                        "{name}({x})"
+                    );
+                    continue;
+                }
+                worst = worst.max(ulps(exp(x), exact));
             }
-            worst = worst.max(ulps(exp_f32(x), exact));
+            assert!(worst <= 2.0, "worst {name} error {worst} ulp");
+            assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+            assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+            assert_eq!(exp(100.0), f32::INFINITY);
+            assert!(exp(f32::NAN).is_nan());
+            assert_eq!(exp(0.0), 1.0, "{name}");
         }
-        assert!(worst <= 2.0, "worst exp error {worst} ulp");
-        assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
-        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
-        assert_eq!(exp_f32(100.0), f32::INFINITY);
-        assert!(exp_f32(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn small_powers_are_products_and_the_rest_powf() {
+        let bases = [
+            0.0f32,
+            -0.0,
+            1.0,
+            -1.0,
+            0.3,
+            -2.7,
+            1.0e-20,
+            3.0e15,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        let exponents = [
+            -5.0f32, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 0.5, -2.5,
+        ];
+        for &y in &exponents {
+            let mut mapped = vec![0.0; bases.len()];
+            pow_map(&mut mapped, &bases, y);
+            for (&x, &m) in bases.iter().zip(&mapped) {
+                let got = pow_f32(x, y);
+                assert_eq!(got.to_bits(), m.to_bits(), "pow_map and pow_f32 at {x}^{y}");
+                let exact = (x as f64).powf(y as f64);
+                let close = if exact.is_nan() {
+                    got.is_nan()
+                } else if exact.is_infinite() || exact.abs() > f32::MAX as f64 {
+                    got as f64 == exact
+                        || got.is_infinite() && got.signum() as f64 == exact.signum()
+                } else if exact.abs() < f32::MIN_POSITIVE as f64 {
+                    (got as f64 - exact).abs() <= f32::MIN_POSITIVE as f64
+                } else {
+                    ulps(got, exact) <= if small_power(y).is_some() { 0.51 } else { 1.0 }
+                };
+                assert!(close, "{x}^{y}: {got} vs {exact}");
+            }
+        }
+        // Squares round once: x*x, bit for bit.
+        for x in sweep().filter(|x| x.is_finite()) {
+            assert_eq!(pow_f32(x, 2.0).to_bits(), (x * x).to_bits(), "{x}^2");
+        }
     }
 
     #[test]
     fn ln_is_within_two_ulp() {
-        let mut worst = 0.0f64;
-        for x in sweep().filter(|&x| x > 0.0 && x.is_finite()) {
-            worst = worst.max(ulps(ln_f32(x), (x as f64).ln()));
+        for (name, ln) in [
+            ("ln_f32", ln_f32 as fn(f32) -> f32),
+            ("ln_f32_fma", ln_f32_fma),
+        ] {
+            let mut worst = 0.0f64;
+            for x in sweep().filter(|&x| x > 0.0 && x.is_finite()) {
+                worst = worst.max(ulps(ln(x), (x as f64).ln()));
+            }
+            assert!(worst <= 2.0, "worst {name} error {worst} ulp");
+            assert_eq!(ln(0.0), f32::NEG_INFINITY);
+            assert_eq!(ln(f32::INFINITY), f32::INFINITY);
+            assert!(ln(-1.0).is_nan() && ln(f32::NAN).is_nan());
+            assert_eq!(ln(1.0), 0.0, "{name}");
         }
-        assert!(worst <= 2.0, "worst ln error {worst} ulp");
-        assert_eq!(ln_f32(0.0), f32::NEG_INFINITY);
-        assert_eq!(ln_f32(f32::INFINITY), f32::INFINITY);
-        assert!(ln_f32(-1.0).is_nan() && ln_f32(f32::NAN).is_nan());
-        assert_eq!(ln_f32(1.0), 0.0);
     }
 }

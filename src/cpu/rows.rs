@@ -19,10 +19,11 @@
 //! Invariants: every item is computed by the same operations in the same order (a GEMM row's
 //! sums run over the inner index in the same order wherever the row falls in the block), so
 //! results do not depend on the block size or the thread count. The GEMM kernel uses FMA
-//! explicitly; element-wise steps never form one (their results are the portable build's),
-//! fused or not (the same operations on the same values: the same bits).
+//! explicitly, and so do `exp` and `log` in the vector builds ([`map_func`]); other
+//! element-wise steps never form one. Fused into a product or not, a step does the same
+//! operations on the same values: the same bits.
 
-use super::kernels::{gemm, map, map_func, map_func_in_place};
+use super::kernels::{gemm, map, map_func, map_func_in_place, pow_f32, pow_map};
 use super::{Isa, Job};
 use crate::expr::Node;
 use crate::plan::{Plan, Step};
@@ -291,8 +292,8 @@ impl Buffers {
 
 /// Runs every batched step for items `first..first + count`; `outs` are the block's slices
 /// of the batched outputs, `(step, count × step length)`. Compiled for `job.isa` (as the
-/// lanes layout's blocks: AVX-512, AVX2 or portable, the element-wise steps without FMA in
-/// all three, so their results are the portable build's).
+/// lanes layout's blocks: AVX-512, AVX2 or portable; the two vector builds do the same
+/// operations, so they give the same bits).
 pub(crate) fn process(
     job: &Job,
     buffers: &mut Buffers,
@@ -312,7 +313,7 @@ pub(crate) fn process(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn process_avx2(
     job: &Job,
     buffers: &mut Buffers,
@@ -487,13 +488,16 @@ fn epilogue<'b>(
         });
         last = u;
     }
-    Epilogue { then, len }
+    let fma = job.isa != Isa::Portable;
+    Epilogue { then, fma, len }
 }
 
 /// The element-wise steps fused into a product ([`fused_chains`]) for one block, applied to
 /// the product's values where they are stored, a row at a time, while the row is in L1.
 pub(crate) struct Epilogue<'a> {
     then: Vec<Then<'a>>,
+    /// Whether functions fuse their multiply-adds ([`map_func`]: the vector builds).
+    fma: bool,
     /// The product's length per item (every step of the chain has it).
     len: usize,
 }
@@ -535,6 +539,7 @@ impl Epilogue<'_> {
     pub(crate) fn none() -> Self {
         Epilogue {
             then: Vec::new(),
+            fma: false,
             len: 1,
         }
     }
@@ -551,7 +556,7 @@ impl Epilogue<'_> {
                 Op::Mul => self.binary(then.operand, first, at, o, |x, y| x * y),
                 Op::Div => self.binary(then.operand, first, at, o, |x, y| x / y),
                 Op::Neg => o.iter_mut().for_each(|x| *x = -*x),
-                Op::Map(f) => map_func_in_place(f, o),
+                Op::Map(f) => map_func_in_place(f, self.fma, o),
             }
         }
     }
@@ -640,10 +645,13 @@ fn run_step(job: &Job, i: usize, args: &[RowArg], then: &Epilogue, count: usize,
         Node::ElemDiv(..) => zip(out, n, args[0], false, args[1], false, |x, y| x / y),
         Node::Scale(..) => zip(out, n, args[0], true, args[1], false, |s, x| s * x),
         Node::Div(..) => zip(out, n, args[0], false, args[1], true, |x, s| x / s),
-        Node::Pow(..) => zip(out, 1, args[0], true, args[1], true, f32::powf),
-        Node::ElemPow(..) => zip(out, n, args[0], false, args[1], scalar(1), f32::powf),
+        Node::Pow(..) => zip(out, 1, args[0], true, args[1], true, pow_f32),
+        Node::ElemPow(..) => match (args[0], args[1]) {
+            (RowArg::Batched(x), RowArg::Shared(y)) if scalar(1) => pow_map(out, x, y[0]),
+            _ => zip(out, n, args[0], false, args[1], scalar(1), pow_f32),
+        },
         Node::Neg(_) => map(out, batched(args[0]), |x| -x),
-        Node::Map(f, _) => map_func(f, out, batched(args[0])),
+        Node::Map(f, _) => map_func(f, job.isa != Isa::Portable, out, batched(args[0])),
         Node::Transpose(_) => {
             let (r, c) = (steps[step.args[0]].rows, steps[step.args[0]].cols);
             let a = batched(args[0]);
