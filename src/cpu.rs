@@ -136,6 +136,13 @@ impl Isa {
         }
     }
 
+    /// Whether blocks built for this set fuse `exp`'s and `log`'s multiply-adds
+    /// ([`kernels::map_func`]): the two vector builds do, alike; the portable build does not
+    /// (without FMA hardware a fused multiply-add is a slow library call).
+    pub fn fuses_functions(self) -> bool {
+        self != Isa::Portable
+    }
+
     /// The instruction set called `name` ([`Isa::name`]), if any.
     pub fn from_name(name: &str) -> Option<Isa> {
         Isa::ALL.into_iter().find(|i| i.name() == name)
@@ -236,7 +243,11 @@ fn run_blocks(
     } else {
         vec![Vec::new(); steps.len()]
     };
-    let mut job = Job {
+    let mut fused_into = vec![false; steps.len()];
+    for &u in fused.iter().flatten() {
+        fused_into[u] = true;
+    }
+    let job = Job {
         isa,
         steps,
         inputs,
@@ -251,14 +262,11 @@ fn run_blocks(
         } else {
             Vec::new()
         },
-        fused_into: vec![false; steps.len()],
         fused,
+        fused_into,
     };
-    for &u in job.fused.iter().flatten() {
-        job.fused_into[u] = true;
-    }
     if item_major {
-        let unstored = rows::unstored(plan, &job.fused);
+        let unstored = rows::unstored(&job.read_through, &job.fused);
         per_block.into_par_iter().enumerate().for_each_init(
             || rows::Buffers::new(steps, items, plan.outputs(), &unstored),
             |buffers, (b, outs)| {
@@ -576,8 +584,7 @@ impl Block {
     #[inline(always)]
     fn run(&mut self, job: &Job, next: &[&[f32]]) {
         let (steps, shared, read_through) = (job.steps, job.shared, &job.read_through);
-        // The vector builds fuse exp's and log's multiply-adds; the portable build does not.
-        let fma = job.isa != Isa::Portable;
+        let fma = job.isa.fuses_functions();
         let l = self.items;
         let computed = (0..steps.len())
             .filter(|&i| steps[i].batched && steps[i].input.is_none() && !read_through[i])

@@ -143,11 +143,11 @@ pub fn fused_chains(plan: &Plan) -> Vec<Vec<usize>> {
         .collect()
 }
 
-/// Batched steps an item-major block never stores: transposes read in place
-/// ([`transposes_read_in_place`]), and products and steps whose values only the next step of
+/// Batched steps an item-major block never stores: the transposes read in place (`in_place`,
+/// [`transposes_read_in_place`]), and products and steps whose values only the next step of
 /// a chain in `fused` reads ([`fused_chains`]: all but the chain's last).
-pub fn unstored(plan: &Plan, fused: &[Vec<usize>]) -> Vec<bool> {
-    let mut skip = transposes_read_in_place(plan);
+pub fn unstored(in_place: &[bool], fused: &[Vec<usize>]) -> Vec<bool> {
+    let mut skip = in_place.to_vec();
     for (head, chain) in fused.iter().enumerate() {
         if let Some((_, inner)) = chain.split_last() {
             skip[head] = true;
@@ -228,7 +228,7 @@ pub fn right_factors(plan: &Plan, shared: &[std::borrow::Cow<[f32]>]) -> Vec<Vec
 /// Floats of one item's stored batched values (inputs are read in place, and the
 /// [`unstored`] steps are never stored).
 pub fn floats_per_item(plan: &Plan) -> usize {
-    let unstored = unstored(plan, &fused_chains(plan));
+    let unstored = unstored(&transposes_read_in_place(plan), &fused_chains(plan));
     plan.steps()
         .iter()
         .enumerate()
@@ -488,12 +488,12 @@ fn epilogue<'b>(
         });
         last = u;
     }
-    let fma = job.isa != Isa::Portable;
+    let fma = job.isa.fuses_functions();
     Epilogue { then, fma, len }
 }
 
 /// The element-wise steps fused into a product ([`fused_chains`]) for one block, applied to
-/// the product's values where they are stored, a row at a time, while the row is in L1.
+/// the product's values where they are stored, a tile of rows at a time, while it is in L1.
 pub(crate) struct Epilogue<'a> {
     then: Vec<Then<'a>>,
     /// Whether functions fuse their multiply-adds ([`map_func`]: the vector builds).
@@ -651,7 +651,7 @@ fn run_step(job: &Job, i: usize, args: &[RowArg], then: &Epilogue, count: usize,
             _ => zip(out, n, args[0], false, args[1], scalar(1), pow_f32),
         },
         Node::Neg(_) => map(out, batched(args[0]), |x| -x),
-        Node::Map(f, _) => map_func(f, job.isa != Isa::Portable, out, batched(args[0])),
+        Node::Map(f, _) => map_func(f, job.isa.fuses_functions(), out, batched(args[0])),
         Node::Transpose(_) => {
             let (r, c) = (steps[step.args[0]].rows, steps[step.args[0]].cols);
             let a = batched(args[0]);
