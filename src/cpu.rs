@@ -335,7 +335,7 @@ pub(crate) struct Job<'a> {
     read_through: Vec<bool>,
     /// For item-major blocks, each product step's shared factor as the right factor of a
     /// product with the items' rows ([`rows::right_factors`]); empty for other steps.
-    right_factors: Vec<Vec<f32>>,
+    right_factors: Vec<rows::Packed>,
     /// For item-major blocks, the steps fused into each product ([`rows::fused_chains`]).
     fused: Vec<Vec<usize>>,
     /// The steps in `fused`'s chains (computed with their product, not on their own).
