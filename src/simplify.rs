@@ -6,7 +6,8 @@
 //! a [`Poly`], a sum of terms `coef * scalars * F1*F2*...*Fk`, where the scalars commute and
 //! the matrix chain does not; each factor is an atom raised to an integer power (`inv(X)` is
 //! `X^-1`, so `X*inv(X)` cancels). Transposes are pushed to the atoms (`(A*B)' = B'*A'`,
-//! `C' = C` for a symmetric `C`); like terms are collected; a 1×1 chain becomes a scalar in
+//! `C' = C` for a symmetric `C`); like terms are collected, also with the terms of a sum that a
+//! product left whole (`A'*D + (A'*D+D*A)` → `2*A'*D + D*A`); a 1×1 chain becomes a scalar in
 //! the orientation with fewer transposes (`x'*a` and `a'*x` are one term); `tr` takes the
 //! rotation that reads best. Sums are *not* expanded, so `A'*(A*x+b)` keeps its factor; when a
 //! sum is rebuilt, its common coefficient, scalars, left factors and right factors are pulled
@@ -460,10 +461,54 @@ impl<'g> Simplifier<'g> {
     fn add(&mut self, a: Poly, b: Poly) -> Poly {
         let mut terms = a.terms;
         terms.extend(b.terms);
+        let terms = collect(terms);
         Poly {
             shape: a.shape,
-            terms: collect(terms),
+            terms: self.flatten_sums_that_collect(terms),
         }
+    }
+
+    /// Terms that are a sum and nothing else but a number and scalars (`2*(u+v)`, left by a
+    /// product that kept its sum whole) are spelled out when that lets their terms collect
+    /// with the others: `A'*D + (A'*D+D*A) + D*A` → `2*A'*D + 2*D*A`. Otherwise they stay
+    /// whole, as written. This spells out no more terms than the input wrote.
+    fn flatten_sums_that_collect(&mut self, terms: Vec<Term>) -> Vec<Term> {
+        let mut kept = Vec::new();
+        let mut spelled = Vec::new();
+        let mut lone = 0;
+        for t in &terms {
+            match self.lone_sum(t) {
+                Some(sum) => {
+                    let mut p = self.poly(sum);
+                    times(&mut p, t.coef, &t.scalars);
+                    spelled.extend(p.terms);
+                    lone += 1;
+                }
+                None => kept.push(t.clone()),
+            }
+        }
+        if lone == 0 {
+            return terms;
+        }
+        let spelled_out = spelled.len();
+        kept.extend(spelled);
+        let flat = collect(kept);
+        if flat.len() < terms.len() - lone + spelled_out {
+            flat
+        } else {
+            terms
+        }
+    }
+
+    /// The sum `t` is, but for its number and scalars: its one matrix factor, or for a
+    /// scalar its one scalar factor, when that is a sum to the first power.
+    fn lone_sum(&self, t: &Term) -> Option<Id> {
+        let base = match (t.chain.as_slice(), t.scalars.as_slice()) {
+            ([f], _) if f.power == 1 => f.base,
+            ([], [(s, e)]) if e.get() == 1.0 => *s,
+            _ => return None,
+        };
+        matches!(self.g.node(base), Node::Add(..)).then_some(base)
     }
 
     fn mul(&mut self, a: Poly, b: Poly) -> Poly {
@@ -1735,6 +1780,16 @@ mod tests {
         check("A: matrix(n,n); A*A*A", "A^3");
         check("X: matrix(n,n); X*inv(X)", "eye");
         check("X: matrix(n,n); inv(X')", "inv(X)'");
+    }
+
+    #[test]
+    fn a_sum_left_whole_by_a_product_collects_with_its_neighbours() {
+        let decl = "A: matrix(n,n); B: matrix(n,n); C: matrix(n,n);";
+        check(&format!("{decl} A + (A+B)*eye + B"), "2*(A+B)");
+        check(&format!("{decl} A - (A+B)*eye"), "-B");
+        // Nothing to collect: the sum stays whole, as written.
+        check(&format!("{decl} C - (A+B)*eye"), "C - (A+B)");
+        check(&format!("{decl} C + 2*(A+B)*eye"), "2*(A+B) + C");
     }
 
     #[test]
