@@ -162,7 +162,7 @@ fn products_of_diagonal_matrices_merge() {
         ("sin(x)'*cos(x)", "-4*diag(sin(x).*cos(x))"),
         ("exp(x)'*exp(x)", "4*diag(exp(x).^2)"),
         ("x'*diag(y)*diag(z)*x", "2*diag(y.*z)"),
-        // Its terms collect across a sum a product left whole.
+        // Like terms collect across a sum that a product left whole.
         ("x'*diag(x)*A*x", "2*(A'*diag(x)+diag(A*x)+diag(x)*A)"),
     ];
     assert_prints(&cases, "x", Request::Hessian, 4);
