@@ -312,9 +312,22 @@ pub struct Graph {
     index: HashMap<Node, Id>,
     pub vars: Vec<Var>,
     pub dims: Vec<DimInfo>,
+    /// Nodes `0..written` are the program as its source wrote it ([`Graph::mark_written`]);
+    /// later ones were derived (0 until marked: nothing counts as written).
+    written: usize,
 }
 
 impl Graph {
+    /// Marks every node so far as the program's own: done once the source is lowered.
+    pub fn mark_written(&mut self) {
+        self.written = self.nodes.len();
+    }
+
+    /// Whether `id` is a node of the program as written (see [`Graph::mark_written`]).
+    pub fn is_written(&self, id: Id) -> bool {
+        id.index() < self.written
+    }
+
     pub fn node(&self, id: Id) -> Node {
         self.nodes[id.index()]
     }

@@ -11,7 +11,9 @@
 //! the orientation with fewer transposes (`x'*a` and `a'*x` are one term); `tr` takes the
 //! rotation that reads best. Sums are *not* expanded, so `A'*(A*x+b)` keeps its factor; when a
 //! sum is rebuilt, its common coefficient, scalars, left factors and right factors are pulled
-//! out (`C'*X*a*a' + C*X*a*a'` → `(C+C')*X*a*a'`).
+//! out (`C'*X*a*a' + C*X*a*a'` → `(C+C')*X*a*a'`); inside a product, the terms that share a
+//! last factor are merged; and a sum that comes back negated keeps the orientation the
+//! program wrote (`-(x-a)*(x-a)'`, not `(a-x)*(x-a)'`).
 //!
 //! Invariants: value and shape are preserved (a property test checks this on random
 //! programs); the pass visits each node once and no rule applies to its own output, so time
@@ -736,13 +738,13 @@ impl<'g> Simplifier<'g> {
         }
         match self.factor_out(&s) {
             Some(f) => {
-                let inner = self.build_sum(&f.rest);
+                let (sign, inner) = self.sum_factor(&f.rest);
                 let scalars = merge_scalars(&f.scalars, &[(inner, Num::new(1.0))]);
-                (f.coef, scalars)
+                (sign * f.coef, scalars)
             }
             None => {
-                let inner = self.build_sum(&s);
-                (1.0, vec![(inner, Num::new(1.0))])
+                let (sign, inner) = self.sum_factor(&s);
+                (sign, vec![(inner, Num::new(1.0))])
             }
         }
     }
@@ -755,8 +757,9 @@ impl<'g> Simplifier<'g> {
         match self.factor_out(&p) {
             Some(f) => self.factored_term(f),
             None => {
-                let inner = self.build_sum(&p);
+                let (sign, inner) = self.sum_factor(&p);
                 Term {
+                    coef: sign,
                     chain: vec![Factor {
                         base: inner,
                         power: 1,
@@ -769,7 +772,7 @@ impl<'g> Simplifier<'g> {
 
     /// `coef * scalars * prefix * (rest) * suffix` as one term, the rest as a sum factor.
     fn factored_term(&mut self, f: Factored) -> Term {
-        let inner = self.build_sum(&f.rest);
+        let (sign, inner) = self.sum_factor(&f.rest);
         let mut chain = f.prefix;
         chain.push(Factor {
             base: inner,
@@ -777,9 +780,28 @@ impl<'g> Simplifier<'g> {
         });
         chain.extend(f.suffix);
         Term {
-            coef: f.coef,
+            coef: sign * f.coef,
             scalars: f.scalars,
             chain,
+        }
+    }
+
+    /// A sum that becomes one factor, as `(sign, node)` with `sign * node` equal to `p`: the
+    /// node is `p`'s sum, or its negation when only that is written in the program
+    /// ([`Graph::is_written`]). So a sum the input wrote keeps its orientation when it comes
+    /// back negated: `-(x-a)*(x-a)'`, not `(a-x)*(x-a)'`.
+    fn sum_factor(&mut self, p: &Poly) -> (f64, Id) {
+        let sum = self.build_inner_sum(p);
+        if self.g.is_written(sum) {
+            return (1.0, sum);
+        }
+        let mut negated = p.clone();
+        scale_poly(&mut negated, -1.0);
+        let other = self.build_inner_sum(&negated);
+        if self.g.is_written(other) {
+            (-1.0, other)
+        } else {
+            (1.0, sum)
         }
     }
 
@@ -1478,7 +1500,24 @@ impl<'g> Simplifier<'g> {
     /// Merges the terms that share a last (else a first) factor, when no factor is shared
     /// by all: `A*x*x' + A'*x*x' + s*eye` → `(A+A')*x*x' + s*eye`.
     fn group_partially(&mut self, p: &Poly) -> Option<Poly> {
-        for from_end in [true, false] {
+        self.group_by_ends(p, &[true, false])
+    }
+
+    /// A sum inside a product, its terms that share a last factor merged
+    /// (`A/s + b*r'*A - A*x*r'*A` → `A/s + (b-A*x)*r'*A`). Only last factors: a Hessian's
+    /// sums are simplified once with the direction `u` it is read off by as their last
+    /// factor, and grouping there by first factors would split what shares that `u`.
+    fn build_inner_sum(&mut self, p: &Poly) -> Id {
+        match self.group_by_ends(p, &[true]) {
+            Some(grouped) => self.build_sum(&grouped),
+            None => self.build_sum(p),
+        }
+    }
+
+    /// [`Self::group_partially`] by last factors (`true`) or first ones (`false`), tried in
+    /// the order given.
+    fn group_by_ends(&mut self, p: &Poly, ends: &[bool]) -> Option<Poly> {
+        for &from_end in ends {
             let mut groups: Vec<(Factor, Vec<usize>)> = Vec::new();
             for (i, t) in p.terms.iter().enumerate() {
                 if t.chain.len() < 2 {
@@ -1790,6 +1829,21 @@ mod tests {
         // Nothing to collect: the sum stays whole, as written.
         check(&format!("{decl} C - (A+B)*eye"), "C - (A+B)");
         check(&format!("{decl} C + 2*(A+B)*eye"), "2*(A+B) + C");
+    }
+
+    #[test]
+    fn a_negated_sum_keeps_the_orientation_the_input_gave_it() {
+        let decl = "x: vector; a: vector; A: matrix;";
+        check(&format!("{decl} -(x-a)*2"), "-2*(x-a)");
+        // No orientation written: the terms' own order.
+        check(&format!("{decl} -x*2 + a*2"), "2*(a-x)");
+        // Both written: each as it is.
+        check(&format!("{decl} (x-a)*(a-x)'"), "(x-a)*(a-x)'");
+        // Terms that share a last factor, merged around a sum the input wrote.
+        check(
+            &format!("{decl} A*x*(x-a)'*2 - A*a*(x-a)'*2 + A"),
+            "A + 2*A*(x-a)*(x-a)'",
+        );
     }
 
     #[test]

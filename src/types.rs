@@ -153,6 +153,7 @@ pub fn check_program_with_shape(
     checker.name_all_dims();
     let mut lowering = Lowering::new(&checker);
     let root = lowering.lower(&ast.expr)?;
+    lowering.graph.mark_written();
     let var_spans = checker.vars.iter().map(|v| v.span).collect();
     let typed_by_letter = checker.vars.iter().map(|v| v.by_letter).collect();
     Ok(Program {

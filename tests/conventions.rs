@@ -168,6 +168,27 @@ fn products_of_diagonal_matrices_merge() {
     assert_prints(&cases, "x", Request::Hessian, 4);
 }
 
+/// Hessians of norms of residuals read as the Matrix Cookbook writes them: the residual as
+/// the input wrote it, its outer product one term (`(I - r r'/|r|²)/|r|` for `r = x-a`).
+#[test]
+fn hessians_of_norms_keep_the_residual_whole() {
+    let cases = [
+        (
+            "a: vector; norm2(x-a)",
+            "eye/norm2(x-a) - (x-a)*(x-a)'/norm2(x-a)^3",
+        ),
+        (
+            "norm2(A*x-b)",
+            "A'*(A/norm2(A*x-b)-(A*x-b)*(A*x-b)'*A/norm2(A*x-b)^3)",
+        ),
+        (
+            "a: vector; log(norm2(x-a))",
+            "eye/norm2(x-a)^2 - 2*(x-a)*(x-a)'/norm2(x-a)^4",
+        ),
+    ];
+    assert_prints(&cases, "x", Request::Hessian, 5);
+}
+
 /// Diagonals of products: `diag(x)*A*x` is `x.*(A*x)`, whose Jacobian (gradient layout, the
 /// transpose) is `diag(A*x) + A'*diag(x)`; `diag(P*diag(x)*Q) = (P.*Q')*x`, so its gradient
 /// layout is `Q.*P'`; `tr(M)` and `diag(M)` of a scalar times a matrix. Each formula is the
