@@ -9,17 +9,19 @@
 //! `C' = C` for a symmetric `C`); like terms are collected, also with the terms of a sum that a
 //! product left whole (`A'*D + (A'*D+D*A)` → `2*A'*D + D*A`); a 1×1 chain becomes a scalar in
 //! the orientation with fewer transposes (`x'*a` and `a'*x` are one term); `tr` takes the
-//! rotation that reads best. Sums are *not* expanded, so `A'*(A*x+b)` keeps its factor; when a
-//! sum is rebuilt, its common coefficient, scalars, left factors and right factors are pulled
-//! out (`C'*X*a*a' + C*X*a*a'` → `(C+C')*X*a*a'`); inside a product, the terms that share a
-//! last factor are merged; and a sum that comes back negated keeps the orientation the
-//! program wrote (`-(x-a)*(x-a)'`, not `(a-x)*(x-a)'`).
+//! rotation that reads best. Sums are *not* expanded, so `A'*(A*x+b)` keeps its factor (the
+//! one exception: a `diag(u)` that would meet ones is distributed, since `diag(u)*vector(1)`
+//! is `u`: `diag(u)*(eye/s-vector(1)*u'/t)` → `diag(u)/s - u*u'/t`); when a sum is rebuilt,
+//! its common coefficient, scalars, left factors and right factors are pulled out
+//! (`C'*X*a*a' + C*X*a*a'` → `(C+C')*X*a*a'`); inside a product, the terms that share a last
+//! factor are merged; and a sum that comes back negated keeps the orientation the program
+//! wrote (`-(x-a)*(x-a)'`, not `(a-x)*(x-a)'`).
 //!
 //! Invariants: value and shape are preserved (a property test checks this on random
 //! programs); the pass visits each node once and no rule applies to its own output, so time
 //! and size are bounded by a polynomial in the input's size (no term list grows beyond the
-//! number of terms the input itself spells out, since nothing is distributed); the result is
-//! deterministic (terms are ordered by their printed text).
+//! number of terms the input itself spells out: the one distribution keeps a sum's count);
+//! the result is deterministic (terms are ordered by their printed text).
 
 use std::collections::HashMap;
 
@@ -541,6 +543,9 @@ impl<'g> Simplifier<'g> {
                 terms: collect(terms),
             };
         }
+        if let Some(p) = self.distribute_where_it_cancels(&a, &b, shape) {
+            return p;
+        }
         let ta = self.as_term(a);
         let tb = self.as_term(b);
         let mut chain = ta.chain;
@@ -557,6 +562,65 @@ impl<'g> Simplifier<'g> {
             shape,
             terms: collect(vec![term]),
         }
+    }
+
+    /// `a*b` with the one term of `a` (or `b`) distributed over the other's terms, when that
+    /// meets a diagonal matrix with ones and so turns a product into a vector:
+    /// `diag(u)*(eye/s - vector(1)*u'/t)` → `diag(u)/s - u*u'/t` (the Hessian of `log(sum(exp(x)))`
+    /// as the cookbook writes it). Otherwise `None`, and the sum stays whole (distributing
+    /// `diag(u)` over `diag(v) + B`, or `inv(X)` over `X + B`, mostly reads worse). The
+    /// result has as many terms as the sum.
+    fn distribute_where_it_cancels(&mut self, a: &Poly, b: &Poly, shape: Shape) -> Option<Poly> {
+        let single_left = match (a.terms.len(), b.terms.len()) {
+            (1, n) if n >= 2 => true,
+            (n, 1) if n >= 2 => false,
+            _ => return None,
+        };
+        let (one, sum) = if single_left { (a, b) } else { (b, a) };
+        // The `u` of a `diag(u)` that meets ones where the one term meets `t`.
+        let meets_ones = |me: &Self, t: &Term| -> Option<Id> {
+            let (left, right) = if single_left {
+                (one.terms[0].chain.last(), t.chain.first())
+            } else {
+                (t.chain.last(), one.terms[0].chain.first())
+            };
+            let (l, r) = (left?, right?);
+            let ones = |id: Id, column: bool| {
+                let shape = me.shape(id);
+                let dim = if column { shape.cols } else { shape.rows };
+                me.is_ones(id) && dim == Dim::One
+            };
+            if l.power != 1 || r.power != 1 {
+                return None;
+            }
+            match (me.g.node(l.base), me.g.node(r.base)) {
+                (Node::Diag(u), _) if ones(r.base, true) => Some(u),
+                (_, Node::Diag(u)) if ones(l.base, false) => Some(u),
+                _ => None,
+            }
+        };
+        // As `push_factor_merging_diagonals` merges them: only a product fits in a chain.
+        let merges = |me: &mut Self, t: &Term| match meets_ones(me, t) {
+            Some(u) => {
+                let pu = me.poly(u);
+                matches!(pu.terms.as_slice(), [t] if t.coef == 1.0 && t.scalars.is_empty())
+            }
+            None => false,
+        };
+        if !sum.terms.iter().any(|t| merges(self, t)) {
+            return None;
+        }
+        let mut out = Poly::zero(shape);
+        for t in &sum.terms {
+            let t = Poly::single(sum.shape, t.clone());
+            let product = if single_left {
+                self.mul(one.clone(), t)
+            } else {
+                self.mul(t, one.clone())
+            };
+            out = self.add(out, product);
+        }
+        Some(out)
     }
 
     /// [`push_factor`], except that a diagonal matrix after a diagonal matrix becomes one:
@@ -1843,6 +1907,28 @@ mod tests {
         check(
             &format!("{decl} A*x*(x-a)'*2 - A*a*(x-a)'*2 + A"),
             "A + 2*A*(x-a)*(x-a)'",
+        );
+    }
+
+    #[test]
+    fn a_diagonal_distributes_over_a_sum_where_it_meets_ones() {
+        let decl = "u: vector; v: vector; s: scalar; t: scalar; A: matrix; B: matrix;";
+        check(
+            &format!("{decl} diag(u)*(eye/s - vector(1)*u'/t)"),
+            "diag(u)/s - u*u'/t",
+        );
+        check(
+            &format!("{decl} (eye/s - u*vector(1)'/t)*diag(u)"),
+            "diag(u)/s - u*u'/t",
+        );
+        // Nothing becomes a vector: the sum stays whole.
+        check(
+            &format!("{decl} diag(u)*(diag(v)+B)"),
+            "diag(u)*(B+diag(v))",
+        );
+        check(
+            &format!("{decl} diag(A*u+u)*(vector(1)*u'+B)"),
+            "diag(A*u+u)*(B+vector(1)*u')",
         );
     }
 

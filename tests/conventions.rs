@@ -169,9 +169,10 @@ fn products_of_diagonal_matrices_merge() {
 }
 
 /// Hessians of norms of residuals read as the Matrix Cookbook writes them: the residual as
-/// the input wrote it, its outer product one term (`(I - r r'/|r|²)/|r|` for `r = x-a`).
+/// the input wrote it, its outer product one term (`(I - r r'/|r|²)/|r|` for `r = x-a`); and
+/// log-sum-exp's as `diag(p) - p p'`.
 #[test]
-fn hessians_of_norms_keep_the_residual_whole() {
+fn hessians_of_norms_and_log_sum_exp_read_as_the_cookbook_writes_them() {
     let cases = [
         (
             "a: vector; norm2(x-a)",
@@ -184,6 +185,11 @@ fn hessians_of_norms_keep_the_residual_whole() {
         (
             "a: vector; log(norm2(x-a))",
             "eye/norm2(x-a)^2 - 2*(x-a)*(x-a)'/norm2(x-a)^4",
+        ),
+        // log-sum-exp: diag(p) - p*p' for the softmax p, written with exp(x).
+        (
+            "log(sum(exp(x)))",
+            "diag(exp(x))/sum(exp(x)) - exp(x)*exp(x)'/sum(exp(x))^2",
         ),
     ];
     assert_prints(&cases, "x", Request::Hessian, 5);
