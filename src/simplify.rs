@@ -543,7 +543,7 @@ impl<'g> Simplifier<'g> {
                 terms: collect(terms),
             };
         }
-        if let Some(p) = self.distribute_where_it_cancels(&a, &b, shape) {
+        if let Some(p) = self.distribute_diagonal_meeting_ones(&a, &b, shape) {
             return p;
         }
         let ta = self.as_term(a);
@@ -566,11 +566,16 @@ impl<'g> Simplifier<'g> {
 
     /// `a*b` with the one term of `a` (or `b`) distributed over the other's terms, when that
     /// meets a diagonal matrix with ones and so turns a product into a vector:
-    /// `diag(u)*(eye/s - vector(1)*u'/t)` → `diag(u)/s - u*u'/t` (the Hessian of `log(sum(exp(x)))`
-    /// as the cookbook writes it). Otherwise `None`, and the sum stays whole (distributing
-    /// `diag(u)` over `diag(v) + B`, or `inv(X)` over `X + B`, mostly reads worse). The
-    /// result has as many terms as the sum.
-    fn distribute_where_it_cancels(&mut self, a: &Poly, b: &Poly, shape: Shape) -> Option<Poly> {
+    /// `diag(u)*(eye/s - vector(1)*u'/t)` → `diag(u)/s - u*u'/t` (the Hessian of
+    /// `log(sum(exp(x)))` as the cookbook writes it). Otherwise `None`, and the sum stays
+    /// whole (distributing `diag(u)` over `diag(v) + B`, or `inv(X)` over `X + B`, mostly
+    /// reads worse). The result has as many terms as the sum.
+    fn distribute_diagonal_meeting_ones(
+        &mut self,
+        a: &Poly,
+        b: &Poly,
+        shape: Shape,
+    ) -> Option<Poly> {
         let single_left = match (a.terms.len(), b.terms.len()) {
             (1, n) if n >= 2 => true,
             (n, 1) if n >= 2 => false,
