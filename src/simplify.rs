@@ -1255,6 +1255,7 @@ impl<'g> Simplifier<'g> {
                 _ => merged.push((id, exponent)),
             }
         }
+        let merged = self.logistic_powers_without_overflow(merged, shape);
         let product = |g: &mut Graph, sign: f64| {
             let mut acc: Option<Id> = None;
             for &(base, exponent) in merged.iter().filter(|f| f.1 * sign > 0.0) {
@@ -1283,6 +1284,58 @@ impl<'g> Simplifier<'g> {
             }
             (None, None) => self.g.fill(1.0, shape),
         }
+    }
+
+    /// Factors `exp(u)^p` and `(exp(u)+1)^-q` with `0 < p <= q` (either order of the sum) as
+    /// `(exp(-u)+1)^-p` and `(exp(u)+1)^-(q-p)`: the same value, and no inf/inf where
+    /// `exp(u)` overflows (float32 past u = 88). The logistic Hessian's
+    /// `exp(z)./(exp(z)+1).^2` becomes `1./((exp(-z)+1).*(exp(z)+1))`, which is 0 there, not
+    /// NaN. `factors` are sorted by handle with no repeats, and so is the result.
+    fn logistic_powers_without_overflow(
+        &mut self,
+        mut factors: Vec<(Id, f64)>,
+        shape: Shape,
+    ) -> Vec<(Id, f64)> {
+        let mut changed = false;
+        for i in 0..factors.len() {
+            let (e, p) = factors[i];
+            let Node::Map(Func::Exp, u) = self.g.node(e) else {
+                continue;
+            };
+            if p <= 0.0 {
+                continue;
+            }
+            let sum = factors.iter().position(|&(d, q)| {
+                -q >= p
+                    && matches!(self.g.node(d), Node::Add(x, y)
+                        if (x == e && self.is_ones(y)) || (y == e && self.is_ones(x)))
+            });
+            let Some(j) = sum else {
+                continue;
+            };
+            let mut minus_u = self.poly(u);
+            scale_poly(&mut minus_u, -1.0);
+            let flipped = self.map(Func::Exp, minus_u);
+            let ones = self.ones(shape);
+            let denominator = self.add(ones, flipped);
+            let denominator = self.build(&denominator);
+            factors[i] = (denominator, -p);
+            factors[j].1 += p;
+            changed = true;
+        }
+        if !changed {
+            return factors;
+        }
+        factors.sort_by_key(|&(id, _)| id);
+        let mut merged: Vec<(Id, f64)> = Vec::new();
+        for (id, exponent) in factors {
+            match merged.last_mut() {
+                Some(last) if last.0 == id => last.1 += exponent,
+                _ => merged.push((id, exponent)),
+            }
+        }
+        merged.retain(|&(_, exponent)| exponent != 0.0);
+        merged
     }
 
     /// Appends the factors of the unit node `id`, raised to `exponent`, to `out`.
@@ -1984,6 +2037,24 @@ mod tests {
         check("exp(x)./(vector(1)+exp(x))", "1./(exp(-x)+vector(1))");
         // Not the pattern: left alone.
         check("exp(x)./(exp(x)+vector(2))", "exp(x)./(exp(x)+2*vector(1))");
+        // Powers: exp(u)^p ./ (exp(u)+1)^q for p <= q; the logistic Hessian's weight.
+        check(
+            "x: vector; exp(x)./(exp(x)+vector(1)).^2",
+            "1./((exp(x)+vector(1)).*(exp(-x)+vector(1)))",
+        );
+        check(
+            "x: vector; y: vector; exp(x).*y./(exp(x)+vector(1)).^2",
+            "y./((exp(x)+vector(1)).*(exp(-x)+vector(1)))",
+        );
+        check(
+            "x: vector; exp(x).^2./(vector(1)+exp(x)).^3",
+            "1./((exp(x)+vector(1)).*(exp(-x)+vector(1)).^2)",
+        );
+        // p > q: nothing to gain, left alone.
+        check(
+            "x: vector; exp(x).^2./(exp(x)+vector(1))",
+            "exp(x).^2./(exp(x)+vector(1))",
+        );
         // The workload's gradient is the cookbook's stable form.
         let source =
             "X: matrix(3,2); y: vector(3); w: vector(2); sum(log(vector(1)+exp(-y.*(X*w))))";

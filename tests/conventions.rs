@@ -239,3 +239,32 @@ fn a_product_with_ones_is_a_sum() {
     ];
     assert_prints(&cases, "x", Request::Derivative, 6);
 }
+
+/// The logistic loss's Hessian weighs each row by `exp(z)./(exp(z)+1).^2`, which is inf/inf
+/// where `exp(z)` overflows; matgrad's form is finite for every margin (float64 overflows
+/// past z = 709), and agrees with finite differences where both are defined.
+#[test]
+fn the_logistic_hessian_is_finite_at_any_margin() {
+    let source = "X: matrix(3,2); y: vector(3); w: vector(2); sum(log(vector(1)+exp(-y.*(X*w))))";
+    let cases = [(
+        source,
+        "X'*diag(y.^2./((exp(-y.*(X*w))+vector(1)).*(exp(y.*(X*w))+vector(1))))*X",
+    )];
+    assert_prints(&cases, "w", Request::Hessian, 6);
+    let d = derive(source, "w", Request::Hessian, Layout::Gradient);
+    let g = &d.program.graph;
+    let mut env = random_point(g, &dimension_sizes(g), 3);
+    // Margins of about ±1000: exp overflows to inf in float64 for half of them.
+    let var = |name: &str| g.vars.iter().position(|v| v.name == name).unwrap();
+    env.values[var("X")] = Some(Mat::from_fn(3, 2, |i, j| {
+        [[400.0, -300.0], [-500.0, 250.0], [1.0, 2.0]][i][j]
+    }));
+    env.values[var("y")] = Some(Mat::from_fn(3, 1, |i, _| [1.0, -1.0, 1.0][i]));
+    env.values[var("w")] = Some(Mat::from_fn(2, 1, |i, _| [2.0, -1.0][i]));
+    let h = matgrad::eval::evaluate(g, d.node, &env).expect("evaluates");
+    assert!(h.is_finite(), "Hessian at large margins: {h:?}");
+    // Rows 1 and 2 have margins of 1100 and 1250: their weights are e^-1100 and e^-1250,
+    // 0 in float64. Row 3 (margin 0) alone gives x3*x3'*s(1-s) with s = 1/(1+e^0) = 1/2.
+    let want = Mat::from_fn(2, 2, |i, j| [1.0, 2.0][i] * [1.0, 2.0][j] * 0.25);
+    assert!(relative_error(&h, &want) < 1e-12, "{h:?} vs {want:?}");
+}
