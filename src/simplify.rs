@@ -1943,50 +1943,54 @@ mod tests {
         check("X: matrix(n,n); inv(X')", "inv(X)'");
     }
 
+    /// [`check`] for each `(expression, expected)` after the declarations `decl`.
+    fn check_after(decl: &str, cases: &[(&str, &str)]) {
+        for (expression, expected) in cases {
+            check(&format!("{decl} {expression}"), expected);
+        }
+    }
+
     #[test]
     fn a_sum_left_whole_by_a_product_collects_with_its_neighbours() {
-        let decl = "A: matrix(n,n); B: matrix(n,n); C: matrix(n,n);";
-        check(&format!("{decl} A + (A+B)*eye + B"), "2*(A+B)");
-        check(&format!("{decl} A - (A+B)*eye"), "-B");
-        // Nothing to collect: the sum stays whole, as written.
-        check(&format!("{decl} C - (A+B)*eye"), "C - (A+B)");
-        check(&format!("{decl} C + 2*(A+B)*eye"), "2*(A+B) + C");
+        let cases = [
+            ("A + (A+B)*eye + B", "2*(A+B)"),
+            ("A - (A+B)*eye", "-B"),
+            // Nothing to collect: the sum stays whole, as written.
+            ("C - (A+B)*eye", "C - (A+B)"),
+            ("C + 2*(A+B)*eye", "2*(A+B) + C"),
+        ];
+        check_after("A: matrix(n,n); B: matrix(n,n); C: matrix(n,n);", &cases);
     }
 
     #[test]
     fn a_negated_sum_keeps_the_orientation_the_input_gave_it() {
-        let decl = "x: vector; a: vector; A: matrix;";
-        check(&format!("{decl} -(x-a)*2"), "-2*(x-a)");
-        // No orientation written: the terms' own order.
-        check(&format!("{decl} -x*2 + a*2"), "2*(a-x)");
-        // Both written: each as it is.
-        check(&format!("{decl} (x-a)*(a-x)'"), "(x-a)*(a-x)'");
-        // Terms that share a last factor, merged around a sum the input wrote.
-        check(
-            &format!("{decl} A*x*(x-a)'*2 - A*a*(x-a)'*2 + A"),
-            "A + 2*A*(x-a)*(x-a)'",
-        );
+        let cases = [
+            ("-(x-a)*2", "-2*(x-a)"),
+            // No orientation written: the terms' own order.
+            ("-x*2 + a*2", "2*(a-x)"),
+            // Both written: each as it is.
+            ("(x-a)*(a-x)'", "(x-a)*(a-x)'"),
+            // Terms that share a last factor, merged around a sum the input wrote.
+            ("A*x*(x-a)'*2 - A*a*(x-a)'*2 + A", "A + 2*A*(x-a)*(x-a)'"),
+        ];
+        check_after("x: vector; a: vector; A: matrix;", &cases);
     }
 
     #[test]
     fn a_diagonal_distributes_over_a_sum_where_it_meets_ones() {
-        let decl = "u: vector; v: vector; s: scalar; t: scalar; A: matrix; B: matrix;";
-        check(
-            &format!("{decl} diag(u)*(eye/s - vector(1)*u'/t)"),
-            "diag(u)/s - u*u'/t",
-        );
-        check(
-            &format!("{decl} (eye/s - u*vector(1)'/t)*diag(u)"),
-            "diag(u)/s - u*u'/t",
-        );
-        // Nothing becomes a vector: the sum stays whole.
-        check(
-            &format!("{decl} diag(u)*(diag(v)+B)"),
-            "diag(u)*(B+diag(v))",
-        );
-        check(
-            &format!("{decl} diag(A*u+u)*(vector(1)*u'+B)"),
-            "diag(A*u+u)*(B+vector(1)*u')",
+        let cases = [
+            ("diag(u)*(eye/s - vector(1)*u'/t)", "diag(u)/s - u*u'/t"),
+            ("(eye/s - u*vector(1)'/t)*diag(u)", "diag(u)/s - u*u'/t"),
+            // Nothing becomes a vector: the sum stays whole.
+            ("diag(u)*(diag(v)+B)", "diag(u)*(B+diag(v))"),
+            (
+                "diag(A*u+u)*(vector(1)*u'+B)",
+                "diag(A*u+u)*(B+vector(1)*u')",
+            ),
+        ];
+        check_after(
+            "u: vector; v: vector; s: scalar; t: scalar; A: matrix; B: matrix;",
+            &cases,
         );
     }
 
