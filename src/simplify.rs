@@ -9,18 +9,19 @@
 //! `C' = C` for a symmetric `C`); like terms are collected, also with the terms of a sum that a
 //! product left whole (`A'*D + (A'*D+D*A)` → `2*A'*D + D*A`); a 1×1 chain becomes a scalar in
 //! the orientation with fewer transposes (`x'*a` and `a'*x` are one term); `tr` takes the
-//! rotation that reads best. Sums are *not* expanded, so `A'*(A*x+b)` keeps its factor (the
-//! one exception: a `diag(u)` that would meet ones is distributed, since `diag(u)*vector(1)`
-//! is `u`: `diag(u)*(eye/s-vector(1)*u'/t)` → `diag(u)/s - u*u'/t`); when a sum is rebuilt,
-//! its common coefficient, scalars, left factors and right factors are pulled out
-//! (`C'*X*a*a' + C*X*a*a'` → `(C+C')*X*a*a'`); inside a product, the terms that share a last
-//! factor are merged; and a sum that comes back negated keeps the orientation the program
-//! wrote (`-(x-a)*(x-a)'`, not `(a-x)*(x-a)'`).
+//! rotation that reads best. Sums are *not* expanded, so `A'*(A*x+b)` keeps its factor (two
+//! exceptions, where distributing cancels: a `diag(u)` that would meet ones, since
+//! `diag(u)*vector(1)` is `u`: `diag(u)*(eye/s-vector(1)*u'/t)` → `diag(u)/s - u*u'/t`; and an
+//! element-wise product that cancels a quotient, `u.*(v./u-w)` → `v - u.*w`; likewise
+//! `u'*(v./u)` is `sum(v)`); when a sum is rebuilt, its common coefficient, scalars, left
+//! factors and right factors are pulled out (`C'*X*a*a' + C*X*a*a'` → `(C+C')*X*a*a'`); inside
+//! a product, the terms that share a last factor are merged; and a sum that comes back
+//! negated keeps the orientation the program wrote (`-(x-a)*(x-a)'`, not `(a-x)*(x-a)'`).
 //!
 //! Invariants: value and shape are preserved (a property test checks this on random
 //! programs); the pass visits each node once and no rule applies to its own output, so time
 //! and size are bounded by a polynomial in the input's size (no term list grows beyond the
-//! number of terms the input itself spells out: the one distribution keeps a sum's count);
+//! number of terms the input itself spells out: the two distributions keep a sum's count);
 //! the result is deterministic (terms are ordered by their printed text).
 
 use std::collections::HashMap;
@@ -635,6 +636,43 @@ impl<'g> Simplifier<'g> {
     /// `vector(1)'*diag(u) = u'`.
     fn push_factor_merging_diagonals(&mut self, chain: &mut Vec<Factor>, f: Factor) {
         let last = chain.last().copied();
+        // u'*(v./u) = vector(1)'*(u.*(v./u)) = vector(1)'*v, and (v./u)'*u likewise: an inner
+        // product whose element-wise product cancels a factor.
+        // u'*(v./u) = vector(1)'*(u.*(v./u)) = vector(1)'*v, and (v./u)'*u likewise: an inner
+        // product whose element-wise product cancels a factor.
+        if let Some(l) = last.filter(|l| l.power == 1 && f.power == 1) {
+            let column = self.shape(f.base);
+            if column.cols == Dim::One
+                && !column.is_scalar()
+                && self.shape(l.base) == column.transposed()
+            {
+                if let Some(mut parts) = self.row_as_column_factors(l.base) {
+                    let mut others = Vec::new();
+                    self.elementwise_factors(f.base, 1.0, &mut others);
+                    if factors_cancel(&parts, &others) {
+                        parts.push((f.base, 1.0));
+                        let rest = self.elementwise_monomial(&parts, column);
+                        let ones = self.g.fill(1.0, column.transposed());
+                        chain.pop();
+                        push_factor(
+                            chain,
+                            Factor {
+                                base: ones,
+                                power: 1,
+                            },
+                        );
+                        push_factor(
+                            chain,
+                            Factor {
+                                base: rest,
+                                power: 1,
+                            },
+                        );
+                        return;
+                    }
+                }
+            }
+        }
         // diag(u)*vector(1) = u and vector(1)'*diag(u) = u'
         if let Some(last) = last.filter(|l| l.power == 1 && f.power == 1) {
             let ones = |me: &Self, id: Id, column: bool| {
@@ -1191,6 +1229,9 @@ impl<'g> Simplifier<'g> {
         if a.terms.is_empty() || b.terms.is_empty() {
             return Poly::zero(shape);
         }
+        if let Some(p) = self.distribute_hadamard_where_it_cancels(&a, &b, shape) {
+            return p;
+        }
         let ta = self.as_term(a);
         let tb = self.as_term(b);
         let coef = ta.coef * tb.coef;
@@ -1201,6 +1242,68 @@ impl<'g> Simplifier<'g> {
         let mut p = self.poly_of_unit(node);
         times(&mut p, coef, &scalars);
         p
+    }
+
+    /// `a.*b` with the one term of `a` (or `b`) distributed over the other's terms, when
+    /// that cancels a factor of some term: `u.*(v./u - w)` → `v - u.*w` (the softmax
+    /// cross-entropy's gradient). Otherwise `None`, and the sum stays whole. The result has
+    /// as many terms as the sum.
+    fn distribute_hadamard_where_it_cancels(
+        &mut self,
+        a: &Poly,
+        b: &Poly,
+        shape: Shape,
+    ) -> Option<Poly> {
+        let (one, sum) = match (a.terms.len(), b.terms.len()) {
+            (1, n) if n >= 2 => (a, b),
+            (n, 1) if n >= 2 => (b, a),
+            _ => return None,
+        };
+        let single = self.build_chain(&one.terms[0].chain, shape);
+        let mut single_factors = Vec::new();
+        self.elementwise_factors(single, 1.0, &mut single_factors);
+        let cancels = |me: &mut Self, t: &Term| {
+            let node = me.build_chain(&t.chain, shape);
+            let mut factors = Vec::new();
+            me.elementwise_factors(node, 1.0, &mut factors);
+            factors_cancel(&single_factors, &factors)
+        };
+        if !sum.terms.iter().any(|t| cancels(self, t)) {
+            return None;
+        }
+        let mut out = Poly::zero(shape);
+        for t in &sum.terms {
+            let t = Poly::single(sum.shape, t.clone());
+            let product = self.hadamard(one.clone(), t);
+            out = self.add(out, product);
+        }
+        Some(out)
+    }
+
+    /// The element-wise factors of the row vector `row`, each as the column it transposes
+    /// (`y'./exp(x')` → `[(y, 1), (exp(x), -1)]`); `None` when some factor is not a transpose,
+    /// a function of one, or ones.
+    fn row_as_column_factors(&mut self, row: Id) -> Option<Vec<(Id, f64)>> {
+        let mut factors = Vec::new();
+        self.elementwise_factors(row, 1.0, &mut factors);
+        factors
+            .into_iter()
+            .map(|(id, e)| self.column_of(id).map(|c| (c, e)))
+            .collect()
+    }
+
+    /// The column whose transpose `row` is, when `row` is written as a transpose, a function
+    /// of one, or ones.
+    fn column_of(&mut self, row: Id) -> Option<Id> {
+        match self.g.node(row) {
+            Node::Transpose(z) => Some(z),
+            Node::Map(func, z) => {
+                let column = self.column_of(z)?;
+                Some(self.g.push(Node::Map(func, column)))
+            }
+            Node::Fill(v, shape) => Some(self.g.fill(v.get(), shape.transposed())),
+            _ => None,
+        }
     }
 
     /// The poly of a node built from unit operands, without recursing into it again.
@@ -1866,6 +1969,17 @@ fn merge_scalars(a: &[(Id, Num)], b: &[(Id, Num)]) -> Vec<(Id, Num)> {
     out
 }
 
+/// Whether multiplying element-wise factors `a` by `b` cancels one that one side divides by
+/// and the other multiplies by (`u` and `v./u`).
+fn factors_cancel(a: &[(Id, f64)], b: &[(Id, f64)]) -> bool {
+    let power =
+        |fs: &[(Id, f64)], id: Id| -> f64 { fs.iter().filter(|f| f.0 == id).map(|f| f.1).sum() };
+    a.iter().any(|&(id, _)| {
+        let (pa, pb) = (power(a, id), power(b, id));
+        pa != 0.0 && pb != 0.0 && pa + pb == 0.0
+    })
+}
+
 /// Adds up like terms (same scalars and chain); drops zero terms; keeps first-seen order.
 fn collect(terms: Vec<Term>) -> Vec<Term> {
     let mut out: Vec<Term> = Vec::new();
@@ -1992,6 +2106,19 @@ mod tests {
             "u: vector; v: vector; s: scalar; t: scalar; A: matrix; B: matrix;",
             &cases,
         );
+    }
+
+    #[test]
+    fn element_wise_quotients_cancel_through_sums_and_inner_products() {
+        let cases = [
+            ("u.*(v./u - w)", "v - u.*w"),
+            ("u'*(v./u)", "sum(v)"),
+            ("(v./u)'*u", "sum(v)"),
+            ("exp(u)'*(v./exp(u))", "sum(v)"),
+            // Nothing cancels: the sum stays whole.
+            ("u.*(v./w - w)", "u.*(v./w-w)"),
+        ];
+        check_after("u: vector; v: vector; w: vector;", &cases);
     }
 
     #[test]

@@ -191,6 +191,11 @@ fn hessians_of_norms_and_log_sum_exp_read_as_the_cookbook_writes_them() {
             "log(sum(exp(x)))",
             "diag(exp(x))/sum(exp(x)) - exp(x)*exp(x)'/sum(exp(x))^2",
         ),
+        // The softmax cross-entropy: sum(y) times log-sum-exp's.
+        (
+            "y: vector; -y'*log(exp(x)/sum(exp(x)))",
+            "sum(y)*(diag(exp(x))/sum(exp(x))-exp(x)*exp(x)'/sum(exp(x))^2)",
+        ),
     ];
     assert_prints(&cases, "x", Request::Hessian, 5);
 }
@@ -238,6 +243,17 @@ fn a_product_with_ones_is_a_sum() {
         ("(vector(1)'*x)^2", "2*sum(x)*vector(1)"),
     ];
     assert_prints(&cases, "x", Request::Derivative, 6);
+}
+
+/// The softmax cross-entropy's gradient, `softmax(x)*sum(y) - y`: the quotients by
+/// `exp(x)` its derivative takes cancel.
+#[test]
+fn the_softmax_cross_entropy_gradient_is_softmax_minus_the_labels() {
+    let cases = [(
+        "y: vector; -y'*log(exp(x)/sum(exp(x)))",
+        "sum(y)*exp(x)/sum(exp(x)) - y",
+    )];
+    assert_prints(&cases, "x", Request::Derivative, 7);
 }
 
 /// The logistic loss's Hessian weighs each row by `exp(z)./(exp(z)+1).^2`, which is inf/inf
