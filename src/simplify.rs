@@ -632,12 +632,11 @@ impl<'g> Simplifier<'g> {
     /// [`push_factor`], except that a diagonal matrix after a diagonal matrix becomes one:
     /// `diag(u)*diag(v) = diag(u.*v)` and `diag(u)*diag(u) = diag(u.^2)`, with the Hadamard
     /// product in its canonical order, so `diag(u)*diag(v) + diag(v)*diag(u)` is
-    /// `2*diag(u.*v)`; and a diagonal matrix times ones is its vector, `diag(u)*vector(1) = u`,
-    /// `vector(1)'*diag(u) = u'`.
+    /// `2*diag(u.*v)`; a diagonal matrix times ones is its vector, `diag(u)*vector(1) = u`,
+    /// `vector(1)'*diag(u) = u'`; and an inner product whose element-wise product cancels a
+    /// quotient is a sum, `u'*(v./u) = vector(1)'*v`.
     fn push_factor_merging_diagonals(&mut self, chain: &mut Vec<Factor>, f: Factor) {
         let last = chain.last().copied();
-        // u'*(v./u) = vector(1)'*(u.*(v./u)) = vector(1)'*v, and (v./u)'*u likewise: an inner
-        // product whose element-wise product cancels a factor.
         // u'*(v./u) = vector(1)'*(u.*(v./u)) = vector(1)'*v, and (v./u)'*u likewise: an inner
         // product whose element-wise product cancels a factor.
         if let Some(l) = last.filter(|l| l.power == 1 && f.power == 1) {
