@@ -1317,26 +1317,6 @@ impl<'g> Simplifier<'g> {
         matches!(self.g.node(id), Node::Fill(c, _) if c.get() == 1.0)
     }
 
-    /// `n ./ d`, except `exp(u) ./ (exp(u) + 1)` (either order of the sum), which is built as
-    /// `1 ./ (1 + exp(-u))`: the same value, and no inf/inf where `exp(u)` overflows (float32
-    /// past u = 88; the logistic-regression gradient).
-    fn elem_div_node(&mut self, n: Id, d: Id) -> Id {
-        if let (Node::Map(Func::Exp, u), Node::Add(x, y)) = (self.g.node(n), self.g.node(d)) {
-            if (x == n && self.is_ones(y)) || (y == n && self.is_ones(x)) {
-                let shape = self.g.shape(n);
-                let mut minus_u = self.poly(u);
-                scale_poly(&mut minus_u, -1.0);
-                let e = self.map(Func::Exp, minus_u);
-                let ones = self.ones(shape);
-                let sum = self.add(ones, e);
-                let denominator = self.build(&sum);
-                let one = self.g.fill(1.0, shape);
-                return self.g.push(Node::ElemDiv(one, denominator));
-            }
-        }
-        self.g.push(Node::ElemDiv(n, d))
-    }
-
     /// The element-wise product of `parts` raised to their exponents (`x.*y` is `[(x, 1),
     /// (y, 1)]`, `x./y` is `[(x, 1), (y, -1)]`), as one node: the factors of every part
     /// (through `.*`, `./` and `.^` by a number) with their exponents added, so `x.*log(x)`
@@ -1349,15 +1329,7 @@ impl<'g> Simplifier<'g> {
         for &(id, exponent) in parts {
             self.elementwise_factors(id, exponent, &mut factors);
         }
-        factors.sort_by_key(|&(id, _)| id);
-        let mut merged: Vec<(Id, f64)> = Vec::new();
-        for (id, exponent) in factors {
-            match merged.last_mut() {
-                Some(last) if last.0 == id => last.1 += exponent,
-                _ => merged.push((id, exponent)),
-            }
-        }
-        let merged = self.logistic_powers_without_overflow(merged, shape);
+        let merged = self.logistic_powers_without_overflow(merge_powers(factors), shape);
         let product = |g: &mut Graph, sign: f64| {
             let mut acc: Option<Id> = None;
             for &(base, exponent) in merged.iter().filter(|f| f.1 * sign > 0.0) {
@@ -1382,7 +1354,7 @@ impl<'g> Simplifier<'g> {
             (Some(n), None) => n,
             (n, Some(d)) => {
                 let n = n.unwrap_or_else(|| self.g.fill(1.0, shape));
-                self.elem_div_node(n, d)
+                self.g.push(Node::ElemDiv(n, d))
             }
             (None, None) => self.g.fill(1.0, shape),
         }
@@ -1392,7 +1364,8 @@ impl<'g> Simplifier<'g> {
     /// `(exp(-u)+1)^-p` and `(exp(u)+1)^-(q-p)`: the same value, and no inf/inf where
     /// `exp(u)` overflows (float32 past u = 88). The logistic Hessian's
     /// `exp(z)./(exp(z)+1).^2` becomes `1./((exp(-z)+1).*(exp(z)+1))`, which is 0 there, not
-    /// NaN. `factors` are sorted by handle with no repeats, and so is the result.
+    /// NaN; with `p = q = 1`, the logistic gradient's `exp(u)./(exp(u)+1)` becomes
+    /// `1./(exp(-u)+1)`. `factors` are sorted by handle with no repeats, and so is the result.
     fn logistic_powers_without_overflow(
         &mut self,
         mut factors: Vec<(Id, f64)>,
@@ -1425,19 +1398,11 @@ impl<'g> Simplifier<'g> {
             factors[j].1 += p;
             changed = true;
         }
-        if !changed {
-            return factors;
+        if changed {
+            merge_powers(factors)
+        } else {
+            factors
         }
-        factors.sort_by_key(|&(id, _)| id);
-        let mut merged: Vec<(Id, f64)> = Vec::new();
-        for (id, exponent) in factors {
-            match merged.last_mut() {
-                Some(last) if last.0 == id => last.1 += exponent,
-                _ => merged.push((id, exponent)),
-            }
-        }
-        merged.retain(|&(_, exponent)| exponent != 0.0);
-        merged
     }
 
     /// Appends the factors of the unit node `id`, raised to `exponent`, to `out`.
@@ -1966,6 +1931,21 @@ fn merge_scalars(a: &[(Id, Num)], b: &[(Id, Num)]) -> Vec<(Id, Num)> {
     out.retain(|(_, e)| e.get() != 0.0);
     out.sort();
     out
+}
+
+/// Element-wise factors with the exponents of each base added up, sorted by handle; those
+/// whose exponents cancel to 0 are left out.
+fn merge_powers(mut factors: Vec<(Id, f64)>) -> Vec<(Id, f64)> {
+    factors.sort_by_key(|&(id, _)| id);
+    let mut merged: Vec<(Id, f64)> = Vec::new();
+    for (id, exponent) in factors {
+        match merged.last_mut() {
+            Some(last) if last.0 == id => last.1 += exponent,
+            _ => merged.push((id, exponent)),
+        }
+    }
+    merged.retain(|&(_, exponent)| exponent != 0.0);
+    merged
 }
 
 /// Whether multiplying element-wise factors `a` by `b` cancels one that one side divides by
