@@ -274,18 +274,7 @@ pub fn map_func(f: Func, fma: bool, out: &mut [f32], a: &[f32]) {
 #[inline(always)]
 pub fn pow_f32(x: f32, y: f32) -> f32 {
     match small_power(y) {
-        Some(k) => {
-            let x = x as f64;
-            let x2 = x * x;
-            let r = match k.unsigned_abs() {
-                0 => return 1.0,
-                1 => x,
-                2 => x2,
-                3 => x2 * x,
-                _ => x2 * x2,
-            };
-            (if k < 0 { 1.0 / r } else { r }) as f32
-        }
+        Some(k) => int_pow(x, k),
         None => x.powf(y),
     }
 }
@@ -296,20 +285,35 @@ fn small_power(y: f32) -> Option<i32> {
     (y == y.trunc() && y.abs() <= 4.0).then_some(y as i32)
 }
 
-/// `out[e] = pow_f32(a[e], y)` for one exponent `y`, chosen once so that the loop vectorizes.
+/// `x^k` for `k` from −4 to 4 as a product in float64, rounded once.
+#[inline(always)]
+fn int_pow(x: f32, k: i32) -> f32 {
+    let x = x as f64;
+    let x2 = x * x;
+    let r = match k.unsigned_abs() {
+        0 => 1.0,
+        1 => x,
+        2 => x2,
+        3 => x2 * x,
+        _ => x2 * x2,
+    };
+    (if k < 0 { 1.0 / r } else { r }) as f32
+}
+
+/// `out[e] = pow_f32(a[e], y)` for one exponent `y`, chosen once so that the loop vectorizes
+/// (each arm's `k` is a constant, so [`int_pow`] folds to its one product).
 #[inline(always)]
 pub fn pow_map(out: &mut [f32], a: &[f32], y: f32) {
-    let sq = |x: f32| x as f64 * x as f64;
     match small_power(y) {
-        Some(0) => map(out, a, |_| 1.0),
-        Some(1) => map(out, a, |x| x),
-        Some(2) => map(out, a, |x| sq(x) as f32),
-        Some(3) => map(out, a, |x| (sq(x) * x as f64) as f32),
-        Some(4) => map(out, a, |x| (sq(x) * sq(x)) as f32),
-        Some(-1) => map(out, a, |x| (1.0 / x as f64) as f32),
-        Some(-2) => map(out, a, |x| (1.0 / sq(x)) as f32),
-        Some(-3) => map(out, a, |x| (1.0 / (sq(x) * x as f64)) as f32),
-        Some(-4) => map(out, a, |x| (1.0 / (sq(x) * sq(x))) as f32),
+        Some(0) => map(out, a, |x| int_pow(x, 0)),
+        Some(1) => map(out, a, |x| int_pow(x, 1)),
+        Some(2) => map(out, a, |x| int_pow(x, 2)),
+        Some(3) => map(out, a, |x| int_pow(x, 3)),
+        Some(4) => map(out, a, |x| int_pow(x, 4)),
+        Some(-1) => map(out, a, |x| int_pow(x, -1)),
+        Some(-2) => map(out, a, |x| int_pow(x, -2)),
+        Some(-3) => map(out, a, |x| int_pow(x, -3)),
+        Some(-4) => map(out, a, |x| int_pow(x, -4)),
         _ => map(out, a, |x| x.powf(y)),
     }
 }
