@@ -616,17 +616,29 @@ impl<'g> Simplifier<'g> {
         if !sum.terms.iter().any(|t| merges(self, t)) {
             return None;
         }
+        Some(self.each_term(sum, shape, |me, t| {
+            if single_left {
+                me.mul(one.clone(), t)
+            } else {
+                me.mul(t, one.clone())
+            }
+        }))
+    }
+
+    /// The sum over `sum`'s terms of `product(term)`, a poly of `shape`: a product distributed
+    /// over a sum.
+    fn each_term(
+        &mut self,
+        sum: &Poly,
+        shape: Shape,
+        mut product: impl FnMut(&mut Self, Poly) -> Poly,
+    ) -> Poly {
         let mut out = Poly::zero(shape);
         for t in &sum.terms {
-            let t = Poly::single(sum.shape, t.clone());
-            let product = if single_left {
-                self.mul(one.clone(), t)
-            } else {
-                self.mul(t, one.clone())
-            };
-            out = self.add(out, product);
+            let p = product(self, Poly::single(sum.shape, t.clone()));
+            out = self.add(out, p);
         }
-        Some(out)
+        out
     }
 
     /// [`push_factor`], except that a diagonal matrix after a diagonal matrix becomes one:
@@ -1270,13 +1282,7 @@ impl<'g> Simplifier<'g> {
         if !sum.terms.iter().any(|t| cancels(self, t)) {
             return None;
         }
-        let mut out = Poly::zero(shape);
-        for t in &sum.terms {
-            let t = Poly::single(sum.shape, t.clone());
-            let product = self.hadamard(one.clone(), t);
-            out = self.add(out, product);
-        }
-        Some(out)
+        Some(self.each_term(sum, shape, |me, t| me.hadamard(one.clone(), t)))
     }
 
     /// The element-wise factors of the row vector `row`, each as the column it transposes
