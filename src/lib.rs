@@ -1,13 +1,14 @@
 //! matgrad: closed-form matrix-calculus derivatives, checked by computation.
 //!
-//! The pipeline, one module per stage:
-//! [`parse`] (text → syntax tree) → [`types`] (shapes inferred, typed DAG in an arena) →
-//! [`diff`] (reverse- and forward-mode symbolic derivatives) → [`simplify`] (canonical,
-//! cookbook-like forms) → [`print`] (text, unicode, LaTeX, JSON). [`eval`] evaluates any
-//! expression in float64; [`verify`] compares derivatives with central finite differences;
-//! [`catalog`] decides every seed identity; [`generate`] makes random well-typed programs for
-//! property tests. [`plan`] → [`cpu`] / [`wgsl`] + [`gpu`] evaluate derivatives over batches;
-//! [`bench`] measures them.
+//! The folders are the pipeline:
+//! [`front`] (text → syntax tree → typed DAG: [`parse`], [`types`], [`diagnostic`]) →
+//! [`symbolic`] (derivatives [`diff`], [`simplify`], [`print`], the float64 evaluator
+//! [`eval`], finite differences [`verify`], all on the IR of [`expr`]) → [`planning`] (a
+//! validated [`plan`] with sizes and shared/batched flags, arrays bound to it in [`batch`],
+//! NumPy files in [`npy`]) → [`backend`] (the float32 [`cpu`] path, [`wgsl`] kernels run by
+//! [`gpu`]) → [`tools`] ([`check`], [`bench`], [`explain`], the seed [`catalog`], the
+//! standard [`workloads`], random programs from [`generate`]). Every stage module is also
+//! re-exported at the crate root under its own name (`matgrad::diff`, `matgrad::cpu`).
 //!
 //! ```
 //! use matgrad::diff::{differentiate, Layout, Request};
@@ -18,24 +19,15 @@
 //! assert_eq!(gradient.text(), "2*A'*(A*x+b)");
 //! ```
 
-pub mod batch;
-pub mod bench;
-pub mod catalog;
-pub mod check;
-pub mod cpu;
-pub mod diagnostic;
-pub mod diff;
-pub mod eval;
-pub mod explain;
-pub mod expr;
-pub mod generate;
-pub mod gpu;
-pub mod npy;
-pub mod parse;
-pub mod plan;
-pub mod print;
-pub mod simplify;
-pub mod types;
-pub mod verify;
-pub mod wgsl;
-pub mod workloads;
+pub mod backend;
+pub mod front;
+pub mod planning;
+pub mod symbolic;
+pub mod tools;
+
+// The stages by their own names, as before the folders: `matgrad::diff`, `matgrad::cpu`, ...
+pub use backend::{cpu, gpu, wgsl};
+pub use front::{diagnostic, parse, types};
+pub use planning::{batch, npy, plan};
+pub use symbolic::{diff, eval, expr, print, simplify, verify};
+pub use tools::{bench, catalog, check, explain, generate, workloads};

@@ -21,7 +21,8 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*), false) };
 }
 
-mod cli_bench;
+mod cli;
+use cli::bench as cli_bench;
 use serde_json::json;
 
 use std::path::Path;

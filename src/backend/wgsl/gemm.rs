@@ -11,7 +11,7 @@
 //! name the tokens, are dropped before the tokens are replaced.
 
 /// The hand-written template.
-const TEMPLATE: &str = include_str!("../../shaders/gemm.wgsl");
+const TEMPLATE: &str = include_str!("../../../shaders/gemm.wgsl");
 
 /// Rows and columns of C per workgroup, for a product with `m` rows per slice.
 pub fn tile_for(m: usize) -> (usize, usize) {

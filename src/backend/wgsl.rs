@@ -69,7 +69,7 @@ enum Storage {
 }
 
 /// The hand-written power function.
-const POW_SOURCE: &str = include_str!("../shaders/pow.wgsl");
+const POW_SOURCE: &str = include_str!("../../shaders/pow.wgsl");
 
 /// The generated shaders of a plan and where its data lives.
 #[derive(Clone, Debug)]

@@ -13,8 +13,8 @@ use crate::bench::Ceilings;
 
 use super::{GpuContext, GpuError};
 
-const COPY_SHADER: &str = include_str!("../../shaders/copy.wgsl");
-const FMA_SHADER: &str = include_str!("../../shaders/fma.wgsl");
+const COPY_SHADER: &str = include_str!("../../../shaders/copy.wgsl");
+const FMA_SHADER: &str = include_str!("../../../shaders/fma.wgsl");
 /// Must match `ITERATIONS` and the chains of `shaders/fma.wgsl`.
 const FMA_FLOPS_PER_INVOCATION: f64 = 512.0 * 4.0 * 4.0 * 2.0;
 const WORKGROUP: u64 = 256;

@@ -18,7 +18,7 @@
 use std::fmt::Write as _;
 
 /// The hand-written looped LU building block, instantiated per matrix size.
-const LU_TEMPLATE: &str = include_str!("../../shaders/lu.wgsl");
+const LU_TEMPLATE: &str = include_str!("../../../shaders/lu.wgsl");
 
 /// Largest N written unrolled: the text grows as N³ (about 1 800 lines at N = 8).
 pub const UNROLLED_MAX: usize = 8;
