@@ -21,6 +21,7 @@
 
 pub mod backend;
 pub mod front;
+pub mod minimize;
 pub mod planning;
 pub mod symbolic;
 pub mod tools;

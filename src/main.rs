@@ -218,6 +218,53 @@ enum Command {
         #[arg(long, value_name = "ISA")]
         cpu_isa: Option<String>,
     },
+    /// Minimize a scalar objective for every item of a batch: one independent problem per
+    /// item, with closed-form Newton steps, L-BFGS, Gauss-Newton or gradient descent.
+    Minimize {
+        /// The program: optional declarations, then the scalar objective.
+        #[arg(allow_hyphen_values = true)]
+        program: String,
+        /// The variable to optimize; the others are data, shared or batched as for `eval`.
+        #[arg(long)]
+        wrt: String,
+        /// The data, and optionally the start (an array named like the variable; default 0).
+        #[arg(long, value_name = "FILE.npz")]
+        inputs: PathBuf,
+        /// The solutions, shape (B, *variable shape).
+        #[arg(long, value_name = "FILE.npy")]
+        out: PathBuf,
+        /// auto, newton, lbfgs, gauss-newton or gd.
+        #[arg(long, default_value = "auto")]
+        method: String,
+        /// A lower bound: a number, or the name of an array in the inputs.
+        #[arg(long, value_name = "L", allow_hyphen_values = true)]
+        lower: Option<String>,
+        /// An upper bound: a number, or the name of an array in the inputs.
+        #[arg(long, value_name = "U", allow_hyphen_values = true)]
+        upper: Option<String>,
+        /// Converged when the projected gradient's infinity norm is at most gtol*max(1,|f|).
+        #[arg(long, default_value_t = 1e-5)]
+        gtol: f64,
+        /// Converged when a step decreases f by at most ftol*max(1,|f|) (default: four units
+        /// of the device's rounding).
+        #[arg(long)]
+        ftol: Option<f64>,
+        #[arg(long, default_value_t = 200)]
+        max_iter: u32,
+        /// L-BFGS history length.
+        #[arg(long, default_value_t = 10)]
+        memory: usize,
+        /// auto, cpu (float32), reference (float64); gpu is not available for minimize yet.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Per-item status (0 converged, 1 max-iter, 2 line search failed, 3 not finite),
+        /// iterations, final objective and projected-gradient norm, as an .npz.
+        #[arg(long, value_name = "FILE.npz")]
+        report: Option<PathBuf>,
+        /// Print the summary as one JSON object on standard output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Decide every seed identity by computation.
     Catalog {
         /// One JSON object per variant, as a JSON array.
@@ -436,6 +483,40 @@ fn run(cli: Cli) -> u8 {
             }
         }
         Command::Catalog { json, seed } => run_catalog(json, seed),
+        Command::Minimize {
+            program,
+            wrt,
+            inputs,
+            out,
+            method,
+            lower,
+            upper,
+            gtol,
+            ftol,
+            max_iter,
+            memory,
+            device,
+            report: report_path,
+            json,
+        } => cli::minimize::run_minimize(
+            cli::minimize::MinimizeArgs {
+                program,
+                wrt,
+                inputs,
+                out,
+                method,
+                lower,
+                upper,
+                gtol,
+                ftol,
+                max_iter,
+                memory,
+                device,
+                report: report_path,
+                json,
+            },
+            report,
+        ),
         Command::Devices {
             json,
             measure: true,

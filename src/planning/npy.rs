@@ -147,32 +147,116 @@ impl Element for f64 {}
 
 /// Writes a C-order array of `shape` to `path` (through a temporary file and a rename).
 pub fn write_npy<T: Element>(path: &Path, shape: &[usize], data: &[T]) -> Result<(), NpyError> {
-    let shown = path.display().to_string();
-    let write_error = |source: io::Error| NpyError::Write {
-        path: shown.clone(),
-        source,
-    };
-    let temporary = temporary_name(path);
-    let result = (|| -> io::Result<()> {
-        let file = BufWriter::new(File::create(&temporary)?);
+    stage_npy(path, shape, data)?.commit()
+}
+
+/// A column of an `.npz` archive written by [`stage_npz`].
+pub enum Column<'a> {
+    F64(&'a [f64]),
+    I32(&'a [i32]),
+}
+
+/// An output written under a temporary name: [`Staged::commit`] renames it into place, and
+/// dropping it uncommitted removes it. Several staged outputs committed together are all
+/// written or none is (a failure to write any of them happens before the first rename).
+#[must_use = "a staged output is removed unless committed"]
+pub struct Staged {
+    temporary: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    pub fn commit(mut self) -> Result<(), NpyError> {
+        self.committed = true;
+        std::fs::rename(&self.temporary, &self.path).map_err(|source| {
+            let _ = std::fs::remove_file(&self.temporary);
+            NpyError::Write {
+                path: self.path.display().to_string(),
+                source,
+            }
+        })
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temporary);
+        }
+    }
+}
+
+/// [`write_npy`] up to the rename: the data is in a temporary file beside `path`.
+pub fn stage_npy<T: Element>(path: &Path, shape: &[usize], data: &[T]) -> Result<Staged, NpyError> {
+    stage(path, |file| {
         let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
         let mut writer = npyz::WriteOptions::new()
             .default_dtype()
             .shape(&shape)
-            .writer(file)
+            .writer(BufWriter::new(file))
             .begin_nd()?;
         writer.extend(data.iter().copied())?;
-        writer.finish()?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(write_error(e));
-    }
-    std::fs::rename(&temporary, path).map_err(|e| {
-        let _ = std::fs::remove_file(&temporary);
-        write_error(e)
+        writer.finish()
     })
+}
+
+/// One array of an `.npz` archive: its name, its shape and its values in C order.
+pub type NpzEntry<'a> = (&'a str, &'a [usize], Column<'a>);
+
+/// Writes an `.npz` archive (through a temporary file and a rename).
+pub fn write_npz(path: &Path, entries: &[NpzEntry<'_>]) -> Result<(), NpyError> {
+    stage_npz(path, entries)?.commit()
+}
+
+/// An `.npz` archive, staged like [`stage_npy`].
+pub fn stage_npz(path: &Path, entries: &[NpzEntry<'_>]) -> Result<Staged, NpyError> {
+    stage(path, |file| {
+        let mut archive = npyz::npz::NpzWriter::new(BufWriter::new(file));
+        for (name, shape, column) in entries {
+            let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+            let options = npyz::zip::write::FileOptions::default();
+            match column {
+                Column::F64(values) => {
+                    let mut w = archive
+                        .array::<f64>(name, options)?
+                        .default_dtype()
+                        .shape(&shape)
+                        .begin_nd()?;
+                    w.extend(values.iter().copied())?;
+                    w.finish()?;
+                }
+                Column::I32(values) => {
+                    let mut w = archive
+                        .array::<i32>(name, options)?
+                        .default_dtype()
+                        .shape(&shape)
+                        .begin_nd()?;
+                    w.extend(values.iter().copied())?;
+                    w.finish()?;
+                }
+            }
+        }
+        archive.zip_writer().finish().map_err(io::Error::other)?;
+        Ok(())
+    })
+}
+
+/// Runs `write` on a new temporary file beside `path`; the file is removed if it fails.
+fn stage(path: &Path, write: impl FnOnce(File) -> io::Result<()>) -> Result<Staged, NpyError> {
+    let temporary = temporary_name(path);
+    let staged = Staged {
+        temporary: temporary.clone(),
+        path: path.to_path_buf(),
+        committed: false,
+    };
+    File::create(&temporary)
+        .and_then(write)
+        .map_err(|source| NpyError::Write {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok(staged)
 }
 
 fn temporary_name(path: &Path) -> PathBuf {

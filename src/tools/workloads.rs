@@ -8,7 +8,7 @@
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::batch::Batch;
+use crate::batch::{Batch, NamedArray};
 use crate::diff::{differentiate, Derivative, Layout, Request};
 use crate::eval::Mat;
 use crate::plan::{Plan, PlanError};
@@ -150,4 +150,138 @@ pub fn prepare_derivative(
         inputs,
         batch,
     })
+}
+
+/// One batch-optimization workload (O1–O5 of `shared/workloads.md`).
+#[derive(Clone, Copy, Debug)]
+pub struct MinimizeWorkload {
+    pub id: &'static str,
+    pub program: &'static str,
+    pub wrt: &'static str,
+    /// A lower bound on every entry (O4's `x >= 0`).
+    pub lower: Option<f64>,
+    pub batch: usize,
+}
+
+impl MinimizeWorkload {
+    /// The id's first word: "O1" for "O1 ridge-shared".
+    pub fn short_id(&self) -> &'static str {
+        self.id.split(' ').next().unwrap_or(self.id)
+    }
+}
+
+pub static MINIMIZE_WORKLOADS: &[MinimizeWorkload] = &[
+    MinimizeWorkload {
+        id: "O1 ridge-shared",
+        program: "A: matrix(64,16); b: vector(64); x: vector(16); norm2(A*x-b)^2 + 0.1*x'*x",
+        wrt: "x",
+        lower: None,
+        batch: 65_536,
+    },
+    MinimizeWorkload {
+        id: "O2 logistic-per-item",
+        program: "X: matrix(64,16); y: vector(64); w: vector(16); \
+                  sum(log(vector(1)+exp(-y.*(X*w)))) + 0.5*w'*w",
+        wrt: "w",
+        lower: None,
+        batch: 65_536,
+    },
+    MinimizeWorkload {
+        id: "O3 robust-fit",
+        program: "A: matrix(64,8); b: vector(64); x: vector(8); sum(sqrt((A*x-b).^2+vector(1)))",
+        wrt: "x",
+        lower: None,
+        batch: 262_144,
+    },
+    MinimizeWorkload {
+        id: "O4 nnls",
+        program: "A: matrix(64,16); b: vector(64); x: vector(16); norm2(A*x-b)^2",
+        wrt: "x",
+        lower: Some(0.0),
+        batch: 65_536,
+    },
+    MinimizeWorkload {
+        id: "O5 precision-mle",
+        program: "C: matrix(8,8); S: matrix(8,8); -logdet(S) + tr(S*C)",
+        wrt: "S",
+        lower: None,
+        batch: 65_536,
+    },
+];
+
+/// The inputs of `w` for `batch` items, as the workloads page makes them (fixed seed):
+/// standard normal entries; O2's `y = sign(X*w_true + 0.5*noise)` with a normal `w_true` per
+/// item; O3's `b` times 3; O4's `A` the absolute values of a normal matrix and `b` normal
+/// plus 1; O5's `C = M*M'/16 + 0.1*I` for a normal 8×16 `M` per item, and its start `S = I`.
+/// Shared arrays have the variable's shape, batched ones a leading axis of `batch`.
+pub fn minimize_inputs(w: &MinimizeWorkload, batch: usize) -> Vec<NamedArray> {
+    let mut rng = StdRng::seed_from_u64(20_261_203);
+    let mut normals = |count: usize| -> Vec<f64> { (0..count).map(|_| normal(&mut rng)).collect() };
+    let array = |name: &str, shape: Vec<usize>, data: Vec<f64>| NamedArray {
+        name: name.into(),
+        shape,
+        data,
+    };
+    match w.short_id() {
+        "O1" => vec![
+            array("A", vec![64, 16], normals(64 * 16)),
+            array("b", vec![batch, 64], normals(batch * 64)),
+        ],
+        "O2" => {
+            let x = normals(batch * 64 * 16);
+            let w_true = normals(batch * 16);
+            let noise = normals(batch * 64);
+            let mut y = vec![0.0; batch * 64];
+            for item in 0..batch {
+                for r in 0..64 {
+                    let margin: f64 = (0..16)
+                        .map(|c| x[(item * 64 + r) * 16 + c] * w_true[item * 16 + c])
+                        .sum();
+                    let v = margin + 0.5 * noise[item * 64 + r];
+                    y[item * 64 + r] = if v >= 0.0 { 1.0 } else { -1.0 };
+                }
+            }
+            vec![
+                array("X", vec![batch, 64, 16], x),
+                array("y", vec![batch, 64], y),
+            ]
+        }
+        "O3" => vec![
+            array("A", vec![64, 8], normals(64 * 8)),
+            array(
+                "b",
+                vec![batch, 64],
+                normals(batch * 64).into_iter().map(|v| 3.0 * v).collect(),
+            ),
+        ],
+        "O4" => vec![
+            array(
+                "A",
+                vec![64, 16],
+                normals(64 * 16).into_iter().map(f64::abs).collect(),
+            ),
+            array(
+                "b",
+                vec![batch, 64],
+                normals(batch * 64).into_iter().map(|v| v + 1.0).collect(),
+            ),
+        ],
+        _ => {
+            let mut c = Vec::with_capacity(batch * 64);
+            for _ in 0..batch {
+                let m = normals(8 * 16);
+                for i in 0..8 {
+                    for j in 0..8 {
+                        let dot: f64 = (0..16).map(|k| m[i * 16 + k] * m[j * 16 + k]).sum();
+                        c.push(dot / 16.0 + if i == j { 0.1 } else { 0.0 });
+                    }
+                }
+            }
+            let identity = Mat::identity(8).data;
+            vec![
+                array("C", vec![batch, 8, 8], c),
+                array("S", vec![8, 8], identity),
+            ]
+        }
+    }
 }

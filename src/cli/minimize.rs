@@ -1,0 +1,299 @@
+//! `matgrad minimize`: reads the inputs, solves every item, writes the solutions and the
+//! report, prints the summary.
+//!
+//! In: the parsed arguments. Out: the exit status: 0 when every item converged, 1 when some
+//! did not (the solutions are still written), 2 for bad input or an output that cannot be
+//! written. Invariants: the solutions and the report are both written or neither is; an
+//! output path that would overwrite the inputs, or the other output, is refused before
+//! anything is computed.
+
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use matgrad::diagnostic::Diagnostic;
+use matgrad::minimize::{
+    minimize_with_progress, BoundSpec, Device, Method, Objective, Options, Solution, Status,
+};
+use matgrad::npy::{read_npz, stage_npy, stage_npz, Column};
+use matgrad::types::check_program;
+
+/// What `matgrad minimize` was given.
+pub struct MinimizeArgs {
+    pub program: String,
+    pub wrt: String,
+    pub inputs: PathBuf,
+    pub out: PathBuf,
+    pub method: String,
+    pub lower: Option<String>,
+    pub upper: Option<String>,
+    pub gtol: f64,
+    pub ftol: Option<f64>,
+    pub max_iter: u32,
+    pub memory: usize,
+    pub device: String,
+    pub report: Option<PathBuf>,
+    pub json: bool,
+}
+
+pub fn run_minimize(args: MinimizeArgs, report_diagnostic: impl Fn(&Diagnostic, &str) -> u8) -> u8 {
+    match solve_and_write(&args, &report_diagnostic) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            2
+        }
+    }
+}
+
+fn solve_and_write(
+    args: &MinimizeArgs,
+    report_diagnostic: &dyn Fn(&Diagnostic, &str) -> u8,
+) -> Result<u8, String> {
+    let device = match args.device.as_str() {
+        "cpu" => Device::Cpu,
+        "reference" => Device::Reference,
+        "auto" => {
+            eprintln!("note: minimize runs on the CPU path (float32); it has no GPU path yet");
+            Device::Cpu
+        }
+        "gpu" => {
+            return Err(
+                "`--device gpu`: minimize has no GPU path yet; use `--device cpu` \
+                        (float32) or `--device reference` (float64)"
+                    .into(),
+            )
+        }
+        other => {
+            return Err(format!(
+                "`--device {other}`: expected auto, cpu, gpu or reference"
+            ))
+        }
+    };
+    let method = Method::from_name(&args.method).ok_or_else(|| {
+        format!(
+            "`--method {}`: expected auto, newton, lbfgs, gauss-newton or gd",
+            args.method
+        )
+    })?;
+    refuse_overwrites(args)?;
+    let objective = match check_program(&args.program).and_then(|p| Objective::new(p, &args.wrt)) {
+        Ok(objective) => objective,
+        Err(e) => return Ok(report_diagnostic(&e, &args.program)),
+    };
+    let arrays = read_npz(&args.inputs).map_err(|e| e.to_string())?;
+    let bound_spec = |text: &Option<String>, which: &str| -> Result<Option<BoundSpec>, String> {
+        let Some(text) = text else { return Ok(None) };
+        if let Ok(v) = text.trim().parse::<f64>() {
+            if v.is_nan() {
+                return Err(format!(
+                    "`--{which} {text}`: a bound is a number or an array's name, not NaN"
+                ));
+            }
+            return Ok(Some(BoundSpec::Number(v)));
+        }
+        match arrays.iter().find(|a| a.name == *text) {
+            Some(a) => Ok(Some(BoundSpec::Array(a.clone()))),
+            None => Err(format!(
+                "`--{which} {text}`: not a number, and `{}` has no array `{text}`",
+                args.inputs.display()
+            )),
+        }
+    };
+    let lower = bound_spec(&args.lower, "lower")?;
+    let upper = bound_spec(&args.upper, "upper")?;
+    let bound_names: Vec<&str> = [&args.lower, &args.upper]
+        .into_iter()
+        .flatten()
+        .map(|s| s.as_str())
+        .collect();
+    let program_arrays: Vec<_> = arrays
+        .iter()
+        .filter(|a| !bound_names.contains(&a.name.as_str()))
+        .cloned()
+        .collect();
+    let mut options = Options::for_device(device);
+    options.method = method;
+    options.gtol = args.gtol;
+    if let Some(ftol) = args.ftol {
+        options.ftol = ftol;
+    }
+    options.max_iter = args.max_iter;
+    options.memory = args.memory;
+    options.lower = lower;
+    options.upper = upper;
+
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} items done {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut show = |p: matgrad::minimize::Progress| {
+        bar.set_length(p.items as u64);
+        bar.set_position((p.items - p.active) as u64);
+        bar.set_message(format!(
+            "(round {}, iteration {}, {} active)",
+            p.round, p.iterations_max, p.active
+        ));
+    };
+    let solved = minimize_with_progress(&objective, &program_arrays, &options, device, &mut show);
+    bar.finish_and_clear();
+    let solution = solved.map_err(|e| format!("{e} (in `{}`)", args.inputs.display()))?;
+    for note in &solution.notes {
+        eprintln!("note: {note}");
+    }
+    write_outputs(&solution, args, device)?;
+    let summary = summarize(&solution, device);
+    eprintln!("{}", summary.text);
+    if args.json {
+        crate::write_stdout(format_args!("{}", summary.json), true);
+    }
+    Ok(if solution.converged() == solution.items {
+        0
+    } else {
+        1
+    })
+}
+
+/// Refuses outputs that would replace the inputs or each other.
+fn refuse_overwrites(args: &MinimizeArgs) -> Result<(), String> {
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if same(&args.out, &args.inputs) {
+        return Err(format!(
+            "`--out {}` is the inputs file: writing it would destroy the inputs",
+            args.out.display()
+        ));
+    }
+    if let Some(report) = &args.report {
+        if same(report, &args.inputs) {
+            return Err(format!(
+                "`--report {}` is the inputs file: writing it would destroy the inputs",
+                report.display()
+            ));
+        }
+        if same(report, &args.out) {
+            return Err(format!(
+                "`--report` and `--out` are the same file `{}`: one would replace the other",
+                report.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Writes the solutions (float32 from the CPU path, float64 from the reference) and the
+/// report, both or neither.
+fn write_outputs(solution: &Solution, args: &MinimizeArgs, device: Device) -> Result<(), String> {
+    let mut shape = vec![solution.items];
+    shape.extend(&solution.item_shape);
+    let staged_solution = match device {
+        Device::Cpu => {
+            let points: Vec<f32> = solution.points.iter().map(|&v| v as f32).collect();
+            stage_npy(&args.out, &shape, &points)
+        }
+        Device::Reference => stage_npy(&args.out, &shape, &solution.points),
+    }
+    .map_err(|e| e.to_string())?;
+    let staged_report = match &args.report {
+        Some(path) => {
+            let status: Vec<i32> = solution.reports.iter().map(|r| r.status.code()).collect();
+            let iterations: Vec<i32> = solution
+                .reports
+                .iter()
+                .map(|r| r.iterations as i32)
+                .collect();
+            let value: Vec<f64> = solution.reports.iter().map(|r| r.value).collect();
+            let norm: Vec<f64> = solution.reports.iter().map(|r| r.gradient_norm).collect();
+            let items = [solution.items];
+            Some(
+                stage_npz(
+                    path,
+                    &[
+                        ("status", &items, Column::I32(&status)),
+                        ("iterations", &items, Column::I32(&iterations)),
+                        ("value", &items, Column::F64(&value)),
+                        ("gradient_norm", &items, Column::F64(&norm)),
+                    ],
+                )
+                .map_err(|e| e.to_string())?,
+            )
+        }
+        None => None,
+    };
+    staged_solution.commit().map_err(|e| e.to_string())?;
+    if let Some(report) = staged_report {
+        report.commit().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+struct Summary {
+    text: String,
+    json: String,
+}
+
+fn summarize(solution: &Solution, device: Device) -> Summary {
+    let mut iterations: Vec<u32> = solution.reports.iter().map(|r| r.iterations).collect();
+    iterations.sort_unstable();
+    let median = iterations[iterations.len() / 2];
+    let (min, max) = (iterations[0], iterations[iterations.len() - 1]);
+    let worst = solution
+        .reports
+        .iter()
+        .map(|r| r.gradient_norm)
+        .fold(0.0f64, |a, b| if b.is_nan() || b > a { b } else { a });
+    let count = |s: Status| solution.reports.iter().filter(|r| r.status == s).count();
+    let device_name = match device {
+        Device::Cpu => "cpu",
+        Device::Reference => "reference",
+    };
+    let mut text = format!(
+        "minimize ({}, {device_name}): {} of {} items converged; worst gradient norm {worst:.3e}; \
+         iterations min/median/max {min}/{median}/{max}; {} rounds; {:.3} s",
+        solution.method.name(),
+        solution.converged(),
+        solution.items,
+        solution.rounds,
+        solution.solve_seconds
+    );
+    for status in [Status::MaxIter, Status::LineSearchFailed, Status::NotFinite] {
+        let n = count(status);
+        if n > 0 {
+            let first: Vec<String> = solution
+                .reports
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.status == status)
+                .take(5)
+                .map(|(i, _)| i.to_string())
+                .collect();
+            text += &format!(
+                "\n  {n} items: {} (first: {})",
+                status.name(),
+                first.join(", ")
+            );
+        }
+    }
+    let json = json!({
+        "method": solution.method.name(),
+        "device": device_name,
+        "items": solution.items,
+        "converged": solution.converged(),
+        "max_iter": count(Status::MaxIter),
+        "line_search_failed": count(Status::LineSearchFailed),
+        "not_finite": count(Status::NotFinite),
+        "max_gradient_norm": worst,
+        "iterations_min": min,
+        "iterations_median": median,
+        "iterations_max": max,
+        "rounds": solution.rounds,
+        "shared_hessian": solution.shared_hessian,
+        "solve_seconds": solution.solve_seconds,
+    })
+    .to_string();
+    Summary { text, json }
+}

@@ -1,0 +1,695 @@
+//! Batch optimization: many small, independent problems minimized at once.
+//!
+//! In: an [`Objective`] (a scalar program, the variable to optimize and its closed-form
+//! derivatives), arrays bound to the other variables exactly as `eval` binds them (shared, or
+//! batched with one more leading axis), an optional start and box bounds, and [`Options`].
+//! Out: a [`Solution`]: one point per item, shape `(B, *variable shape)`, and a per-item
+//! [`ItemReport`] (status, iterations, final objective, final projected-gradient norm).
+//!
+//! Methods ([`Method`]): Newton with the closed-form Hessian (Cholesky per item, damped when
+//! the Hessian is not positive definite, Armijo backtracking), Gauss–Newton for sums of
+//! squared norms (the closed-form Jacobian's `J'*J`, damped likewise), L-BFGS (strong Wolfe
+//! line search; with bounds, a projected search in the style of L-BFGS-B), and projected
+//! gradient descent with Barzilai–Borwein steps. With bounds every method keeps its points
+//! feasible, fixes the variables the bounds hold (the active set) and searches along the
+//! projected path.
+//!
+//! Invariants: items never influence each other (an item that becomes non-finite stops with
+//! its own status); a line search never accepts a non-finite objective or gradient, so
+//! domains (`log`, `logdet`, `sqrt`) are respected; finished items stop costing work (the
+//! active items are compacted); results do not depend on the number of threads or on how the
+//! items are compacted (each item runs the same code on its own state). The float64
+//! [`Device::Reference`] is the ground truth; [`Device::Cpu`] is the float32 path.
+
+mod driver;
+pub mod linalg;
+
+use std::fmt;
+
+use crate::batch::{bind, BindError, NamedArray};
+use crate::diagnostic::Diagnostic;
+use crate::diff::{differentiate, jacobian, Layout, Request};
+use crate::eval::Real;
+use crate::expr::{Dim, Graph, Id, Node};
+use crate::plan::{Plan, PlanOptions};
+use crate::simplify::simplify;
+use crate::types::Program;
+
+/// Newton is chosen by [`Method::Auto`] for variables of at most this many entries: its
+/// per-item Hessian (n² floats) and factorization (n³/6 multiply-adds) stay small next to the
+/// objective's own work.
+pub const NEWTON_MAX_ENTRIES: usize = 64;
+
+/// The optimization method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Newton for scalar and vector variables of at most [`NEWTON_MAX_ENTRIES`] entries whose
+    /// Hessian has a closed form; L-BFGS otherwise.
+    Auto,
+    Newton,
+    Lbfgs,
+    GaussNewton,
+    GradientDescent,
+}
+
+impl Method {
+    pub fn from_name(name: &str) -> Option<Method> {
+        match name {
+            "auto" => Some(Method::Auto),
+            "newton" => Some(Method::Newton),
+            "lbfgs" => Some(Method::Lbfgs),
+            "gauss-newton" => Some(Method::GaussNewton),
+            "gd" => Some(Method::GradientDescent),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Auto => "auto",
+            Method::Newton => "newton",
+            Method::Lbfgs => "lbfgs",
+            Method::GaussNewton => "gauss-newton",
+            Method::GradientDescent => "gd",
+        }
+    }
+}
+
+/// Where the iterations run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// Float32, multithreaded, the fast CPU path of `eval`.
+    Cpu,
+    /// Float64, the ground truth.
+    Reference,
+}
+
+/// How an item's iterations ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// The projected gradient's infinity norm reached `gtol * max(1, |f|)`, or the objective
+    /// stopped decreasing by more than `ftol * max(1, |f|)`.
+    Converged,
+    MaxIter,
+    LineSearchFailed,
+    NotFinite,
+}
+
+impl Status {
+    /// The code written to a report file: 0 converged, 1 max-iter, 2 line search failed,
+    /// 3 not finite.
+    pub fn code(self) -> i32 {
+        match self {
+            Status::Converged => 0,
+            Status::MaxIter => 1,
+            Status::LineSearchFailed => 2,
+            Status::NotFinite => 3,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Converged => "converged",
+            Status::MaxIter => "max-iter",
+            Status::LineSearchFailed => "line search failed",
+            Status::NotFinite => "not finite",
+        }
+    }
+}
+
+/// One item's outcome.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ItemReport {
+    pub status: Status,
+    /// Accepted steps.
+    pub iterations: u32,
+    /// The objective at the returned point.
+    pub value: f64,
+    /// The infinity norm of the projected gradient at the returned point.
+    pub gradient_norm: f64,
+}
+
+/// A bound: one number for every entry, or an array of the variable's shape (shared) or with
+/// one more leading axis (one per item).
+#[derive(Clone, Debug, PartialEq)]
+pub enum BoundSpec {
+    Number(f64),
+    Array(NamedArray),
+}
+
+/// Choices of a run; [`Options::for_device`] gives the defaults.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub method: Method,
+    /// Converged when the projected gradient's infinity norm is at most `gtol * max(1, |f|)`.
+    pub gtol: f64,
+    /// Converged when a step decreases the objective by at most `ftol * max(1, |f|)`, or the
+    /// decrease a step predicts is below that.
+    pub ftol: f64,
+    pub max_iter: u32,
+    /// L-BFGS history length.
+    pub memory: usize,
+    pub lower: Option<BoundSpec>,
+    pub upper: Option<BoundSpec>,
+}
+
+impl Options {
+    /// The defaults: `gtol` 1e-5, `ftol` four units of the device's rounding (the objective
+    /// cannot be seen to decrease by less), 200 iterations, memory 10, no bounds.
+    pub fn for_device(device: Device) -> Options {
+        let epsilon = match device {
+            Device::Cpu => f32::EPSILON as f64,
+            Device::Reference => f64::EPSILON,
+        };
+        Options {
+            method: Method::Auto,
+            gtol: 1e-5,
+            ftol: 4.0 * epsilon,
+            max_iter: 200,
+            memory: 10,
+            lower: None,
+            upper: None,
+        }
+    }
+}
+
+/// The solutions and what happened to each item.
+#[derive(Clone, Debug)]
+pub struct Solution {
+    /// The method that ran (what [`Method::Auto`] chose).
+    pub method: Method,
+    /// Items; 1 when no input is batched.
+    pub items: usize,
+    /// The variable's item shape: `()`, `(n,)` or `(m, n)`.
+    pub item_shape: Vec<usize>,
+    /// Row-major, `items × entries`, float64 (float32 values widened on the CPU path).
+    pub points: Vec<f64>,
+    pub reports: Vec<ItemReport>,
+    /// Rounds of evaluation (iterations plus line-search trials of the slowest items).
+    pub rounds: u32,
+    /// Whether the Hessian reads only shared inputs and was factored once for the batch.
+    pub shared_hessian: bool,
+    /// Seconds from the inputs bound to the solutions ready (no file reading or writing, no
+    /// derivation).
+    pub solve_seconds: f64,
+    /// Notes for the user (the start that was assumed, a method's fallback).
+    pub notes: Vec<String>,
+}
+
+impl Solution {
+    pub fn converged(&self) -> usize {
+        self.reports
+            .iter()
+            .filter(|r| r.status == Status::Converged)
+            .count()
+    }
+}
+
+/// Why a run could not start.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MinimizeError {
+    #[error("{0}")]
+    Bind(#[from] BindError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A scalar objective with its closed-form derivatives by one variable, in one graph.
+#[derive(Clone, Debug)]
+pub struct Objective {
+    pub program: Program,
+    pub var: u32,
+    pub gradient: Id,
+    /// The Hessian, for scalar and vector variables where it has a closed form.
+    pub hessian: Option<Id>,
+    /// `2*sum(c*J'*J)` when the objective is a sum of `c*norm2(r)^2` / `c*r'*r` terms.
+    pub gauss_newton: Option<Id>,
+}
+
+impl Objective {
+    /// Derives the gradient (and, where they exist, the Hessian and the Gauss–Newton matrix)
+    /// of `program` by the variable named `wrt`.
+    pub fn new(program: Program, wrt: &str) -> Result<Objective, Diagnostic> {
+        let root_shape = program.graph.shape(program.root);
+        if !root_shape.is_scalar() {
+            return Err(Diagnostic::without_span(format!(
+                "minimize needs a scalar objective, but this one is a {}",
+                program.graph.describe_shape(root_shape)
+            ))
+            .with_help("minimize a scalar of it, e.g. sum(...), norm2(...)^2 or u'*(...)"));
+        }
+        let derivative = differentiate(program, wrt, &Request::Derivative, Layout::Gradient)?;
+        let var = derivative.wrt;
+        let gradient = derivative.node;
+        let mut program = derivative.program;
+        let g = &mut program.graph;
+        let var_shape = g.vars[var as usize].shape;
+        let hessian = if var_shape.is_scalar() {
+            let h = crate::diff::gradient(g, gradient, var);
+            Some(simplify(g, h))
+        } else if var_shape.is_column() {
+            jacobian(g, gradient, var).ok().map(|h| simplify(g, h))
+        } else {
+            None
+        };
+        let gauss_newton = if var_shape.is_scalar() || var_shape.is_column() {
+            gauss_newton_matrix(g, program.root, var)
+        } else {
+            None
+        };
+        Ok(Objective {
+            program,
+            var,
+            gradient,
+            hessian,
+            gauss_newton,
+        })
+    }
+
+    pub fn var_name(&self) -> &str {
+        &self.program.graph.vars[self.var as usize].name
+    }
+
+    /// The method `requested` resolves to for a variable of `entries` entries, and why.
+    pub fn choose(&self, requested: Method, entries: usize) -> Result<(Method, String), String> {
+        let shape = self.program.graph.vars[self.var as usize].shape;
+        let kind = self.program.graph.describe_shape(shape);
+        match requested {
+            Method::Auto => Ok(if self.hessian.is_some() && entries <= NEWTON_MAX_ENTRIES {
+                (
+                    Method::Newton,
+                    format!(
+                        "newton: the variable is a {kind} of {entries} entries (at most \
+                         {NEWTON_MAX_ENTRIES}) and its Hessian has a closed form"
+                    ),
+                )
+            } else if self.hessian.is_none() {
+                (
+                    Method::Lbfgs,
+                    format!("lbfgs: the Hessian by a {kind} has no closed form in matgrad"),
+                )
+            } else {
+                (
+                    Method::Lbfgs,
+                    format!(
+                        "lbfgs: the variable has {entries} entries, more than \
+                         {NEWTON_MAX_ENTRIES}, so a Hessian per item would cost more than it saves"
+                    ),
+                )
+            }),
+            Method::Newton if self.hessian.is_none() => Err(format!(
+                "`--method newton` needs the Hessian, and the Hessian by a {kind} is not \
+                 supported; use `--method lbfgs`"
+            )),
+            Method::GaussNewton if self.gauss_newton.is_none() => Err(
+                "`--method gauss-newton` needs an objective that is a sum of squared norms \
+                 (c*norm2(r)^2, c*r'*r or c*sum(r.^2) with positive constants c) of a vector \
+                 or scalar variable"
+                    .into(),
+            ),
+            m => Ok((m, format!("{}: as requested", m.name()))),
+        }
+    }
+}
+
+/// `2*sum_k c_k*J_k'*J_k` (in the gradient layout, `J_k'` is `jacobian(r_k)`) when the
+/// objective is a sum of terms `c_k*q(r_k)` with constants `c_k > 0` and `q(r)` one of
+/// `norm2(r)^2`, `r'*r`, `sum(r.^2)`; terms that do not depend on the variable are skipped.
+fn gauss_newton_matrix(g: &mut Graph, root: Id, var: u32) -> Option<Id> {
+    let mut terms = Vec::new();
+    collect_terms(g, root, 1.0, &mut terms);
+    let mut residuals = Vec::new();
+    for (coefficient, term) in terms {
+        if !g.depends_on(term, var) {
+            continue;
+        }
+        let (c, r) = squared_norm(g, term)?;
+        let c = coefficient * c;
+        if c <= 0.0 || !c.is_finite() {
+            return None;
+        }
+        residuals.push((c, r));
+    }
+    if residuals.is_empty() {
+        return None;
+    }
+    let var_shape = g.vars[var as usize].shape;
+    let mut parts = Vec::new();
+    for (c, r) in residuals {
+        let jt = if g.shape(r).is_scalar() {
+            crate::diff::gradient(g, r, var)
+        } else if g.shape(r).is_column() {
+            jacobian(g, r, var).ok()?
+        } else {
+            return None;
+        };
+        let jt = simplify(g, jt);
+        let j = g.transpose(jt);
+        let jtj = g.mul(jt, j);
+        parts.push(g.scale(2.0 * c, jtj));
+    }
+    let shape = crate::expr::Shape::new(var_shape.rows, var_shape.rows);
+    let sum = g.sum_of(&parts, shape);
+    Some(simplify(g, sum))
+}
+
+/// The terms of a sum with their constant coefficients (`a + 0.1*b - c`).
+fn collect_terms(g: &Graph, id: Id, coefficient: f64, out: &mut Vec<(f64, Id)>) {
+    match g.node(id) {
+        Node::Add(a, b) => {
+            collect_terms(g, a, coefficient, out);
+            collect_terms(g, b, coefficient, out);
+        }
+        Node::Neg(a) => collect_terms(g, a, -coefficient, out),
+        Node::Scale(c, a) => match g.node(c) {
+            Node::Const(v) => collect_terms(g, a, coefficient * v.get(), out),
+            _ => out.push((coefficient, id)),
+        },
+        _ => out.push((coefficient, id)),
+    }
+}
+
+/// Constant factors peeled off a product: `0.5*x'` is `(0.5, x')`.
+fn peel(g: &Graph, id: Id) -> (f64, Id) {
+    match g.node(id) {
+        Node::Scale(c, a) => match g.node(c) {
+            Node::Const(v) => {
+                let (inner, core) = peel(g, a);
+                (v.get() * inner, core)
+            }
+            _ => (1.0, id),
+        },
+        _ => (1.0, id),
+    }
+}
+
+/// `(c, r)` when `term` is `c*norm2(r)^2`, `c*r'*r` or `c*sum(r.^2)`.
+fn squared_norm(g: &Graph, term: Id) -> Option<(f64, Id)> {
+    let (c, core) = peel(g, term);
+    let is_two = |id: Id| matches!(g.node(id), Node::Const(v) if v.get() == 2.0);
+    match g.node(core) {
+        Node::Pow(base, exponent) if is_two(exponent) => match g.node(base) {
+            Node::Norm2(r) => Some((c, r)),
+            _ if g.shape(base).is_scalar() => Some((c, base)),
+            _ => None,
+        },
+        Node::Sum(inner) => match g.node(inner) {
+            Node::ElemPow(r, exponent) if is_two(exponent) => Some((c, r)),
+            _ => None,
+        },
+        Node::MatMul(left, right) => {
+            let (cl, left) = peel(g, left);
+            let (cr, right) = peel(g, right);
+            match g.node(left) {
+                Node::Transpose(r) if r == right && g.shape(r).is_column() => {
+                    Some((c * cl * cr, r))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Everything a run needs after binding: sizes, start, bounds, plans.
+pub(crate) struct Prepared {
+    pub var: u32,
+    pub method: Method,
+    pub items: usize,
+    pub entries: usize,
+    pub item_shape: Vec<usize>,
+    pub start: Vec<f64>,
+    pub start_batched: bool,
+    pub lower: Option<(Vec<f64>, bool)>,
+    pub upper: Option<(Vec<f64>, bool)>,
+    /// Outputs: objective, gradient, and the per-item curvature matrix when one is used.
+    pub plan: Plan,
+    /// A curvature matrix that reads only shared inputs: evaluated and factored once.
+    pub shared_curvature: Option<Plan>,
+    pub data: Vec<Option<crate::batch::Batch<f64>>>,
+    pub notes: Vec<String>,
+}
+
+/// Solves one problem per item. `inputs` are the arrays of the program's variables (the
+/// start, an array named like the variable, is optional: zero when absent).
+pub fn minimize(
+    objective: &Objective,
+    inputs: &[NamedArray],
+    options: &Options,
+    device: Device,
+) -> Result<Solution, MinimizeError> {
+    minimize_with_progress(objective, inputs, options, device, &mut |_| {})
+}
+
+/// The state of a run after each round, for a progress display.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub round: u32,
+    pub active: usize,
+    pub items: usize,
+    pub iterations_max: u32,
+}
+
+/// [`minimize`], calling `progress` after every round.
+pub fn minimize_with_progress(
+    objective: &Objective,
+    inputs: &[NamedArray],
+    options: &Options,
+    device: Device,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Solution, MinimizeError> {
+    let prepared = prepare(objective, inputs, options)?;
+    let solution = match device {
+        Device::Cpu => driver::run::<f32>(prepared, options, progress),
+        Device::Reference => driver::run::<f64>(prepared, options, progress),
+    };
+    solution.map_err(MinimizeError::Invalid)
+}
+
+fn invalid(message: String) -> MinimizeError {
+    MinimizeError::Invalid(message)
+}
+
+fn prepare(
+    objective: &Objective,
+    inputs: &[NamedArray],
+    options: &Options,
+) -> Result<Prepared, MinimizeError> {
+    let g = &objective.program.graph;
+    let var = objective.var;
+    let name = objective.var_name().to_string();
+    if options.gtol.is_nan() || options.ftol.is_nan() || options.gtol < 0.0 || options.ftol < 0.0 {
+        return Err(invalid(format!(
+            "--gtol and --ftol must be non-negative numbers (got {} and {})",
+            options.gtol, options.ftol
+        )));
+    }
+    if options.max_iter == 0 {
+        return Err(invalid("--max-iter must be at least 1".into()));
+    }
+    if options.memory == 0 || options.memory > 1000 {
+        return Err(invalid(format!(
+            "the L-BFGS memory must be between 1 and 1000 (got {})",
+            options.memory
+        )));
+    }
+    let mut notes = Vec::new();
+    let has_start = inputs.iter().any(|a| a.name == name);
+    let reads: Vec<u32> = g
+        .vars_in(objective.program.root)
+        .into_iter()
+        .filter(|&v| v != var || has_start)
+        .collect();
+    let bound = bind(g, &reads, inputs)?;
+    let shape = g.vars[var as usize].shape;
+    for dim in [shape.rows, shape.cols] {
+        let Dim::Sym(d) = dim else { continue };
+        let known = g.dims[d as usize].size.is_some()
+            || has_start
+            || reads.iter().any(|&v| {
+                let s = g.vars[v as usize].shape;
+                s.rows == dim || s.cols == dim
+            });
+        if !known {
+            return Err(invalid(format!(
+                "the size of `{name}` is not known: give a start array `{name}` in the inputs \
+                 or declare its size (e.g. `{name}: vector(16)`)"
+            )));
+        }
+    }
+    let size = |d: Dim| match d {
+        Dim::One => 1,
+        Dim::Sym(i) => bound.dim_sizes[i as usize],
+    };
+    let (rows, cols) = (size(shape.rows), size(shape.cols));
+    let entries = rows * cols;
+    let item_shape = match (shape.rows, shape.cols) {
+        (Dim::One, Dim::One) => vec![],
+        (_, Dim::One) => vec![rows],
+        _ => vec![rows, cols],
+    };
+    let items = bound.batch.unwrap_or(1);
+    let (method, why) = objective.choose(options.method, entries).map_err(invalid)?;
+    if options.method == Method::Auto {
+        notes.push(format!("method {why}"));
+    }
+    let (start, start_batched) = match &bound.values[var as usize] {
+        Some(b) if has_start => (b.data.clone(), b.batch.is_some()),
+        _ => {
+            notes.push(format!(
+                "no array `{name}` in the inputs: every item starts at zero"
+            ));
+            (vec![0.0; entries], false)
+        }
+    };
+    let lower = resolve_bound(&options.lower, "lower", &item_shape, entries, items)?;
+    let upper = resolve_bound(&options.upper, "upper", &item_shape, entries, items)?;
+    if let (Some((l, lb)), Some((u, ub))) = (&lower, &upper) {
+        for item in 0..items {
+            for e in 0..entries {
+                let lo = l[if *lb { item * entries + e } else { e }];
+                let hi = u[if *ub { item * entries + e } else { e }];
+                if lo > hi {
+                    return Err(invalid(format!(
+                        "the lower bound is above the upper bound ({lo} > {hi}) at entry {e}{}",
+                        if *lb || *ub {
+                            format!(" of item {item}")
+                        } else {
+                            String::new()
+                        }
+                    )));
+                }
+            }
+        }
+    }
+    let mut batched = bound.batched.clone();
+    batched[var as usize] = true;
+    let curvature = match method {
+        Method::Newton => objective.hessian,
+        Method::GaussNewton => objective.gauss_newton,
+        _ => None,
+    };
+    let no_distribute = PlanOptions { distribute: false };
+    let plan_error = |e: crate::plan::PlanError| invalid(e.to_string());
+    // A curvature matrix that reads neither the variable nor a batched input is the same for
+    // every item and every iteration: evaluated and factored once.
+    let shared_curvature = match curvature {
+        Some(h)
+            if g.vars_in(h)
+                .iter()
+                .all(|&v| v != var && !bound.batched[v as usize]) =>
+        {
+            Some(
+                Plan::with_options(g, &[h], &bound.dim_sizes, &batched, no_distribute)
+                    .map_err(plan_error)?,
+            )
+        }
+        _ => None,
+    };
+    let mut outputs = vec![objective.program.root, objective.gradient];
+    if let (Some(h), None) = (curvature, &shared_curvature) {
+        outputs.push(h);
+    }
+    let plan = Plan::with_options(g, &outputs, &bound.dim_sizes, &batched, no_distribute)
+        .map_err(plan_error)?;
+    let mut data = bound.values;
+    data[var as usize] = None;
+    Ok(Prepared {
+        var,
+        method,
+        items,
+        entries,
+        item_shape,
+        start,
+        start_batched,
+        lower,
+        upper,
+        plan,
+        shared_curvature,
+        data,
+        notes,
+    })
+}
+
+/// A bound's values and whether they are one per item.
+fn resolve_bound(
+    spec: &Option<BoundSpec>,
+    which: &str,
+    item_shape: &[usize],
+    entries: usize,
+    items: usize,
+) -> Result<Option<(Vec<f64>, bool)>, MinimizeError> {
+    let array = match spec {
+        None => return Ok(None),
+        Some(BoundSpec::Number(v)) => {
+            if v.is_nan() {
+                return Err(invalid(format!("the {which} bound is NaN")));
+            }
+            return Ok(Some((vec![*v; entries], false)));
+        }
+        Some(BoundSpec::Array(a)) => a,
+    };
+    let shown = Shape(item_shape);
+    let batched = if array.shape == item_shape {
+        false
+    } else if array.shape.len() == item_shape.len() + 1 && array.shape[1..] == *item_shape {
+        if array.shape[0] != items {
+            return Err(invalid(format!(
+                "the {which} bound `{}` has {} items, but the batch has {items}",
+                array.name, array.shape[0]
+            )));
+        }
+        true
+    } else {
+        return Err(invalid(format!(
+            "the {which} bound `{}` has shape {}, but the variable's shape is {shown} (or \
+             ({items}, ...) for one per item)",
+            array.name,
+            Shape(&array.shape)
+        )));
+    };
+    if array.data.iter().any(|v| v.is_nan()) {
+        return Err(invalid(format!(
+            "the {which} bound `{}` contains NaN",
+            array.name
+        )));
+    }
+    Ok(Some((array.data.clone(), batched)))
+}
+
+/// A shape printed as NumPy prints it: `(3,)`, `(2, 3)`, `()`.
+struct Shape<'a>(&'a [usize]);
+
+impl fmt::Display for Shape<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            [] => write!(f, "()"),
+            [n] => write!(f, "({n},)"),
+            dims => {
+                let parts: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+                write!(f, "({})", parts.join(", "))
+            }
+        }
+    }
+}
+
+/// The arithmetic the iterations need, for float32 and float64.
+pub trait Float: Real + Send + Sync + std::fmt::Debug + 'static {
+    const EPSILON: Self;
+    fn sqrt(self) -> Self;
+}
+
+impl Float for f32 {
+    const EPSILON: f32 = f32::EPSILON;
+    fn sqrt(self) -> f32 {
+        f32::sqrt(self)
+    }
+}
+
+impl Float for f64 {
+    const EPSILON: f64 = f64::EPSILON;
+    fn sqrt(self) -> f64 {
+        f64::sqrt(self)
+    }
+}
