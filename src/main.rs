@@ -198,8 +198,12 @@ enum Command {
         /// The six standard workloads of shared/workloads.md.
         #[arg(long)]
         workloads: bool,
-        /// With --workloads: only these, by id (e.g. W1,W6).
-        #[arg(long, value_delimiter = ',', value_name = "ID", requires = "workloads")]
+        /// The five batch-optimization workloads (O1–O5) on the CPU path: time until every
+        /// item has converged, each answer checked in float64.
+        #[arg(long, conflicts_with_all = ["workloads", "program"])]
+        minimize_workloads: bool,
+        /// With --workloads or --minimize-workloads: only these, by id (e.g. W1,W6 or O2).
+        #[arg(long, value_delimiter = ',', value_name = "ID")]
         only: Vec<String>,
         /// Timed runs per measurement, at least.
         #[arg(long, default_value_t = 10)]
@@ -533,6 +537,7 @@ fn run(cli: Cli) -> u8 {
             json,
             plot,
             workloads,
+            minimize_workloads,
             only,
             samples,
             min_time,
@@ -540,6 +545,22 @@ fn run(cli: Cli) -> u8 {
             no_ceilings,
             cpu_isa,
         } => {
+            if minimize_workloads {
+                if batch.len() > 1 {
+                    eprintln!("error: --minimize-workloads takes one --batch size");
+                    return 2;
+                }
+                return cli::minimize::bench_minimize(cli::minimize::MinimizeBenchArgs {
+                    only,
+                    batch: batch.first().copied(),
+                    samples,
+                    json,
+                });
+            }
+            if !only.is_empty() && !workloads {
+                eprintln!("error: `--only` needs --workloads or --minimize-workloads");
+                return 2;
+            }
             let dims = match parse_dims(&dims) {
                 Ok(d) => d,
                 Err(code) => return code,

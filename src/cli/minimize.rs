@@ -297,3 +297,102 @@ fn summarize(solution: &Solution, device: Device) -> Summary {
     .to_string();
     Summary { text, json }
 }
+
+/// What `matgrad bench --minimize-workloads` was asked.
+pub struct MinimizeBenchArgs {
+    /// The workloads by id (all when empty).
+    pub only: Vec<String>,
+    /// The batch size (each workload's own when `None`).
+    pub batch: Option<usize>,
+    pub samples: usize,
+    pub json: bool,
+}
+
+/// Times O1–O5 on the CPU path: the median of `samples` solves after one warm-up, each
+/// solve's answer checked in float64 first (the worst item's projected gradient within
+/// the workloads' tolerance, 1e-3 relative) so that only a converged solve's time counts.
+pub fn bench_minimize(args: MinimizeBenchArgs) -> u8 {
+    use matgrad::workloads::{minimize_inputs, MINIMIZE_WORKLOADS};
+    let known: Vec<&str> = MINIMIZE_WORKLOADS.iter().map(|w| w.short_id()).collect();
+    if let Some(unknown) = args.only.iter().find(|id| !known.contains(&id.as_str())) {
+        eprintln!(
+            "error: `--only`: no workload `{unknown}` (the minimize workloads are {})",
+            known.join(", ")
+        );
+        return 2;
+    }
+    if args.samples == 0 || args.samples > 1000 {
+        eprintln!("error: `--samples {}`: between 1 and 1000", args.samples);
+        return 2;
+    }
+    let mut failed = false;
+    for w in MINIMIZE_WORKLOADS
+        .iter()
+        .filter(|w| args.only.is_empty() || args.only.iter().any(|id| id == w.short_id()))
+    {
+        let batch = args.batch.unwrap_or(w.batch);
+        let bytes = batch as f64 * 64.0 * 16.0 * 8.0 * 3.0;
+        if let Err(message) = matgrad::batch::fits_in_memory(bytes, "this batch") {
+            eprintln!("error: {message}");
+            return 2;
+        }
+        let inputs = minimize_inputs(w, batch);
+        let objective = check_program(w.program)
+            .and_then(|p| Objective::new(p, w.wrt))
+            .expect("workloads derive");
+        let mut options = Options::for_device(Device::Cpu);
+        options.gtol = 1e-3;
+        options.lower = w.lower.map(BoundSpec::Number);
+        let mut times = Vec::new();
+        let mut last = None;
+        for sample in 0..=args.samples {
+            let solution =
+                match matgrad::minimize::minimize(&objective, &inputs, &options, Device::Cpu) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("error: {}: {e}", w.id);
+                        return 2;
+                    }
+                };
+            if sample > 0 {
+                times.push(solution.solve_seconds);
+            }
+            last = Some(solution);
+        }
+        let solution = last.expect("at least one solve");
+        let worst = matgrad::minimize::stationarity(&objective, &inputs, &options, &solution)
+            .map(|v| {
+                v.into_iter()
+                    .fold(0.0f64, |a, b| if b.is_nan() || b > a { b } else { a })
+            })
+            .unwrap_or(f64::NAN);
+        let converged = worst <= 1e-3;
+        failed |= !converged;
+        let median = matgrad::bench::median(&mut times);
+        let summary = summarize(&solution, Device::Cpu);
+        if args.json {
+            let mut value: serde_json::Value =
+                serde_json::from_str(&summary.json).unwrap_or_default();
+            value["workload"] = json!(w.id);
+            value["median_s"] = json!(median);
+            value["samples"] = json!(times.len());
+            value["float64_worst_stationarity"] = json!(worst);
+            value["answer_checked"] = json!(converged);
+            crate::write_stdout(format_args!("{value}"), true);
+        } else {
+            crate::write_stdout(
+                format_args!(
+                    "{:<22} B={batch:<7} {:>9.4} s median of {}  ({:.3e} items/s)  {}  float64 check {worst:.1e} {}",
+                    w.id,
+                    median,
+                    times.len(),
+                    batch as f64 / median,
+                    summary.text.lines().next().unwrap_or(""),
+                    if converged { "ok" } else { "FAILED (time does not count)" }
+                ),
+                true,
+            );
+        }
+    }
+    u8::from(failed)
+}

@@ -342,6 +342,7 @@ pub(super) fn run<T: Precision>(
         shared_curvature,
         data,
         notes,
+        ..
     } = prepared;
     let memory = if method == Method::Lbfgs {
         options.memory

@@ -412,6 +412,80 @@ fn squared_norm(g: &Graph, term: Id) -> Option<(f64, Id)> {
     }
 }
 
+/// The float64 check of a solution: for every item, the projected gradient's infinity norm
+/// at the returned point divided by `max(1, |f|)`, computed by the reference executor from
+/// the inputs (independent of the device that solved). Items whose objective is not finite
+/// there give NaN.
+pub fn stationarity(
+    objective: &Objective,
+    inputs: &[NamedArray],
+    options: &Options,
+    solution: &Solution,
+) -> Result<Vec<f64>, MinimizeError> {
+    let prepared = prepare(objective, inputs, options)?;
+    let n = prepared.entries;
+    let g = &objective.program.graph;
+    let plan = Plan::with_options(
+        g,
+        &[objective.program.root, objective.gradient],
+        &prepared.dim_sizes,
+        &prepared.batched,
+        PlanOptions { distribute: false },
+    )
+    .map_err(|e| invalid(e.to_string()))?;
+    let point = crate::batch::Batch {
+        batch: Some(solution.items),
+        rows: 0,
+        cols: 0,
+        data: solution.points.clone(),
+    };
+    let inputs: Vec<crate::batch::Batch<f64>> = plan
+        .inputs()
+        .iter()
+        .map(|i| {
+            if i.var == objective.var {
+                crate::batch::Batch {
+                    rows: i.rows,
+                    cols: i.cols,
+                    ..point.clone()
+                }
+            } else {
+                prepared.data[i.var as usize]
+                    .clone()
+                    .expect("bound inputs cover the plan's variables")
+            }
+        })
+        .collect();
+    let refs: Vec<&crate::batch::Batch<f64>> = inputs.iter().collect();
+    let results = crate::batch::run_reference(&plan, &refs, solution.items);
+    let pick = |b: &Option<(Vec<f64>, bool)>, item: usize, e: usize| {
+        b.as_ref()
+            .map(|(v, batched)| v[if *batched { item * n + e } else { e }])
+    };
+    Ok((0..solution.items)
+        .map(|item| {
+            let f = results[0].data[item];
+            let mut norm = 0.0f64;
+            for e in 0..n {
+                let x = solution.points[item * n + e];
+                let mut moved = x - results[1].data[item * n + e];
+                if let Some(l) = pick(&prepared.lower, item, e) {
+                    moved = moved.max(l);
+                }
+                if let Some(u) = pick(&prepared.upper, item, e) {
+                    moved = moved.min(u);
+                }
+                norm = norm.max((x - moved).abs());
+            }
+            if f.is_finite() && norm.is_finite() {
+                norm / f.abs().max(1.0)
+            } else {
+                f64::NAN
+            }
+        })
+        .collect())
+}
+
 /// Everything a run needs after binding: sizes, start, bounds, plans.
 pub(crate) struct Prepared {
     pub var: u32,
@@ -428,6 +502,9 @@ pub(crate) struct Prepared {
     /// A curvature matrix that reads only shared inputs: evaluated and factored once.
     pub shared_curvature: Option<Plan>,
     pub data: Vec<Option<crate::batch::Batch<f64>>>,
+    /// Indexed by variable: batched (the variable always is).
+    pub batched: Vec<bool>,
+    pub dim_sizes: Vec<usize>,
     pub notes: Vec<String>,
 }
 
@@ -608,6 +685,8 @@ fn prepare(
         plan,
         shared_curvature,
         data,
+        batched,
+        dim_sizes: bound.dim_sizes,
         notes,
     })
 }

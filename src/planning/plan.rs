@@ -137,6 +137,11 @@ impl Plan {
         batched: &[bool],
         options: PlanOptions,
     ) -> Result<Plan, PlanError> {
+        let scaled = scale_diagonals(graph, outputs);
+        let (graph, outputs) = match &scaled {
+            Some((g, roots)) => (g, &roots[..]),
+            None => (graph, outputs),
+        };
         let mut best = Plan::lower(graph, outputs, dim_sizes, batched)?;
         if !options.distribute {
             return Ok(best);
@@ -439,6 +444,69 @@ fn distribute(graph: &mut Graph, id: Id, sites: &[(Id, bool)], memo: &mut HashMa
     rebuilt
 }
 
+/// Products with a diagonal matrix as scalings: `diag(v)*B` becomes `(v*ones(1,n)).*B` and
+/// `A*diag(v)` becomes `A.*(ones(m,1)*v')`, m·n multiplications instead of the m·m·n of a
+/// dense product with a mostly zero matrix (a logistic Hessian `X'*diag(w)*X` with 64×16
+/// `X`: 18 thousand instead of 164 thousand per item), and no `0*inf` terms. `None` when no
+/// product has a diagonal factor.
+fn scale_diagonals(graph: &Graph, outputs: &[Id]) -> Option<(Graph, Vec<Id>)> {
+    let has_diagonal_factor = outputs.iter().any(|&root| {
+        graph
+            .topo_order(root)
+            .into_iter()
+            .any(|id| match graph.node(id) {
+                Node::MatMul(a, b) => {
+                    matches!(graph.node(a), Node::Diag(_)) || matches!(graph.node(b), Node::Diag(_))
+                }
+                _ => false,
+            })
+    });
+    if !has_diagonal_factor {
+        return None;
+    }
+    let mut g = graph.clone();
+    let mut memo = HashMap::new();
+    let roots = outputs
+        .iter()
+        .map(|&o| scale_diagonals_at(&mut g, o, &mut memo))
+        .collect();
+    Some((g, roots))
+}
+
+fn scale_diagonals_at(g: &mut Graph, id: Id, memo: &mut HashMap<Id, Id>) -> Id {
+    if let Some(&done) = memo.get(&id) {
+        return done;
+    }
+    let node = g.node(id);
+    let original = node.args();
+    let args: Vec<Id> = original
+        .iter()
+        .map(|&a| scale_diagonals_at(g, a, memo))
+        .collect();
+    let rebuilt = match node {
+        Node::MatMul(..) => match (g.node(args[0]), g.node(args[1])) {
+            (Node::Diag(v), _) => {
+                let cols = g.shape(args[1]).cols;
+                let ones = g.fill(1.0, crate::expr::Shape::new(crate::expr::Dim::One, cols));
+                let spread = g.mul(v, ones);
+                g.hadamard(spread, args[1])
+            }
+            (_, Node::Diag(v)) => {
+                let rows = g.shape(args[0]).rows;
+                let ones = g.fill(1.0, crate::expr::Shape::new(rows, crate::expr::Dim::One));
+                let row = g.transpose(v);
+                let spread = g.mul(ones, row);
+                g.hadamard(args[0], spread)
+            }
+            _ => g.push(node.with_args(&args)),
+        },
+        _ if args == original => id,
+        _ => g.push(node.with_args(&args)),
+    };
+    memo.insert(id, rebuilt);
+    rebuilt
+}
+
 /// Matrix products used only as an operand of another matrix product (and not an output):
 /// they dissolve into the enclosing chain, which [`order_chain`] re-associates.
 fn chain_interiors(graph: &Graph, outputs: &[Id]) -> std::collections::HashSet<Id> {
@@ -614,6 +682,76 @@ mod tests {
     /// The gradient and the function value, planned as `Plan::new` plans them.
     fn gradient_plan(source: &str, wrt: &str, batched: &[&str]) -> Plan {
         plan_of(source, wrt, batched, true, PlanOptions::default())
+    }
+
+    #[test]
+    fn products_with_a_diagonal_factor_are_planned_as_scalings() {
+        // The gradient of x'*diag(d)*A*x by x reads diag(d)*A and A'*diag(d): no step may be
+        // a dense product with a diagonal matrix, and the values are the reference's.
+        let source = "A: matrix(5,5); d: vector(5); x: vector(5); x'*diag(d)*A*x";
+        let plan = gradient_plan(source, "x", &["x", "d"]);
+        for step in plan.steps() {
+            if let Node::MatMul(..) = step.node {
+                for &arg in &step.args {
+                    assert!(
+                        !matches!(plan.steps()[arg].node, Node::Diag(_)),
+                        "a dense product with diag(...) in {:?}",
+                        plan.steps()
+                    );
+                }
+            }
+        }
+        let p = check_program(source).unwrap();
+        let d = differentiate(p, "x", &Request::Derivative, Layout::Gradient).unwrap();
+        let g = &d.program.graph;
+        let env = crate::eval::Env {
+            dim_sizes: crate::verify::dimension_sizes(g),
+            values: g
+                .vars
+                .iter()
+                .enumerate()
+                .map(|(k, v)| {
+                    let (r, c) = (
+                        if v.shape.rows == crate::expr::Dim::One {
+                            1
+                        } else {
+                            5
+                        },
+                        if v.shape.cols == crate::expr::Dim::One {
+                            1
+                        } else {
+                            5
+                        },
+                    );
+                    Some(crate::eval::Mat::from_fn(r, c, |i, j| {
+                        ((k * 7 + i * 3 + j) as f64).sin()
+                    }))
+                })
+                .collect(),
+        };
+        let want = crate::eval::evaluate(g, d.node, &env).unwrap();
+        let inputs: Vec<crate::batch::Batch<f64>> = plan
+            .inputs()
+            .iter()
+            .map(|i| {
+                let m = env.values[i.var as usize].as_ref().unwrap();
+                crate::batch::Batch {
+                    batch: i.batched.then_some(1),
+                    rows: m.rows,
+                    cols: m.cols,
+                    data: m.data.clone(),
+                }
+            })
+            .collect();
+        let refs: Vec<&crate::batch::Batch<f64>> = inputs.iter().collect();
+        let got = crate::batch::run_reference(&plan, &refs, 1);
+        let err: f64 = got[0]
+            .data
+            .iter()
+            .zip(&want.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 1e-12, "{err:e}");
     }
 
     #[test]
