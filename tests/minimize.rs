@@ -347,11 +347,13 @@ fn a_matrix_variable_reaches_the_inverse_and_stays_in_the_domain() {
         array("C", &[items, n, n], c.clone()),
         array("S", &[n, n], eye),
     ];
-    // Declared symmetric, the gradient is sym(G) and every iterate exactly symmetric. As a
-    // general matrix, inv(C) is a saddle point (antisymmetric directions curve down), which
-    // L-BFGS still reaches to 1e-6 before rounding's antisymmetric part grows.
+    // Declared symmetric, the gradient is sym(G) and every iterate exactly symmetric; declared
+    // spd, every iterate also positive definite. As a general matrix, inv(C) is a saddle
+    // point (antisymmetric directions curve down), which L-BFGS still reaches to 1e-6 before
+    // rounding's antisymmetric part grows.
     for (declaration, gtol, tolerance) in [
         ("S: symmetric(4)", 1e-10, 1e-7),
+        ("S: spd(4)", 1e-10, 1e-7),
         ("S: matrix(4,4)", 1e-6, 1e-5),
     ] {
         let program = format!("C: matrix(4,4); {declaration}; -logdet(S) + tr(S*C)");
@@ -470,13 +472,8 @@ fn every_workload_converges_on_a_small_batch_on_both_devices() {
         let obj = objective(w.program, w.wrt);
         for device in [Device::Cpu, Device::Reference] {
             let mut options = Options::for_device(device);
-            // The workloads' tolerances, but O5's general-matrix `S`, whose inv(C) is a
-            // saddle point, in float64 to 1e-6 (see the matrix-variable test).
-            options.gtol = match (device, w.short_id()) {
-                (Device::Cpu, _) => 1e-3,
-                (_, "O5") => 1e-6,
-                _ => 1e-8,
-            };
+            // The workloads' tolerances.
+            options.gtol = if device == Device::Cpu { 1e-3 } else { 1e-8 };
             options.lower = w.lower.map(BoundSpec::Number);
             let solution = minimize(&obj, &inputs, &options, device).unwrap();
             assert_eq!(

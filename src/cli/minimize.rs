@@ -311,6 +311,8 @@ pub struct MinimizeBenchArgs {
 /// Times O1–O5 on the CPU path: the median of `samples` solves after one warm-up, each
 /// solve's answer checked in float64 first (the worst item's projected gradient within
 /// the workloads' tolerance, 1e-3 relative) so that only a converged solve's time counts.
+/// The solver itself stops at half that (5e-4, in float32), so that its own rounding does
+/// not put an item just over the line in the float64 check.
 pub fn bench_minimize(args: MinimizeBenchArgs) -> u8 {
     use matgrad::workloads::{minimize_inputs, MINIMIZE_WORKLOADS};
     let known: Vec<&str> = MINIMIZE_WORKLOADS.iter().map(|w| w.short_id()).collect();
@@ -341,7 +343,7 @@ pub fn bench_minimize(args: MinimizeBenchArgs) -> u8 {
             .and_then(|p| Objective::new(p, w.wrt))
             .expect("workloads derive");
         let mut options = Options::for_device(Device::Cpu);
-        options.gtol = 1e-3;
+        options.gtol = 5e-4;
         options.lower = w.lower.map(BoundSpec::Number);
         let mut times = Vec::new();
         let mut last = None;

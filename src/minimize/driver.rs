@@ -44,8 +44,27 @@ pub(super) trait Evaluator<T: Float> {
     fn evaluate(&mut self, points: &[T], count: usize);
     /// The last results: objectives, gradients, curvature matrices (when the plan has them).
     fn results(&self) -> (&[T], &[T], Option<&[T]>);
+    /// The last gradients, to be made symmetric in place.
+    fn gradients_mut(&mut self) -> &mut [T];
     /// Keeps only the stored items `keep` (increasing), in that order.
     fn retain(&mut self, keep: &[usize]);
+}
+
+/// Replaces each item's `side`×`side` gradient by its symmetric part. For a variable declared
+/// symmetric the gradient is symmetric in exact arithmetic, but a float `inv(S)` is not quite,
+/// and the difference would grow along the antisymmetric directions (where `-logdet` curves
+/// down): so the iterates stay exactly symmetric.
+fn symmetrize<T: Float>(gradients: &mut [T], side: usize) {
+    let half = T::from_f64(0.5);
+    gradients.par_chunks_mut(side * side).for_each(|g| {
+        for i in 0..side {
+            for j in i + 1..side {
+                let v = (g[i * side + j] + g[j * side + i]) * half;
+                g[i * side + j] = v;
+                g[j * side + i] = v;
+            }
+        }
+    });
 }
 
 /// The CPU path: float32, the plan's inputs in buffers reused for every round.
@@ -74,6 +93,10 @@ impl Evaluator<f32> for CpuEvaluator {
     fn results(&self) -> (&[f32], &[f32], Option<&[f32]>) {
         let o = &self.outputs;
         (&o[0].data, &o[1].data, o.get(2).map(|b| &b.data[..]))
+    }
+
+    fn gradients_mut(&mut self) -> &mut [f32] {
+        &mut self.outputs[1].data
     }
 
     fn retain(&mut self, keep: &[usize]) {
@@ -107,6 +130,10 @@ impl Evaluator<f64> for ReferenceEvaluator {
     fn results(&self) -> (&[f64], &[f64], Option<&[f64]>) {
         let o = &self.outputs;
         (&o[0].data, &o[1].data, o.get(2).map(|b| &b.data[..]))
+    }
+
+    fn gradients_mut(&mut self) -> &mut [f64] {
+        &mut self.outputs[1].data
     }
 
     fn retain(&mut self, keep: &[usize]) {
@@ -276,6 +303,8 @@ struct Item {
     pairs: usize,
     next_pair: usize,
     gradient_norm: f64,
+    /// Steps running in which the objective and the gradient stalled.
+    stalls: u32,
     /// Whether the finished item's point and report are written out.
     written: bool,
 }
@@ -296,6 +325,8 @@ struct Context<T> {
     /// (`None` inside when it is not positive definite even after damping).
     shared_factor: Option<Vec<T>>,
     shared_matrix: Option<Vec<T>>,
+    /// The side of a variable declared `spd(n)`, whose points must stay positive definite.
+    spd_side: Option<usize>,
 }
 
 /// Offsets in an item's row of the state array.
@@ -330,6 +361,8 @@ pub(super) fn run<T: Precision>(
 ) -> Result<Solution, String> {
     let Prepared {
         var,
+        symmetric_side,
+        spd_side,
         method,
         items,
         entries: n,
@@ -362,7 +395,6 @@ pub(super) fn run<T: Precision>(
         || lower_items.is_some()
         || upper_shared.is_some()
         || upper_items.is_some();
-    let clock = Instant::now();
     let mut context = Context {
         method,
         n,
@@ -375,8 +407,15 @@ pub(super) fn run<T: Precision>(
         bounded,
         shared_factor: None,
         shared_matrix: None,
+        spd_side,
     };
     let shared_hessian = shared_curvature.is_some();
+    // The inputs in the device's precision, every per-item buffer: the binding, before the
+    // clock starts.
+    let mut evaluator = T::evaluator(&plan, &data, var, items);
+    let mut state = vec![T::ZERO; items * layout.stride];
+    let mut points = vec![T::ZERO; items * n];
+    let clock = Instant::now();
     if let Some(h_plan) = &shared_curvature {
         let matrix = T::evaluate_shared(h_plan, &data);
         let mut factor = matrix.clone();
@@ -385,11 +424,9 @@ pub(super) fn run<T: Precision>(
         }
         context.shared_matrix = Some(matrix);
     }
-    let mut evaluator = T::evaluator(&plan, &data, var, items);
 
-    // The stored items: slot k holds item ids[k]; every per-item array is in slot order.
-    let mut state = vec![T::ZERO; items * layout.stride];
-    let mut points = vec![T::ZERO; items * n];
+    // The stored items: slot k holds item `stored[k].id`; every per-item array is in slot
+    // order.
     for item in 0..items {
         let from = if start_batched { item * n } else { 0 };
         points[item * n..(item + 1) * n].copy_from_slice(&convert(&start[from..from + n]));
@@ -412,6 +449,7 @@ pub(super) fn run<T: Precision>(
             pairs: 0,
             next_pair: 0,
             gradient_norm: f64::NAN,
+            stalls: 0,
             written: false,
         })
         .collect();
@@ -440,6 +478,9 @@ pub(super) fn run<T: Precision>(
     while !stored.is_empty() {
         round += 1;
         evaluator.evaluate(&points, stored.len());
+        if let Some(side) = symmetric_side {
+            symmetrize(evaluator.gradients_mut(), side);
+        }
         let (values, gradients, curvatures) = evaluator.results();
         let context = &context;
         let (lower_items_ref, upper_items_ref) = (&lower_items, &upper_items);
@@ -675,7 +716,9 @@ impl<T: Float> Context<T> {
         scratch: &mut [T],
     ) {
         let n = self.n;
-        let finite = results.f.is_finite() && results.g.iter().all(|v| v.is_finite());
+        let finite = results.f.is_finite()
+            && results.g.iter().all(|v| v.is_finite())
+            && self.inside_cone(trial, scratch);
         if item.phase == Phase::Start {
             if !finite {
                 item.status = Some(Status::NotFinite);
@@ -756,12 +799,14 @@ impl<T: Float> Context<T> {
         } else {
             // Backtracking by the minimum of the quadratic through f, the slope and f(t),
             // kept within [0.1, 0.5] of the step.
+            // The first-order change is `decrease`, measured along the projected path (not
+            // the slope times the step: a held variable's clipped move changes nothing).
             let t = item.step;
             let mut next = 0.5 * t;
             if results.f.is_finite() {
-                let curvature = results.f - item.f - item.slope * t;
+                let curvature = results.f - item.f - decrease;
                 if curvature > 0.0 {
-                    next = (-item.slope * t * t / (2.0 * curvature)).clamp(0.1 * t, 0.5 * t);
+                    next = (-decrease * t / (2.0 * curvature)).clamp(0.1 * t, 0.5 * t);
                 }
             }
             if wolfe_search && item.step_lo > 0.0 {
@@ -828,10 +873,19 @@ impl<T: Float> Context<T> {
             item.status = Some(Status::Converged);
             return;
         }
-        // Stalled: the objective stopped decreasing and the gradient stopped shrinking (while
-        // the gradient still halves, as in Newton's last steps, the iterations go on).
-        let stalled = item.gradient_norm > 0.5 * previous_norm;
-        if !first && stalled && f_old - item.f <= self.ftol * f_old.abs().max(1.0) {
+        // Stalled: the objective stopped decreasing and the gradient stopped shrinking, in
+        // two steps running that the line search took at once (while the gradient still
+        // halves, as in Newton's last steps, or once the active set changes, as in a bound's
+        // last steps, the iterations go on; a shortened step tells nothing).
+        let stalled = item.gradient_norm > 0.5 * previous_norm
+            && item.trials <= 1
+            && f_old - item.f <= self.ftol * f_old.abs().max(1.0);
+        item.stalls = if !first && stalled {
+            item.stalls + 1
+        } else {
+            0
+        };
+        if item.stalls >= 2 {
             item.status = Some(Status::Converged);
             return;
         }
@@ -867,9 +921,18 @@ impl<T: Float> Context<T> {
         let infinity_norm = g.iter().map(|v| v.to_f64().abs()).fold(0.0, f64::max);
         let mut first_step = 1.0;
         // `dir` is first the free part of the gradient, then what the method makes of it.
+        // A variable a bound holds moves by its own gradient component, scaled as the method
+        // scales (by its diagonal curvature in Newton), and the projection clips it to the
+        // bound (Bertsekas' projected Newton).
         for e in 0..n {
             dir[e] = if free(e) { g[e] } else { T::ZERO };
         }
+        let held_scale = |e: usize, curvature: Option<&[T]>| -> T {
+            match curvature.map(|h| h[e * n + e].to_f64()) {
+                Some(h) if h > 0.0 && h.is_finite() => T::from_f64(1.0 / h),
+                _ => T::ONE,
+            }
+        };
         match self.method {
             Method::Newton | Method::GaussNewton => {
                 let factor = &mut rest[..n * n];
@@ -880,6 +943,9 @@ impl<T: Float> Context<T> {
                     }
                     _ => match curvature.or(self.shared_matrix.as_deref()) {
                         Some(h) => {
+                            for e in (0..n).filter(|&e| !free(e)) {
+                                dir[e] = g[e] * held_scale(e, Some(h));
+                            }
                             factor.copy_from_slice(h);
                             if any_active {
                                 reduce(factor, active, n);
@@ -926,11 +992,20 @@ impl<T: Float> Context<T> {
                         *v = *v + step * sk;
                     }
                 }
+                let gamma = if item.pairs > 0 {
+                    T::from_f64(item.scale)
+                } else {
+                    T::ONE
+                };
+                for e in (0..n).filter(|&e| !free(e)) {
+                    dir[e] = g[e] * gamma;
+                }
                 if item.pairs == 0 {
                     first_step = 1.0 / infinity_norm.max(1.0);
                 }
             }
             Method::GradientDescent | Method::Auto => {
+                dir.copy_from_slice(g);
                 first_step = if item.iterations > 0 {
                     item.scale
                 } else {
@@ -941,10 +1016,8 @@ impl<T: Float> Context<T> {
         let (head, tail) = row.split_at_mut(layout.d);
         let g = &head[layout.g..layout.g + n];
         let d = &mut tail[..n];
-        // A variable a bound holds moves by its gradient and is clipped by the projection
-        // (Bertsekas' projected Newton), so that it reaches the bound.
         for e in 0..n {
-            d[e] = if free(e) { -dir[e] } else { -g[e] };
+            d[e] = -dir[e];
         }
         let mut slope = dot(g, d);
         if !d.iter().all(|v| v.is_finite()) || slope.is_nan() || slope >= 0.0 {
@@ -968,6 +1041,19 @@ impl<T: Float> Context<T> {
         item.slope_lo = slope;
         item.step_hi = f64::NAN;
         item.trials = 0;
+    }
+
+    /// For a variable declared `spd(n)`, whether the point is positive definite (its
+    /// Cholesky factorization exists): the domain the declaration states, which a line search
+    /// could otherwise step across (`-logdet(S) + tr(S*C)` is finite again, and unbounded
+    /// below, where two eigenvalues are negative). Always true for other variables.
+    fn inside_cone(&self, point: &[T], scratch: &mut [T]) -> bool {
+        let Some(side) = self.spd_side else {
+            return true;
+        };
+        let copy = &mut scratch[..side * side];
+        copy.copy_from_slice(point);
+        cholesky(copy, side)
     }
 
     /// Writes `P(x + step*d)` into the trial point.
@@ -994,7 +1080,10 @@ impl<T: Float> Context<T> {
         if !self.bounded {
             return false;
         }
-        let width = projected_gradient_norm(x, g, bounds).min(1e-3);
+        // Bertsekas' width: the projected gradient's norm, at most a thousandth of the
+        // point's scale (a wider band holds variables that still have far to go).
+        let scale = x.iter().map(|v| v.to_f64().abs()).fold(1.0, f64::max);
+        let width = projected_gradient_norm(x, g, bounds).min(1e-3 * scale);
         let mut any = false;
         for e in 0..self.n {
             let (xe, ge) = (x[e].to_f64(), g[e].to_f64());

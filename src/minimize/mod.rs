@@ -489,6 +489,10 @@ pub fn stationarity(
 /// Everything a run needs after binding: sizes, start, bounds, plans.
 pub(crate) struct Prepared {
     pub var: u32,
+    /// The side of a variable declared symmetric: its gradients are symmetrized.
+    pub symmetric_side: Option<usize>,
+    /// The side of a variable declared `spd(n)`: its points stay positive definite.
+    pub spd_side: Option<usize>,
     pub method: Method,
     pub items: usize,
     pub entries: usize,
@@ -672,8 +676,12 @@ fn prepare(
         .map_err(plan_error)?;
     let mut data = bound.values;
     data[var as usize] = None;
+    let symmetric_side = (g.vars[var as usize].symmetric && rows == cols).then_some(rows);
+    let spd_side = (g.vars[var as usize].positive_definite && rows == cols).then_some(rows);
     Ok(Prepared {
         var,
+        symmetric_side,
+        spd_side,
         method,
         items,
         entries,

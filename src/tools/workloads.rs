@@ -202,7 +202,14 @@ pub static MINIMIZE_WORKLOADS: &[MinimizeWorkload] = &[
     },
     MinimizeWorkload {
         id: "O5 precision-mle",
-        program: "C: matrix(8,8); S: matrix(8,8); -logdet(S) + tr(S*C)",
+        // `S` is declared `spd(8)`, where the workloads page writes `matrix(8,8)`: over general
+        // matrices inv(C) is a saddle point of this objective (antisymmetric directions curve
+        // down, and rounding's antisymmetric part grows until the iterates leave for a region
+        // where it is unbounded below), and over symmetric ones it is finite and unbounded
+        // below again where two eigenvalues are negative. The problem the page means,
+        // "answer inv(C)", is the one on the positive definite cone, which the declaration
+        // states: the iterates stay exactly symmetric and positive definite.
+        program: "C: matrix(8,8); S: spd(8); -logdet(S) + tr(S*C)",
         wrt: "S",
         lower: None,
         batch: 65_536,
