@@ -374,3 +374,107 @@ fn gpu_device_matches_numpy() {
         "{err}"
     );
 }
+
+/// An `.npz` with one array `x` whose `.npy` header is written by hand: a shape the data does
+/// not back, as a hostile or damaged file would claim.
+fn hand_written_npz(path: &Path, shape: &str, data: &[u8], method: npyz::zip::CompressionMethod) {
+    use std::io::Write;
+    let mut dict = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}");
+    while (dict.len() + 11) % 64 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    npy.extend_from_slice(dict.as_bytes());
+    npy.extend_from_slice(data);
+    let mut zip = npyz::zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let options = npyz::zip::write::FileOptions::default().compression_method(method);
+    zip.start_file("x.npy", options).unwrap();
+    zip.write_all(&npy).unwrap();
+    zip.finish().unwrap();
+}
+
+#[test]
+fn a_header_that_claims_more_than_the_file_holds_is_an_error_before_any_allocation() {
+    use npyz::zip::CompressionMethod::{Deflated, Stored};
+    let dir = out_dir("hostile-shapes");
+    let four = [0u8; 32];
+    let cases = [
+        // The element count overflows 64 bits.
+        (
+            "(9223372036854775807, 9223372036854775807)",
+            "more elements than this machine can address",
+        ),
+        (
+            "(4611686018427387904, 4)",
+            "more elements than this machine can address",
+        ),
+        // Counts that fit but bytes that overflow, or are simply not in the archive.
+        (
+            "(4611686018427387903,)",
+            "more bytes than this machine can address",
+        ),
+        ("(1000000, 1000)", "needs 8000000000 bytes of data"),
+        (
+            "(5,)",
+            "needs 40 bytes of data and the archive holds only 32",
+        ),
+        ("(3, x)", "`x` is not a dimension"),
+        ("3", "malformed header"),
+    ];
+    for (i, (shape, message)) in cases.iter().enumerate() {
+        for method in [Stored, Deflated] {
+            let path = dir.join(format!("case{i}-{method:?}.npz"));
+            hand_written_npz(&path, shape, &four, method);
+            let out = dir.join("out.npy");
+            for command in [
+                vec![
+                    "eval",
+                    "x: vector(n); x'*x",
+                    "--wrt",
+                    "x",
+                    "--device",
+                    "cpu",
+                ],
+                vec!["minimize", "x: vector(n); x'*x", "--wrt", "x"],
+            ] {
+                let mut args = command.clone();
+                args.extend([
+                    "--inputs",
+                    path.to_str().unwrap(),
+                    "--out",
+                    out.to_str().unwrap(),
+                ]);
+                let (code, _, err) = matgrad(&args);
+                assert_eq!(code, 2, "{shape} ({method:?}, {}): {err}", command[0]);
+                assert!(err.contains("array `x`"), "{shape}: {err}");
+                assert!(err.contains(message), "{shape} ({method:?}): {err}");
+                assert!(!err.contains("panicked"), "{shape}: {err}");
+                assert!(!out.exists());
+            }
+        }
+    }
+    // The same hand-written header with its data present reads as NumPy would.
+    let path = dir.join("fine.npz");
+    let values: Vec<u8> = [1.0f64, 2.0, 3.0, 4.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    hand_written_npz(&path, "(4,)", &values, Deflated);
+    let out = dir.join("out.npy");
+    let (code, _, err) = matgrad(&[
+        "eval",
+        "x: vector(n); x'*x",
+        "--wrt",
+        "x",
+        "--device",
+        "reference",
+        "--inputs",
+        path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(load(&out).1, vec![2.0, 4.0, 6.0, 8.0]);
+}

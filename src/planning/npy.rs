@@ -57,11 +57,17 @@ pub fn read_npz(path: &Path) -> Result<Vec<NamedArray>, NpyError> {
             name: name.clone(),
             why,
         };
+        let claimed = check_header(archive.zip_archive(), &name).map_err(array_error)?;
         let npy = archive
             .by_name(&name)
             .map_err(|e| array_error(e.to_string()))?
             .ok_or_else(|| array_error("listed but missing".into()))?;
         let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+        if shape != claimed {
+            return Err(array_error(format!(
+                "header shape {shape:?} read twice as {claimed:?}"
+            )));
+        }
         let order = npy.order();
         let descr = npy.dtype().descr();
         let data: Vec<f64> = match descr.trim_matches('\'') {
@@ -96,6 +102,126 @@ pub fn read_npz(path: &Path) -> Result<Vec<NamedArray>, NpyError> {
         arrays.push(NamedArray { name, shape, data });
     }
     Ok(arrays)
+}
+
+/// The largest `.npy` header this reader accepts (NumPy writes well under a kilobyte; version
+/// 2 headers may be longer for structured dtypes, which are refused anyway).
+const MAX_HEADER_BYTES: usize = 1 << 20;
+
+/// Deflate expands at most about 1032 to 1: a compressed entry cannot hold more bytes than that.
+const DEFLATE_MAX_RATIO: u64 = 1032;
+
+/// Reads array `name`'s `.npy` header straight from the archive and checks, before anything is
+/// allocated, that its shape's element count does not overflow, that the bytes it implies are
+/// present in the archive, and that the array fits in memory once read as float64. Returns the
+/// shape. This runs before `npyz` sees the header, so a hostile shape never reaches its
+/// arithmetic.
+fn check_header<R: io::Read + io::Seek>(
+    zip: &mut npyz::zip::ZipArchive<R>,
+    name: &str,
+) -> Result<Vec<usize>, String> {
+    use io::Read;
+    let mut entry = zip
+        .by_name(&npyz::npz::file_name_from_array_name(name))
+        .map_err(|e| e.to_string())?;
+    let stored = entry.compression() == npyz::zip::CompressionMethod::Stored;
+    let (claimed_size, compressed_size) = (entry.size(), entry.compressed_size());
+    let mut prefix = [0u8; 10];
+    entry
+        .read_exact(&mut prefix[..8])
+        .map_err(|_| "not a .npy array: shorter than its magic string".to_string())?;
+    if &prefix[..6] != b"\x93NUMPY" {
+        return Err("not a .npy array: no \\x93NUMPY magic string".into());
+    }
+    let (header_len, prefix_len) = match prefix[6] {
+        1 => {
+            entry
+                .read_exact(&mut prefix[8..10])
+                .map_err(|_| "truncated header".to_string())?;
+            (u16::from_le_bytes([prefix[8], prefix[9]]) as usize, 10)
+        }
+        2 | 3 => {
+            let mut len = [0u8; 4];
+            entry
+                .read_exact(&mut len)
+                .map_err(|_| "truncated header".to_string())?;
+            (u32::from_le_bytes(len) as usize, 12)
+        }
+        version => return Err(format!("unknown .npy format version {version}")),
+    };
+    if header_len > MAX_HEADER_BYTES {
+        return Err(format!(
+            "its header claims {header_len} bytes (at most {MAX_HEADER_BYTES} are accepted)"
+        ));
+    }
+    let mut header = vec![0u8; header_len];
+    entry
+        .read_exact(&mut header)
+        .map_err(|_| "truncated header".to_string())?;
+    let header = String::from_utf8_lossy(&header);
+    let shape = header_shape(&header)?;
+    let count = shape
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d))
+        .filter(|&n| usize::try_from(n).is_ok())
+        .ok_or_else(|| {
+            format!("shape {shape:?} has more elements than this machine can address")
+        })?;
+    let item_size = header_item_size(&header);
+    let data_bytes = count
+        .checked_mul(item_size)
+        .ok_or_else(|| format!("shape {shape:?} has more bytes than this machine can address"))?;
+    let present = if stored {
+        claimed_size.min(compressed_size)
+    } else {
+        claimed_size.min(compressed_size.saturating_mul(DEFLATE_MAX_RATIO))
+    }
+    .saturating_sub((prefix_len + header_len) as u64);
+    if data_bytes > present {
+        return Err(format!(
+            "shape {shape:?} needs {data_bytes} bytes of data and the archive holds only {present}"
+        ));
+    }
+    crate::batch::fits_in_memory(count as f64 * 8.0, &format!("shape {shape:?}"))?;
+    Ok(shape.iter().map(|&d| d as usize).collect())
+}
+
+/// The `shape` tuple of a `.npy` header's dictionary, e.g. `{'descr': '<f4', 'fortran_order':
+/// False, 'shape': (3, 4), }`.
+fn header_shape(header: &str) -> Result<Vec<u64>, String> {
+    let malformed = || format!("malformed header (no readable shape): {}", header.trim());
+    let key = header
+        .find("'shape'")
+        .or_else(|| header.find("\"shape\""))
+        .ok_or_else(malformed)?;
+    let rest = header[key + 7..].trim_start();
+    let rest = rest.strip_prefix(':').ok_or_else(malformed)?.trim_start();
+    let rest = rest.strip_prefix('(').ok_or_else(malformed)?;
+    let inside = &rest[..rest.find(')').ok_or_else(malformed)?];
+    inside
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| {
+            d.trim_end_matches('L')
+                .parse::<u64>()
+                .map_err(|_| format!("malformed header: `{d}` is not a dimension"))
+        })
+        .collect()
+}
+
+/// The size in bytes of one element by the header's `descr` (`'<f4'` is 4); 1 when it cannot be
+/// read, so that the size checks stay conservative and the dtype is refused later by name.
+fn header_item_size(header: &str) -> u64 {
+    let Some(key) = header.find("descr") else {
+        return 1;
+    };
+    let digits: String = header[key..]
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap_or(1).max(1)
 }
 
 /// The NumPy name of a dtype descriptor, for messages.
