@@ -545,6 +545,10 @@ fn run(cli: Cli) -> u8 {
             no_ceilings,
             cpu_isa,
         } => {
+            if let Err(message) = matgrad::bench::check_sampling(samples, min_time) {
+                eprintln!("error: {message}");
+                return 2;
+            }
             if minimize_workloads {
                 if batch.len() > 1 {
                     eprintln!("error: --minimize-workloads takes one --batch size");
@@ -629,10 +633,17 @@ fn explain_plan(
     let flags = batched_flags(g, batched)?;
     let plan = Plan::new(g, &[d.node], &sizes, &flags)
         .map_err(|e| Diagnostic::without_span(e.to_string()))?;
-    let kernel =
-        matgrad::wgsl::generate(&plan).map_err(|e| Diagnostic::without_span(e.to_string()))?;
-    let mut text = matgrad::explain::explain(d, &plan, Some(&kernel));
-    if wgsl {
+    // Sizes past what a GPU kernel indexes still have a CPU plan to explain.
+    let kernel = match matgrad::wgsl::generate(&plan) {
+        Ok(kernel) => Some(kernel),
+        Err(e @ matgrad::wgsl::GenerateError::TooLarge { .. }) if !wgsl => {
+            eprintln!("note: no GPU kernel: {e}");
+            None
+        }
+        Err(e) => return Err(Diagnostic::without_span(e.to_string())),
+    };
+    let mut text = matgrad::explain::explain(d, &plan, kernel.as_ref());
+    if let (true, Some(kernel)) = (wgsl, &kernel) {
         text.push('\n');
         text.push_str(&kernel.source());
     }
@@ -648,7 +659,13 @@ fn parse_dims(dims: &[String]) -> Result<HashMap<String, usize>, u8> {
             .map(|(k, v)| (k.trim(), v.trim().parse::<usize>()))
         {
             Some((name, Ok(size))) => {
-                sizes.insert(name.to_string(), size);
+                if let Some(earlier) = sizes.insert(name.to_string(), size) {
+                    eprintln!(
+                        "error: `--dims`: `{name}` is given twice ({name}={earlier} and \
+                         {name}={size})"
+                    );
+                    return Err(2);
+                }
             }
             _ => {
                 eprintln!("error: `--dims {entry}`: expected NAME=SIZE, e.g. m=4");
@@ -759,6 +776,8 @@ fn run_eval(
     let plan =
         Plan::new(g, &outputs, &bound.dim_sizes, &bound.batched).map_err(|e| e.to_string())?;
     let batch = bound.batch.unwrap_or(1);
+    plan.fits_batch(batch, &format!("evaluating {batch} items"))
+        .map_err(|e| e.to_string())?;
     let values: Vec<&Batch<f64>> = plan
         .inputs()
         .iter()

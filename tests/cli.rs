@@ -504,3 +504,199 @@ fn a_batch_larger_than_memory_is_an_error_not_an_abort() {
         );
     }
 }
+
+#[test]
+fn a_dimension_too_large_for_memory_or_a_kernel_is_an_error_naming_the_size() {
+    let huge_dims = [
+        &[
+            "bench",
+            "x: vector(n); x'*x",
+            "--wrt",
+            "x",
+            "--dims",
+            "n=4000000000",
+            "--batch",
+            "1",
+        ][..],
+        &[
+            "check",
+            "x: vector(n); x'*x",
+            "--wrt",
+            "x",
+            "--dims",
+            "n=4000000000",
+        ][..],
+        &[
+            "check",
+            "X: matrix(n,n); tr(X)",
+            "--wrt",
+            "X",
+            "--dims",
+            "n=100000000",
+        ][..],
+    ];
+    for args in huge_dims {
+        let (code, _, err) = matgrad(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("GB available"), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("memory allocation"),
+            "{err}"
+        );
+    }
+    // A size past a 64-bit count, and one past what WGSL indexes: explain still explains the
+    // CPU plan, and says why there is no GPU kernel; asked for the WGSL, it is an error.
+    let (code, _, err) = matgrad(&[
+        "explain",
+        "x: vector(n); x'*x",
+        "--wrt",
+        "x",
+        "--dims",
+        "n=9000000000000000000",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("more entries than this machine can address"),
+        "{err}"
+    );
+    let explain = [
+        "explain",
+        "x: vector(n); x'*x",
+        "--wrt",
+        "x",
+        "--dims",
+        "n=5000000000",
+    ];
+    let (code, out, err) = matgrad(&explain);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("per item"), "{out}");
+    assert!(
+        err.contains("5000000000 entries") && err.contains("4294967295"),
+        "{err}"
+    );
+    let (code, _, err) = matgrad(&[&explain[..], &["--wgsl"]].concat());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("past what a GPU kernel can index"), "{err}");
+    assert!(!err.contains("internal error"), "{err}");
+}
+
+#[test]
+fn a_hessian_larger_than_memory_from_a_small_file_is_refused_before_it_is_allocated() {
+    use npyz::WriterBuilder;
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("matgrad-cli-{}-hessian", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // 200 000 entries of x (1.6 MB) make a 200 000 x 200 000 Hessian (320 GB in float64).
+    let n = 200_000u64;
+    let path = dir.join("x.npz");
+    let mut zip = npyz::zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    zip.start_file("x.npy", npyz::zip::write::FileOptions::default())
+        .unwrap();
+    let mut npy = Vec::new();
+    let mut writer = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(&[n])
+        .writer(&mut npy)
+        .begin_nd()
+        .unwrap();
+    writer.extend((0..n).map(|i| i as f64)).unwrap();
+    writer.finish().unwrap();
+    zip.write_all(&npy).unwrap();
+    zip.finish().unwrap();
+    let out = dir.join("h.npy");
+    for device in ["cpu", "reference"] {
+        let (code, _, err) = matgrad(&[
+            "eval",
+            "x: vector(n); (x'*x)^2",
+            "--wrt",
+            "x",
+            "--hessian",
+            "--device",
+            device,
+            "--inputs",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 2, "{device}: {err}");
+        assert!(err.contains("GB available"), "{device}: {err}");
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn sample_counts_and_times_that_cannot_be_honoured_are_refused() {
+    for bad in [
+        &["--samples", "0"][..],
+        &["--samples", "1000000000"][..],
+        &["--min-time", "nan"][..],
+        &["--min-time", "-1"][..],
+        &["--min-time", "inf"][..],
+    ] {
+        for base in [
+            &[
+                "bench",
+                "--workloads",
+                "--only",
+                "W1",
+                "--device",
+                "cpu",
+                "--no-ceilings",
+            ][..],
+            &["bench", "--minimize-workloads", "--only", "O1"][..],
+        ] {
+            let args = [base, bad].concat();
+            let (code, _, err) = matgrad(&args);
+            assert_eq!(code, 2, "{args:?}: {err}");
+            assert!(err.contains(bad[0]), "{args:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn a_dimension_given_twice_is_refused() {
+    let (code, _, err) = matgrad(&[
+        "explain",
+        "x: vector(n); x'*x",
+        "--wrt",
+        "x",
+        "--dims",
+        "n=3,n=4",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`n` is given twice (n=3 and n=4)"), "{err}");
+}
+
+#[test]
+fn the_hessian_vector_product_needs_a_new_variable_name() {
+    for (times, message) in [
+        ("y+z", "is not a variable name"),
+        ("", "is not a variable name"),
+        ("1", "is not a variable name"),
+        ("exp", "is a word of the language"),
+        ("vector", "is a word of the language"),
+        ("x", "is already a variable"),
+        ("n", "is a dimension of the program"),
+    ] {
+        let (code, out, err) = matgrad(&[
+            "hessian",
+            "x: vector(n); x'*x",
+            "--wrt",
+            "x",
+            "--times",
+            times,
+        ]);
+        assert_eq!(code, 2, "--times {times:?}: {out}{err}");
+        assert!(err.contains(message), "--times {times:?}: {err}");
+    }
+    let (code, out, err) = matgrad(&[
+        "hessian",
+        "x: vector(n); x'*x",
+        "--wrt",
+        "x",
+        "--times",
+        "v",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "2*v");
+}

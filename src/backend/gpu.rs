@@ -27,7 +27,7 @@ pub use ceilings::measure as measure_ceilings;
 use crate::batch::Batch;
 use crate::cpu::{hoisted_values, items_to_lanes, lanes_to_items};
 use crate::plan::Plan;
-use crate::wgsl::{generate, InvalidShader, Kernel, StageKind};
+use crate::wgsl::{generate, GenerateError, InvalidShader, Kernel, StageKind};
 
 /// How to choose the adapter and size the work.
 #[derive(Clone, Debug, Default)]
@@ -53,6 +53,8 @@ pub enum GpuError {
     RequestDevice { adapter: String, why: String },
     #[error(transparent)]
     Shader(#[from] InvalidShader),
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
     #[error("the GPU reported an error while {during}: {why}")]
     Device { during: String, why: String },
     #[error("the GPU device was lost while {during}: {why}")]

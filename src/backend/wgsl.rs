@@ -239,6 +239,53 @@ pub struct InvalidShader {
     pub wgsl: String,
 }
 
+/// The most entries a value, or the values of one item together, may have in a generated
+/// kernel: WGSL indexes with 32-bit unsigned integers.
+pub const MAX_KERNEL_ENTRIES: usize = u32::MAX as usize;
+
+/// Why a plan has no kernel.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GenerateError {
+    #[error(
+        "{what} has {entries} entries, past what a GPU kernel can index (WGSL indexes with \
+         32-bit integers: at most {MAX_KERNEL_ENTRIES}); use the CPU path (`--device cpu`) or \
+         smaller sizes"
+    )]
+    TooLarge { what: String, entries: usize },
+    #[error(transparent)]
+    Invalid(#[from] InvalidShader),
+}
+
+/// `Err` when a plan's sizes are past what a kernel can index: every value, the shared values
+/// together, and one item's batched inputs, outputs and values together.
+fn check_sizes(plan: &Plan) -> Result<(), GenerateError> {
+    let too_large = |what: String, entries: usize| GenerateError::TooLarge { what, entries };
+    let mut shared = 0usize;
+    let mut per_item = 0usize;
+    for step in plan.steps() {
+        let len = step.rows.saturating_mul(step.cols);
+        if len > MAX_KERNEL_ENTRIES {
+            return Err(too_large(
+                format!("a {}x{} value", step.rows, step.cols),
+                len,
+            ));
+        }
+        let total = if step.batched {
+            &mut per_item
+        } else {
+            &mut shared
+        };
+        *total = total.saturating_add(len);
+    }
+    if shared > MAX_KERNEL_ENTRIES {
+        return Err(too_large("the shared values together".into(), shared));
+    }
+    if per_item > MAX_KERNEL_ENTRIES {
+        return Err(too_large("one item's values together".into(), per_item));
+    }
+    Ok(())
+}
+
 /// Parses and validates WGSL with naga.
 pub fn validate(source: &str) -> Result<(), InvalidShader> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| InvalidShader {
@@ -258,7 +305,8 @@ pub fn validate(source: &str) -> Result<(), InvalidShader> {
 }
 
 /// Generates (and validates) the kernels of a plan.
-pub fn generate(plan: &Plan) -> Result<Kernel, InvalidShader> {
+pub fn generate(plan: &Plan) -> Result<Kernel, GenerateError> {
+    check_sizes(plan)?;
     let steps = plan.steps();
     let mut shared_offsets = vec![None; steps.len()];
     let mut shared_len = 0;

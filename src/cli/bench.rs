@@ -17,7 +17,8 @@ use matgrad::bench::{
 use matgrad::check::{batched_flags, sizes_with, to_f32};
 use matgrad::cpu::Isa;
 use matgrad::gpu::{list_adapters, GpuContext, GpuOptions};
-use matgrad::workloads::{prepare, prepare_derivative, Prepared, WORKLOADS};
+use matgrad::plan::PlanError;
+use matgrad::workloads::{prepare_derivative, try_prepare, Prepared, WORKLOADS};
 
 /// Which devices `bench` measures.
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -52,7 +53,7 @@ pub struct BenchArgs {
 struct Case {
     label: String,
     batches: Vec<usize>,
-    prepare: Box<dyn Fn(usize) -> Prepared>,
+    prepare: Box<dyn Fn(usize) -> Result<Prepared, PlanError>>,
 }
 
 pub fn run_bench(args: BenchArgs) -> u8 {
@@ -118,17 +119,16 @@ pub fn run_bench(args: BenchArgs) -> u8 {
     );
     let mut all = Vec::new();
     for case in &cases {
-        // Inputs in float64 and float32 and the outputs: about four times the plan's float32
-        // bytes per item, which do not depend on the batch size.
-        let per_item = (case.prepare)(1).plan.cost().bytes_per_item;
         for &batch in &case.batches {
-            let what = format!("{} at batch {batch}", case.label);
-            if let Err(e) = matgrad::batch::fits_in_memory(4.0 * per_item * batch as f64, &what) {
-                bar.finish_and_clear();
-                eprintln!("error: {e}");
-                return 2;
-            }
-            let prepared = (case.prepare)(batch);
+            // A batch (or a size) too large for memory is refused before its inputs are made.
+            let prepared = match (case.prepare)(batch) {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    bar.finish_and_clear();
+                    eprintln!("error: {} at batch {batch}: {e}", case.label);
+                    return 2;
+                }
+            };
             let inputs: Vec<Batch<f32>> = prepared.inputs.iter().map(to_f32).collect();
             let refs: Vec<&Batch<f32>> = inputs.iter().collect();
             let plan = &prepared.plan;
@@ -218,7 +218,7 @@ fn cases(args: &BenchArgs) -> Result<Vec<Case>, u8> {
                 } else {
                     args.batches.clone()
                 },
-                prepare: Box::new(move |batch| prepare(w, batch)),
+                prepare: Box::new(move |batch| try_prepare(w, batch)),
             })
             .collect());
     }
@@ -250,7 +250,6 @@ fn cases(args: &BenchArgs) -> Result<Vec<Case>, u8> {
         batches,
         prepare: Box::new(move |batch| {
             prepare_derivative(derivative.clone(), &sizes, &batched, batch, |_, m| m)
-                .expect("the plan validated above")
         }),
     }])
 }

@@ -21,6 +21,27 @@ pub const FUNCTIONS: &[&str] = &[
 /// Words that declare a variable's kind.
 pub const KINDS: &[&str] = &["scalar", "vector", "matrix", "symmetric", "spd"];
 
+/// `Err` with the reason when `name` cannot name a new variable: it must read as one name
+/// token (a letter or `_`, then letters, digits or `_`) and not be a function or a kind.
+pub fn check_variable_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let starts_well = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !starts_well || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "`{}` is not a variable name (a letter or `_`, then letters, digits or `_`)",
+            name.escape_debug()
+        ));
+    }
+    if FUNCTIONS.contains(&name) || KINDS.contains(&name) {
+        return Err(format!(
+            "`{name}` is a word of the language, not a free name"
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProgramAst {
     pub decls: Vec<Decl>,

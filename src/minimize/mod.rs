@@ -674,6 +674,13 @@ fn prepare(
     }
     let plan = Plan::with_options(g, &outputs, &bound.dim_sizes, &batched, no_distribute)
         .map_err(plan_error)?;
+    // Each round holds the trial points, the states and the L-BFGS histories besides the plan.
+    let state_bytes = 8.0 * items as f64 * entries as f64 * (4.0 + 2.0 * options.memory as f64);
+    crate::batch::fits_in_memory(
+        plan.memory_bytes(items) + state_bytes,
+        &format!("minimizing {items} items"),
+    )
+    .map_err(invalid)?;
     let mut data = bound.values;
     data[var as usize] = None;
     let symmetric_side = (g.vars[var as usize].symmetric && rows == cols).then_some(rows);

@@ -429,7 +429,7 @@ pub fn fits_in_memory(bytes: f64, what: &str) -> Result<(), String> {
     match available {
         Some(available) if bytes > available => Err(format!(
             "{what} needs about {:.1} GB and this machine has {:.1} GB available; use a \
-             smaller batch",
+             smaller batch or smaller sizes",
             bytes / 1e9,
             available / 1e9
         )),

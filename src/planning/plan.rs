@@ -76,6 +76,10 @@ impl Default for PlanOptions {
     }
 }
 
+/// The block of items whose batched intermediate values [`Plan::memory_bytes`] counts as held at
+/// once (the executors work through the batch a block at a time).
+const MEMORY_BLOCK_ITEMS: usize = 4096;
+
 /// At most this many products are tried distributed one by one (all subsets); past it, all
 /// of them or none.
 const MAX_SITES_ONE_BY_ONE: usize = 4;
@@ -87,6 +91,10 @@ pub enum PlanError {
     UnsizedDimension(String),
     #[error("step {step}: {why}")]
     Invalid { step: usize, why: String },
+    /// A value with more entries than can be addressed, or a batch that does not fit in the
+    /// machine's memory.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// Floating-point operations and the bytes a plan must move at least, for one batch.
@@ -209,6 +217,15 @@ impl Plan {
                 }
                 let node = graph.node(id);
                 let (rows, cols) = env.dims_of(graph.shape(id));
+                if rows
+                    .checked_mul(cols)
+                    .and_then(|n| n.checked_mul(8))
+                    .is_none()
+                {
+                    return Err(PlanError::TooLarge(format!(
+                        "a {rows}x{cols} value has more entries than this machine can address"
+                    )));
+                }
                 if let Node::MatMul(..) = node {
                     let mut factors = Vec::new();
                     chain_factors(graph, id, &interior, &mut factors);
@@ -257,6 +274,41 @@ impl Plan {
 
     pub fn steps(&self) -> &[Step] {
         &self.steps
+    }
+
+    /// About how many bytes evaluating `batch` items holds at once, on the widest executor:
+    /// the inputs in float64 and float32, the outputs in float64, every shared value, and the
+    /// batched values of one block of items. An estimate for refusing what cannot fit, not an
+    /// accounting.
+    pub fn memory_bytes(&self, batch: usize) -> f64 {
+        let items = |batched: bool| if batched { batch as f64 } else { 1.0 };
+        let entries = |rows: usize, cols: usize| rows as f64 * cols as f64;
+        let inputs: f64 = self
+            .inputs
+            .iter()
+            .map(|i| 12.0 * entries(i.rows, i.cols) * items(i.batched))
+            .sum();
+        let outputs: f64 = self
+            .outputs
+            .iter()
+            .map(|&o| {
+                8.0 * entries(self.steps[o].rows, self.steps[o].cols) * items(self.steps[o].batched)
+            })
+            .sum();
+        let block = batch.min(MEMORY_BLOCK_ITEMS) as f64;
+        let values: f64 = self
+            .steps
+            .iter()
+            .map(|s| 8.0 * entries(s.rows, s.cols) * if s.batched { block } else { 1.0 })
+            .sum();
+        inputs + outputs + values
+    }
+
+    /// `Err` when [`Plan::memory_bytes`] for `batch` items exceeds the memory this machine has
+    /// available: a size too large for memory (a dimension or the batch) is an error before
+    /// anything is allocated, not an abort mid-way.
+    pub fn fits_batch(&self, batch: usize, what: &str) -> Result<(), PlanError> {
+        crate::batch::fits_in_memory(self.memory_bytes(batch), what).map_err(PlanError::TooLarge)
     }
 
     pub fn inputs(&self) -> &[PlanInput] {

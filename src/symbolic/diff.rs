@@ -188,6 +188,12 @@ pub fn differentiate(
             let grad = simplify(g, grad);
             match request {
                 Request::HessianTimes(name) => {
+                    crate::parse::check_variable_name(name).map_err(Diagnostic::without_span)?;
+                    if g.dims.iter().any(|d| d.name == *name) {
+                        return Err(Diagnostic::without_span(format!(
+                            "`{name}` is a dimension of the program; name a new vector for the Hessian-vector product"
+                        )));
+                    }
                     if g.var_by_name(name).is_some() {
                         return Err(Diagnostic::without_span(format!(
                             "`{name}` is already a variable of the program; name a new vector for the Hessian-vector product"

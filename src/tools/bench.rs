@@ -88,8 +88,35 @@ pub fn median(samples: &mut [f64]) -> f64 {
     }
 }
 
+/// The most samples one measurement takes, and the longest `--min-time`.
+pub const MAX_SAMPLES: usize = 1000;
+pub const MAX_MIN_SECONDS: f64 = 3600.0;
+
+/// After this long (or `min_seconds`, if longer), a measurement stops at the samples it has,
+/// at least [`MIN_SAMPLES_WHEN_SLOW`], so that a slow case cannot hold a run without end; the
+/// count it reports says how many it took.
+pub const MAX_SAMPLING_SECONDS: f64 = 120.0;
+pub const MIN_SAMPLES_WHEN_SLOW: usize = 3;
+
+/// `Err` with a message for a sample count or a minimum time that cannot be honoured.
+pub fn check_sampling(samples: usize, min_seconds: f64) -> Result<(), String> {
+    if !(1..=MAX_SAMPLES).contains(&samples) {
+        return Err(format!(
+            "`--samples {samples}`: between 1 and {MAX_SAMPLES} (a measurement also stops \
+             after {MAX_SAMPLING_SECONDS} s with the samples it has)"
+        ));
+    }
+    if !(min_seconds.is_finite() && (0.0..=MAX_MIN_SECONDS).contains(&min_seconds)) {
+        return Err(format!(
+            "`--min-time {min_seconds}`: a number of seconds between 0 and {MAX_MIN_SECONDS}"
+        ));
+    }
+    Ok(())
+}
+
 /// Runs `f` (which returns its compute and end-to-end seconds) warm, then until both
-/// `config`'s sample count and time are reached; returns the two medians and the count.
+/// `config`'s sample count and time are reached, or [`MAX_SAMPLING_SECONDS`] have passed;
+/// returns the two medians and the count.
 fn sample<E>(
     config: &BenchConfig,
     mut f: impl FnMut() -> Result<(f64, f64), E>,
@@ -97,9 +124,13 @@ fn sample<E>(
     f()?;
     let started = Instant::now();
     let (mut compute, mut total) = (Vec::new(), Vec::new());
+    let deadline = config.min_seconds.max(MAX_SAMPLING_SECONDS);
     while compute.len() < config.samples.max(1)
-        || (started.elapsed().as_secs_f64() < config.min_seconds && compute.len() < 1000)
+        || (started.elapsed().as_secs_f64() < config.min_seconds && compute.len() < MAX_SAMPLES)
     {
+        if compute.len() >= MIN_SAMPLES_WHEN_SLOW && started.elapsed().as_secs_f64() > deadline {
+            break;
+        }
         let (c, t) = f()?;
         compute.push(c);
         total.push(t);

@@ -90,10 +90,17 @@ pub fn run_check(
     // Every item holds all variables (shared ones copied) in float64, several times over.
     let probe = Plan::new(g, &[d.node], sizes, &batched)
         .map_err(|e| Diagnostic::without_span(e.to_string()))?;
-    let values: usize = probe.inputs().iter().map(|i| i.rows * i.cols).sum();
-    let per_item = 8.0 * (3 * values) as f64 + 8.0 * probe.cost().bytes_per_item;
-    crate::batch::fits_in_memory(per_item * batch as f64, &format!("`--batch {batch}`"))
-        .map_err(Diagnostic::without_span)?;
+    let values: f64 = probe
+        .inputs()
+        .iter()
+        .map(|i| i.rows as f64 * i.cols as f64)
+        .sum();
+    let points = 8.0 * 3.0 * values * batch as f64;
+    crate::batch::fits_in_memory(
+        points + 2.0 * probe.memory_bytes(batch),
+        &format!("`--batch {batch}`"),
+    )
+    .map_err(Diagnostic::without_span)?;
     let (mut items, mut usable) = draw_items(d, sizes, &batched, batch, config.seed);
     let mut other_sizes = None;
     for next in &candidates[1..] {

@@ -87,7 +87,13 @@ pub struct Prepared {
 }
 
 /// Derives, plans and makes inputs for `batch` items (seed fixed by the workload page).
+/// Panics when the batch does not fit in memory; [`try_prepare`] says so instead.
 pub fn prepare(w: &Workload, batch: usize) -> Prepared {
+    try_prepare(w, batch).expect("workload plans validate")
+}
+
+/// [`prepare`], with a batch too large for this machine's memory an error.
+pub fn try_prepare(w: &Workload, batch: usize) -> Result<Prepared, PlanError> {
     let program = check_program(w.program).expect("workloads type-check");
     let derivative = differentiate(program, w.wrt, &Request::Derivative, Layout::Gradient)
         .expect("workloads derive");
@@ -109,7 +115,6 @@ pub fn prepare(w: &Workload, batch: usize) -> Prepared {
             _ => m,
         }
     })
-    .expect("workload plans validate")
 }
 
 /// Plans `derivative` for the given dimension sizes and batched variables and makes inputs
@@ -125,6 +130,7 @@ pub fn prepare_derivative(
 ) -> Result<Prepared, PlanError> {
     let g = &derivative.program.graph;
     let plan = Plan::new(g, &[derivative.node], sizes, batched)?;
+    plan.fits_batch(batch, &format!("a batch of {batch}"))?;
     let mut rng = StdRng::seed_from_u64(20_261_122);
     let inputs = plan
         .inputs()
