@@ -34,7 +34,7 @@ use matgrad::cpu::run_cpu;
 use matgrad::diagnostic::Diagnostic;
 use matgrad::diff::{differentiate, Derivative, Kind, Layout, Request};
 use matgrad::gpu::{list_adapters, run_gpu, GpuContext, GpuError, GpuOptions};
-use matgrad::npy::{read_npz, write_npy};
+use matgrad::npy::read_npz;
 use matgrad::plan::Plan;
 use matgrad::print::{self, Format};
 use matgrad::types::check_program;
@@ -760,15 +760,13 @@ fn run_eval(
     value_out: Option<&Path>,
 ) -> Result<(), String> {
     let g = &d.program.graph;
+    let mut outputs = vec![("--out", out)];
+    outputs.extend(value_out.map(|v| ("--value-out", v)));
+    cli::refuse_overwrites(inputs, &outputs)?;
     let arrays = read_npz(inputs).map_err(|e| e.to_string())?;
     let reads = g.vars_in(d.program.root);
     let bound = bind(g, &reads, &arrays).map_err(|e| format!("{e} (in `{}`)", inputs.display()))?;
-    for name in &bound.unused {
-        eprintln!(
-            "warning: array `{name}` in `{}` is not a variable of the program; ignored",
-            inputs.display()
-        );
-    }
+    cli::warn_unused(&bound.unused, inputs);
     let mut outputs = vec![d.node];
     if value_out.is_some() {
         outputs.push(d.program.root);
@@ -788,11 +786,15 @@ fn run_eval(
         })
         .collect();
     let targets: Vec<&Path> = std::iter::once(out).chain(value_out).collect();
-    match device {
+    // Every output is staged before the first is renamed into place: all are written or none.
+    let staged = match device {
         DeviceArg::Reference => {
-            for (result, path) in run_reference(&plan, &values, batch).iter().zip(targets) {
-                write_batch(result, bound.batch, path)?;
-            }
+            let results = run_reference(&plan, &values, batch);
+            results
+                .iter()
+                .zip(targets)
+                .map(|(result, path)| stage_batch(result, bound.batch, path))
+                .collect::<Result<Vec<_>, _>>()?
         }
         DeviceArg::Cpu | DeviceArg::Gpu | DeviceArg::Auto => {
             let values32: Vec<Batch<f32>> = values.iter().map(|b| to_f32(b)).collect();
@@ -807,21 +809,26 @@ fn run_eval(
                 Some(Err(e)) => return Err(e.to_string()),
                 None => run_cpu(&plan, &refs, batch),
             };
-            for (result, path) in results.iter().zip(targets) {
-                write_batch(result, bound.batch, path)?;
-            }
+            results
+                .iter()
+                .zip(targets)
+                .map(|(result, path)| stage_batch(result, bound.batch, path))
+                .collect::<Result<Vec<_>, _>>()?
         }
+    };
+    for output in staged {
+        output.commit().map_err(|e| e.to_string())?;
     }
     Ok(())
 }
 
-/// Writes a result with shape `(B, item axes...)` whenever the inputs have a batch axis (a
+/// Stages a result with shape `(B, item axes...)` whenever the inputs have a batch axis (a
 /// result that reads no batched input is repeated), after reporting non-finite items.
-fn write_batch<T: matgrad::npy::Element + Into<f64>>(
+fn stage_batch<T: matgrad::npy::Element + Into<f64>>(
     b: &Batch<T>,
     batch: Option<usize>,
     path: &Path,
-) -> Result<(), String> {
+) -> Result<matgrad::npy::Staged, String> {
     let repeated;
     let b = match (batch, b.batch) {
         (Some(n), None) => {
@@ -838,7 +845,7 @@ fn write_batch<T: matgrad::npy::Element + Into<f64>>(
     let mut shape: Vec<usize> = b.batch.into_iter().collect();
     shape.extend(item_shape(b.rows, b.cols));
     report_non_finite(&non_finite_items(b), b.items(), path);
-    write_npy(path, &shape, &b.data).map_err(|e| e.to_string())
+    matgrad::npy::stage_npy(path, &shape, &b.data).map_err(|e| e.to_string())
 }
 
 /// The axes of one item: () for a scalar, (n,) for a column, (1, n) for a row, (m, n).

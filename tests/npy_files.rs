@@ -478,3 +478,120 @@ fn a_header_that_claims_more_than_the_file_holds_is_an_error_before_any_allocati
     assert_eq!(code, 0, "{err}");
     assert_eq!(load(&out).1, vec![2.0, 4.0, 6.0, 8.0]);
 }
+
+#[test]
+fn outputs_that_would_destroy_a_file_are_refused_and_outputs_are_all_or_none() {
+    let dir = out_dir("destroy");
+    let inputs = dir.join("in.npz");
+    std::fs::copy(fixture("lsq.npz"), &inputs).unwrap();
+    let original = std::fs::read(&inputs).unwrap();
+    let run = |out: &Path, value_out: Option<&Path>| {
+        let mut args = vec![
+            "eval".to_string(),
+            "(A*x+b)'*(A*x+b)".into(),
+            "--wrt".into(),
+            "x".into(),
+            "--device".into(),
+            "cpu".into(),
+            "--inputs".into(),
+            inputs.to_str().unwrap().into(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+        ];
+        if let Some(v) = value_out {
+            args.extend(["--value-out".into(), v.to_str().unwrap().into()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        matgrad(&args)
+    };
+    let a = dir.join("a.npy");
+    // The inputs, reached by another spelling of the same path.
+    let respelled = dir.join(".").join("in.npz");
+    let device = Path::new("/dev/null");
+    let cases: [(&Path, Option<&Path>, &str); 6] = [
+        (&inputs, None, "is the inputs file"),
+        (&respelled, None, "is the inputs file"),
+        (&a, Some(&inputs), "`--value-out"),
+        (&a, Some(&a), "`--out` and `--value-out` are the same file"),
+        (&dir, None, "it is a directory"),
+        (device, None, "not a regular file"),
+    ];
+    for (out, value_out, message) in cases {
+        let (code, _, err) = run(out, value_out);
+        assert_eq!(code, 2, "{out:?} {value_out:?}: {err}");
+        assert!(err.contains(message), "{out:?} {value_out:?}: {err}");
+        assert_eq!(
+            std::fs::read(&inputs).unwrap(),
+            original,
+            "the inputs are intact"
+        );
+        assert!(!a.exists(), "nothing written for {out:?} {value_out:?}");
+    }
+    assert!(
+        device.exists() && !device.is_file(),
+        "/dev/null is still a device"
+    );
+    // A second output that cannot be written leaves no first output behind, and the message
+    // names the directory that refused it.
+    let missing = dir.join("no-such-dir").join("v.npy");
+    let (code, _, err) = run(&a, Some(&missing));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot create a file in"), "{err}");
+    assert!(err.contains("no-such-dir"), "{err}");
+    assert!(!a.exists(), "all outputs or none");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "only the inputs remain"
+    );
+}
+
+#[test]
+fn many_unused_arrays_are_one_sorted_warning() {
+    use npyz::WriterBuilder;
+    use std::io::Write;
+    let dir = out_dir("unused");
+    let path = dir.join("many.npz");
+    let mut zip = npyz::zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let mut put = |name: &str, values: &[f64]| {
+        zip.start_file(
+            format!("{name}.npy"),
+            npyz::zip::write::FileOptions::default(),
+        )
+        .unwrap();
+        let mut npy = Vec::new();
+        let mut writer = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&[values.len() as u64])
+            .writer(&mut npy)
+            .begin_nd()
+            .unwrap();
+        writer.extend(values.iter().copied()).unwrap();
+        writer.finish().unwrap();
+        zip.write_all(&npy).unwrap();
+    };
+    put("x", &[1.0, 2.0]);
+    for i in (0..1000).rev() {
+        put(&format!("extra{i:04}"), &[0.0]);
+    }
+    zip.finish().unwrap();
+    let out = dir.join("out.npy");
+    let (code, _, err) = matgrad(&[
+        "eval",
+        "x: vector(n); x'*x",
+        "--wrt",
+        "x",
+        "--device",
+        "reference",
+        "--inputs",
+        path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err.matches("warning").count(), 1, "{err}");
+    assert!(
+        err.contains("warning: arrays `extra0000`, `extra0001`, `extra0002`, `extra0003`, `extra0004` and 995 more in"),
+        "{err}"
+    );
+}

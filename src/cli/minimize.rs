@@ -7,7 +7,7 @@
 //! output path that would overwrite the inputs, or the other output, is refused before
 //! anything is computed.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -158,31 +158,9 @@ fn solve_and_write(
 
 /// Refuses outputs that would replace the inputs or each other.
 fn refuse_overwrites(args: &MinimizeArgs) -> Result<(), String> {
-    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    };
-    if same(&args.out, &args.inputs) {
-        return Err(format!(
-            "`--out {}` is the inputs file: writing it would destroy the inputs",
-            args.out.display()
-        ));
-    }
-    if let Some(report) = &args.report {
-        if same(report, &args.inputs) {
-            return Err(format!(
-                "`--report {}` is the inputs file: writing it would destroy the inputs",
-                report.display()
-            ));
-        }
-        if same(report, &args.out) {
-            return Err(format!(
-                "`--report` and `--out` are the same file `{}`: one would replace the other",
-                report.display()
-            ));
-        }
-    }
-    Ok(())
+    let mut outputs = vec![("--out", args.out.as_path())];
+    outputs.extend(args.report.as_deref().map(|r| ("--report", r)));
+    super::refuse_overwrites(&args.inputs, &outputs)
 }
 
 /// Writes the solutions (float32 from the CPU path, float64 from the reference) and the

@@ -35,6 +35,8 @@ pub enum NpyError {
     },
     #[error("cannot write `{path}`: {source}")]
     Write { path: String, source: io::Error },
+    #[error("cannot write `{path}`: {why}")]
+    Output { path: String, why: String },
 }
 
 /// Reads every array of an `.npz` archive, converted to float64 in C order.
@@ -368,20 +370,51 @@ pub fn stage_npz(path: &Path, entries: &[NpzEntry<'_>]) -> Result<Staged, NpyErr
     })
 }
 
-/// Runs `write` on a new temporary file beside `path`; the file is removed if it fails.
+/// Runs `write` on a new temporary file beside `path`; the file is removed if it fails. A path
+/// that exists and is not a regular file (a directory, a device, a pipe) is refused: renaming
+/// over it would replace it.
 fn stage(path: &Path, write: impl FnOnce(File) -> io::Result<()>) -> Result<Staged, NpyError> {
+    let refuse = |why: String| NpyError::Output {
+        path: path.display().to_string(),
+        why,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => return Err(refuse("it is a directory".into())),
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(refuse(
+                "it is a symbolic link (an output replaces its file; name the target itself)"
+                    .into(),
+            ))
+        }
+        Ok(meta) if !meta.is_file() => {
+            return Err(refuse(
+                "it is not a regular file (a device, a pipe or a socket); outputs are written \
+                 under a temporary name and renamed into place"
+                    .into(),
+            ))
+        }
+        _ => {}
+    }
     let temporary = temporary_name(path);
+    let file = File::create(&temporary).map_err(|source| {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.display().to_string(),
+            _ => ".".to_string(),
+        };
+        refuse(format!(
+            "cannot create a file in `{parent}` ({source}); outputs are written there under a \
+             temporary name and renamed into place"
+        ))
+    })?;
     let staged = Staged {
-        temporary: temporary.clone(),
+        temporary,
         path: path.to_path_buf(),
         committed: false,
     };
-    File::create(&temporary)
-        .and_then(write)
-        .map_err(|source| NpyError::Write {
-            path: path.display().to_string(),
-            source,
-        })?;
+    write(file).map_err(|source| NpyError::Write {
+        path: path.display().to_string(),
+        source,
+    })?;
     Ok(staged)
 }
 
