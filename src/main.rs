@@ -21,6 +21,15 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*), false) };
 }
 
+/// `errorln!("...")` with control characters shown escaped: an error often quotes what
+/// the user typed (a name, a path, a bound), and raw escape sequences must not reach the
+/// terminal.
+macro_rules! errorln {
+    ($($arg:tt)*) => {
+        eprintln!("error: {}", matgrad::diagnostic::escape_controls(&format!($($arg)*)))
+    };
+}
+
 mod cli;
 use cli::bench as cli_bench;
 use serde_json::json;
@@ -326,7 +335,7 @@ fn main() -> ExitCode {
     match worker.map(|handle| handle.join()) {
         Ok(Ok(code)) => ExitCode::from(code),
         _ => {
-            eprintln!("error: internal error in matgrad (this is a bug; please report the input)");
+            errorln!("internal error in matgrad (this is a bug; please report the input)");
             ExitCode::from(101)
         }
     }
@@ -353,7 +362,7 @@ fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(141),
         Err(e) => {
-            eprintln!("error: cannot write to standard output: {e}");
+            errorln!("cannot write to standard output: {e}");
             std::process::exit(2)
         }
     }
@@ -417,7 +426,7 @@ fn run(cli: Cli) -> u8 {
                 }) {
                     Ok(ctx) => Some(ctx),
                     Err(e) => {
-                        eprintln!("error: {e}");
+                        errorln!("{e}");
                         return 2;
                     }
                 },
@@ -434,7 +443,7 @@ fn run(cli: Cli) -> u8 {
             ) {
                 Ok(()) => 0,
                 Err(message) => {
-                    eprintln!("error: {message}");
+                    errorln!("{message}");
                     2
                 }
             }
@@ -459,7 +468,7 @@ fn run(cli: Cli) -> u8 {
                 Err(code) => return code,
             };
             if batch == 0 {
-                eprintln!("error: `--batch 0`: a batch has at least one item");
+                errorln!("`--batch 0`: a batch has at least one item");
                 return 2;
             }
             let batched = batched_or_wrt(batched, &wrt);
@@ -546,12 +555,12 @@ fn run(cli: Cli) -> u8 {
             cpu_isa,
         } => {
             if let Err(message) = matgrad::bench::check_sampling(samples, min_time) {
-                eprintln!("error: {message}");
+                errorln!("{message}");
                 return 2;
             }
             if minimize_workloads {
                 if batch.len() > 1 {
-                    eprintln!("error: --minimize-workloads takes one --batch size");
+                    errorln!("--minimize-workloads takes one --batch size");
                     return 2;
                 }
                 return cli::minimize::bench_minimize(cli::minimize::MinimizeBenchArgs {
@@ -562,7 +571,7 @@ fn run(cli: Cli) -> u8 {
                 });
             }
             if !only.is_empty() && !workloads {
-                eprintln!("error: `--only` needs --workloads or --minimize-workloads");
+                errorln!("`--only` needs --workloads or --minimize-workloads");
                 return 2;
             }
             let dims = match parse_dims(&dims) {
@@ -660,15 +669,15 @@ fn parse_dims(dims: &[String]) -> Result<HashMap<String, usize>, u8> {
         {
             Some((name, Ok(size))) => {
                 if let Some(earlier) = sizes.insert(name.to_string(), size) {
-                    eprintln!(
-                        "error: `--dims`: `{name}` is given twice ({name}={earlier} and \
+                    errorln!(
+                        "`--dims`: `{name}` is given twice ({name}={earlier} and \
                          {name}={size})"
                     );
                     return Err(2);
                 }
             }
             _ => {
-                eprintln!("error: `--dims {entry}`: expected NAME=SIZE, e.g. m=4");
+                errorln!("`--dims {entry}`: expected NAME=SIZE, e.g. m=4");
                 return Err(2);
             }
         }
@@ -915,8 +924,8 @@ fn print_check(d: &Derivative, reports: &[DeviceReport], json: bool) -> u8 {
             );
         }
         if reports.first().is_some_and(|r| r.items_compared == 0) {
-            eprintln!(
-                "error: no random point gave a finite value, derivative and finite differences \
+            errorln!(
+                "no random point gave a finite value, derivative and finite differences \
                  (a `log`, `logdet` or `inv` outside its domain at every point?)\n\
                  help: other sizes (`--dims`) or another `--seed` may give points inside it"
             );

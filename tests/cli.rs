@@ -700,3 +700,33 @@ fn the_hessian_vector_product_needs_a_new_variable_name() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "2*v");
 }
+
+#[test]
+fn errors_show_control_characters_escaped() {
+    for args in [
+        &["grad", "x\u{1b}[31m + )", "--wrt", "x"][..],
+        &["grad", "x +\r )", "--wrt", "x"][..],
+        &["grad", "x", "--wrt", "\u{1b}[2Jq"][..],
+        &[
+            "eval",
+            "x",
+            "--wrt",
+            "x",
+            "--inputs",
+            "/nonexistent/\u{1b}[31m.npz",
+            "--out",
+            "/tmp/o.npy",
+        ][..],
+    ] {
+        let (code, _, err) = matgrad(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            !err.chars().any(|c| c.is_control() && c != '\n'),
+            "{args:?}: raw control character in {err:?}"
+        );
+        assert!(
+            err.contains("\\u{1b}") || err.contains("\\r"),
+            "{args:?}: {err}"
+        );
+    }
+}

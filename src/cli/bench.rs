@@ -60,7 +60,7 @@ pub fn run_bench(args: BenchArgs) -> u8 {
     let isa = match cpu_isa(args.cpu_isa.as_deref()) {
         Ok(isa) => isa,
         Err(message) => {
-            eprintln!("error: {message}");
+            errorln!("{message}");
             return 2;
         }
     };
@@ -77,7 +77,7 @@ pub fn run_bench(args: BenchArgs) -> u8 {
             }) {
                 Ok(ctx) => Some(ctx),
                 Err(e) if args.device == BenchDevice::Gpu => {
-                    eprintln!("error: {e}");
+                    errorln!("{e}");
                     return 2;
                 }
                 Err(e) => {
@@ -95,7 +95,7 @@ pub fn run_bench(args: BenchArgs) -> u8 {
             Some(ctx) => match measure_gpu(ctx) {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    errorln!("{e}");
                     return 2;
                 }
             },
@@ -125,7 +125,7 @@ pub fn run_bench(args: BenchArgs) -> u8 {
                 Ok(prepared) => prepared,
                 Err(e) => {
                     bar.finish_and_clear();
-                    eprintln!("error: {} at batch {batch}: {e}", case.label);
+                    errorln!("{} at batch {batch}: {e}", case.label);
                     return 2;
                 }
             };
@@ -161,7 +161,7 @@ pub fn run_bench(args: BenchArgs) -> u8 {
                     Ok(m) => results.push(m),
                     Err(e) => {
                         bar.finish_and_clear();
-                        eprintln!("error: {} at batch {batch}: {e}", case.label);
+                        errorln!("{} at batch {batch}: {e}", case.label);
                         return 2;
                     }
                 }
@@ -181,7 +181,7 @@ pub fn run_bench(args: BenchArgs) -> u8 {
             cases.first().map(|c| c.label.clone()).unwrap_or_default()
         };
         if let Err(e) = std::fs::write(path, svg_plot(&title, &all)) {
-            eprintln!("error: cannot write `{}`: {e}", path.display());
+            errorln!("cannot write `{}`: {e}", path.display());
             return 2;
         }
         eprintln!("wrote {}", path.display());
@@ -193,7 +193,7 @@ pub fn run_bench(args: BenchArgs) -> u8 {
 fn cases(args: &BenchArgs) -> Result<Vec<Case>, u8> {
     if args.workloads {
         if args.program.is_some() {
-            eprintln!("error: give either a program or --workloads, not both");
+            errorln!("give either a program or --workloads, not both");
             return Err(2);
         }
         if let Some(unknown) = args
@@ -202,8 +202,8 @@ fn cases(args: &BenchArgs) -> Result<Vec<Case>, u8> {
             .find(|id| !WORKLOADS.iter().any(|w| w.short_id() == id.as_str()))
         {
             let ids: Vec<&str> = WORKLOADS.iter().map(|w| w.short_id()).collect();
-            eprintln!(
-                "error: `--only`: no workload `{unknown}` (the workloads are {})",
+            errorln!(
+                "`--only`: no workload `{unknown}` (the workloads are {})",
                 ids.join(", ")
             );
             return Err(2);
@@ -223,11 +223,11 @@ fn cases(args: &BenchArgs) -> Result<Vec<Case>, u8> {
             .collect());
     }
     let (Some(program), Some(wrt)) = (&args.program, &args.wrt) else {
-        eprintln!("error: give a program and --wrt VAR, or --workloads");
+        errorln!("give a program and --wrt VAR, or --workloads");
         return Err(2);
     };
     if args.batches.contains(&0) {
-        eprintln!("error: `--batch`: batch sizes must be at least 1");
+        errorln!("`--batch`: batch sizes must be at least 1");
         return Err(2);
     }
     let derivative = crate::derive_or_report(program, wrt, false, matgrad::diff::Layout::Gradient)?;
@@ -237,7 +237,7 @@ fn cases(args: &BenchArgs) -> Result<Vec<Case>, u8> {
     let batched = batched_flags(g, &args.batched).map_err(report)?;
     // Plan once now, so that an unsized dimension is reported before any measuring.
     if let Err(e) = prepare_derivative(derivative.clone(), &sizes, &batched, 1, |_, m| m) {
-        eprintln!("error: {e}");
+        errorln!("{e}");
         return Err(2);
     }
     let batches = if args.batches.is_empty() {
@@ -335,7 +335,7 @@ pub fn measure_devices(json: bool, adapter: Option<String>) -> u8 {
         match measured {
             Ok(c) => all.push(c),
             Err(e) => {
-                eprintln!("error: {name}: {e}");
+                errorln!("{name}: {e}");
                 failed = true;
             }
         }

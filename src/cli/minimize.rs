@@ -41,7 +41,7 @@ pub fn run_minimize(args: MinimizeArgs, report_diagnostic: impl Fn(&Diagnostic, 
     match solve_and_write(&args, &report_diagnostic) {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("error: {message}");
+            errorln!("{message}");
             2
         }
     }
@@ -295,8 +295,8 @@ pub fn bench_minimize(args: MinimizeBenchArgs) -> u8 {
     use matgrad::workloads::{minimize_inputs, MINIMIZE_WORKLOADS};
     let known: Vec<&str> = MINIMIZE_WORKLOADS.iter().map(|w| w.short_id()).collect();
     if let Some(unknown) = args.only.iter().find(|id| !known.contains(&id.as_str())) {
-        eprintln!(
-            "error: `--only`: no workload `{unknown}` (the minimize workloads are {})",
+        errorln!(
+            "`--only`: no workload `{unknown}` (the minimize workloads are {})",
             known.join(", ")
         );
         return 2;
@@ -310,7 +310,7 @@ pub fn bench_minimize(args: MinimizeBenchArgs) -> u8 {
         let batch = args.batch.unwrap_or(w.batch);
         let bytes = batch as f64 * 64.0 * 16.0 * 8.0 * 3.0;
         if let Err(message) = matgrad::batch::fits_in_memory(bytes, "this batch") {
-            eprintln!("error: {message}");
+            errorln!("{message}");
             return 2;
         }
         let inputs = minimize_inputs(w, batch);
@@ -332,7 +332,7 @@ pub fn bench_minimize(args: MinimizeBenchArgs) -> u8 {
                 match matgrad::minimize::minimize(&objective, &inputs, &options, Device::Cpu) {
                     Ok(s) => s,
                     Err(e) => {
-                        eprintln!("error: {}: {e}", w.id);
+                        errorln!("{}: {e}", w.id);
                         return 2;
                     }
                 };

@@ -2,8 +2,11 @@
 //!
 //! In: byte spans into the program text that the user typed. Out: a [`Diagnostic`] that
 //! renders the offending line with a caret under the span, in the style of rustc and
-//! regex-syntax. Invariant: every error that a user's input can cause carries a span or says
-//! why it cannot point at one (a `--wrt` name that occurs nowhere, for example).
+//! regex-syntax. Invariants: every error that a user's input can cause carries a span or says
+//! why it cannot point at one (a `--wrt` name that occurs nowhere, for example); a rendered
+//! diagnostic holds no raw control character (an escape sequence in the program text would
+//! recolour the terminal, a carriage return would misalign the caret): they are shown escaped,
+//! and the caret counts the escaped width.
 
 use std::fmt;
 
@@ -57,7 +60,7 @@ impl Diagnostic {
 
     /// The message, the source line that holds the span and a caret line under it.
     pub fn render(&self, source: &str) -> String {
-        let mut out = format!("error: {}\n", self.message);
+        let mut out = format!("error: {}\n", escape_controls(&self.message));
         if let Some(span) = self.span {
             let start = floor_char_boundary(source, span.start.min(source.len()));
             let end = floor_char_boundary(source, span.end.min(source.len())).max(start);
@@ -65,9 +68,9 @@ impl Diagnostic {
             let line_end = source[start..]
                 .find('\n')
                 .map_or(source.len(), |i| start + i);
-            let line = &source[line_start..line_end];
-            let pad = source[line_start..start].chars().count();
-            let width = source[start..end.min(line_end)].chars().count().max(1);
+            let line = escape_controls(&source[line_start..line_end]);
+            let pad = shown_width(&source[line_start..start]);
+            let width = shown_width(&source[start..end.min(line_end)]).max(1);
             out.push_str(&format!(
                 "  | {line}\n  | {}{}\n",
                 " ".repeat(pad),
@@ -75,7 +78,7 @@ impl Diagnostic {
             ));
         }
         if let Some(help) = &self.help {
-            out.push_str(&format!("help: {help}\n"));
+            out.push_str(&format!("help: {}\n", escape_controls(help)));
         }
         out
     }
@@ -88,6 +91,33 @@ impl fmt::Display for Diagnostic {
 }
 
 impl std::error::Error for Diagnostic {}
+
+/// `text` with every control character but the newline shown as its escape (`\u{1b}`, `\r`,
+/// `\t`), so that printing it cannot move the cursor or change the terminal's colours.
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// How many columns `text` takes once [`escape_controls`] has shown it (one per character).
+fn shown_width(text: &str) -> usize {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().count()
+            } else {
+                1
+            }
+        })
+        .sum()
+}
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     while i > 0 && !s.is_char_boundary(i) {
@@ -105,6 +135,26 @@ mod tests {
         let d = Diagnostic::new("bad", Span::new(4, 5));
         let text = d.render("x + y * z");
         assert!(text.contains("  | x + y * z\n  |     ^\n"), "{text}");
+    }
+
+    #[test]
+    fn control_characters_are_shown_escaped_and_the_caret_counts_them() {
+        // An ANSI colour sequence and a carriage return before the offending `)`.
+        let source = "x\u{1b}[31m +\r)";
+        let d = Diagnostic::new("unexpected `)` after \u{1b}[0m", Span::new(9, 10));
+        let text = d.render(source);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("error: unexpected `)` after \\u{1b}[0m\n"),
+            "{text}"
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "  | x\\u{1b}[31m +\\r)");
+        let caret = lines[2].find('^').unwrap();
+        assert_eq!(&lines[1][caret..caret + 1], ")", "{text}");
     }
 
     #[test]
