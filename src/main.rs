@@ -327,6 +327,7 @@ impl FormatArg {
 }
 
 fn main() -> ExitCode {
+    guard_closed_stdout();
     let cli = Cli::parse();
     // Deeply nested programs recurse deeply; give the work a generous stack.
     let worker = std::thread::Builder::new()
@@ -341,12 +342,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// Set when the process started with standard output closed.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Standard output closed at start (`matgrad catalog >&-`): Rust's runtime puts `/dev/null`
+/// on the closed descriptor (read-write, which no shell redirection `>` does), so that writes
+/// would vanish and the command would report success. That case is recognised on Linux and
+/// [`write_stdout`] reports it as an error instead.
+fn guard_closed_stdout() {
+    let to_null = std::fs::read_link("/proc/self/fd/1").is_ok_and(|p| p == Path::new("/dev/null"));
+    let read_write = std::fs::read_to_string("/proc/self/fdinfo/1").is_ok_and(|info| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .is_some_and(|flags| flags & 0o3 == 0o2)
+    });
+    if to_null && read_write {
+        STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Writes to standard output. `println!` panics when it cannot; here a reader that went away
 /// (`matgrad catalog | head -3`) ends the process quietly with the status a shell gives a
 /// process killed by SIGPIPE (141), and any other failure (a full disk) ends it with a
 /// message and status 2: a result that could not be written is never reported as success.
 fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
     use std::io::Write;
+    if STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed) {
+        errorln!("cannot write to standard output: it is closed");
+        std::process::exit(2)
+    }
     let mut stdout = std::io::stdout().lock();
     let written = stdout
         .write_fmt(args)

@@ -730,3 +730,30 @@ fn errors_show_control_characters_escaped() {
         );
     }
 }
+
+#[test]
+fn closed_standard_output_is_an_error_not_a_silent_success() {
+    let bin = env!("CARGO_BIN_EXE_matgrad");
+    for command in ["\"$0\" catalog >&-", "\"$0\" grad \"x'*x\" --wrt x >&-"] {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .arg(bin)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {err}");
+        assert!(
+            err.contains("standard output: it is closed"),
+            "{command}: {err}"
+        );
+    }
+    // Output sent to /dev/null on purpose is not an error.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("\"$0\" grad \"x'*x\" --wrt x >/dev/null")
+        .arg(bin)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}
