@@ -54,12 +54,12 @@ pub fn warn_unused(unused: &[String], inputs: &Path) {
         String::new()
     };
     let (noun, verb) = if names.len() == 1 {
-        ("array", "is not a variable")
+        ("array", "is not read")
     } else {
-        ("arrays", "are not variables")
+        ("arrays", "are not read")
     };
     eprintln!(
-        "warning: {noun} {}{more} in `{}` {verb} of the program; ignored",
+        "warning: {noun} {}{more} in `{}` {verb} by the program; ignored",
         shown.join(", "),
         inputs.display()
     );

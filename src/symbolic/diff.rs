@@ -261,12 +261,8 @@ fn find_var(program: &Program, wrt: &str) -> Result<u32, Diagnostic> {
         ))
         .with_help(help));
     };
-    if !program.graph.depends_on(program.root, var) {
-        return Err(Diagnostic::new(
-            format!("`--wrt {wrt}`: `{wrt}` is declared but does not occur in the expression"),
-            program.var_spans[var as usize],
-        ));
-    }
+    // A declared variable the expression does not depend on is differentiated like any
+    // other: its derivative is zero, of the derivative's shape.
     Ok(var)
 }
 
@@ -972,9 +968,81 @@ mod tests {
         let p = check_program("x'*x").unwrap();
         let e = differentiate(p, "z", &Request::Derivative, Layout::Gradient).unwrap_err();
         assert!(e.message.contains("no variable `z`"), "{}", e.message);
-        let p = check_program("z: vector; x'*x").unwrap();
-        let e = differentiate(p, "z", &Request::Derivative, Layout::Gradient).unwrap_err();
-        assert!(e.message.contains("does not occur"), "{}", e.message);
+    }
+
+    #[test]
+    fn by_a_declared_variable_that_does_not_occur_the_derivative_is_zero_of_its_shape() {
+        let cases = [
+            (
+                "x: vector(n); i: scalar; sin(x)",
+                "i",
+                Request::Derivative,
+                "vector(0)",
+                (3, 1),
+            ),
+            (
+                "x: vector(n); z: vector(n); x'*x",
+                "z",
+                Request::Derivative,
+                "vector(0)",
+                (3, 1),
+            ),
+            (
+                "x: vector(n); Z: matrix(n,n); x'*x",
+                "Z",
+                Request::Derivative,
+                "matrix(0)",
+                (3, 3),
+            ),
+            (
+                "x: vector(n); z: vector(n); sin(x)",
+                "z",
+                Request::Derivative,
+                "matrix(0)",
+                (3, 3),
+            ),
+            (
+                "x: scalar; y: scalar; x^2",
+                "y",
+                Request::Derivative,
+                "0",
+                (1, 1),
+            ),
+            (
+                "x: vector(n); z: vector(n); x'*x",
+                "z",
+                Request::Hessian,
+                "matrix(0)",
+                (3, 3),
+            ),
+        ];
+        for (program, wrt, request, text, (rows, cols)) in cases {
+            let p = check_program(program).unwrap();
+            let d = differentiate(p, wrt, &request, Layout::Gradient)
+                .unwrap_or_else(|e| panic!("{program} by {wrt}: {}", e.message));
+            assert_eq!(d.text(), text, "{program} by {wrt}");
+            let g = &d.program.graph;
+            let env = crate::eval::Env {
+                dim_sizes: vec![3; g.dims.len()],
+                values: g
+                    .vars
+                    .iter()
+                    .map(|v| {
+                        let (r, c) = crate::eval::Env {
+                            dim_sizes: vec![3; g.dims.len()],
+                            values: vec![],
+                        }
+                        .dims_of(v.shape);
+                        Some(crate::eval::Mat::from_fn(r, c, |i, j| {
+                            0.5 + (i + 2 * j) as f64
+                        }))
+                    })
+                    .collect(),
+            };
+            let value = crate::eval::evaluate(g, d.node, &env).unwrap();
+            assert_eq!((value.rows, value.cols), (rows, cols), "{program} by {wrt}");
+            assert!(value.data.iter().all(|&v| v == 0.0), "{program} by {wrt}");
+        }
     }
 
     #[test]
