@@ -512,6 +512,9 @@ fn run(cli: Cli) -> u8 {
                              default sizes; checked at {sizes}"
                         );
                     }
+                    if let Some(how) = &checked.draw_note {
+                        eprintln!("note: {how}");
+                    }
                     if let Some(why) = &checked.gpu_skipped {
                         eprintln!("note: the GPU is not compared: {why}");
                     }
@@ -951,7 +954,9 @@ fn print_check(d: &Derivative, reports: &[DeviceReport], json: bool) -> u8 {
         if reports.first().is_some_and(|r| r.items_compared == 0) {
             errorln!(
                 "no random point gave a finite value, derivative and finite differences \
-                 (a `log`, `logdet` or `inv` outside its domain at every point?)\n\
+                 (a `log`, `logdet` or `inv` outside its domain at every point?); tried \
+                 standard normal inputs, positive inputs (|z|/2+0.1), and mixes of the two \
+                 input by input, each with the shared inputs redrawn\n\
                  help: other sizes (`--dims`) or another `--seed` may give points inside it"
             );
         }

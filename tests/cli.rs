@@ -757,3 +757,53 @@ fn closed_standard_output_is_an_error_not_a_silent_success() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[test]
+fn check_finds_points_in_narrow_domains_and_accepts_exact_zeros() {
+    for (program, wrt, note) in [
+        // x.^i needs x > 0 for a non-integer i, and x is shared.
+        (
+            "x: vector(n); i: scalar; x.^i",
+            "i",
+            Some("drew x, i positive"),
+        ),
+        (
+            "a: vector; b: vector; a'*log(sin(X))*b",
+            "X",
+            Some("positive"),
+        ),
+        (
+            "a: vector; b: vector; a'*log(A*sin(X)*B)*b",
+            "X",
+            Some("positive"),
+        ),
+        // Constant through ill-conditioned operations: the derivative is exactly zero.
+        (
+            "X: matrix(n,n); C: matrix(n,n); B: matrix(n,n); tr(inv(X'*C*X)*(X'*B*X))",
+            "X",
+            None,
+        ),
+        ("X: matrix(n,n); det(X)*det(inv(X))", "X", None),
+    ] {
+        for seed in ["1", "2", "3"] {
+            let (code, out, err) = matgrad(&["check", program, "--wrt", wrt, "--seed", seed]);
+            assert_eq!(code, 0, "{program} by {wrt}, seed {seed}: {out}{err}");
+            assert!(out.contains("reference  vs finite differences"), "{out}");
+            if let Some(note) = note {
+                assert!(err.contains(note), "{program}: {err}");
+            }
+        }
+    }
+    // A function with no point in its domain anywhere still fails, and says what was tried.
+    let (code, _, err) = matgrad(&[
+        "check",
+        "x: vector(n); sum(log(-x.*x-vector(1)))",
+        "--wrt",
+        "x",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("positive inputs") && err.contains("input by input"),
+        "{err}"
+    );
+}

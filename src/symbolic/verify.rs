@@ -39,6 +39,9 @@ pub struct Comparison {
     /// see [`TOLERANCE`] for why): any other value compared with
     /// `estimate` uses it too, through [`relative_error_above`].
     pub floor: f64,
+    /// The derived value is exactly zero and the differences are within the function's own
+    /// rounding (see [`compare`]): a zero compared with it is exact.
+    pub zero_within_noise: bool,
 }
 
 /// Why a point could not be used.
@@ -129,13 +132,55 @@ pub fn compare(d: &Derivative, env: &Env) -> Result<Comparison, Unusable> {
     // TOLERANCE), so a derivative much smaller than the function is compared against a floor.
     let value = evaluate(g, d.program.root, env).map_err(|_| Unusable::OutOfDomain)?;
     let floor = 1e-5 * value.norm().max(1.0);
-    let rel_error = relative_error_above(&derived, &estimate, floor);
+    let mut rel_error = relative_error_above(&derived, &estimate, floor);
+    let mut zero_within_noise = false;
+    // A derivative that is exactly zero (`tr(inv(X'*C*X)*(X'*B*X))` by a square `X` is
+    // constant) has nothing to be relative to: its differences are the function's rounding
+    // divided by the step, and that rounding can be far above 2e-16 of the value when the
+    // function goes through an ill-conditioned `inv` or `det`. It passes when the differences
+    // are within what the function's observed rounding explains.
+    if derived.data.iter().all(|&v| v == 0.0) {
+        let noise = observed_rounding(g, d.program.root, env, &value)?;
+        if estimate.norm() <= ZERO_DERIVATIVE_NOISE_FACTOR * noise {
+            rel_error = 0.0;
+            zero_within_noise = true;
+        }
+    }
     Ok(Comparison {
         derived,
         estimate,
         rel_error,
         floor,
+        zero_within_noise,
     })
+}
+
+/// How far finite differences of a function whose derivative is zero may be from zero, in units
+/// of the function's observed rounding: the differences divide it by steps down to 1.25e-4
+/// (8e3), Richardson extrapolation amplifies it a few times, and the observed spread is
+/// itself a sample, so a factor of 100 on top.
+const ZERO_DERIVATIVE_NOISE_FACTOR: f64 = 8e5;
+
+/// The spread of the function's value when every input moves by a few units of float64
+/// rounding (relative 1e-15, random signs, eight draws): what its evaluation's rounding
+/// amounts to at `env`, however ill-conditioned the operations on the way.
+fn observed_rounding(g: &Graph, root: Id, env: &Env, value: &Mat) -> Result<f64, Unusable> {
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let mut spread = 0.0f64;
+    for _ in 0..8 {
+        let mut moved = env.clone();
+        for m in moved.values.iter_mut().flatten() {
+            *m = Mat::from_fn(m.rows, m.cols, |i, j| {
+                m.at(i, j) * (1.0 + 1e-15 * rng.gen_range(-1.0..1.0))
+            });
+        }
+        let v = evaluate(g, root, &moved).map_err(|_| Unusable::OutOfDomain)?;
+        if !v.is_finite() {
+            return Err(Unusable::OutOfDomain);
+        }
+        spread = spread.max(v.zip(value, |a, b| a - b).norm());
+    }
+    Ok(spread.max(2.2e-16 * value.norm()))
 }
 
 /// The finite-difference estimate of `d`, arranged in `d`'s layout.
@@ -325,6 +370,52 @@ mod tests {
     use super::*;
     use crate::diff::{differentiate, Request};
     use crate::types::check_program;
+
+    /// A random point with every dimension of size `n`.
+    fn point(g: &Graph, n: usize, seed: u64) -> Env {
+        random_point(g, &vec![n; g.dims.len()], seed)
+    }
+
+    #[test]
+    fn an_exact_zero_is_compared_with_the_functions_rounding_not_relatively() {
+        // Constant functions through ill-conditioned operations: their differences are
+        // rounding of up to ~1e-5 of the value, and their derivative is exactly zero.
+        for program in [
+            "X: matrix(n,n); C: matrix(n,n); B: matrix(n,n); tr(inv(X'*C*X)*(X'*B*X))",
+            "X: matrix(n,n); det(X)*det(inv(X))",
+        ] {
+            let d = differentiate(
+                check_program(program).unwrap(),
+                "X",
+                &Request::Derivative,
+                Layout::Gradient,
+            )
+            .unwrap();
+            assert_eq!(d.text(), "matrix(0)");
+            let mut compared = 0;
+            for seed in 0..16 {
+                if let Ok(c) = compare(&d, &point(&d.program.graph, 3, seed)) {
+                    assert_eq!(c.rel_error, 0.0, "{program}, seed {seed}: {c:?}");
+                    assert!(c.zero_within_noise);
+                    compared += 1;
+                }
+            }
+            assert!(compared >= 8, "{program}: {compared} points");
+        }
+        // A zero claimed for a derivative that is small but not zero is still caught: the
+        // derivative of x'*x + 1e-6*z'*z by z is 2e-6*z, far above the function's rounding.
+        let mut d = differentiate(
+            check_program("x: vector(n); z: vector(n); x'*x + 1e-6*z'*z").unwrap(),
+            "z",
+            &Request::Derivative,
+            Layout::Gradient,
+        )
+        .unwrap();
+        let shape = d.program.graph.shape(d.node);
+        d.node = d.program.graph.zero(shape);
+        let c = compare(&d, &point(&d.program.graph, 3, 1)).unwrap();
+        assert!(!c.zero_within_noise && c.rel_error > TOLERANCE, "{c:?}");
+    }
 
     fn derive(source: &str, wrt: &str, request: Request) -> Derivative {
         let p = check_program(source).unwrap();

@@ -7,8 +7,9 @@
 //!
 //! Invariants: shared inputs are one value for the whole batch, batched inputs one per item.
 //! An item's inputs are redrawn (up to 20 times) until the function and its finite
-//! differences are finite there, so a `log` or `logdet` outside its domain is avoided rather
-//! than reported; when no point at the default sizes is inside (`logdet(X'*X)` with a wide
+//! differences are finite there, so a `log` or `logdet` outside its domain is avoided
+//! rather than reported; when no first item is, the shared inputs are redrawn too, and other
+//! ways of drawing are tried (every input positive, then input by input); when no point at the default sizes is inside (`logdet(X'*X)` with a wide
 //! `X`), other sizes for the dimensions the user left free are tried ([`size_candidates`]).
 //! The reference is compared with finite differences on up to [`FD_ITEMS`] items, each
 //! device with the reference on every item that float32 resolves
@@ -73,6 +74,8 @@ pub struct Checked {
     /// Why the GPU was not compared although there is one: an adapter that cannot run this
     /// plan's kernels correctly (see [`crate::gpu::GpuError::LoopLimit`]).
     pub gpu_skipped: Option<String>,
+    /// How the inputs were drawn when standard normal values gave no point in the domain.
+    pub draw_note: Option<String>,
 }
 
 /// Runs the check. Errors name the variable or dimension at fault.
@@ -101,15 +104,16 @@ pub fn run_check(
         &format!("`--batch {batch}`"),
     )
     .map_err(Diagnostic::without_span)?;
-    let (mut items, mut usable) = draw_items(d, sizes, &batched, batch, config.seed);
+    let (mut items, mut usable, mut draw_note) = draw_items(d, sizes, &batched, batch, config.seed);
     let mut other_sizes = None;
     for next in &candidates[1..] {
         if usable {
             break;
         }
-        let (next_items, next_usable) = draw_items(d, next, &batched, batch, config.seed);
+        let (next_items, next_usable, next_note) =
+            draw_items(d, next, &batched, batch, config.seed);
         if next_usable {
-            (sizes, items, usable) = (next, next_items, true);
+            (sizes, items, usable, draw_note) = (next, next_items, true, next_note);
             let named: Vec<String> = (g.dims.iter().zip(next))
                 .map(|(dim, size)| format!("{}={size}", dim.name))
                 .collect();
@@ -133,7 +137,11 @@ pub fn run_check(
     for (i, env) in items.iter().enumerate().take(FD_ITEMS) {
         if let Ok(c) = compare(d, env) {
             let value = reference.item_mat(if plan.is_batched() { i } else { 0 });
-            let error = relative_error_above(&value, &c.estimate, c.floor);
+            let error = if c.zero_within_noise && value.data.iter().all(|&v| v == 0.0) {
+                0.0
+            } else {
+                relative_error_above(&value, &c.estimate, c.floor)
+            };
             fd_error = fd_error.max(error.max(c.rel_error));
             fd_items += 1;
         }
@@ -169,45 +177,132 @@ pub fn run_check(
         reports,
         gpu_skipped,
         other_sizes,
+        draw_note,
     })
 }
 
+/// How one input's random values are drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Draw {
+    /// Standard normal entries (a positive definite or symmetric matrix made from them).
+    Normal,
+    /// Positive entries, `|z|/2 + 0.1` for a standard normal `z`: the domain of `log`, `sqrt`,
+    /// `x.^p` with a non-integer `p`, and of `log(sin(X))` (entries below π).
+    Positive,
+}
+
+/// The draws tried for the inputs, in order: all normal, all positive, then mixes, input by
+/// input (`attempt` picks which inputs are positive, pseudo-randomly but reproducibly).
+fn draws_for(attempt: usize, vars: usize) -> Vec<Draw> {
+    match attempt {
+        0 => vec![Draw::Normal; vars],
+        1 => vec![Draw::Positive; vars],
+        _ => (0..vars)
+            .map(|v| {
+                let bits = (attempt as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (v % 61);
+                if bits & 1 == 1 {
+                    Draw::Positive
+                } else {
+                    Draw::Normal
+                }
+            })
+            .collect(),
+    }
+}
+
+/// [`random_point`] with each input drawn as `draws` says.
+fn point_with(g: &crate::expr::Graph, sizes: &[usize], seed: u64, draws: &[Draw]) -> Env {
+    let mut env = random_point(g, sizes, seed);
+    for (v, value) in env.values.iter_mut().enumerate() {
+        if let (Some(m), Draw::Positive) = (value.as_mut(), draws[v]) {
+            let var = &g.vars[v];
+            if var.positive_definite {
+                continue; // already in its domain
+            }
+            *m = m.map(|z| 0.5 * z.abs() + 0.1);
+            if var.symmetric {
+                *m = m.zip(&m.transpose(), |a, b| 0.5 * (a + b));
+            }
+        }
+    }
+    env
+}
+
+/// How many ways of drawing the inputs are tried before a check gives up on a size.
+const DRAW_STRATEGIES: usize = 8;
+/// How many times one item is redrawn under one strategy.
+const ITEM_ATTEMPTS: u64 = 20;
+
 /// A batch of points at `sizes`: shared values from one point, each item redrawn (up to 20
-/// times) until the function and its finite differences are finite there. Also whether any
-/// item found such a point.
+/// times) until the function and its finite differences are finite there.
+/// When no first item is, the shared values are redrawn too, under other strategies (all
+/// inputs positive, then input by input: [`draws_for`]). Also says whether any item is usable
+/// and, when the inputs had to be drawn positive, which.
 fn draw_items(
     d: &Derivative,
     sizes: &[usize],
     batched: &[bool],
     batch: usize,
     seed: u64,
-) -> (Vec<Env>, bool) {
+) -> (Vec<Env>, bool, Option<String>) {
     let g = &d.program.graph;
-    let base = random_point(g, sizes, seed);
-    let mut items: Vec<Env> = Vec::with_capacity(batch);
-    let mut any_usable = false;
-    for item in 0..batch {
-        let mut chosen = None;
-        for attempt in 0..20u64 {
-            let seed = seed
-                .wrapping_mul(7919)
-                .wrapping_add((item as u64) * 1000 + attempt + 1);
-            let mut env = random_point(g, sizes, seed);
+    let item_seed = |item: usize, attempt: u64, strategy: usize| {
+        seed.wrapping_mul(7919)
+            .wrapping_add((item as u64) * 1000 + attempt + 1)
+            .wrapping_add((strategy as u64) << 40)
+    };
+    let draw_item = |base: &Env, item: usize, strategy: usize, draws: &[Draw]| {
+        let mut last = None;
+        for attempt in 0..ITEM_ATTEMPTS {
+            let mut env = point_with(g, sizes, item_seed(item, attempt, strategy), draws);
             for (v, value) in env.values.iter_mut().enumerate() {
                 if !batched[v] {
                     value.clone_from(&base.values[v]);
                 }
             }
             let usable = compare(d, &env).is_ok();
-            chosen = Some(env);
+            last = Some(env);
             if usable {
-                any_usable = true;
-                break;
+                return (last, true);
             }
         }
-        items.extend(chosen);
+        (last, false)
+    };
+    let mut fallback = None;
+    for strategy in 0..DRAW_STRATEGIES {
+        let draws = draws_for(strategy, g.vars.len());
+        let base_seed = seed.wrapping_add((strategy as u64) << 32);
+        let base = point_with(g, sizes, base_seed, &draws);
+        let (first, usable) = draw_item(&base, 0, strategy, &draws);
+        if !usable {
+            if fallback.is_none() {
+                fallback = Some((base, draws));
+            }
+            continue;
+        }
+        let mut items: Vec<Env> = Vec::with_capacity(batch);
+        items.extend(first);
+        for item in 1..batch {
+            items.extend(draw_item(&base, item, strategy, &draws).0);
+        }
+        let positive: Vec<&str> = (g.vars.iter().zip(&draws))
+            .filter(|(v, &draw)| draw == Draw::Positive && !v.positive_definite)
+            .map(|(v, _)| v.name.as_str())
+            .collect();
+        let note = (!positive.is_empty()).then(|| {
+            format!(
+                "standard normal inputs gave no point inside the domain; drew {} positive",
+                positive.join(", ")
+            )
+        });
+        return (items, true, note);
     }
-    (items, any_usable)
+    // Nothing usable: the first strategy's batch, reported as out of the domain.
+    let (base, draws) = fallback.expect("at least one strategy ran");
+    let items = (0..batch)
+        .filter_map(|item| draw_item(&base, item, 0, &draws).0)
+        .collect();
+    (items, false, None)
 }
 
 /// The sizes a check tries, in order: [`sizes_with`]'s, then, when some dimensions are
