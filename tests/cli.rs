@@ -807,3 +807,29 @@ fn check_finds_points_in_narrow_domains_and_accepts_exact_zeros() {
         "{err}"
     );
 }
+
+#[test]
+fn constants_past_float64s_range_are_errors_and_never_print_as_inf() {
+    for (program, message) in [
+        ("x: vector(3); 1e999*sum(x)", "past float64's range"),
+        (
+            "x: vector(3); 1e-999*sum(x)",
+            "below float64's normal range",
+        ),
+        (
+            "x: vector(3); 1e-320*sum(x)",
+            "below float64's normal range",
+        ),
+        ("x: vector(3); 1e308*1e308*sum(x)", "past float64's range"),
+        ("x: scalar; exp(1000)*x", "past float64's range"),
+    ] {
+        let (code, out, err) = matgrad(&["grad", program, "--wrt", "x"]);
+        assert_eq!(code, 2, "{program}: {out}{err}");
+        assert!(err.contains(message), "{program}: {err}");
+        assert!(!out.contains("inf"), "{program}: {out}");
+    }
+    // Zero written with a large exponent is zero; a small normal number is kept.
+    let (code, out, _) = matgrad(&["grad", "x: scalar; 0e-999*x + 2.5e-308*x", "--wrt", "x"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "2.5e-308");
+}

@@ -289,12 +289,22 @@ fn lex_number(source: &str, start: usize) -> Result<(f64, usize), Diagnostic> {
         }
     }
     let text = &source[start..end];
+    let span = Span::new(start, end);
+    let has_digit = |digits: &str| digits.bytes().any(|b| (b'1'..=b'9').contains(&b));
+    let mantissa = text.split(['e', 'E']).next().unwrap_or(text);
     match text.parse::<f64>() {
-        Ok(v) if v.is_finite() => Ok((v, end)),
-        _ => Err(Diagnostic::new(
-            format!("`{text}` is not a finite number"),
-            Span::new(start, end),
+        Ok(v) if !v.is_finite() => Err(Diagnostic::new(
+            format!("`{text}` is past float64's range (about 1.8e308)"),
+            span,
         )),
+        // Underflow is refused like overflow: `1e-999` is not zero, and below 2.2e-308 float64
+        // keeps too few digits to be the number written.
+        Ok(v) if has_digit(mantissa) && v.abs() < f64::MIN_POSITIVE => Err(Diagnostic::new(
+            format!("`{text}` is below float64's normal range (about 2.2e-308)"),
+            span,
+        )),
+        Ok(v) => Ok((v, end)),
+        Err(_) => Err(Diagnostic::new(format!("`{text}` is not a number"), span)),
     }
 }
 

@@ -153,6 +153,12 @@ pub fn check_program_with_shape(
     checker.name_all_dims();
     let mut lowering = Lowering::new(&checker);
     let root = lowering.lower(&ast.expr)?;
+    if let Some(v) = lowering.graph.non_finite_constant(root) {
+        return Err(Diagnostic::new(
+            format!("the constants here multiply to {v}, past float64's range (about 1.8e308)"),
+            ast.expr.span,
+        ));
+    }
     lowering.graph.mark_written();
     let var_spans = checker.vars.iter().map(|v| v.span).collect();
     let typed_by_letter = checker.vars.iter().map(|v| v.by_letter).collect();

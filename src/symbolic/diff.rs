@@ -235,6 +235,12 @@ pub fn differentiate(
         let t = g.transpose(node);
         node = simplify(g, t);
     }
+    if let Some(v) = g.non_finite_constant(node) {
+        return Err(Diagnostic::without_span(format!(
+            "the derivative has a constant {v}, past float64's range (about 1.8e308); \
+             rescale the program's constants"
+        )));
+    }
     Ok(Derivative {
         program,
         node,

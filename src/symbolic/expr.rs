@@ -478,6 +478,17 @@ impl Graph {
     pub fn var(&mut self, v: u32) -> Id {
         self.push(Node::Var(v))
     }
+    /// The first constant reachable from `root` that is not a finite float64 (a product of
+    /// literals that overflowed, such as `1e308*1e308`): no such formula reads back.
+    pub fn non_finite_constant(&self, root: Id) -> Option<f64> {
+        self.topo_order(root)
+            .into_iter()
+            .find_map(|id| match self.node(id) {
+                Node::Const(v) | Node::Fill(v, _) if !v.get().is_finite() => Some(v.get()),
+                _ => None,
+            })
+    }
+
     pub fn constant(&mut self, v: f64) -> Id {
         self.push(Node::Const(Num::new(v)))
     }
