@@ -834,6 +834,7 @@ fn run_eval(
                 .collect::<Result<Vec<_>, _>>()?
         }
         DeviceArg::Cpu | DeviceArg::Gpu | DeviceArg::Auto => {
+            cli::warn_float32_range(&arrays, inputs);
             let values32: Vec<Batch<f32>> = values.iter().map(|b| to_f32(b)).collect();
             let refs: Vec<&Batch<f32>> = values32.iter().collect();
             let results = match gpu.map(|ctx| run_gpu(ctx, &plan, &refs, batch)) {

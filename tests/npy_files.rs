@@ -595,3 +595,39 @@ fn many_unused_arrays_are_one_sorted_warning() {
         "{err}"
     );
 }
+
+#[test]
+fn inputs_beyond_float32s_range_are_named_on_the_float32_devices() {
+    let dir = out_dir("f32-range");
+    let path = dir.join("wide.npz");
+    let values: Vec<u8> = [1e39f64, 1e-40, 2.0, 3.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    hand_written_npz(&path, "(4,)", &values, npyz::zip::CompressionMethod::Stored);
+    let out = dir.join("out.npy");
+    let run = |device: &str| {
+        matgrad(&[
+            "eval",
+            "x: vector(n); sum(x)",
+            "--wrt",
+            "x",
+            "--device",
+            device,
+            "--inputs",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let (code, _, err) = run("cpu");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("array `x`") && err.contains("1 values beyond float32's range"),
+        "{err}"
+    );
+    assert!(err.contains("and 1 below it"), "{err}");
+    let (code, _, err) = run("reference");
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("float32's range"), "{err}");
+}

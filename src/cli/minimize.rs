@@ -83,6 +83,9 @@ fn solve_and_write(
         Err(e) => return Ok(report_diagnostic(&e, &args.program)),
     };
     let arrays = read_npz(&args.inputs).map_err(|e| e.to_string())?;
+    if device == Device::Cpu {
+        super::warn_float32_range(&arrays, &args.inputs);
+    }
     let bound_spec = |text: &Option<String>, which: &str| -> Result<Option<BoundSpec>, String> {
         let Some(text) = text else { return Ok(None) };
         if let Ok(v) = text.trim().parse::<f64>() {

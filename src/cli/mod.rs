@@ -32,6 +32,31 @@ pub fn refuse_overwrites(inputs: &Path, outputs: &[(&str, &Path)]) -> Result<(),
     Ok(())
 }
 
+/// A warning for each array with finite values that float32 cannot hold (magnitudes above
+/// 3.4e38 become ±inf; nonzero ones below 1.2e-38 lose digits or become 0), before a float32
+/// device reads them: such items come out non-finite or inexact, and the reference does not.
+pub fn warn_float32_range(arrays: &[matgrad::batch::NamedArray], inputs: &Path) {
+    let mut names: Vec<&matgrad::batch::NamedArray> = arrays.iter().collect();
+    names.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    for array in names {
+        let over = (array.data.iter())
+            .filter(|v| v.is_finite() && v.abs() > f32::MAX as f64)
+            .count();
+        let under = (array.data.iter())
+            .filter(|&&v| v != 0.0 && v.abs() < f32::MIN_POSITIVE as f64)
+            .count();
+        if over + under > 0 {
+            eprintln!(
+                "warning: array `{}` in `{}` has {over} values beyond float32's range (above \
+                 3.4e38, they become inf) and {under} below it (under 1.2e-38, they lose digits \
+                 or become 0) on this float32 device; `--device reference` computes in float64",
+                array.name.escape_debug(),
+                inputs.display()
+            );
+        }
+    }
+}
+
 /// At most this many unused arrays are named in the warning; the rest are counted.
 const UNUSED_NAMED: usize = 5;
 
