@@ -833,3 +833,28 @@ fn constants_past_float64s_range_are_errors_and_never_print_as_inf() {
     assert_eq!(code, 0);
     assert_eq!(out.trim(), "2.5e-308");
 }
+
+#[test]
+fn fractional_exponents_print_as_fractions_in_every_format() {
+    for (program, format, expected) in [
+        ("sum(x.^(2/3))", "text", "2/3*x.^(-1/3)"),
+        (
+            "sum(x.^(2/3))",
+            "latex",
+            "\\frac{2}{3} x^{\\circ -\\frac{1}{3}}",
+        ),
+        (
+            "a: vector; c: vector; b: vector; (a'*c*b'*x)^(1/3)",
+            "text",
+            "1/3*(a'*c)*b/(a'*c*b'*x)^(2/3)",
+        ),
+        // Short decimals stay decimals, as for coefficients.
+        ("sum(x.^(5/4))", "text", "1.25*x.^0.25"),
+    ] {
+        let (code, out, err) = matgrad(&["grad", program, "--wrt", "x", "--format", format]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.trim(), expected, "{program} ({format})");
+    }
+    let (_, out, _) = matgrad(&["hessian", "sum(x.^(2/3))", "--wrt", "x"]);
+    assert_eq!(out.trim(), "-2/9*diag(x.^(-4/3))");
+}

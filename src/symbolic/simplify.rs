@@ -1939,6 +1939,23 @@ fn merge_scalars(a: &[(Id, Num)], b: &[(Id, Num)]) -> Vec<(Id, Num)> {
     out
 }
 
+/// `a + b`, exact for fractions with small denominators: float64's `2/3 - 1` is
+/// -0.33333333333333337, one rounding off `-1/3`, which then neither prints as `-1/3` nor
+/// equals it. When both are `p/q` with `q` at most 16 ([`crate::print::fraction`]), the sum is
+/// the one rounding of the exact rational; otherwise the float64 sum.
+fn exact_add(a: f64, b: f64) -> f64 {
+    match (crate::print::fraction(a), crate::print::fraction(b)) {
+        (Some((pa, qa)), Some((pb, qb))) if (qa, qb) != (1, 1) => {
+            let numerator = pa.checked_mul(qb).zip(pb.checked_mul(qa));
+            match numerator.and_then(|(x, y)| x.checked_add(y)) {
+                Some(n) if n.unsigned_abs() < 1 << 53 => n as f64 / (qa * qb) as f64,
+                _ => a + b,
+            }
+        }
+        _ => a + b,
+    }
+}
+
 /// Element-wise factors with the exponents of each base added up, sorted by handle; those
 /// whose exponents cancel to 0 are left out.
 fn merge_powers(mut factors: Vec<(Id, f64)>) -> Vec<(Id, f64)> {
@@ -1946,7 +1963,7 @@ fn merge_powers(mut factors: Vec<(Id, f64)>) -> Vec<(Id, f64)> {
     let mut merged: Vec<(Id, f64)> = Vec::new();
     for (id, exponent) in factors {
         match merged.last_mut() {
-            Some(last) if last.0 == id => last.1 += exponent,
+            Some(last) if last.0 == id => last.1 = exact_add(last.1, exponent),
             _ => merged.push((id, exponent)),
         }
     }
@@ -1973,7 +1990,7 @@ fn collect(terms: Vec<Term>) -> Vec<Term> {
             .iter_mut()
             .find(|o| o.scalars == t.scalars && o.chain == t.chain)
         {
-            Some(o) => o.coef += t.coef,
+            Some(o) => o.coef = exact_add(o.coef, t.coef),
             None => out.push(t),
         }
     }
