@@ -485,7 +485,11 @@ impl<'g> Simplifier<'g> {
             match self.lone_sum(t) {
                 Some(sum) => {
                     let mut p = self.poly(sum);
-                    times(&mut p, t.coef, &t.scalars);
+                    // The sum's own factor is what is spelled out: only the other scalars
+                    // multiply its terms (for a scalar sum, that is none of them).
+                    let others: Vec<(Id, Num)> =
+                        t.scalars.iter().filter(|s| s.0 != sum).copied().collect();
+                    times(&mut p, t.coef, &others);
                     spelled.extend(p.terms);
                     lone += 1;
                 }
@@ -2144,6 +2148,56 @@ mod tests {
             "A: matrix; x: vector; b: vector; 2*A'*A*x + 2*A'*b",
             "2*A'*(A*x+b)",
         );
+    }
+
+    #[test]
+    fn a_scalar_sum_spelled_out_to_collect_is_not_multiplied_by_itself() {
+        // The common factor (1+a) leaves (3+a) + c; spelling out (3+a) once multiplied its
+        // terms by (3+a) again: (1+a)*(3+4*a+c), and the gradient of (a+1)*(a+2)*(a+3)
+        // came out as 11*a^2+28*a+23.
+        check("a: scalar; c: scalar; (1+a)*(3+a)+(1+a)*c", "(1+a)*(3+a+c)");
+        check(
+            "a: scalar; b: scalar; c: scalar; (1+a)*b+(1+a)*c",
+            "(1+a)*(b+c)",
+        );
+    }
+
+    /// The derivatives of products of k scalar sums, `(s+1)*(s+2)*...*(s+k)` with `s = x'*x`,
+    /// against finite differences at a point, gradient and Hessian: the family that exposed a
+    /// simplifier rule multiplying a spelled-out sum by itself.
+    #[test]
+    fn products_of_scalar_sums_differentiate_correctly() {
+        use crate::diff::{differentiate, Layout, Request};
+        use crate::verify::{compare, random_point, TOLERANCE};
+        for k in 2..=7 {
+            let factors: Vec<String> = (1..=k).map(|i| format!("(x'*x+{i})")).collect();
+            let scalar: Vec<String> = (1..=k).map(|i| format!("(a+{i})")).collect();
+            for (source, wrt) in [
+                (format!("x: vector(3); {}", factors.join("*")), "x"),
+                (format!("a: scalar; {}", scalar.join("*")), "a"),
+            ] {
+                for request in [Request::Derivative, Request::Hessian] {
+                    let program = crate::types::check_program(&source).unwrap();
+                    let d = differentiate(program, wrt, &request, Layout::Gradient).unwrap();
+                    let env = random_point(&d.program.graph, &[3], 7);
+                    // Keep s small so that the product stays well scaled.
+                    let env = crate::eval::Env {
+                        values: env
+                            .values
+                            .into_iter()
+                            .map(|v| v.map(|m| m.map(|z| 0.3 * z)))
+                            .collect(),
+                        ..env
+                    };
+                    let c = compare(&d, &env).unwrap();
+                    assert!(
+                        c.rel_error < TOLERANCE,
+                        "{source} ({request:?}): {}: {c:?}",
+                        d.text()
+                    );
+                }
+            }
+        }
     }
 
     #[test]
