@@ -1,5 +1,6 @@
 //! A fuzzing campaign as long as asked: `cargo bench --bench fuzz_campaign -- [--cases N]
-//! [--seconds S] [--seed K] [--threads T] [--case-seconds L] [--case-megabytes M]`.
+//! [--seconds S] [--seed K] [--threads T] [--case-seconds L] [--case-megabytes M] [--trace]`;
+//! `-- --show K` prints case K's program.
 //!
 //! In: a case count or a time budget. Each case is a program — generated (well typed), a
 //! generated one with random edits, or a random token sequence — run in process through the
@@ -62,12 +63,65 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 const TOKENS: &[&str] = &[
-    "x", "y", "A", "B", "a", "C", "X", "(", ")", "'", "+", "-", "*", "/", ".*", "./", "^", ".^",
-    "2", "0.5", "-1", "1/3", "sum(", "tr(", "inv(", "det(", "logdet(", "exp(", "log(", "sqrt(",
-    "abs(", "relu(", "sin(", "tanh(", "sign(", "norm1(", "norm2(", "diag(", "eye", "vector(1)",
-    "matrix(2)", ",", ";", "x: vector(3);", "A: matrix(3,3);", "C: symmetric(n);", "S: spd(2);",
-    "B: matrix(m,n);", "a: scalar;", "x'*x", "A*x", "X^2", "X^0", "X^-1", "1e309", "1e-320",
-    ":", "\u{1b}", "\r",
+    "x",
+    "y",
+    "A",
+    "B",
+    "a",
+    "C",
+    "X",
+    "(",
+    ")",
+    "'",
+    "+",
+    "-",
+    "*",
+    "/",
+    ".*",
+    "./",
+    "^",
+    ".^",
+    "2",
+    "0.5",
+    "-1",
+    "1/3",
+    "sum(",
+    "tr(",
+    "inv(",
+    "det(",
+    "logdet(",
+    "exp(",
+    "log(",
+    "sqrt(",
+    "abs(",
+    "relu(",
+    "sin(",
+    "tanh(",
+    "sign(",
+    "norm1(",
+    "norm2(",
+    "diag(",
+    "eye",
+    "vector(1)",
+    "matrix(2)",
+    ",",
+    ";",
+    "x: vector(3);",
+    "A: matrix(3,3);",
+    "C: symmetric(n);",
+    "S: spd(2);",
+    "B: matrix(m,n);",
+    "a: scalar;",
+    "x'*x",
+    "A*x",
+    "X^2",
+    "X^0",
+    "X^-1",
+    "1e309",
+    "1e-320",
+    ":",
+    "\u{1b}",
+    "\r",
 ];
 
 const CLASSES: [Class; 6] = [
@@ -246,11 +300,17 @@ fn main() {
     });
     let seconds: f64 = arg(&args, "--seconds").unwrap_or(f64::INFINITY);
     let seed: u64 = arg(&args, "--seed").unwrap_or(0);
-    let threads: usize = arg(&args, "--threads").unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    });
+    let threads: usize = arg(&args, "--threads")
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let case_seconds: f64 = arg(&args, "--case-seconds").unwrap_or(2.0);
     let case_bytes = arg::<usize>(&args, "--case-megabytes").unwrap_or(256) << 20;
+    // `--trace`: each case's number on stderr before it runs, so that a case that aborts the
+    // process (a stack overflow cannot be caught) is the last one written.
+    let trace = args.iter().any(|a| a == "--trace");
+    if let Some(index) = arg::<u64>(&args, "--show") {
+        println!("{}", case_source(index));
+        return;
+    }
 
     std::panic::set_hook(Box::new(|_| {})); // panics are counted, not printed one by one
     let next = Arc::new(AtomicU64::new(seed));
@@ -278,13 +338,21 @@ fn main() {
                         break;
                     }
                     let source = case_source(index);
-                    running[w].1.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    if trace {
+                        eprintln!("worker {w} starts case {index}");
+                    }
+                    running[w]
+                        .1
+                        .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                     running[w].0.store(index, Ordering::Relaxed);
                     let base = LIVE.with(Cell::get);
                     PEAK.with(|p| p.set(base));
                     let t = Instant::now();
                     let outcome = catch_unwind(AssertUnwindSafe(|| run_case(&source, index)));
                     let elapsed = t.elapsed().as_secs_f64();
+                    if trace {
+                        eprintln!("worker {w} ends case {index}");
+                    }
                     let peak = PEAK.with(Cell::get).saturating_sub(base);
                     running[w].0.store(u64::MAX, Ordering::Relaxed);
                     let mut t = tally.lock().unwrap();

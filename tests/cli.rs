@@ -858,3 +858,20 @@ fn fractional_exponents_print_as_fractions_in_every_format() {
     let (_, out, _) = matgrad(&["hessian", "sum(x.^(2/3))", "--wrt", "x"]);
     assert_eq!(out.trim(), "-2/9*diag(x.^(-4/3))");
 }
+
+#[test]
+fn the_inverse_of_a_zero_matrix_is_a_value_not_an_endless_simplification() {
+    // Found by the fuzzing campaign: simplifying inv(0) rebuilt inv(0) and recursed until the
+    // stack overflowed (an abort, in every subcommand that derives).
+    for (program, wrt) in [
+        ("y: vector(2); X: matrix(2,2); y'*inv(X-X)*y", "y"),
+        ("y: vector(2); X: matrix(2,2); tr(inv(X-X)*X)", "X"),
+        ("X: matrix(2,2); det(X-X)*tr(X)", "X"),
+        ("X: matrix(2,2); logdet(0*X)", "X"),
+    ] {
+        for command in ["grad", "explain"] {
+            let (code, out, err) = matgrad(&[command, program, "--wrt", wrt]);
+            assert_eq!(code, 0, "{command} {program}: {out}{err}");
+        }
+    }
+}

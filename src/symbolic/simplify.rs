@@ -1078,9 +1078,16 @@ impl<'g> Simplifier<'g> {
     fn invert(&mut self, p: Poly) -> Poly {
         let shape = p.shape;
         if p.terms.is_empty() {
+            // inv of a zero matrix: an opaque factor (its value is inf or NaN, as evaluated).
+            // Simplifying the node `inv(0)` again would come back here without end.
             let z = self.build(&p);
-            let i = self.g.inv(z);
-            return self.atom(i);
+            return Poly::single(
+                shape,
+                Term {
+                    chain: vec![Factor { base: z, power: -1 }],
+                    ..Term::unit()
+                },
+            );
         }
         let t = self.as_term(p);
         let all_square = t.chain.iter().all(|f| self.shape(f.base).is_square());
