@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use matgrad::batch::Batch;
 use matgrad::diff::{differentiate, Layout, Request};
-use matgrad::generate::{random_program, Class};
+use matgrad::generate::{mutate, random_program, Class, FUZZ_TOKENS};
 use matgrad::plan::Plan;
 use matgrad::print::{render, Format};
 use matgrad::types::check_program;
@@ -62,68 +62,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-const TOKENS: &[&str] = &[
-    "x",
-    "y",
-    "A",
-    "B",
-    "a",
-    "C",
-    "X",
-    "(",
-    ")",
-    "'",
-    "+",
-    "-",
-    "*",
-    "/",
-    ".*",
-    "./",
-    "^",
-    ".^",
-    "2",
-    "0.5",
-    "-1",
-    "1/3",
-    "sum(",
-    "tr(",
-    "inv(",
-    "det(",
-    "logdet(",
-    "exp(",
-    "log(",
-    "sqrt(",
-    "abs(",
-    "relu(",
-    "sin(",
-    "tanh(",
-    "sign(",
-    "norm1(",
-    "norm2(",
-    "diag(",
-    "eye",
-    "vector(1)",
-    "matrix(2)",
-    ",",
-    ";",
-    "x: vector(3);",
-    "A: matrix(3,3);",
-    "C: symmetric(n);",
-    "S: spd(2);",
-    "B: matrix(m,n);",
-    "a: scalar;",
-    "x'*x",
-    "A*x",
-    "X^2",
-    "X^0",
-    "X^-1",
-    "1e309",
-    "1e-320",
-    ":",
-    "\u{1b}",
-    "\r",
-];
-
 const CLASSES: [Class; 6] = [
     Class::Scalar,
     Class::VecN,
@@ -149,34 +87,13 @@ fn case_source(index: u64) -> String {
         // Near-valid: a generated program with a few edits.
         2 => {
             let program = random_program(index, rng.gen_range(1..=4), Class::Scalar).source;
-            let mut chars: Vec<char> = program.chars().collect();
-            let alphabet: Vec<char> = "xyzAXBab()'+-*/.^;:,2 ".chars().collect();
-            for _ in 0..rng.gen_range(1..=3) {
-                if chars.is_empty() {
-                    break;
-                }
-                let i = rng.gen_range(0..chars.len());
-                match rng.gen_range(0..4) {
-                    0 => {
-                        chars.remove(i);
-                    }
-                    1 => chars.insert(i, chars[i]),
-                    2 => chars[i] = alphabet[rng.gen_range(0..alphabet.len())],
-                    _ => {
-                        let token = TOKENS[rng.gen_range(0..TOKENS.len())];
-                        for (k, c) in token.chars().enumerate() {
-                            chars.insert(i + k, c);
-                        }
-                    }
-                }
-            }
-            chars.into_iter().collect()
+            mutate(&program, &mut rng)
         }
         // Token soup.
         _ => {
             let count = rng.gen_range(0..24);
             let tokens: Vec<&str> = (0..count)
-                .map(|_| TOKENS[rng.gen_range(0..TOKENS.len())])
+                .map(|_| FUZZ_TOKENS[rng.gen_range(0..FUZZ_TOKENS.len())])
                 .collect();
             if rng.gen_bool(0.5) {
                 tokens.concat()

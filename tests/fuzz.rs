@@ -30,59 +30,7 @@ fn pipeline(source: &str) -> bool {
     true
 }
 
-const TOKENS: &[&str] = &[
-    "x",
-    "y",
-    "A",
-    "B",
-    "a",
-    "C",
-    "(",
-    ")",
-    "'",
-    "+",
-    "-",
-    "*",
-    "/",
-    ".*",
-    "./",
-    "^",
-    ".^",
-    "2",
-    "0.5",
-    "-1",
-    "sum(",
-    "tr(",
-    "inv(",
-    "det(",
-    "logdet(",
-    "exp(",
-    "log(",
-    "sqrt(",
-    "abs(",
-    "relu(",
-    "norm1(",
-    "norm2(",
-    "diag(",
-    "eye",
-    "vector(1)",
-    "matrix(2)",
-    ",",
-    ";",
-    "x: vector(3);",
-    "A: matrix(3,3);",
-    "C: symmetric(n);",
-    "S: spd(2);",
-    "B: matrix(m,n);",
-    "a: scalar;",
-    "x'*x",
-    "A*x",
-    "X^2",
-    "X^0",
-    "X^-1",
-    "1e309",
-    ":",
-];
+use matgrad::generate::FUZZ_TOKENS as TOKENS;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 600, .. ProptestConfig::default() })]
@@ -118,8 +66,7 @@ fn well_formed_sequences_reach_the_differentiator() {
 /// a token swapped in): mostly near-valid input, which exercises the type checker's errors.
 #[test]
 fn mutated_programs_never_panic() {
-    use rand::{Rng, SeedableRng};
-    let alphabet: Vec<char> = "xyzAXBab()'+-*/.^;:,2 ".chars().collect();
+    use rand::SeedableRng;
     let mut type_checked = 0;
     for seed in 0..1500u64 {
         let class = [
@@ -128,24 +75,7 @@ fn mutated_programs_never_panic() {
         ][seed as usize % 2];
         let program = matgrad::generate::random_program(seed, 3, class);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut chars: Vec<char> = program.source.chars().collect();
-        for _ in 0..rng.gen_range(1..=3) {
-            let i = rng.gen_range(0..chars.len());
-            match rng.gen_range(0..4) {
-                0 => {
-                    chars.remove(i);
-                }
-                1 => chars.insert(i, chars[i]),
-                2 => chars[i] = alphabet[rng.gen_range(0..alphabet.len())],
-                _ => {
-                    let token = TOKENS[rng.gen_range(0..TOKENS.len())];
-                    for (k, c) in token.chars().enumerate() {
-                        chars.insert(i + k, c);
-                    }
-                }
-            }
-        }
-        let source: String = chars.into_iter().collect();
+        let source = matgrad::generate::mutate(&program.source, &mut rng);
         if pipeline(&source) {
             type_checked += 1;
         }

@@ -383,3 +383,94 @@ mod tests {
         assert_eq!(a.source, b.source);
     }
 }
+
+/// Tokens of the language and near misses (a bad literal, control characters, a lone `:`),
+/// for fuzzing with random token sequences and edits.
+pub const FUZZ_TOKENS: &[&str] = &[
+    "x",
+    "y",
+    "A",
+    "B",
+    "a",
+    "C",
+    "X",
+    "(",
+    ")",
+    "'",
+    "+",
+    "-",
+    "*",
+    "/",
+    ".*",
+    "./",
+    "^",
+    ".^",
+    "2",
+    "0.5",
+    "-1",
+    "1/3",
+    "sum(",
+    "tr(",
+    "inv(",
+    "det(",
+    "logdet(",
+    "exp(",
+    "log(",
+    "sqrt(",
+    "abs(",
+    "relu(",
+    "sin(",
+    "tanh(",
+    "sign(",
+    "norm1(",
+    "norm2(",
+    "diag(",
+    "eye",
+    "vector(1)",
+    "matrix(2)",
+    ",",
+    ";",
+    "x: vector(3);",
+    "A: matrix(3,3);",
+    "C: symmetric(n);",
+    "S: spd(2);",
+    "B: matrix(m,n);",
+    "a: scalar;",
+    "x'*x",
+    "A*x",
+    "X^2",
+    "X^0",
+    "X^-1",
+    "1e309",
+    "1e-320",
+    ":",
+    "\u{1b}",
+    "\r",
+];
+
+/// `source` with one to three random edits: a character deleted, duplicated or replaced, or
+/// one of [`FUZZ_TOKENS`] inserted. Mostly near-valid input, which exercises the errors.
+pub fn mutate(source: &str, rng: &mut StdRng) -> String {
+    let alphabet: Vec<char> = "xyzAXBab()'+-*/.^;:,2 ".chars().collect();
+    let mut chars: Vec<char> = source.chars().collect();
+    for _ in 0..rng.gen_range(1..=3) {
+        if chars.is_empty() {
+            break;
+        }
+        let i = rng.gen_range(0..chars.len());
+        match rng.gen_range(0..4) {
+            0 => {
+                chars.remove(i);
+            }
+            1 => chars.insert(i, chars[i]),
+            2 => chars[i] = alphabet[rng.gen_range(0..alphabet.len())],
+            _ => {
+                let token = FUZZ_TOKENS[rng.gen_range(0..FUZZ_TOKENS.len())];
+                for (k, c) in token.chars().enumerate() {
+                    chars.insert(i + k, c);
+                }
+            }
+        }
+    }
+    chars.into_iter().collect()
+}
