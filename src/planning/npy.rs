@@ -3,8 +3,10 @@
 //! In: a path to an `.npz` archive (one array per variable, float32 or float64, C or Fortran
 //! order), or a batch to write. Out: [`NamedArray`]s in C order as float64; `.npy` files of
 //! float32 or float64. Invariants: every error names the file and, where there is one, the
-//! array; an output file is written under a temporary name and renamed, so a failed write
-//! never leaves a half-written file under the requested name.
+//! array; a header's shape is checked (overflow, the bytes the archive holds, memory) before
+//! anything is allocated for it; an output file is written under a temporary name and
+//! renamed, so a failed write never leaves a half-written file under the requested name, and
+//! a path that is not a regular file (a directory, a device, a link) is never replaced.
 
 use std::fs::File;
 use std::io::{self, BufWriter};
