@@ -77,7 +77,7 @@ fn case_source(index: u64) -> String {
     match index % 4 {
         // Well typed: the scalar class is the common one (gradients and Hessians).
         0 | 1 => {
-            let class = if index % 4 == 0 {
+            let class = if index.is_multiple_of(4) {
                 Class::Scalar
             } else {
                 CLASSES[rng.gen_range(0..CLASSES.len())]

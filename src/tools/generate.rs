@@ -359,31 +359,6 @@ impl Gen {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::types::check_program;
-
-    #[test]
-    fn generated_programs_type_check() {
-        for seed in 0..300 {
-            for class in [Class::Scalar, Class::VecN, Class::MatMN] {
-                let g = random_program(seed, 4, class);
-                if let Err(e) = check_program(&g.source) {
-                    panic!("seed {seed}: {}", e.render(&g.source));
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn the_same_seed_gives_the_same_program() {
-        let a = random_program(42, 5, Class::Scalar);
-        let b = random_program(42, 5, Class::Scalar);
-        assert_eq!(a.source, b.source);
-    }
-}
-
 /// Tokens of the language and near misses (a bad literal, control characters, a lone `:`),
 /// for fuzzing with random token sequences and edits.
 pub const FUZZ_TOKENS: &[&str] = &[
@@ -473,4 +448,29 @@ pub fn mutate(source: &str, rng: &mut StdRng) -> String {
         }
     }
     chars.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::check_program;
+
+    #[test]
+    fn generated_programs_type_check() {
+        for seed in 0..300 {
+            for class in [Class::Scalar, Class::VecN, Class::MatMN] {
+                let g = random_program(seed, 4, class);
+                if let Err(e) = check_program(&g.source) {
+                    panic!("seed {seed}: {}", e.render(&g.source));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_program() {
+        let a = random_program(42, 5, Class::Scalar);
+        let b = random_program(42, 5, Class::Scalar);
+        assert_eq!(a.source, b.source);
+    }
 }
