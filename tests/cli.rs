@@ -875,3 +875,26 @@ fn the_inverse_of_a_zero_matrix_is_a_value_not_an_endless_simplification() {
         }
     }
 }
+
+#[test]
+fn jacobians_through_transposes_and_dimensions_of_size_one_are_well_shaped() {
+    // Found by the fuzzing campaign: extracting the linear map of `a*b` with `a = c'` used
+    // `c` for `a` (an ill-shaped product, a panic, whenever a dimension of size 1 made the
+    // shapes differ).
+    let program = "x: vector(1); z: vector(3); A: matrix(3,1); norm2(z*x'+A)";
+    let (code, out, err) = matgrad(&["hessian", program, "--wrt", "x"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.is_empty());
+    let (code, out, err) = matgrad(&["check", program, "--wrt", "x", "--hessian"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let fuzzed = "a: scalar; b: scalar; x: vector(1); y: vector(1); z: vector(3); A: matrix(3,1); \
+                  B: matrix(1,1); C: symmetric(1); S: spd(1); X: matrix(1,3); \
+                  norm2((tr(((B+eye)-inv((B*B'+eye))))*(-((z*x')+(-A)))))";
+    for wrt in ["a", "b", "x", "y", "z", "A", "B"] {
+        for command in ["grad", "hessian"] {
+            let (code, _, err) = matgrad(&[command, fuzzed, "--wrt", wrt]);
+            assert!(code == 0 || code == 2, "{command} by {wrt}: {code} {err}");
+            assert!(!err.contains("internal error"), "{command} by {wrt}: {err}");
+        }
+    }
+}

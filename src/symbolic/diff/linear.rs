@@ -87,7 +87,13 @@ fn linear(g: &mut Graph, e: Id, u: u32, depth: usize) -> Result<Option<Id>, Stri
                     g.mul(a, mb)
                 }
                 (true, false) => {
-                    if g.shape(a).rows == Dim::One {
+                    if g.shape(a).is_scalar() && g.shape(b).rows != Dim::One {
+                        // A scalar s(u) = M*u scaling a constant column B: (B*M)*u. (Not a
+                        // matrix product, so neither rewrite below applies: B'*M and the
+                        // distributed forms are ill-shaped.)
+                        let ma = rec(g, a)?.ok_or_else(|| not_linear(g, e))?;
+                        g.mul(b, ma)
+                    } else if g.shape(a).rows == Dim::One {
                         // A row r(u) = (M*u)' times a constant column B: (B'*M)*u.
                         let ma = linear_row(g, a, u, depth + 1)?;
                         let bt = g.transpose(b);
@@ -282,8 +288,9 @@ fn distribute_right(g: &mut Graph, a: Id, b: Id) -> Option<Id> {
             let (pb, qb) = (g.mul(p, b), g.mul(q, b));
             g.add(pb, qb)
         }
-        Node::Transpose(_) => {
-            let pushed = push_transpose(g, a)?;
+        Node::Transpose(c) => {
+            // `a = c'` with the transpose moved inward (`push_transpose(a)` would be `a'`).
+            let pushed = push_transpose(g, c)?;
             if pushed == a {
                 return None;
             }
