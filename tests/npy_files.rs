@@ -31,6 +31,23 @@ fn matgrad(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `matgrad eval PROGRAM --wrt x --device DEVICE --inputs INPUTS --out OUT`: (status, stderr).
+fn eval_x(program: &str, device: &str, inputs: &Path, out: &Path) -> (i32, String) {
+    let (code, _, err) = matgrad(&[
+        "eval",
+        program,
+        "--wrt",
+        "x",
+        "--device",
+        device,
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    (code, err)
+}
+
 /// Reads a .npy written by NumPy or matgrad: (shape, values as f64, dtype descriptor).
 fn load(path: &Path) -> (Vec<usize>, Vec<f64>, String) {
     let bytes = std::fs::read(path).unwrap();
@@ -463,18 +480,7 @@ fn a_header_that_claims_more_than_the_file_holds_is_an_error_before_any_allocati
         .collect();
     hand_written_npz(&path, "(4,)", &values, Deflated);
     let out = dir.join("out.npy");
-    let (code, _, err) = matgrad(&[
-        "eval",
-        "x: vector(n); x'*x",
-        "--wrt",
-        "x",
-        "--device",
-        "reference",
-        "--inputs",
-        path.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (code, err) = eval_x("x: vector(n); x'*x", "reference", &path, &out);
     assert_eq!(code, 0, "{err}");
     assert_eq!(load(&out).1, vec![2.0, 4.0, 6.0, 8.0]);
 }
@@ -576,18 +582,7 @@ fn many_unused_arrays_are_one_sorted_warning() {
     }
     zip.finish().unwrap();
     let out = dir.join("out.npy");
-    let (code, _, err) = matgrad(&[
-        "eval",
-        "x: vector(n); x'*x",
-        "--wrt",
-        "x",
-        "--device",
-        "reference",
-        "--inputs",
-        path.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (code, err) = eval_x("x: vector(n); x'*x", "reference", &path, &out);
     assert_eq!(code, 0, "{err}");
     assert_eq!(err.matches("warning").count(), 1, "{err}");
     assert!(
@@ -606,28 +601,15 @@ fn inputs_beyond_float32s_range_are_named_on_the_float32_devices() {
         .collect();
     hand_written_npz(&path, "(4,)", &values, npyz::zip::CompressionMethod::Stored);
     let out = dir.join("out.npy");
-    let run = |device: &str| {
-        matgrad(&[
-            "eval",
-            "x: vector(n); sum(x)",
-            "--wrt",
-            "x",
-            "--device",
-            device,
-            "--inputs",
-            path.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-    };
-    let (code, _, err) = run("cpu");
+    let run = |device: &str| eval_x("x: vector(n); sum(x)", device, &path, &out);
+    let (code, err) = run("cpu");
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("array `x`") && err.contains("1 values beyond float32's range"),
         "{err}"
     );
     assert!(err.contains("and 1 below it"), "{err}");
-    let (code, _, err) = run("reference");
+    let (code, err) = run("reference");
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("float32's range"), "{err}");
 }
