@@ -87,13 +87,7 @@ fn linear(g: &mut Graph, e: Id, u: u32, depth: usize) -> Result<Option<Id>, Stri
                     g.mul(a, mb)
                 }
                 (true, false) => {
-                    if g.shape(a).is_scalar() && g.shape(b).rows != Dim::One {
-                        // A scalar s(u) = M*u scaling a constant column B: (B*M)*u. (Not a
-                        // matrix product, so neither rewrite below applies: B'*M and the
-                        // distributed forms are ill-shaped.)
-                        let ma = rec(g, a)?.ok_or_else(|| not_linear(g, e))?;
-                        g.mul(b, ma)
-                    } else if g.shape(a).rows == Dim::One {
+                    if g.shape(a).rows == Dim::One {
                         // A row r(u) = (M*u)' times a constant column B: (B'*M)*u.
                         let ma = linear_row(g, a, u, depth + 1)?;
                         let bt = g.transpose(b);
