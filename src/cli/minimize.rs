@@ -323,27 +323,25 @@ pub fn bench_minimize(args: MinimizeBenchArgs) -> u8 {
         let mut options = Options::for_device(Device::Cpu);
         options.gtol = 5e-4;
         options.lower = w.lower.map(BoundSpec::Number);
-        let mut times = Vec::new();
+        // One warm-up solve, then the samples, by the rule every benchmark uses.
+        let config = matgrad::bench::BenchConfig {
+            samples: args.samples,
+            min_seconds: 0.0,
+        };
         let mut last = None;
-        let started = std::time::Instant::now();
-        for sample in 0..=args.samples {
-            let slow = started.elapsed().as_secs_f64() > matgrad::bench::MAX_SAMPLING_SECONDS;
-            if slow && times.len() >= matgrad::bench::MIN_SAMPLES_WHEN_SLOW {
-                break;
+        let sampled = matgrad::bench::sample(&config, || {
+            let s = matgrad::minimize::minimize(&objective, &inputs, &options, Device::Cpu)?;
+            let seconds = s.solve_seconds;
+            last = Some(s);
+            Ok::<_, matgrad::minimize::MinimizeError>((seconds, seconds))
+        });
+        let (median, samples) = match sampled {
+            Ok((median, _, samples)) => (median, samples),
+            Err(e) => {
+                errorln!("{}: {e}", w.id);
+                return 2;
             }
-            let solution =
-                match matgrad::minimize::minimize(&objective, &inputs, &options, Device::Cpu) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        errorln!("{}: {e}", w.id);
-                        return 2;
-                    }
-                };
-            if sample > 0 {
-                times.push(solution.solve_seconds);
-            }
-            last = Some(solution);
-        }
+        };
         let solution = last.expect("at least one solve");
         let worst = matgrad::minimize::stationarity(&objective, &inputs, &options, &solution)
             .map(|v| {
@@ -353,14 +351,13 @@ pub fn bench_minimize(args: MinimizeBenchArgs) -> u8 {
             .unwrap_or(f64::NAN);
         let converged = worst <= 1e-3;
         failed |= !converged;
-        let median = matgrad::bench::median(&mut times);
         let summary = summarize(&solution, Device::Cpu);
         if args.json {
             let mut value: serde_json::Value =
                 serde_json::from_str(&summary.json).unwrap_or_default();
             value["workload"] = json!(w.id);
             value["median_s"] = json!(median);
-            value["samples"] = json!(times.len());
+            value["samples"] = json!(samples);
             value["float64_worst_stationarity"] = json!(worst);
             value["answer_checked"] = json!(converged);
             crate::write_stdout(format_args!("{value}"), true);
@@ -370,7 +367,7 @@ pub fn bench_minimize(args: MinimizeBenchArgs) -> u8 {
                     "{:<22} B={batch:<7} {:>9.4} s median of {}  ({:.3e} items/s)  {}  float64 check {worst:.1e} {}",
                     w.id,
                     median,
-                    times.len(),
+                    samples,
                     batch as f64 / median,
                     summary.text.lines().next().unwrap_or(""),
                     if converged { "ok" } else { "FAILED (time does not count)" }

@@ -117,7 +117,7 @@ pub fn check_sampling(samples: usize, min_seconds: f64) -> Result<(), String> {
 /// Runs `f` (which returns its compute and end-to-end seconds) warm, then until both
 /// `config`'s sample count and time are reached, or [`MAX_SAMPLING_SECONDS`] have passed;
 /// returns the two medians and the count.
-fn sample<E>(
+pub fn sample<E>(
     config: &BenchConfig,
     mut f: impl FnMut() -> Result<(f64, f64), E>,
 ) -> Result<(f64, f64, usize), E> {
