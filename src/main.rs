@@ -21,7 +21,7 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*), false) };
 }
 
-/// `errorln!("...")` with control characters shown escaped: an error often quotes what
+/// `eprintln!("error: ...")` with control characters shown escaped: an error often quotes what
 /// the user typed (a name, a path, a bound), and raw escape sequences must not reach the
 /// terminal.
 macro_rules! errorln {
@@ -327,7 +327,6 @@ impl FormatArg {
 }
 
 fn main() -> ExitCode {
-    guard_closed_stdout();
     let cli = Cli::parse();
     // Deeply nested programs recurse deeply; give the work a generous stack.
     let worker = std::thread::Builder::new()
@@ -342,14 +341,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// Set when the process started with standard output closed.
-static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 /// Standard output closed at start (`matgrad catalog >&-`): Rust's runtime puts `/dev/null`
 /// on the closed descriptor (read-write, which no shell redirection `>` does), so that writes
 /// would vanish and the command would report success. That case is recognised on Linux and
-/// [`write_stdout`] reports it as an error instead.
-fn guard_closed_stdout() {
+/// [`write_stdout`] reports it as an error instead. Looked at once, on the first write: the
+/// descriptor does not change while matgrad runs, and commands that print nothing never ask.
+fn stdout_closed() -> bool {
+    static CLOSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CLOSED.get_or_init(started_with_stdout_closed)
+}
+
+fn started_with_stdout_closed() -> bool {
     let to_null = std::fs::read_link("/proc/self/fd/1").is_ok_and(|p| p == Path::new("/dev/null"));
     let read_write = std::fs::read_to_string("/proc/self/fdinfo/1").is_ok_and(|info| {
         info.lines()
@@ -357,9 +359,7 @@ fn guard_closed_stdout() {
             .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
             .is_some_and(|flags| flags & 0o3 == 0o2)
     });
-    if to_null && read_write {
-        STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
+    to_null && read_write
 }
 
 /// Writes to standard output. `println!` panics when it cannot; here a reader that went away
@@ -368,7 +368,7 @@ fn guard_closed_stdout() {
 /// message and status 2: a result that could not be written is never reported as success.
 fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
     use std::io::Write;
-    if STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed) {
+    if stdout_closed() {
         errorln!("cannot write to standard output: it is closed");
         std::process::exit(2)
     }
