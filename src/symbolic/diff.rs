@@ -1028,23 +1028,7 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{program} by {wrt}: {}", e.message));
             assert_eq!(d.text(), text, "{program} by {wrt}");
             let g = &d.program.graph;
-            let env = crate::eval::Env {
-                dim_sizes: vec![3; g.dims.len()],
-                values: g
-                    .vars
-                    .iter()
-                    .map(|v| {
-                        let (r, c) = crate::eval::Env {
-                            dim_sizes: vec![3; g.dims.len()],
-                            values: vec![],
-                        }
-                        .dims_of(v.shape);
-                        Some(crate::eval::Mat::from_fn(r, c, |i, j| {
-                            0.5 + (i + 2 * j) as f64
-                        }))
-                    })
-                    .collect(),
-            };
+            let env = crate::verify::random_point(g, &vec![3; g.dims.len()], 1);
             let value = crate::eval::evaluate(g, d.node, &env).unwrap();
             assert_eq!((value.rows, value.cols), (rows, cols), "{program} by {wrt}");
             assert!(value.data.iter().all(|&v| v == 0.0), "{program} by {wrt}");

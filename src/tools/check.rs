@@ -9,8 +9,9 @@
 //! An item's inputs are redrawn (up to 20 times) until the function and its finite
 //! differences are finite there, so a `log` or `logdet` outside its domain is avoided
 //! rather than reported; when no first item is, the shared inputs are redrawn too, and other
-//! ways of drawing are tried (every input positive, then input by input); when no point at the default sizes is inside (`logdet(X'*X)` with a wide
-//! `X`), other sizes for the dimensions the user left free are tried ([`size_candidates`]).
+//! ways of drawing are tried (every input positive, then input by input); when no point at
+//! the default sizes is inside (`logdet(X'*X)` with a wide `X`), other sizes for the
+//! dimensions the user left free are tried ([`size_candidates`]).
 //! The reference is compared with finite differences on up to [`FD_ITEMS`] items, each
 //! device with the reference on every item that float32 resolves
 //! ([`device_against_reference`]).
