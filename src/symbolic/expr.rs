@@ -637,6 +637,56 @@ impl Graph {
         d
     }
 
+    /// A value per node computed bottom-up, `f(node, its arguments' values)`, once per node of
+    /// the DAG under `root` that `memo` does not hold yet (no recursion, so any depth works).
+    pub fn fold<T: Clone>(
+        &self,
+        root: Id,
+        memo: &mut HashMap<Id, T>,
+        f: impl Fn(&Node, &[T]) -> T,
+    ) -> T {
+        let mut stack = vec![(root, false)];
+        while let Some((id, expanded)) = stack.pop() {
+            if memo.contains_key(&id) {
+                continue;
+            }
+            let node = self.node(id);
+            if expanded {
+                let args: Vec<T> = node.args().iter().map(|a| memo[a].clone()).collect();
+                memo.insert(id, f(&node, &args));
+                continue;
+            }
+            stack.push((id, true));
+            for a in node.args().into_iter().rev() {
+                if !memo.contains_key(&a) {
+                    stack.push((a, false));
+                }
+            }
+        }
+        memo[&root].clone()
+    }
+
+    /// How many nodes `id` has when its DAG is written out as a tree (saturating): what
+    /// printing it without names costs, which can be exponential in [`Graph::len`].
+    pub fn tree_size(&self, id: Id, memo: &mut HashMap<Id, u64>) -> u64 {
+        self.fold(id, memo, |_, args| {
+            args.iter().fold(1u64, |acc, &a| acc.saturating_add(a))
+        })
+    }
+
+    /// A hash of the tree `id` stands for, the same in every graph and every run: equal trees
+    /// hash alike whatever order their nodes were built in (unlike their `Id`s).
+    pub fn structural_hash(&self, id: Id, memo: &mut HashMap<Id, u64>) -> u64 {
+        use std::hash::{Hash, Hasher};
+        self.fold(id, memo, |node, args| {
+            // `DefaultHasher::new` has fixed keys, so the value is reproducible.
+            let mut h = std::hash::DefaultHasher::new();
+            node.with_args(&vec![Id(0); args.len()]).hash(&mut h);
+            args.hash(&mut h);
+            h.finish()
+        })
+    }
+
     /// The nodes reachable from `root`, each after its arguments (a topological order).
     pub fn topo_order(&self, root: Id) -> Vec<Id> {
         let mut order = Vec::new();

@@ -24,7 +24,9 @@
 //! number of terms the input itself spells out: the two distributions keep a sum's count);
 //! the result is deterministic (terms are ordered by their printed text).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use crate::expr::{Dim, Func, Graph, Id, Node, Num, Shape};
 
@@ -33,7 +35,9 @@ pub fn simplify(graph: &mut Graph, root: Id) -> Id {
     let mut s = Simplifier {
         g: graph,
         polys: HashMap::new(),
-        texts: HashMap::new(),
+        keys: HashMap::new(),
+        sizes: HashMap::new(),
+        hashes: HashMap::new(),
     };
     let p = s.poly(root);
     s.build(&p)
@@ -106,8 +110,23 @@ impl Poly {
 struct Simplifier<'g> {
     g: &'g mut Graph,
     polys: HashMap<Id, Poly>,
-    texts: HashMap<Id, String>,
+    keys: HashMap<Id, Key>,
+    sizes: HashMap<Id, u64>,
+    hashes: HashMap<Id, u64>,
 }
+
+/// How terms and factors are ordered: by their printed text while that is short, so that
+/// output reads alphabetically; a node whose tree is larger than [`TEXT_KEY_NODES`] sorts
+/// after every short one by its structural hash, so that keys cost time and memory
+/// proportional to the DAG, not to the (possibly exponential) printed tree.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    Text(Rc<str>),
+    Large(u64),
+}
+
+/// The largest tree (in nodes) whose printed text is a sort key.
+const TEXT_KEY_NODES: u64 = 400;
 
 /// Terms that share the parts factored out of a sum.
 struct Factored {
@@ -119,13 +138,17 @@ struct Factored {
 }
 
 impl<'g> Simplifier<'g> {
-    fn text(&mut self, id: Id) -> String {
-        if let Some(t) = self.texts.get(&id) {
-            return t.clone();
+    fn key(&mut self, id: Id) -> Key {
+        if let Some(k) = self.keys.get(&id) {
+            return k.clone();
         }
-        let t = crate::print::text(self.g, id);
-        self.texts.insert(id, t.clone());
-        t
+        let k = if self.g.tree_size(id, &mut self.sizes) <= TEXT_KEY_NODES {
+            Key::Text(crate::print::text(self.g, id).into())
+        } else {
+            Key::Large(self.g.structural_hash(id, &mut self.hashes))
+        };
+        self.keys.insert(id, k.clone());
+        k
     }
 
     fn shape(&self, id: Id) -> Shape {
@@ -831,13 +854,13 @@ impl<'g> Simplifier<'g> {
         Some(out)
     }
 
-    /// Of two equal nodes, the one with fewer transposes, then the shorter text.
+    /// Of two equal nodes, the one with fewer transposes, then the first by [`Key`].
     fn better(&mut self, a: Id, b: Id) -> Id {
         if a == b {
             return a;
         }
-        let ka = (self.count_transposes(a), self.text(a));
-        let kb = (self.count_transposes(b), self.text(b));
+        let ka = (self.count_transposes(a), self.key(a));
+        let kb = (self.count_transposes(b), self.key(b));
         if kb < ka {
             b
         } else {
@@ -1607,7 +1630,7 @@ impl<'g> Simplifier<'g> {
             }
             candidates.extend(rotations);
         }
-        let mut best: Option<((bool, usize, String), Poly)> = None;
+        let mut best: Option<((bool, usize, Key), Poly)> = None;
         for c in candidates {
             let first_is_row = c
                 .first()
@@ -1628,7 +1651,7 @@ impl<'g> Simplifier<'g> {
                 };
                 (node, false)
             };
-            let key = (!is_scalar, self.count_transposes(node), self.text(node));
+            let key = (!is_scalar, self.count_transposes(node), self.key(node));
             if best.as_ref().is_none_or(|(k, _)| key < *k) {
                 let poly = self.atom(node);
                 best = Some((key, poly));
@@ -1784,7 +1807,7 @@ impl<'g> Simplifier<'g> {
             };
             let node = self.build_term(&positive, p.shape);
             let unit_node = self.build_term(&unit, p.shape);
-            let key = (t.coef < 0.0, self.text(unit_node));
+            let key = (t.coef < 0.0, self.key(unit_node));
             keyed.push((key, node, t.coef < 0.0));
         }
         keyed.sort_by(|a, b| a.0.cmp(&b.0));
@@ -1851,7 +1874,7 @@ impl<'g> Simplifier<'g> {
 
     /// Scalar powers as nodes, in the order of their printed text.
     fn powers_sorted(&mut self, powers: Vec<(Id, f64)>) -> Vec<Id> {
-        let mut nodes: Vec<(String, Id)> = Vec::new();
+        let mut nodes: Vec<(Key, Id)> = Vec::new();
         for (s, e) in powers {
             let node = if e == 1.0 {
                 s
@@ -1859,7 +1882,7 @@ impl<'g> Simplifier<'g> {
                 let c = self.g.constant(e);
                 self.g.pow(s, c)
             };
-            let key = self.text(node);
+            let key = self.key(node);
             nodes.push((key, node));
         }
         nodes.sort();
@@ -1996,13 +2019,18 @@ fn factors_cancel(a: &[(Id, f64)], b: &[(Id, f64)]) -> bool {
 /// Adds up like terms (same scalars and chain); drops zero terms; keeps first-seen order.
 fn collect(terms: Vec<Term>) -> Vec<Term> {
     let mut out: Vec<Term> = Vec::new();
+    // Where each distinct (scalars, chain) went in `out`: linear, not quadratic, in the terms.
+    let mut at: HashMap<(Vec<(Id, Num)>, Vec<Factor>), usize> = HashMap::new();
     for t in terms {
-        match out
-            .iter_mut()
-            .find(|o| o.scalars == t.scalars && o.chain == t.chain)
-        {
-            Some(o) => o.coef = exact_add(o.coef, t.coef),
-            None => out.push(t),
+        match at.entry((t.scalars.clone(), t.chain.clone())) {
+            Entry::Occupied(e) => {
+                let o = &mut out[*e.get()];
+                o.coef = exact_add(o.coef, t.coef);
+            }
+            Entry::Vacant(e) => {
+                e.insert(out.len());
+                out.push(t);
+            }
         }
     }
     out.retain(|t| t.coef != 0.0);
