@@ -30,5 +30,5 @@ pub mod tools;
 pub use backend::{cpu, gpu, wgsl};
 pub use front::{diagnostic, parse, types};
 pub use planning::{batch, npy, plan};
-pub use symbolic::{diff, eval, expr, print, simplify, verify};
+pub use symbolic::{diff, eval, expr, names, print, simplify, verify};
 pub use tools::{bench, catalog, check, explain, generate, workloads};

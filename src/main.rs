@@ -914,10 +914,7 @@ fn print_check(d: &Derivative, reports: &[DeviceReport], json: bool) -> u8 {
     let passed = reports.iter().all(|r| r.passed && r.items_compared > 0);
     if json {
         let value = json!({"derivative": d.text(), "passed": passed, "devices": reports});
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&value).unwrap_or_default()
-        );
+        outln!("{}", print::pretty_json(&value));
     } else {
         outln!("derivative: {}", d.text());
         for r in reports {
@@ -1004,7 +1001,7 @@ fn render(d: &Derivative, format: Format) -> String {
         "latex": print::render(g, d.node, Format::Latex),
         "tree": print::json_tree(g, d.node),
     });
-    serde_json::to_string_pretty(&value).unwrap_or_default()
+    print::pretty_json(&value)
 }
 
 fn report(e: &Diagnostic, source: &str) -> u8 {
@@ -1021,10 +1018,7 @@ fn run_catalog(json: bool, seed: u64) -> u8 {
         )
     });
     if json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&reports).unwrap_or_default()
-        );
+        outln!("{}", print::pretty_json(&reports));
         return u8::from(failed);
     }
     for r in &reports {

@@ -6,6 +6,9 @@
 //! error points at the token where parsing failed; names are not resolved here (that is the
 //! type checker's job), so `foo(x)` parses and is rejected later with a span.
 //!
+//! A `where` clause after the expression names parts of it (`2*s1*x where s1 = x'*x+1`), in
+//! order, each definition using only the names before it: that is how large formulas print.
+//!
 //! Precedence, lowest first: `+ -`; `* / .* ./` (left-associative); unary `-`; `^ .^`
 //! (right-associative, so `-x^2` is `-(x^2)` and `a^-1` is allowed); postfix `'`.
 
@@ -45,6 +48,17 @@ pub fn check_variable_name(name: &str) -> Result<(), String> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProgramAst {
     pub decls: Vec<Decl>,
+    pub expr: Ast,
+    /// `expr where s1 = ..., s2 = ...`: named parts, in order; each may use the names
+    /// before it. This is how large formulas print ([`crate::symbolic::names`]).
+    pub defs: Vec<Def>,
+}
+
+/// `name = expr` in a `where` clause.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Def {
+    pub name: String,
+    pub name_span: Span,
     pub expr: Ast,
 }
 
@@ -145,6 +159,7 @@ pub fn parse_program(source: &str) -> Result<ProgramAst, Diagnostic> {
         ));
     }
     let expr = parser.expression()?;
+    let defs = parser.where_clause()?;
     parser.skip_semicolons();
     if !parser.at_end() {
         let span = parser.span();
@@ -154,7 +169,7 @@ pub fn parse_program(source: &str) -> Result<ProgramAst, Diagnostic> {
             span,
         ));
     }
-    Ok(ProgramAst { decls, expr })
+    Ok(ProgramAst { decls, expr, defs })
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -168,6 +183,7 @@ enum Tok {
     Comma,
     Semi,
     Colon,
+    Equals,
 }
 
 impl Tok {
@@ -182,6 +198,7 @@ impl Tok {
             Tok::Comma => "`,`".into(),
             Tok::Semi => "`;`".into(),
             Tok::Colon => "`:`".into(),
+            Tok::Equals => "`=`".into(),
         }
     }
 }
@@ -244,6 +261,7 @@ fn lex(source: &str) -> Result<Vec<(Tok, Span)>, Diagnostic> {
             b',' => out.push(single(Tok::Comma)),
             b';' => out.push(single(Tok::Semi)),
             b':' => out.push(single(Tok::Colon)),
+            b'=' => out.push(single(Tok::Equals)),
             _ => {
                 let ch = source[i..].chars().next().unwrap_or('?');
                 return Err(Diagnostic::new(
@@ -356,6 +374,39 @@ impl Parser {
                 format!("expected {what}, found {found}"),
                 span,
             ))
+        }
+    }
+
+    /// `where name = expr, name = expr` after the expression, or nothing.
+    fn where_clause(&mut self) -> Result<Vec<Def>, Diagnostic> {
+        if self.peek() != Some(&Tok::Ident("where".into())) {
+            return Ok(Vec::new());
+        }
+        self.pos += 1;
+        let mut defs = Vec::new();
+        loop {
+            let name_span = self.span();
+            let name = match self.peek() {
+                Some(Tok::Ident(name)) => name.clone(),
+                found => {
+                    let found = found.map_or("the end of the input".into(), Tok::describe);
+                    return Err(Diagnostic::new(
+                        format!("expected a name to define after `where`, found {found}"),
+                        name_span,
+                    ));
+                }
+            };
+            self.pos += 1;
+            self.expect(&Tok::Equals, &format!("`=` after `{name}`"))?;
+            let expr = self.expression()?;
+            defs.push(Def {
+                name,
+                name_span,
+                expr,
+            });
+            if !self.eat(&Tok::Comma) {
+                return Ok(defs);
+            }
         }
     }
 
@@ -640,6 +691,30 @@ mod tests {
             vec![DimSpec::Literal(3, Span::new(26, 27))]
         );
         assert_eq!(p.decls[2].kind, "scalar");
+    }
+
+    #[test]
+    fn where_clauses_name_parts_in_order() {
+        let p = parse_program("x: vector(3); s2*x where s1 = x'*x+1, s2 = s1^2").unwrap();
+        assert_eq!(sexp(&p.expr), "(* s2 x)");
+        let defs: Vec<(String, String)> = p
+            .defs
+            .iter()
+            .map(|d| (d.name.clone(), sexp(&d.expr)))
+            .collect();
+        assert_eq!(
+            defs,
+            [
+                ("s1".to_string(), "(+ (* (T x) x) 1)".to_string()),
+                ("s2".to_string(), "(^ s1 2)".to_string())
+            ]
+        );
+        // Across lines, as large formulas print.
+        let p = parse_program("2*s1\nwhere s1 = x,\n      s2 = y").unwrap();
+        assert_eq!(p.defs.len(), 2);
+        check_error("x where", "expected a name to define", 7);
+        check_error("x where s1 x", "expected `=` after `s1`", 11);
+        check_error("x where s1 = x s2 = y", "unexpected name `s2`", 15);
     }
 
     #[test]

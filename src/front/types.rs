@@ -47,8 +47,7 @@ pub fn check_program(source: &str) -> Result<Program, Diagnostic> {
     };
     // The lowercase names nothing declares, in order of first use, longer names first (a
     // `lambda` or `mu` is more likely a scalar the letter rule missed than `x` a scalar).
-    let mut names = Vec::new();
-    collect_names(&ast.expr, &mut names);
+    let mut names = program_names(&ast);
     names.sort_by_key(|name| name.chars().count() == 1);
     let declared: Vec<&str> = ast.decls.iter().map(|d| d.name.as_str()).collect();
     let mut candidates: Vec<String> = Vec::new();
@@ -123,8 +122,12 @@ pub fn check_program_with_shape(
     expected: Option<(&Graph, Shape)>,
 ) -> Result<Program, Diagnostic> {
     let ast = parse_program(source)?;
-    let mut checker = Checker::default();
-    collect_names(&ast.expr, &mut checker.taken_names);
+    let mut taken_names = program_names(&ast);
+    taken_names.extend(ast.defs.iter().map(|d| d.name.clone()));
+    let mut checker = Checker {
+        taken_names,
+        ..Checker::default()
+    };
     for decl in &ast.decls {
         checker.taken_names.push(decl.name.clone());
         for d in &decl.dims {
@@ -134,6 +137,7 @@ pub fn check_program_with_shape(
         }
     }
     checker.declare(&ast)?;
+    checker.define(&ast)?;
     let root_ty = checker.infer(&ast.expr)?;
     if let Some((graph, shape)) = expected {
         let slots = [shape.rows, shape.cols].map(|d| match d {
@@ -152,6 +156,10 @@ pub fn check_program_with_shape(
     checker.solve()?;
     checker.name_all_dims();
     let mut lowering = Lowering::new(&checker);
+    for def in &ast.defs {
+        let id = lowering.lower(&def.expr)?;
+        lowering.def_ids.insert(def.name.clone(), id);
+    }
     let root = lowering.lower(&ast.expr)?;
     if let Some(v) = lowering.graph.non_finite_constant(root) {
         return Err(Diagnostic::new(
@@ -259,6 +267,9 @@ struct Checker {
     auto_names: HashMap<SlotId, (usize, String)>,
     /// Names an automatic dimension name must not take (the program's own names).
     taken_names: Vec<String>,
+    /// The `where` definitions checked so far, by name, and every name the clause defines.
+    defs: HashMap<String, Ty>,
+    def_names: Vec<String>,
     next_auto: usize,
 }
 
@@ -474,6 +485,38 @@ impl Checker {
         }
     }
 
+    /// Checks the `where` definitions in order: each name is new (not a variable, dimension,
+    /// function, kind or earlier definition), and each definition uses only names before it.
+    fn define(&mut self, ast: &ProgramAst) -> Result<(), Diagnostic> {
+        self.def_names = ast.defs.iter().map(|d| d.name.clone()).collect();
+        for def in &ast.defs {
+            let name = def.name.as_str();
+            let clash = if name == "eye"
+                || crate::parse::FUNCTIONS.contains(&name)
+                || crate::parse::KINDS.contains(&name)
+            {
+                Some("a word of the language")
+            } else if self.var_index.contains_key(name) {
+                Some("a declared variable")
+            } else if self.named_dims.contains_key(name) {
+                Some("a dimension")
+            } else if self.defs.contains_key(name) {
+                Some("defined twice")
+            } else {
+                None
+            };
+            if let Some(what) = clash {
+                return Err(Diagnostic::new(
+                    format!("`{name}` is {what}; a `where` clause defines new names"),
+                    def.name_span,
+                ));
+            }
+            let ty = self.infer(&def.expr)?;
+            self.defs.insert(def.name.clone(), ty);
+        }
+        Ok(())
+    }
+
     fn declare(&mut self, ast: &ProgramAst) -> Result<(), Diagnostic> {
         for decl in &ast.decls {
             if crate::parse::FUNCTIONS.contains(&decl.name.as_str()) {
@@ -665,6 +708,15 @@ impl Checker {
         }
         if let Some(&i) = self.var_index.get(name) {
             return Ok(self.vars[i].ty);
+        }
+        if let Some(&ty) = self.defs.get(name) {
+            return Ok(ty);
+        }
+        if self.def_names.iter().any(|d| d == name) {
+            return Err(Diagnostic::new(
+                format!("`{name}` is used before its definition; a `where` definition may use only the names defined before it"),
+                span,
+            ));
         }
         let ty = self.unknown_ty();
         self.var_index.insert(name.to_string(), self.vars.len());
@@ -1073,6 +1125,8 @@ struct Lowering<'c> {
     graph: Graph,
     dims: HashMap<SlotId, Dim>,
     var_ids: HashMap<String, u32>,
+    /// The lowered `where` definitions, by name.
+    def_ids: HashMap<String, Id>,
 }
 
 impl<'c> Lowering<'c> {
@@ -1082,6 +1136,7 @@ impl<'c> Lowering<'c> {
             graph: Graph::default(),
             dims: HashMap::new(),
             var_ids: HashMap::new(),
+            def_ids: HashMap::new(),
         };
         let roots = checker
             .vars
@@ -1140,10 +1195,13 @@ impl<'c> Lowering<'c> {
                 let shape = self.shape(self.ty(ast));
                 self.graph.eye(shape.rows)
             }
-            AstKind::Name(name) => {
-                let v = self.var_ids[name];
-                self.graph.var(v)
-            }
+            AstKind::Name(name) => match self.def_ids.get(name) {
+                Some(&id) => id,
+                None => {
+                    let v = self.var_ids[name];
+                    self.graph.var(v)
+                }
+            },
             AstKind::Neg(inner) => match inner.kind {
                 AstKind::Number(v) => self.graph.constant(-v),
                 _ => {
@@ -1222,6 +1280,18 @@ fn unreachable_function(name: &str, span: Span) -> Result<Id, Diagnostic> {
     Err(Diagnostic::new(format!("unknown function `{name}`"), span))
 }
 
+/// Every name the program's expression and definitions mention (variables and functions
+/// alike), except the names its `where` clause defines.
+fn program_names(ast: &ProgramAst) -> Vec<String> {
+    let mut names = Vec::new();
+    collect_names(&ast.expr, &mut names);
+    for def in &ast.defs {
+        collect_names(&def.expr, &mut names);
+    }
+    names.retain(|n| ast.defs.iter().all(|d| d.name != *n));
+    names
+}
+
 /// Every name the expression mentions (variables and functions alike).
 fn collect_names(ast: &Ast, out: &mut Vec<String>) {
     match &ast.kind {
@@ -1260,6 +1330,43 @@ mod tests {
         let p = check_program(source).unwrap();
         let v = p.var_index(var).unwrap();
         p.graph.describe_shape(p.graph.vars[v as usize].shape)
+    }
+
+    #[test]
+    fn where_definitions_are_checked_in_order() {
+        check(
+            "x: vector(3); s2*x where s1 = x'*x+1, s2 = s1^2",
+            "vector(3)",
+        );
+        check("x: vector(3); s1 where s1 = x*x'", "matrix(3,3)");
+        check(
+            "x: vector(3); s1 where s1 = s2*x, s2 = x'*x",
+            "error at 28: `s2` is used before its definition; a `where` definition may use only the names defined before it",
+        );
+        check(
+            "x: vector(3); s1 where s1 = s1",
+            "error at 28: `s1` is used before its definition; a `where` definition may use only the names defined before it",
+        );
+        check(
+            "x: vector(3); x where x = 1",
+            "error at 22: `x` is a declared variable; a `where` clause defines new names",
+        );
+        check(
+            "x: vector(n); x where n = 1",
+            "error at 22: `n` is a dimension; a `where` clause defines new names",
+        );
+        check(
+            "x: vector(3); s1 where s1 = x, s1 = x",
+            "error at 31: `s1` is defined twice; a `where` clause defines new names",
+        );
+        check(
+            "x: vector(3); x where exp = 1",
+            "error at 22: `exp` is a word of the language; a `where` clause defines new names",
+        );
+        // A definition is a value, lowered once: both uses are the same node.
+        let p = check_program("x: vector(3); s1*s1 where s1 = x'*x+1").unwrap();
+        let direct = check_program("x: vector(3); (x'*x+1)*(x'*x+1)").unwrap();
+        assert_eq!(p.graph.len(), direct.graph.len());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod diff;
 pub mod eval;
 pub mod expr;
+pub mod names;
 pub mod print;
 pub mod simplify;
 pub mod verify;

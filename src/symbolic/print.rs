@@ -5,11 +5,16 @@
 //! format is the input language itself, so what it prints parses back (with the program's
 //! declarations) to an expression of the same value; parentheses appear only where
 //! precedence or readability needs them (`2*A'*(A*x+b)`, `(x'*a)*b`); a sum at the top
-//! level is spaced (`A'*C*(D*x+e) + D'*C'*(A*x+b)`), nested sums are not.
+//! level is spaced (`A'*C*(D*x+e) + D'*C'*(A*x+b)`), nested sums are not. A formula whose
+//! tree is large prints with its shared parts named ([`crate::names`]: `... where s1 = ...`,
+//! in JSON `ref` nodes and a `where` list), so every format is linear in the DAG's size.
+
+use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
 use crate::expr::{Dim, Func, Graph, Id, Node, Shape};
+use crate::symbolic::names;
 
 /// The output formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,31 +37,190 @@ impl Format {
     }
 }
 
-/// Prints `id` in `format` (JSON pretty-printed).
+/// Prints `id` in `format` (JSON pretty-printed). A tree larger than
+/// [`names::NAMING_NODES`] prints with its shared parts named ([`names::name_shared`]):
+/// `body` then `where s1 = ..., s2 = ...`, which the parser reads back.
 pub fn render(graph: &Graph, id: Id, format: Format) -> String {
     match format {
         Format::Text => text(graph, id),
-        Format::Unicode => Writer::new(graph, Style::Unicode).top(id),
-        Format::Latex => Writer::new(graph, Style::Latex).top(id),
-        Format::Json => serde_json::to_string_pretty(&json_tree(graph, id)).unwrap_or_default(),
+        Format::Unicode => with_names(graph, id, Style::Unicode),
+        Format::Latex => with_names(graph, id, Style::Latex),
+        Format::Json => pretty_json(&json_tree(graph, id)),
     }
 }
 
-/// The input language's syntax.
+/// JSON indented like `serde_json::to_string_pretty` down to [`INDENTED_LEVELS`] levels and
+/// compact below, so that a deep tree (a sum of a thousand terms nests a thousand levels)
+/// prints in size linear in its nodes instead of quadratic in its depth.
+pub fn pretty_json<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, Indented::default());
+    match value.serialize(&mut ser) {
+        Ok(()) => String::from_utf8(out).unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// How many levels of a JSON document [`pretty_json`] indents.
+pub const INDENTED_LEVELS: usize = 16;
+
+/// serde_json's pretty formatter above [`INDENTED_LEVELS`], its compact one below.
+#[derive(Default)]
+struct Indented {
+    depth: usize,
+    pretty: serde_json::ser::PrettyFormatter<'static>,
+}
+
+impl Indented {
+    fn indents(&self) -> bool {
+        self.depth <= INDENTED_LEVELS
+    }
+}
+
+impl serde_json::ser::Formatter for Indented {
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.depth += 1;
+        match self.indents() {
+            true => self.pretty.begin_array(w),
+            false => w.write_all(b"["),
+        }
+    }
+
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        let r = match self.indents() {
+            true => self.pretty.end_array(w),
+            false => w.write_all(b"]"),
+        };
+        self.depth -= 1;
+        r
+    }
+
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        match (self.indents(), first) {
+            (true, _) => self.pretty.begin_array_value(w, first),
+            (false, true) => Ok(()),
+            (false, false) => w.write_all(b","),
+        }
+    }
+
+    fn end_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        match self.indents() {
+            true => self.pretty.end_array_value(w),
+            false => Ok(()),
+        }
+    }
+
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.depth += 1;
+        match self.indents() {
+            true => self.pretty.begin_object(w),
+            false => w.write_all(b"{"),
+        }
+    }
+
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        let r = match self.indents() {
+            true => self.pretty.end_object(w),
+            false => w.write_all(b"}"),
+        };
+        self.depth -= 1;
+        r
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        match (self.indents(), first) {
+            (true, _) => self.pretty.begin_object_key(w, first),
+            (false, true) => Ok(()),
+            (false, false) => w.write_all(b","),
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        match self.indents() {
+            true => self.pretty.begin_object_value(w),
+            false => w.write_all(b":"),
+        }
+    }
+
+    fn end_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        match self.indents() {
+            true => self.pretty.end_object_value(w),
+            false => Ok(()),
+        }
+    }
+}
+
+/// The input language's syntax, with names for shared parts when the tree is large.
 pub fn text(graph: &Graph, id: Id) -> String {
+    with_names(graph, id, Style::Text)
+}
+
+/// The input language's syntax with every shared part written out where it is used: the
+/// tree as it is, whatever its size (the caller bounds it).
+pub fn text_in_place(graph: &Graph, id: Id) -> String {
     Writer::new(graph, Style::Text).top(id)
 }
 
-/// The expression tree with every node's shape.
+fn with_names(graph: &Graph, id: Id, style: Style) -> String {
+    let Some(named) = names::name_shared(graph, id) else {
+        return Writer::new(graph, style).top(id);
+    };
+    let w = Writer::new(&named.graph, style);
+    let body = w.top(named.body);
+    let defs: Vec<String> = named
+        .defs
+        .iter()
+        .map(|(name, def)| format!("{} = {}", w.name(name), w.top(*def)))
+        .collect();
+    match style {
+        Style::Text | Style::Unicode => format!("{body}\nwhere {}", defs.join(",\n      ")),
+        Style::Latex => format!("{body} \\\\ \\text{{where }} {}", defs.join(", \\\\ ")),
+    }
+}
+
+/// The expression tree with every node's shape. A tree larger than [`names::NAMING_NODES`]
+/// shares its repeated parts: they appear as `{"op": "ref", "name": "s1"}`, and the root
+/// object's `"where"` lists each name with its shape and tree, in order (each tree refers
+/// only to names before it).
 pub fn json_tree(graph: &Graph, id: Id) -> Value {
+    let Some(named) = names::name_shared(graph, id) else {
+        return json_node(graph, id, &HashSet::new());
+    };
+    let refs: HashSet<&str> = named.defs.iter().map(|(n, _)| n.as_str()).collect();
+    let g = &named.graph;
+    let mut root = json_node(g, named.body, &refs);
+    let defs: Vec<Value> = named
+        .defs
+        .iter()
+        .map(|(name, def)| {
+            json!({"name": name, "shape": shape_json(g, g.shape(*def)), "tree": json_node(g, *def, &refs)})
+        })
+        .collect();
+    root["where"] = Value::Array(defs);
+    root
+}
+
+/// One node and its arguments as JSON; variables named in `refs` are references.
+fn json_node(graph: &Graph, id: Id, refs: &HashSet<&str>) -> Value {
     let shape = shape_json(graph, graph.shape(id));
     let args: Vec<Value> = graph
         .node(id)
         .args()
         .into_iter()
-        .map(|a| json_tree(graph, a))
+        .map(|a| json_node(graph, a, refs))
         .collect();
     let mut obj = match graph.node(id) {
+        Node::Var(v) if refs.contains(graph.vars[v as usize].name.as_str()) => {
+            json!({"op": "ref", "name": graph.vars[v as usize].name})
+        }
         Node::Var(v) => json!({"op": "var", "name": graph.vars[v as usize].name}),
         Node::Const(c) => json!({"op": "const", "value": c.get()}),
         Node::Fill(c, _) => json!({"op": "fill", "value": c.get()}),
@@ -683,6 +847,37 @@ fn superscript(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::types::check_program;
+
+    #[test]
+    fn json_is_indented_like_serde_above_the_cap_and_compact_below() {
+        let shallow = json!({"op": "add", "args": [{"op": "var", "name": "x"}, [1, 2]]});
+        assert_eq!(
+            pretty_json(&shallow),
+            serde_json::to_string_pretty(&shallow).unwrap()
+        );
+        // 60 levels of an object in an array (serde_json reads back 128): the full
+        // indentation grows quadratically.
+        let mut deep = json!(0);
+        for _ in 0..60 {
+            deep = json!({ "args": [deep] });
+        }
+        let printed = pretty_json(&deep);
+        let full = serde_json::to_string_pretty(&deep).unwrap();
+        assert!(
+            printed.len() * 10 < full.len(),
+            "{} of {} bytes",
+            printed.len(),
+            full.len()
+        );
+        let back: Value = serde_json::from_str(&printed).expect("valid JSON");
+        let mut v = &back;
+        let mut depth = 0;
+        while let Some(inner) = v.get("args") {
+            v = &inner[0];
+            depth += 1;
+        }
+        assert_eq!((depth, v), (60, &json!(0)));
+    }
 
     fn check(source: &str, format: Format, expected: &str) {
         let p = check_program(source).unwrap_or_else(|e| panic!("{}", e.render(source)));

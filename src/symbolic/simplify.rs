@@ -125,6 +125,11 @@ enum Key {
     Large(u64),
 }
 
+/// The most terms a sum may have for a product with a non-constant scalar to be distributed
+/// over it (`c*(u+v)` → `c*u + c*v`); a longer sum stays one factor, which bounds the terms
+/// of every normal form by the number of the input's sums times this.
+const MAX_DISTRIBUTED_TERMS: usize = 8;
+
 /// The largest tree (in nodes) whose printed text is a sort key.
 const TEXT_KEY_NODES: u64 = 400;
 
@@ -143,7 +148,7 @@ impl<'g> Simplifier<'g> {
             return k.clone();
         }
         let k = if self.g.tree_size(id, &mut self.sizes) <= TEXT_KEY_NODES {
-            Key::Text(crate::print::text(self.g, id).into())
+            Key::Text(crate::print::text_in_place(self.g, id).into())
         } else {
             Key::Large(self.g.structural_hash(id, &mut self.hashes))
         };
@@ -557,6 +562,26 @@ impl<'g> Simplifier<'g> {
         if a.shape.is_scalar() || b.shape.is_scalar() {
             let (s, m) = if a.shape.is_scalar() { (a, b) } else { (b, a) };
             let (coef, scalars) = self.as_scalar_factor(s);
+            if m.terms.len() > MAX_DISTRIBUTED_TERMS && !scalars.is_empty() {
+                // A long sum stays one factor: distributed, products of such factors over
+                // sums of them multiply the terms at every level (exponential in the depth).
+                let t = if m.shape.is_scalar() {
+                    let (c, sc) = self.as_scalar_factor(m);
+                    Term {
+                        coef: c,
+                        scalars: sc,
+                        chain: vec![],
+                    }
+                } else {
+                    self.as_term(m)
+                };
+                let term = Term {
+                    coef: t.coef * coef,
+                    scalars: merge_scalars(&t.scalars, &scalars),
+                    chain: t.chain,
+                };
+                return Poly::single(shape, term);
+            }
             let terms = m
                 .terms
                 .into_iter()
@@ -2016,11 +2041,14 @@ fn factors_cancel(a: &[(Id, f64)], b: &[(Id, f64)]) -> bool {
     })
 }
 
+/// What makes terms like: their scalars and their chain.
+type TermKey = (Vec<(Id, Num)>, Vec<Factor>);
+
 /// Adds up like terms (same scalars and chain); drops zero terms; keeps first-seen order.
 fn collect(terms: Vec<Term>) -> Vec<Term> {
     let mut out: Vec<Term> = Vec::new();
     // Where each distinct (scalars, chain) went in `out`: linear, not quadratic, in the terms.
-    let mut at: HashMap<(Vec<(Id, Num)>, Vec<Factor>), usize> = HashMap::new();
+    let mut at: HashMap<TermKey, usize> = HashMap::new();
     for t in terms {
         match at.entry((t.scalars.clone(), t.chain.clone())) {
             Entry::Occupied(e) => {
