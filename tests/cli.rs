@@ -822,6 +822,11 @@ fn constants_past_float64s_range_are_errors_and_never_print_as_inf() {
         ),
         ("x: vector(3); 1e308*1e308*sum(x)", "past float64's range"),
         ("x: scalar; exp(1000)*x", "past float64's range"),
+        // Folded constants that underflow, however the factors are grouped.
+        ("x: vector(3); 1e-200*1e-200*sum(x)", "1e-200 times 1e-200"),
+        ("x: vector(3); sum(x)*1e-200*1e-200", "underflow"),
+        ("x: vector(3); (1e-200*x)'*(1e-200*x)", "underflow"),
+        ("x: scalar; exp(-800)*x", "exp(-800) is 0e0"),
     ] {
         let (code, out, err) = matgrad(&["grad", program, "--wrt", "x"]);
         assert_eq!(code, 2, "{program}: {out}{err}");
@@ -832,6 +837,9 @@ fn constants_past_float64s_range_are_errors_and_never_print_as_inf() {
     let (code, out, _) = matgrad(&["grad", "x: scalar; 0e-999*x + 2.5e-308*x", "--wrt", "x"]);
     assert_eq!(code, 0);
     assert_eq!(out.trim(), "2.5e-308");
+    // Small products inside the normal range are kept.
+    let (code, out, err) = matgrad(&["grad", "x: scalar; 1e-150*1e-150*x", "--wrt", "x"]);
+    assert_eq!((code, out.trim()), (0, "1e-300"), "{err}");
 }
 
 #[test]

@@ -235,6 +235,12 @@ pub fn differentiate(
         let t = g.transpose(node);
         node = simplify(g, t);
     }
+    if let Some(u) = g.underflow {
+        return Err(Diagnostic::without_span(format!(
+            "the derivative's constants underflow: {u}, below float64's normal range \
+             (about 2.2e-308), so a term would silently be zero; rescale the program's constants"
+        )));
+    }
     if let Some(v) = g.non_finite_constant(node) {
         return Err(Diagnostic::without_span(format!(
             "the derivative has a constant {v}, past float64's range (about 1.8e308); \

@@ -304,6 +304,24 @@ impl Node {
     }
 }
 
+/// Numbers whose product or power fell below float64's normal range (about 2.2e-308).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Underflow {
+    Product(f64, f64),
+    Power(f64, f64),
+    Exp(f64),
+}
+
+impl fmt::Display for Underflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Underflow::Product(a, b) => write!(f, "{a:e} times {b:e} is {:e}", a * b),
+            Underflow::Power(a, c) => write!(f, "{a:e} to the power {c} is {:e}", a.powf(c)),
+            Underflow::Exp(a) => write!(f, "exp({a}) is {:e}", a.exp()),
+        }
+    }
+}
+
 /// The arena: nodes, their shapes, and the program's variables and dimensions.
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
@@ -312,6 +330,9 @@ pub struct Graph {
     index: HashMap<Node, Id>,
     pub vars: Vec<Var>,
     pub dims: Vec<DimInfo>,
+    /// The first constant that simplification computed below float64's normal range (a
+    /// term that would silently become zero), if any: the derivative is then refused.
+    pub underflow: Option<Underflow>,
     /// Nodes `0..written` are the program as its source wrote it ([`Graph::mark_written`]);
     /// later ones were derived (0 until marked: nothing counts as written).
     written: usize,

@@ -24,14 +24,16 @@
 //! number of terms the input itself spells out: the two distributions keep a sum's count);
 //! the result is deterministic (terms are ordered by their printed text).
 
+use std::cell::Cell;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::expr::{Dim, Func, Graph, Id, Node, Num, Shape};
+use crate::expr::{Dim, Func, Graph, Id, Node, Num, Shape, Underflow};
 
 /// Simplifies `root`; returns the simplified node (in the same graph).
 pub fn simplify(graph: &mut Graph, root: Id) -> Id {
+    UNDERFLOW.with(|u| u.set(None));
     let mut s = Simplifier {
         g: graph,
         polys: HashMap::new(),
@@ -40,7 +42,36 @@ pub fn simplify(graph: &mut Graph, root: Id) -> Id {
         hashes: HashMap::new(),
     };
     let p = s.poly(root);
-    s.build(&p)
+    let node = s.build(&p);
+    if let Some(factors) = UNDERFLOW.with(|u| u.get()) {
+        graph.underflow.get_or_insert(factors);
+    }
+    node
+}
+
+thread_local! {
+    /// The first product of two numbers (or power) that fell below float64's normal range
+    /// while simplifying, reset by [`simplify`] and kept in [`Graph::underflow`].
+    static UNDERFLOW: Cell<Option<Underflow>> = const { Cell::new(None) };
+}
+
+/// `a * b`, noting an underflow: non-zero finite numbers whose product is below float64's
+/// normal range (`1e-200 * 1e-200` is 0), which would silently turn a term into zero.
+fn product(a: f64, b: f64) -> f64 {
+    let p = a * b;
+    if a != 0.0 && b != 0.0 && a.is_finite() && b.is_finite() && p.abs() < f64::MIN_POSITIVE {
+        UNDERFLOW.with(|u| u.set(u.get().or(Some(Underflow::Product(a, b)))));
+    }
+    p
+}
+
+/// `a^c`, noting an underflow as [`product`] does (`(1e-200)^2`).
+fn power(a: f64, c: f64) -> f64 {
+    let p = a.powf(c);
+    if a != 0.0 && a.is_finite() && c.is_finite() && p.abs() < f64::MIN_POSITIVE {
+        UNDERFLOW.with(|u| u.set(u.get().or(Some(Underflow::Power(a, c)))));
+    }
+    p
 }
 
 /// A matrix factor: an atom raised to a non-zero integer power (negative: inverse).
@@ -576,7 +607,7 @@ impl<'g> Simplifier<'g> {
                     self.as_term(m)
                 };
                 let term = Term {
-                    coef: t.coef * coef,
+                    coef: product(t.coef, coef),
                     scalars: merge_scalars(&t.scalars, &scalars),
                     chain: t.chain,
                 };
@@ -586,7 +617,7 @@ impl<'g> Simplifier<'g> {
                 .terms
                 .into_iter()
                 .map(|t| Term {
-                    coef: t.coef * coef,
+                    coef: product(t.coef, coef),
                     scalars: merge_scalars(&t.scalars, &scalars),
                     chain: t.chain,
                 })
@@ -606,7 +637,7 @@ impl<'g> Simplifier<'g> {
             self.push_factor_merging_diagonals(&mut chain, f);
         }
         let term = Term {
-            coef: ta.coef * tb.coef,
+            coef: product(ta.coef, tb.coef),
             scalars: merge_scalars(&ta.scalars, &tb.scalars),
             chain,
         };
@@ -804,7 +835,7 @@ impl<'g> Simplifier<'g> {
             let inner: Vec<Factor> = term.chain.drain(i..=j).collect();
             let atom = self.scalar_chain_atom(inner);
             match self.fold_constant(atom) {
-                Some(v) => term.coef *= v,
+                Some(v) => term.coef = product(term.coef, v),
                 None => term.scalars = merge_scalars(&term.scalars, &[(atom, Num::new(1.0))]),
             }
         }
@@ -1304,7 +1335,7 @@ impl<'g> Simplifier<'g> {
         }
         let ta = self.as_term(a);
         let tb = self.as_term(b);
-        let coef = ta.coef * tb.coef;
+        let coef = product(ta.coef, tb.coef);
         let scalars = merge_scalars(&ta.scalars, &tb.scalars);
         let na = self.build_chain(&ta.chain, shape);
         let nb = self.build_chain(&tb.chain, shape);
@@ -1550,7 +1581,7 @@ impl<'g> Simplifier<'g> {
                 };
                 let mut p = self.poly_of_unit(node);
                 for term in &mut p.terms {
-                    term.coef *= t.coef.powf(c);
+                    term.coef = product(term.coef, power(t.coef, c));
                     let powered: Vec<(Id, Num)> = t
                         .scalars
                         .iter()
@@ -1570,6 +1601,11 @@ impl<'g> Simplifier<'g> {
     fn map(&mut self, f: Func, p: Poly) -> Poly {
         if let Some(c) = p.constant() {
             let v = f.apply(c);
+            // `exp` of a finite number is never 0 in exact arithmetic: 0 or a subnormal is an
+            // underflow, as for products.
+            if f == Func::Exp && c.is_finite() && v.abs() < f64::MIN_POSITIVE {
+                UNDERFLOW.with(|u| u.set(u.get().or(Some(Underflow::Exp(c)))));
+            }
             // `exp(0)` is 1, but `log(2)` stays `log(2)`.
             if folds(v) {
                 return self.constant(v);
@@ -1948,7 +1984,7 @@ enum Reduction {
 /// pulled back onto what was computed from its chain).
 fn times(p: &mut Poly, coef: f64, scalars: &[(Id, Num)]) {
     for term in &mut p.terms {
-        term.coef *= coef;
+        term.coef = product(term.coef, coef);
         term.scalars = merge_scalars(&term.scalars, scalars);
     }
 }
@@ -1958,7 +1994,7 @@ fn scale_poly(p: &mut Poly, c: f64) {
         p.terms.clear();
     }
     for t in &mut p.terms {
-        t.coef *= c;
+        t.coef = product(t.coef, c);
     }
 }
 
