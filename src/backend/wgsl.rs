@@ -411,6 +411,7 @@ pub fn generate(plan: &Plan) -> Result<Kernel, GenerateError> {
         }
     }
     let mut storage = vec![Storage::Private; steps.len()];
+    let mut power_copy: Vec<Option<usize>> = vec![None; steps.len()];
     let (mut private, mut scratch_len) = (0, 0);
     for i in (0..steps.len()).filter(|&i| computed(i)) {
         let len = steps[i].len();
@@ -420,7 +421,6 @@ pub fn generate(plan: &Plan) -> Result<Kernel, GenerateError> {
             .filter(|(_, &(p, _))| plan.outputs()[p] == i)
             .map(|(k, _)| k)
             .collect();
-        let fits = len <= PRIVATE_MAX && private + len <= PRIVATE_BUDGET;
         let inline = !global[i]
             && positions.is_empty()
             && is_elementwise(steps[i].node)
@@ -432,6 +432,18 @@ pub fn generate(plan: &Plan) -> Result<Kernel, GenerateError> {
                         Node::Sum(_) | Node::Norm1(_) | Node::Norm2(_)
                     )
             });
+        // A matrix power's working copy: in function memory while that has room, else in
+        // `scratch` (a large private array indexed by loop variables makes llvmpipe's
+        // compile time explode: 5.8 s for one 24×24 copy).
+        if matches!(steps[i].node, Node::MatPow(_, k) if k > 1) {
+            if len <= PRIVATE_MAX && private + len <= PRIVATE_BUDGET {
+                private += len;
+            } else {
+                power_copy[i] = Some(scratch_len);
+                scratch_len += len;
+            }
+        }
+        let fits = len <= PRIVATE_MAX && private + len <= PRIVATE_BUDGET;
         storage[i] = if is_gemm[i] && !epilogue[i].is_empty() {
             Storage::Accumulator
         } else if inline {
@@ -461,6 +473,7 @@ pub fn generate(plan: &Plan) -> Result<Kernel, GenerateError> {
         shared_offsets: &shared_offsets,
         input_base: &input_base,
         storage: &storage,
+        power_copy: &power_copy,
         loops: 0,
         lu_sizes: Vec::new(),
         uses_pow: false,
@@ -998,6 +1011,8 @@ struct Generator<'p> {
     shared_offsets: &'p [Option<usize>],
     input_base: &'p [usize],
     storage: &'p [Storage],
+    /// For a matrix power, the `scratch` base of its working copy (`None`: in registers).
+    power_copy: &'p [Option<usize>],
     loops: usize,
     lu_sizes: Vec<usize>,
     uses_pow: bool,
@@ -1129,7 +1144,14 @@ impl Generator<'_> {
             Node::MatPow(_, power) => {
                 let n = step.rows;
                 let tmp = Ident::scratch(i, "pw");
-                body.push(Stmt::Array(tmp.clone(), len));
+                let copy = self.power_copy[i];
+                let entry = move |k: Expr| match copy {
+                    Some(base) => lanes("scratch", base, k),
+                    None => at(&tmp, k),
+                };
+                if copy.is_none() {
+                    body.push(Stmt::Array(Ident::scratch(i, "pw"), len));
+                }
                 let k = self.loop_var();
                 body.push(Stmt::For(
                     k.clone(),
@@ -1145,16 +1167,13 @@ impl Generator<'_> {
                         k.clone(),
                         len,
                         vec![Stmt::Assign(
-                            at(&tmp, Expr::id(k.clone())),
+                            entry(Expr::id(k.clone())),
                             self.target(i, Expr::id(k)),
                         )],
                     ));
-                    let t = tmp.clone();
+                    let entry = entry.clone();
                     let lhs = move |_: &Self, r: Expr, p: Expr| {
-                        Expr::index(
-                            Expr::id(t.clone()),
-                            Expr::add(Expr::mul(r, Expr::U32(n as u32)), p),
-                        )
+                        entry(Expr::add(Expr::mul(r, Expr::U32(n as u32)), p))
                     };
                     let rhs = |g: &Self, p: Expr, c: Expr| {
                         g.value(a, Expr::add(Expr::mul(p, Expr::U32(n as u32)), c))
