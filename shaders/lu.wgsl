@@ -1,26 +1,29 @@
-// LU factorization with partial pivoting of one N×N matrix held in function memory, and
+// LU factorization with partial pivoting of one N×N matrix held in the `scratch` buffer, and
 // what is computed from it: the determinant, log|det| with the sign, and the inverse.
 //
-// Instantiated by src/wgsl.rs for each size N the plan needs: `NNU` becomes the u32 literal
-// N*N, `NU` the u32 literal N and `NAME` the number N in function names (integers the
-// generator computes; nothing a user typed reaches this text). No
-// bindings: the functions take pointers to arrays in the calling invocation's function
-// memory, so each batch item factors its own matrix.
+// Instantiated by src/backend/wgsl/lu.rs for each size N above its unrolled form: `NNU`
+// becomes the u32 literal N*N, `NU` the u32 literal N and `NAME` the number N in function
+// names (integers the generator computes; nothing a user typed reaches this text). The matrix
+// is entries `ab..ab+N*N` of the calling item's lanes in `scratch` (entry e of item `item` at
+// `scratch[chunk * (ab + e) + item]`, the kernels' element-major layout), so each batch item
+// factors its own matrix; it is not a private array because llvmpipe's compile time grows
+// steeply with dynamically indexed private arrays (34 s for one 16×16 determinant's
+// derivative). Only the permutation and one column of the inverse are in function memory.
 //
-// mg_lu_NAME factors `a` in place (L below the diagonal with unit diagonal, U on and above) and
+// mg_lu_NAME factors the matrix at `ab` in place (L below the diagonal with unit diagonal, U on and above) and
 // records the row permutation in `perm`; it returns the permutation's sign, or 0 when a pivot
 // is zero or not finite (the matrix is singular or holds NaN/Inf).
 
-fn mg_lu_NAME(a: ptr<function, array<f32, NNU>>, perm: ptr<function, array<u32, NU>>) -> f32 {
+fn mg_lu_NAME(ab: u32, chunk: u32, item: u32, perm: ptr<function, array<u32, NU>>) -> f32 {
     var sign: f32 = 1.0;
     for (var i: u32 = 0u; i < NU; i = i + 1u) {
         (*perm)[i] = i;
     }
     for (var col: u32 = 0u; col < NU; col = col + 1u) {
         var pivot: u32 = col;
-        var best: f32 = abs((*a)[col * NU + col]);
+        var best: f32 = abs(scratch[chunk * (ab + col * NU + col) + item]);
         for (var row: u32 = col + 1u; row < NU; row = row + 1u) {
-            let v = abs((*a)[row * NU + col]);
+            let v = abs(scratch[chunk * (ab + row * NU + col) + item]);
             if (v > best) {
                 best = v;
                 pivot = row;
@@ -32,21 +35,21 @@ fn mg_lu_NAME(a: ptr<function, array<f32, NNU>>, perm: ptr<function, array<u32, 
         }
         if (pivot != col) {
             for (var j: u32 = 0u; j < NU; j = j + 1u) {
-                let t = (*a)[col * NU + j];
-                (*a)[col * NU + j] = (*a)[pivot * NU + j];
-                (*a)[pivot * NU + j] = t;
+                let t = scratch[chunk * (ab + col * NU + j) + item];
+                scratch[chunk * (ab + col * NU + j) + item] = scratch[chunk * (ab + pivot * NU + j) + item];
+                scratch[chunk * (ab + pivot * NU + j) + item] = t;
             }
             let p = (*perm)[col];
             (*perm)[col] = (*perm)[pivot];
             (*perm)[pivot] = p;
             sign = -sign;
         }
-        let d = (*a)[col * NU + col];
+        let d = scratch[chunk * (ab + col * NU + col) + item];
         for (var row: u32 = col + 1u; row < NU; row = row + 1u) {
-            let factor = (*a)[row * NU + col] / d;
-            (*a)[row * NU + col] = factor;
+            let factor = scratch[chunk * (ab + row * NU + col) + item] / d;
+            scratch[chunk * (ab + row * NU + col) + item] = factor;
             for (var j: u32 = col + 1u; j < NU; j = j + 1u) {
-                (*a)[row * NU + j] = (*a)[row * NU + j] - factor * (*a)[col * NU + j];
+                scratch[chunk * (ab + row * NU + j) + item] = scratch[chunk * (ab + row * NU + j) + item] - factor * scratch[chunk * (ab + col * NU + j) + item];
             }
         }
     }
@@ -54,16 +57,16 @@ fn mg_lu_NAME(a: ptr<function, array<f32, NNU>>, perm: ptr<function, array<u32, 
 }
 
 // det from a factorization whose sign is `sign` (0 when singular).
-fn mg_det_NAME(a: ptr<function, array<f32, NNU>>, sign: f32) -> f32 {
+fn mg_det_NAME(ab: u32, chunk: u32, item: u32, sign: f32) -> f32 {
     var d: f32 = sign;
     for (var i: u32 = 0u; i < NU; i = i + 1u) {
-        d = d * (*a)[i * NU + i];
+        d = d * scratch[chunk * (ab + i * NU + i) + item];
     }
     return d;
 }
 
 // log(det): NaN when the determinant is negative, -Inf when singular.
-fn mg_logdet_NAME(a: ptr<function, array<f32, NNU>>, sign: f32) -> f32 {
+fn mg_logdet_NAME(ab: u32, chunk: u32, item: u32, sign: f32) -> f32 {
     if (sign == 0.0) {
         // -Inf, made at run time (a constant infinity is not valid WGSL).
         return -1.0 / (sign * sign);
@@ -71,7 +74,7 @@ fn mg_logdet_NAME(a: ptr<function, array<f32, NNU>>, sign: f32) -> f32 {
     var s: f32 = sign;
     var sum: f32 = 0.0;
     for (var i: u32 = 0u; i < NU; i = i + 1u) {
-        let u = (*a)[i * NU + i];
+        let u = scratch[chunk * (ab + i * NU + i) + item];
         if (u < 0.0) {
             s = -s;
         }
@@ -83,8 +86,8 @@ fn mg_logdet_NAME(a: ptr<function, array<f32, NNU>>, sign: f32) -> f32 {
     return sum;
 }
 
-// The inverse into `out` (row-major), NaN everywhere when singular.
-fn mg_inv_NAME(a: ptr<function, array<f32, NNU>>, perm: ptr<function, array<u32, NU>>, sign: f32, out: ptr<function, array<f32, NNU>>) {
+// The inverse into entries `ob..ob+N*N` (row-major), NaN everywhere when singular.
+fn mg_inv_NAME(ab: u32, chunk: u32, item: u32, perm: ptr<function, array<u32, NU>>, sign: f32, ob: u32) {
     for (var col: u32 = 0u; col < NU; col = col + 1u) {
         var x: array<f32, NU>;
         for (var i: u32 = 0u; i < NU; i = i + 1u) {
@@ -93,7 +96,7 @@ fn mg_inv_NAME(a: ptr<function, array<f32, NNU>>, perm: ptr<function, array<u32,
         for (var i: u32 = 0u; i < NU; i = i + 1u) {
             var v: f32 = x[i];
             for (var p: u32 = 0u; p < i; p = p + 1u) {
-                v = v - (*a)[i * NU + p] * x[p];
+                v = v - scratch[chunk * (ab + i * NU + p) + item] * x[p];
             }
             x[i] = v;
         }
@@ -101,12 +104,12 @@ fn mg_inv_NAME(a: ptr<function, array<f32, NNU>>, perm: ptr<function, array<u32,
             let i = NU - 1u - k;
             var v: f32 = x[i];
             for (var p: u32 = i + 1u; p < NU; p = p + 1u) {
-                v = v - (*a)[i * NU + p] * x[p];
+                v = v - scratch[chunk * (ab + i * NU + p) + item] * x[p];
             }
-            x[i] = v / (*a)[i * NU + i];
+            x[i] = v / scratch[chunk * (ab + i * NU + i) + item];
         }
         for (var i: u32 = 0u; i < NU; i = i + 1u) {
-            (*out)[i * NU + col] = select(x[i], sqrt(-1.0 - x[i] * 0.0), sign == 0.0);
+            scratch[chunk * (ob + i * NU + col) + item] = select(x[i], sqrt(-1.0 - x[i] * 0.0), sign == 0.0);
         }
     }
 }

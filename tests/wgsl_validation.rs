@@ -1,6 +1,7 @@
 //! Every generated WGSL module is parsed and validated by naga, with no GPU needed: the
 //! whole seed catalog (with the variable batched, and with everything batched), 200+ random
-//! programs, and one program that uses every operation of the language.
+//! programs, and one program that uses every operation of the language, each within the
+//! hardware and the software kernel budgets.
 
 use matgrad::catalog::CASES;
 use matgrad::diff::{differentiate, Derivative, Layout, Request};
@@ -9,7 +10,7 @@ use matgrad::generate::{random_program, Class};
 use matgrad::plan::Plan;
 use matgrad::types::check_program;
 use matgrad::verify::dimension_sizes;
-use matgrad::wgsl::generate;
+use matgrad::wgsl::{generate_within, Budget};
 
 fn validate_all_assignments(d: &Derivative, what: &str) {
     let g = &d.program.graph;
@@ -17,8 +18,10 @@ fn validate_all_assignments(d: &Derivative, what: &str) {
     let all: Vec<bool> = vec![true; g.vars.len()];
     for batched in [only, all] {
         let plan = Plan::new(g, &[d.node, d.program.root], &dimension_sizes(g), &batched).unwrap();
-        if let Err(e) = generate(&plan) {
-            panic!("{what}: {e}");
+        for budget in [Budget::HARDWARE, Budget::SOFTWARE] {
+            if let Err(e) = generate_within(&plan, budget) {
+                panic!("{what} ({budget:?}): {e}");
+            }
         }
     }
 }

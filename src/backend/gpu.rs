@@ -27,7 +27,7 @@ pub use ceilings::measure as measure_ceilings;
 use crate::batch::Batch;
 use crate::cpu::{hoisted_values, items_to_lanes, lanes_to_items};
 use crate::plan::Plan;
-use crate::wgsl::{generate, GenerateError, InvalidShader, Kernel, StageKind};
+use crate::wgsl::{generate_within, Budget, GenerateError, InvalidShader, Kernel, StageKind};
 
 /// How to choose the adapter and size the work.
 #[derive(Clone, Debug, Default)]
@@ -299,6 +299,17 @@ impl GpuContext {
         &self.adapter
     }
 
+    /// What this device's kernels may hold in private arrays and unrolled code: the software
+    /// budget on a CPU adapter (llvmpipe's compile time grows steeply with both), else the
+    /// hardware one.
+    pub fn kernel_budget(&self) -> Budget {
+        if self.adapter.device_type == format!("{:?}", wgpu::DeviceType::Cpu) {
+            Budget::SOFTWARE
+        } else {
+            Budget::HARDWARE
+        }
+    }
+
     fn check_lost(&self, during: &str) -> Result<(), GpuError> {
         if self.lost_flag.load(Ordering::SeqCst) {
             let why = self
@@ -400,7 +411,7 @@ impl GpuContext {
     /// Prepares `plan` with its shared inputs resident: the kernel compiled, the hoisted
     /// values uploaded. `inputs` are all the plan's inputs (the batched ones are not read).
     pub fn session(&self, plan: &Plan, inputs: &[&Batch<f32>]) -> Result<GpuSession<'_>, GpuError> {
-        let kernel = generate(plan)?;
+        let kernel = generate_within(plan, self.kernel_budget())?;
         let needs = (kernel.stages.iter().map(|s| s.loop_iterations))
             .max()
             .unwrap_or(0);

@@ -20,7 +20,10 @@
 //! every item's value is one matrix product. In a per-item kernel, an element-wise step used
 //! once is inlined into its user ([`Storage::Inline`]), small intermediates are arrays in
 //! function memory indexed by constants (small loops are unrolled, [`UNROLL_LOOP`]), large
-//! ones live in `scratch`, outputs in `out` where they are computed.
+//! ones live in `scratch`, outputs in `out` where they are computed. How much may be private
+//! or unrolled is a [`Budget`]: [`Budget::HARDWARE`] for GPUs, [`Budget::SOFTWARE`] (16-float
+//! private arrays, 128 unrolled statements, the LU looped in `scratch`) for CPU adapters such
+//! as llvmpipe, whose compile time otherwise explodes (29 s for a 16×16 `tr(X*X*X)`).
 //!
 //! Invariants: the text is generated from typed instructions ([`Stmt`], [`Expr`]) whose
 //! identifiers are made by the generator from step numbers and whose buffer names are fixed
@@ -50,6 +53,39 @@ const WORKGROUP_FLOATS: usize = 16 * 1024;
 /// with several 32×32 private matrices).
 pub const PRIVATE_MAX: usize = 256;
 const PRIVATE_BUDGET: usize = 1024;
+
+/// How much of a kernel may be private arrays and unrolled statements: what keeps a
+/// driver's compile time in bounds. [`Budget::HARDWARE`] is for GPUs (their compilers take
+/// thousands of unrolled statements and 16×16 private matrices in stride);
+/// [`Budget::SOFTWARE`] for a CPU adapter such as llvmpipe, whose compile time grows steeply
+/// with both (a 16×16 `tr(X*X*X)` by `X`: 29 s with the hardware budget, 0.2 s with this).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// The largest intermediate (floats) kept in function memory.
+    pub private_max: usize,
+    /// Function-memory floats per item in all.
+    pub private_total: usize,
+    /// Statements a kernel may be written as by unrolling loops.
+    pub unrolled_statements: usize,
+    /// The largest N×N LU block written unrolled in function memory (larger: looped, in
+    /// `scratch`; see [`lu`]).
+    pub unrolled_lu_max: usize,
+}
+
+impl Budget {
+    pub const HARDWARE: Budget = Budget {
+        private_max: PRIVATE_MAX,
+        private_total: PRIVATE_BUDGET,
+        unrolled_statements: UNROLL_KERNEL,
+        unrolled_lu_max: lu::UNROLLED_MAX,
+    };
+    pub const SOFTWARE: Budget = Budget {
+        private_max: 16,
+        private_total: 64,
+        unrolled_statements: 128,
+        unrolled_lu_max: 0,
+    };
+}
 
 /// Where a batched step's value lives in the kernel.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -306,6 +342,12 @@ pub fn validate(source: &str) -> Result<(), InvalidShader> {
 
 /// Generates (and validates) the kernels of a plan.
 pub fn generate(plan: &Plan) -> Result<Kernel, GenerateError> {
+    generate_within(plan, Budget::HARDWARE)
+}
+
+/// [`generate`] within `budget` (the GPU runtime passes [`Budget::SOFTWARE`] for CPU
+/// adapters).
+pub fn generate_within(plan: &Plan, budget: Budget) -> Result<Kernel, GenerateError> {
     check_sizes(plan)?;
     let steps = plan.steps();
     let mut shared_offsets = vec![None; steps.len()];
@@ -412,6 +454,7 @@ pub fn generate(plan: &Plan) -> Result<Kernel, GenerateError> {
     }
     let mut storage = vec![Storage::Private; steps.len()];
     let mut power_copy: Vec<Option<usize>> = vec![None; steps.len()];
+    let mut lu_region: Vec<Option<usize>> = vec![None; steps.len()];
     let (mut private, mut scratch_len) = (0, 0);
     for i in (0..steps.len()).filter(|&i| computed(i)) {
         let len = steps[i].len();
@@ -436,14 +479,28 @@ pub fn generate(plan: &Plan) -> Result<Kernel, GenerateError> {
         // `scratch` (a large private array indexed by loop variables makes llvmpipe's
         // compile time explode: 5.8 s for one 24×24 copy).
         if matches!(steps[i].node, Node::MatPow(_, k) if k > 1) {
-            if len <= PRIVATE_MAX && private + len <= PRIVATE_BUDGET {
+            if len <= budget.private_max && private + len <= budget.private_total {
                 private += len;
             } else {
                 power_copy[i] = Some(scratch_len);
                 scratch_len += len;
             }
         }
-        let fits = len <= PRIVATE_MAX && private + len <= PRIVATE_BUDGET;
+        // The looped LU block works on the item's lanes of `scratch`: the factors, and for an
+        // inverse the inverse before it is stored.
+        if let Node::Det(_) | Node::LogDet(_) | Node::Inv(_) = steps[i].node {
+            let n = steps[steps[i].args[0]].rows;
+            if n > budget.unrolled_lu_max {
+                lu_region[i] = Some(scratch_len);
+                let copies = if matches!(steps[i].node, Node::Inv(_)) {
+                    2
+                } else {
+                    1
+                };
+                scratch_len += copies * n * n;
+            }
+        }
+        let fits = len <= budget.private_max && private + len <= budget.private_total;
         storage[i] = if is_gemm[i] && !epilogue[i].is_empty() {
             Storage::Accumulator
         } else if inline {
@@ -474,6 +531,9 @@ pub fn generate(plan: &Plan) -> Result<Kernel, GenerateError> {
         input_base: &input_base,
         storage: &storage,
         power_copy: &power_copy,
+        lu_region: &lu_region,
+        unrolled_statements: budget.unrolled_statements,
+        unrolled_lu_max: budget.unrolled_lu_max,
         loops: 0,
         lu_sizes: Vec::new(),
         uses_pow: false,
@@ -646,7 +706,7 @@ fn per_item_stage(gen: Generator, body: Vec<Stmt>) -> Result<Stage, InvalidShade
     sizes.sort_unstable();
     sizes.dedup();
     for n in sizes {
-        source.push_str(&lu::building_block(n));
+        source.push_str(&lu::building_block(n, n > gen.unrolled_lu_max));
         source.push('\n');
     }
     let private: usize = body
@@ -664,16 +724,16 @@ fn per_item_stage(gen: Generator, body: Vec<Stmt>) -> Result<Stage, InvalidShade
         source,
         "@compute @workgroup_size({workgroup_size})\nfn main(@builtin(global_invocation_id) gid: vec3<u32>) {{"
     );
-    let mut budget = UNROLL_KERNEL;
+    let mut budget = gen.unrolled_statements;
     for stmt in &body {
         let _ = stmt.write(&mut source, 1, &mut budget);
     }
     source.push_str("}\n");
     validate(&source)?;
     let lu_iterations = |name: &str| {
-        // The looped LU block (above [`lu::UNROLLED_MAX`]): its loops nest three deep over n.
+        // The looped LU block (above the budget's unrolled size): loops three deep over n.
         let n: u64 = name.rsplit('_').next()?.parse().ok()?;
-        (n > lu::UNROLLED_MAX as u64).then(|| n * n * n + 4 * n * n)
+        (n > gen.unrolled_lu_max as u64).then(|| n * n * n + 4 * n * n)
     };
     let loop_iterations = body.iter().map(|s| s.iterations(&lu_iterations)).sum();
     Ok(Stage {
@@ -1013,6 +1073,12 @@ struct Generator<'p> {
     storage: &'p [Storage],
     /// For a matrix power, the `scratch` base of its working copy (`None`: in registers).
     power_copy: &'p [Option<usize>],
+    /// For a determinant or inverse by the looped LU block, the `scratch` base of its factors.
+    lu_region: &'p [Option<usize>],
+    /// What is left to unroll of [`Budget::unrolled_statements`] when the stage is written.
+    unrolled_statements: usize,
+    /// [`Budget::unrolled_lu_max`].
+    unrolled_lu_max: usize,
     loops: usize,
     lu_sizes: Vec<usize>,
     uses_pow: bool,
@@ -1218,6 +1284,66 @@ impl Generator<'_> {
                 };
                 body.push(Stmt::Assign(self.target(i, Expr::U32(0)), result));
             }
+            Node::Det(_) | Node::LogDet(_) | Node::Inv(_) if self.lu_region[i].is_some() => {
+                let n = self.steps[a].rows;
+                self.lu_sizes.push(n);
+                let base = self.lu_region[i].unwrap_or(0);
+                let (perm, sign) = (Ident::scratch(i, "perm"), Ident::scratch(i, "sign"));
+                let lanes_at = |b: usize| {
+                    vec![
+                        Expr::U32(b as u32),
+                        Expr::id(Ident::chunk()),
+                        Expr::id(Ident::item()),
+                    ]
+                };
+                body.push(Stmt::IndexArray(perm.clone(), n));
+                let k = self.loop_var();
+                body.push(Stmt::For(
+                    k.clone(),
+                    n * n,
+                    vec![Stmt::Assign(
+                        lanes("scratch", base, Expr::id(k.clone())),
+                        self.value(a, Expr::id(k)),
+                    )],
+                ));
+                let mut lu_args = lanes_at(base);
+                lu_args.push(Expr::AddrOf(perm.clone()));
+                body.push(Stmt::Let(
+                    sign.clone(),
+                    Expr::CallN(format!("mg_lu_{n}"), lu_args),
+                ));
+                let mut with_sign = lanes_at(base);
+                with_sign.push(Expr::id(sign.clone()));
+                match step.node {
+                    Node::Det(_) => body.push(Stmt::Assign(
+                        self.target(i, Expr::U32(0)),
+                        Expr::CallN(format!("mg_det_{n}"), with_sign),
+                    )),
+                    Node::LogDet(_) => body.push(Stmt::Assign(
+                        self.target(i, Expr::U32(0)),
+                        Expr::CallN(format!("mg_logdet_{n}"), with_sign),
+                    )),
+                    _ => {
+                        let inverse = base + n * n;
+                        let mut args = lanes_at(base);
+                        args.extend([
+                            Expr::AddrOf(perm),
+                            Expr::id(sign),
+                            Expr::U32(inverse as u32),
+                        ]);
+                        body.push(Stmt::Call(Expr::CallN(format!("mg_inv_{n}"), args)));
+                        let k = self.loop_var();
+                        body.push(Stmt::For(
+                            k.clone(),
+                            n * n,
+                            vec![Stmt::Assign(
+                                self.target(i, Expr::id(k.clone())),
+                                lanes("scratch", inverse, Expr::id(k)),
+                            )],
+                        ));
+                    }
+                }
+            }
             Node::Det(_) | Node::LogDet(_) | Node::Inv(_) => {
                 let n = self.steps[a].rows;
                 self.lu_sizes.push(n);
@@ -1404,12 +1530,54 @@ mod tests {
     use crate::types::check_program;
 
     fn kernel(source: &str, wrt: &str) -> Kernel {
+        kernel_within(source, wrt, Budget::HARDWARE)
+    }
+
+    fn kernel_within(source: &str, wrt: &str, budget: Budget) -> Kernel {
         let p = check_program(source).unwrap();
         let d = differentiate(p, wrt, &Request::Derivative, Layout::Gradient).unwrap();
         let g = &d.program.graph;
         let batched: Vec<bool> = g.vars.iter().map(|v| v.name == wrt).collect();
         let plan = Plan::new(g, &[d.node], &crate::verify::dimension_sizes(g), &batched).unwrap();
-        generate(&plan).unwrap_or_else(|e| panic!("{e}"))
+        generate_within(&plan, budget).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The largest private array and the number of lines of a kernel's per-item stages.
+    fn private_and_lines(k: &Kernel) -> (usize, usize) {
+        let source = k.source();
+        let largest = source
+            .split("array<f32, ")
+            .skip(1)
+            .filter_map(|rest| rest.split('u').next()?.parse::<usize>().ok())
+            .max()
+            .unwrap_or(0);
+        (largest, source.lines().count())
+    }
+
+    /// What made llvmpipe's compile time explode (29 s for the 16×16 `tr(X*X*X)`, 34 s for
+    /// `det(X)`, a crash at 32×32): large private arrays, unrolled code, and a matrix power's
+    /// or LU's copy outside every budget. Within the software budget the largest private
+    /// array is 16 floats (or the inverse's one column) and a kernel at most 800 lines, at
+    /// every size.
+    #[test]
+    fn the_software_budget_bounds_private_arrays_and_unrolled_code() {
+        for n in [4, 8, 16, 24, 32] {
+            for f in ["tr(X*X*X)", "det(X)", "tr(inv(X))", "logdet(X'*X+eye)"] {
+                let source = format!("X: matrix({n},{n}); {f}");
+                let k = kernel_within(&source, "X", Budget::SOFTWARE);
+                let (private, lines) = private_and_lines(&k);
+                // 16 floats, or the one column of n the looped inverse solves for.
+                let limit = 16.max(n);
+                assert!(
+                    private <= limit,
+                    "{source}: a private array of {private} floats"
+                );
+                assert!(lines <= 800, "{source}: {lines} lines");
+                // The hardware budget keeps every private array within PRIVATE_MAX too.
+                let (private, _) = private_and_lines(&kernel(&source, "X"));
+                assert!(private <= PRIVATE_MAX, "{source}: {private} private floats");
+            }
+        }
     }
 
     #[test]

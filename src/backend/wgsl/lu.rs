@@ -1,14 +1,16 @@
 //! The LU building block of the per-item kernels: `mg_lu_N`, `mg_det_N`, `mg_logdet_N`,
-//! `mg_inv_N` for an N×N matrix in the calling invocation's function memory.
+//! `mg_inv_N` for an N×N matrix of the calling invocation's item.
 //!
 //! In: the size N (an integer the plan computed; nothing a user typed). Out: WGSL text of the
-//! four functions, with the same signatures and results at every size. Up to
-//! [`UNROLLED_MAX`] the text is written here fully unrolled: every array index is a constant,
-//! the partial pivot is chosen and its row swapped with `select`s instead of indexing rows by
-//! a data-dependent pivot, and the inverse's triangular solves are chains of `let` values.
-//! Drivers keep arrays indexed only by constants in registers, while one dynamic index puts
-//! the whole array in (slow, per-invocation) local memory. Larger matrices use the looped
-//! template `shaders/lu.wgsl`, whose unrolled text would grow as N³.
+//! four functions. Up to [`UNROLLED_MAX`] the text is written here fully unrolled, on arrays in
+//! function memory (pointer arguments): every array index is a constant, the partial pivot is
+//! chosen and its row swapped with `select`s instead of indexing rows by a data-dependent
+//! pivot, and the inverse's triangular solves are chains of `let` values. Drivers keep arrays
+//! indexed only by constants in registers, while one dynamic index puts the whole array in
+//! (slow, per-invocation) local memory. Larger matrices use the looped template
+//! `shaders/lu.wgsl` on the item's lanes of the `scratch` buffer (base offsets as arguments):
+//! their unrolled text would grow as N³, and a dynamically indexed private array of N² floats
+//! makes llvmpipe's compile time explode.
 //!
 //! Invariants: both forms factor with partial pivoting (the first row holding the largest
 //! |value| of the column becomes the pivot row, as on the CPU), return the permutation's sign
@@ -23,12 +25,13 @@ const LU_TEMPLATE: &str = include_str!("../../../shaders/lu.wgsl");
 /// Largest N written unrolled: the text grows as N³ (about 1 800 lines at N = 8).
 pub const UNROLLED_MAX: usize = 8;
 
-/// The building block for N×N matrices.
-pub fn building_block(n: usize) -> String {
-    if n <= UNROLLED_MAX {
-        unrolled(n)
+/// The building block for N×N matrices: looped on `scratch`, or unrolled in function memory
+/// (the hardware budget unrolls up to [`UNROLLED_MAX`]).
+pub fn building_block(n: usize, looped: bool) -> String {
+    if looped {
+        self::looped(n)
     } else {
-        looped(n)
+        unrolled(n)
     }
 }
 
@@ -175,21 +178,38 @@ mod tests {
     use super::*;
 
     /// A shader that calls all four functions, validated by naga.
-    fn module(n: usize) -> String {
+    fn module(n: usize, looped: bool) -> String {
+        let nn = n * n;
+        let (decls, matrix, inverse) = if !looped {
+            (
+                format!("    var a: array<f32, {nn}u>;\n    var o: array<f32, {nn}u>;\n"),
+                "&a".to_string(),
+                "&o".to_string(),
+            )
+        } else {
+            (String::new(), "0u, 1u, 0u".to_string(), format!("{nn}u"))
+        };
         format!(
-            "{}\n@compute @workgroup_size(1)\nfn main() {{\n    var a: array<f32, {nn}u>;\n    var p: array<u32, {n}u>;\n    var o: array<f32, {nn}u>;\n    let s = mg_lu_{n}(&a, &p);\n    let d = mg_det_{n}(&a, s) + mg_logdet_{n}(&a, s);\n    mg_inv_{n}(&a, &p, d, &o);\n}}\n",
-            building_block(n),
-            nn = n * n
+            "@group(0) @binding(4) var<storage, read_write> scratch: array<f32>;\n{}\n\
+             @compute @workgroup_size(1)\nfn main() {{\n{decls}    var p: array<u32, {n}u>;\n\
+             let s = mg_lu_{n}({matrix}, &p);\n\
+             let d = mg_det_{n}({matrix}, s) + mg_logdet_{n}({matrix}, s);\n\
+             mg_inv_{n}({matrix}, &p, d, {inverse});\n}}\n",
+            building_block(n, looped),
         )
     }
 
     #[test]
     fn both_forms_validate_at_every_size_around_the_switch() {
         for n in 1..=UNROLLED_MAX + 2 {
-            crate::wgsl::validate(&module(n)).unwrap_or_else(|e| panic!("N = {n}: {e}"));
+            for looped in [n > UNROLLED_MAX, true] {
+                crate::wgsl::validate(&module(n, looped))
+                    .unwrap_or_else(|e| panic!("N = {n}, looped: {looped}: {e}"));
+            }
         }
-        // Only the looped form indexes by a value computed at run time.
-        assert!(!building_block(UNROLLED_MAX).contains("pivot * "));
-        assert!(building_block(UNROLLED_MAX + 1).contains("pivot * "));
+        // Only the looped form indexes by a value computed at run time, and only in `scratch`.
+        assert!(!building_block(UNROLLED_MAX, false).contains("pivot * "));
+        let looped = building_block(UNROLLED_MAX + 1, true);
+        assert!(looped.contains("pivot * ") && !looped.contains("ptr<function, array<f32"));
     }
 }
