@@ -515,6 +515,9 @@ fn run(cli: Cli) -> u8 {
                     if let Some(how) = &checked.draw_note {
                         eprintln!("note: {how}");
                     }
+                    if let Some(how) = &checked.probe_note {
+                        eprintln!("note: {how}");
+                    }
                     if let Some(why) = &checked.gpu_skipped {
                         eprintln!("note: the GPU is not compared: {why}");
                     }

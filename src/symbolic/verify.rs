@@ -7,7 +7,10 @@
 //! Hessian, which is estimated from differences of the derived *gradient* (itself checked
 //! against differences of the function); steps are Richardson-extrapolated central
 //! differences (error O(h⁴)); a point is usable only when two step sizes agree to 1e-8, so a
-//! kink or pole cannot pass for a wrong formula or hide a right one.
+//! kink or pole cannot pass for a wrong formula or hide a right one. A variable of more than
+//! [`PROBED_ENTRIES`] entries is differenced along [`PROBES`] random unit directions instead of
+//! entry by entry (a gradient is compared as `<G, v>`, a Jacobian as `J v`, a Hessian as
+//! `H v`), so a check costs a bounded number of evaluations at any size.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -42,6 +45,78 @@ pub struct Comparison {
     /// The derived value is exactly zero and the differences are within the function's own
     /// rounding (see [`compare`]): a zero compared with it is exact.
     pub zero_within_noise: bool,
+    /// For a variable of more than [`PROBED_ENTRIES`] entries: the directions along which
+    /// `derived` and `estimate` were projected (see [`Comparison::error_of`]).
+    pub probes: Option<Probes>,
+}
+
+impl Comparison {
+    /// The relative error of `value` (a full derivative in `d`'s layout, such as another
+    /// device's or a printed formula's) against the estimate, projected as the estimate was.
+    pub fn error_of(&self, value: &Mat) -> f64 {
+        match &self.probes {
+            Some(p) => relative_error_above(&p.project(value), &self.estimate, self.floor),
+            None => relative_error_above(value, &self.estimate, self.floor),
+        }
+    }
+}
+
+/// Variables with more entries than this are compared along [`PROBES`] random directions
+/// instead of entry by entry: per entry, differences cost eight evaluations of the function,
+/// so a 20 000-entry gradient took two minutes to check.
+pub const PROBED_ENTRIES: usize = 1024;
+
+/// Random unit directions a large variable is probed along.
+pub const PROBES: usize = 32;
+
+/// Directions in a variable's space, and how a derivative is projected on them: a gradient
+/// `G` to `<G, v>`, a Jacobian to `J v`, a Hessian to `H v`, one row per direction. A wrong
+/// entry shows in almost every random direction, so 32 of them witness what every entry
+/// would, at the cost of 32 directional differences.
+#[derive(Clone, Debug)]
+pub struct Probes {
+    directions: Vec<Mat>,
+    kind: Kind,
+    /// The derivative is in numerator layout (transposed from the gradient layout).
+    transposed: bool,
+}
+
+impl Probes {
+    /// The projections of `value` (in the derivative's layout), one row per direction.
+    pub fn project(&self, value: &Mat) -> Mat {
+        let d = if self.transposed {
+            value.transpose()
+        } else {
+            value.clone()
+        };
+        let rows: Vec<Vec<f64>> = self
+            .directions
+            .iter()
+            .map(|v| match self.kind {
+                Kind::Jacobian => (0..d.cols)
+                    .map(|j| {
+                        v.data
+                            .iter()
+                            .enumerate()
+                            .map(|(k, vk)| vk * d.at(k, j))
+                            .sum()
+                    })
+                    .collect(),
+                Kind::Hessian => (0..d.rows)
+                    .map(|i| {
+                        v.data
+                            .iter()
+                            .enumerate()
+                            .map(|(k, vk)| d.at(i, k) * vk)
+                            .sum()
+                    })
+                    .collect(),
+                _ => vec![v.data.iter().zip(&d.data).map(|(a, b)| a * b).sum()],
+            })
+            .collect();
+        let width = rows.first().map_or(0, Vec::len);
+        Mat::from_fn(rows.len(), width, |i, j| rows[i][j])
+    }
 }
 
 /// Why a point could not be used.
@@ -124,7 +199,17 @@ pub fn relative_error_above(a: &Mat, b: &Mat, floor: f64) -> f64 {
 pub fn compare(d: &Derivative, env: &Env) -> Result<Comparison, Unusable> {
     let g = &d.program.graph;
     let derived = evaluate(g, d.node, env).map_err(|_| Unusable::OutOfDomain)?;
-    let estimate = estimate(d, env)?;
+    let entries = env.values[d.wrt as usize]
+        .as_ref()
+        .map_or(0, |v| v.data.len());
+    let probed = entries > PROBED_ENTRIES
+        && matches!(d.kind, Kind::Gradient | Kind::Jacobian | Kind::Hessian);
+    let (derived, estimate, probes) = if probed {
+        let (estimate, probes) = estimate_probed(d, env)?;
+        (probes.project(&derived), estimate, Some(probes))
+    } else {
+        (derived, estimate(d, env)?, None)
+    };
     if !estimate.is_finite() {
         return Err(Unusable::OutOfDomain);
     }
@@ -152,7 +237,54 @@ pub fn compare(d: &Derivative, env: &Env) -> Result<Comparison, Unusable> {
         rel_error,
         floor,
         zero_within_noise,
+        probes,
     })
+}
+
+/// The differences of `d` along [`PROBES`] random unit directions (symmetric for a symmetric
+/// variable), one row per direction, and the directions to project other values on.
+fn estimate_probed(d: &Derivative, env: &Env) -> Result<(Mat, Probes), Unusable> {
+    let g = &d.program.graph;
+    let var = &g.vars[d.wrt as usize];
+    let base = env.values[d.wrt as usize]
+        .clone()
+        .ok_or(Unusable::OutOfDomain)?;
+    let mut rng = StdRng::seed_from_u64(0x0b5e_55ed);
+    let directions: Vec<Mat> = (0..PROBES)
+        .map(|_| {
+            let r = Mat::from_fn(base.rows, base.cols, |_, _| normal(&mut rng));
+            let v = if var.symmetric {
+                r.zip(&r.transpose(), |a, b| (a + b) / 2.0)
+            } else {
+                r
+            };
+            // Unit length, as a coordinate direction: the step moves the point as far, so a
+            // function of `A*x` with a long row moves no faster than along one entry.
+            let norm = v.norm().max(f64::MIN_POSITIVE);
+            v.zip(&v, |a, _| a / norm)
+        })
+        .collect();
+    // A Hessian's columns are differences of the exact, unsimplified gradient.
+    let mut extended = g.clone();
+    let root = match d.kind {
+        Kind::Hessian => crate::diff::gradient(&mut extended, d.program.root, d.wrt),
+        _ => d.program.root,
+    };
+    let noise = rounding_noise(&extended, root, env)?;
+    let rows = directions
+        .iter()
+        .map(|v| directional(&extended, root, d.wrt, env, v, noise))
+        .collect::<Result<Vec<Mat>, Unusable>>()?;
+    let width = rows.first().map_or(0, |r| r.data.len());
+    let estimate = Mat::from_fn(rows.len(), width, |i, j| rows[i].data[j]);
+    let transposed =
+        d.layout == Layout::Numerator && matches!(d.kind, Kind::Gradient | Kind::Jacobian);
+    let probes = Probes {
+        directions,
+        kind: d.kind,
+        transposed,
+    };
+    Ok((estimate, probes))
 }
 
 /// How far finite differences of a function whose derivative is zero may be from zero, in units
@@ -209,14 +341,15 @@ pub fn estimate(d: &Derivative, env: &Env) -> Result<Mat, Unusable> {
             // The exact, unsimplified gradient, built in a copy of the graph.
             let mut extended = g.clone();
             let grad = crate::diff::gradient(&mut extended, root, d.wrt);
-            let columns = differences(&extended, grad, d.wrt, env)?;
-            let n = columns.len();
-            let h = Mat::from_fn(n, n, |i, k| columns[k].data[i]);
             if d.kind == Kind::Hessian {
-                h
+                let columns = differences(&extended, grad, d.wrt, env)?;
+                let n = columns.len();
+                Mat::from_fn(n, n, |i, k| columns[k].data[i])
             } else {
+                // `H v` is the gradient's derivative along `v`: one directional difference.
                 let v = hessian_direction(d, env).ok_or(Unusable::OutOfDomain)?;
-                h.matmul(&v)
+                let noise = rounding_noise(&extended, grad, env)?;
+                directional(&extended, grad, d.wrt, env, &v, noise)?
             }
         }
     };
@@ -374,6 +507,48 @@ mod tests {
     /// A random point with every dimension of size `n`.
     fn point(g: &Graph, n: usize, seed: u64) -> Env {
         random_point(g, &vec![n; g.dims.len()], seed)
+    }
+
+    /// Above PROBED_ENTRIES entries a derivative is compared along random directions: the
+    /// right one passes, one wrong by 1e-4 in every entry (or in one entry) fails, for a
+    /// gradient, a Jacobian and a Hessian, in both layouts.
+    #[test]
+    fn large_variables_are_probed_and_a_wrong_derivative_still_fails() {
+        for (program, request) in [
+            ("x: vector(n); sum(x.^3)", Request::Derivative),
+            (
+                "x: vector(n); A: matrix(3,n); exp(A*x)",
+                Request::Derivative,
+            ),
+            ("x: vector(n); sum(exp(x))*sum(x)", Request::Hessian),
+        ] {
+            for layout in [Layout::Gradient, Layout::Numerator] {
+                let d =
+                    differentiate(check_program(program).unwrap(), "x", &request, layout).unwrap();
+                let env = point(&d.program.graph, PROBED_ENTRIES + 1, 5);
+                let c = compare(&d, &env).unwrap();
+                assert!(c.probes.is_some(), "{program}: not probed");
+                assert!(c.rel_error < TOLERANCE, "{program}: {:e}", c.rel_error);
+                // The same value, perturbed: every entry by 1e-4 of itself (alternating
+                // signs), or the largest entry by a thirtieth of the whole norm.
+                let mut everywhere = evaluate(&d.program.graph, d.node, &env).unwrap();
+                let mut one = everywhere.clone();
+                for (k, v) in everywhere.data.iter_mut().enumerate() {
+                    *v *= 1.0 + if k % 2 == 0 { 1e-4 } else { -1e-4 };
+                }
+                let largest = (0..one.data.len())
+                    .max_by(|&a, &b| one.data[a].abs().total_cmp(&one.data[b].abs()))
+                    .unwrap_or(0);
+                one.data[largest] += one.norm() / 30.0;
+                for wrong in [everywhere, one] {
+                    let error = c.error_of(&wrong);
+                    assert!(
+                        error > 10.0 * TOLERANCE,
+                        "{program}: a wrong value gave {error:e}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

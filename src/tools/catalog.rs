@@ -14,9 +14,7 @@ use serde::Serialize;
 use crate::diff::{differentiate, Derivative, Layout, Request};
 use crate::eval::evaluate;
 use crate::types::{check_program, check_program_with_shape};
-use crate::verify::{
-    compare, dimension_sizes, random_point, relative_error_above, translate_env, TOLERANCE,
-};
+use crate::verify::{compare, dimension_sizes, random_point, translate_env, TOLERANCE};
 
 /// One variant of one seed identity.
 #[derive(Clone, Copy, Debug)]
@@ -676,7 +674,7 @@ pub fn check_case(case: &Case, seed: u64) -> CaseReport {
             let value = translate_env(g, &env, &p.graph)
                 .and_then(|penv| evaluate(&p.graph, p.root, &penv).ok());
             let err = match value {
-                Some(v) => relative_error_above(&v, &c.estimate, c.floor),
+                Some(v) => c.error_of(&v),
                 None => f64::INFINITY,
             };
             printed_error = printed_error.max(err);

@@ -26,7 +26,7 @@ use crate::diagnostic::Diagnostic;
 use crate::diff::Derivative;
 use crate::eval::Env;
 use crate::plan::Plan;
-use crate::verify::{compare, dimension_sizes, random_point, relative_error_above, TOLERANCE};
+use crate::verify::{compare, dimension_sizes, random_point, PROBES, TOLERANCE};
 
 /// The largest relative error (Frobenius norm, per item) allowed between a float32 device
 /// and the float64 reference. Float32 rounds at 6e-8; a derivative is tens of operations deep
@@ -77,6 +77,9 @@ pub struct Checked {
     pub gpu_skipped: Option<String>,
     /// How the inputs were drawn when standard normal values gave no point in the domain.
     pub draw_note: Option<String>,
+    /// How finite differences witnessed a variable too large to difference entry by entry
+    /// (see [`crate::verify::PROBED_ENTRIES`]).
+    pub probe_note: Option<String>,
 }
 
 /// Runs the check. Errors name the variable or dimension at fault.
@@ -135,13 +138,25 @@ pub fn run_check(
     // The reference against finite differences.
     let mut fd_error: f64 = 0.0;
     let mut fd_items = 0;
+    let mut probe_note = None;
     for (i, env) in items.iter().enumerate().take(FD_ITEMS) {
         if let Ok(c) = compare(d, env) {
+            if c.probes.is_some() {
+                let entries = env.values[d.wrt as usize]
+                    .as_ref()
+                    .map_or(0, |v| v.data.len());
+                probe_note = Some(format!(
+                    "`{}` has {entries} entries: the reference is compared with finite \
+                     differences along {PROBES} random directions (the derivative projected on \
+                     them), not entry by entry",
+                    g.vars[d.wrt as usize].name
+                ));
+            }
             let value = reference.item_mat(if plan.is_batched() { i } else { 0 });
             let error = if c.zero_within_noise && value.data.iter().all(|&v| v == 0.0) {
                 0.0
             } else {
-                relative_error_above(&value, &c.estimate, c.floor)
+                c.error_of(&value)
             };
             fd_error = fd_error.max(error.max(c.rel_error));
             fd_items += 1;
@@ -179,6 +194,7 @@ pub fn run_check(
         gpu_skipped,
         other_sizes,
         draw_note,
+        probe_note,
     })
 }
 
