@@ -1,5 +1,6 @@
 //! Benchmarks of the symbolic pipeline (parse, type-check, differentiate, simplify) on the
-//! six standard workloads of `shared/workloads.md`, and of the whole seed catalog check.
+//! six standard workloads of `shared/workloads.md`, of the whole seed catalog check, and of
+//! inputs that grow: a sum over 10 000 variables, the Hessian of a product of 20 factors.
 //! Run with `cargo bench --bench symbolic`; CI only compiles them.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -65,5 +66,36 @@ fn catalog(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, derive_workloads, hessian_logistic, catalog);
+/// Programs whose derivation was quadratic or exponential in their size (issue 17).
+fn growing_inputs(c: &mut Criterion) {
+    let terms: Vec<String> = (0..10_000).map(|i| format!("c{i}*sin(x'*x+{i})")).collect();
+    let sum = format!("x: vector(3); {}", terms.join("+"));
+    let factors: Vec<String> = (1..=20).map(|i| format!("(x'*x+{i})")).collect();
+    let product = format!("x: vector(3); {}", factors.join("*"));
+    let mut group = c.benchmark_group("growing");
+    group.sample_size(10);
+    group.bench_function("gradient, 10 000 variables", |b| {
+        b.iter(|| {
+            let program = check_program(black_box(&sum)).expect("type-checks");
+            differentiate(program, "x", &Request::Derivative, Layout::Gradient).expect("derives")
+        })
+    });
+    group.bench_function("hessian, product of 20 factors, printed", |b| {
+        b.iter(|| {
+            let program = check_program(black_box(&product)).expect("type-checks");
+            let d =
+                differentiate(program, "x", &Request::Hessian, Layout::Gradient).expect("derives");
+            d.text().len()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    derive_workloads,
+    hessian_logistic,
+    catalog,
+    growing_inputs
+);
 criterion_main!(benches);

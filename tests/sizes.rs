@@ -228,3 +228,29 @@ fn json_to_source(v: &Value, defined: &HashSet<String>) -> String {
         other => format!("{other}({})", a(0)),
     }
 }
+
+/// A sum of `k` terms, each with its own scalar variable: `c0*sin(x'*x+0) + ...`.
+fn long_sum(k: usize) -> String {
+    let terms: Vec<String> = (0..k).map(|i| format!("c{i}*sin(x'*x+{i})")).collect();
+    format!("x: vector(3); {}", terms.join("+"))
+}
+
+#[test]
+fn long_sums_with_many_variables_derive_linearly_and_correctly() {
+    // Level by level, simplifying a 10 000-term sum collected every prefix again: 17 s at
+    // 8 000 variables. In one pass the derivative's DAG stays linear in the terms.
+    for k in [100, 1000] {
+        let source = long_sum(k);
+        for wrt in ["x", "c7"] {
+            let d = derive_for(&source, wrt, false);
+            let nodes = dag_nodes(&d.program.graph, d.node);
+            assert!(
+                nodes <= 12 * k + 50,
+                "{k} terms by {wrt}: {nodes} DAG nodes"
+            );
+        }
+    }
+    let d = derive_for(&long_sum(100), "x", false);
+    let (_, c) = first_usable(&d, 3, 10).expect("a usable point");
+    assert!(c.rel_error < TOLERANCE, "relative error {:e}", c.rel_error);
+}

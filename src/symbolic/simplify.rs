@@ -161,6 +161,10 @@ enum Key {
 /// of every normal form by the number of the input's sums times this.
 const MAX_DISTRIBUTED_TERMS: usize = 8;
 
+/// A chain of more sums than this is simplified in one pass ([`Simplifier::long_sum`]);
+/// shorter ones level by level, as they always were.
+const LONG_SUM: usize = 64;
+
 /// The largest tree (in nodes) whose printed text is a sort key.
 const TEXT_KEY_NODES: u64 = 400;
 
@@ -199,6 +203,26 @@ impl<'g> Simplifier<'g> {
         let p = self.compute_poly(id);
         self.polys.insert(id, p.clone());
         p
+    }
+
+    /// The operands of the chain of sums `id` heads (`((a+b)+c)+d`: `a, b, c, d`), stopping
+    /// at a sum already simplified, when there are more than [`LONG_SUM`]; `None` otherwise.
+    fn long_sum(&self, id: Id) -> Option<Vec<Id>> {
+        let mut operands = Vec::new();
+        let mut left = id;
+        while let Node::Add(l, r) = self.g.node(left) {
+            if left != id && self.polys.contains_key(&left) {
+                break;
+            }
+            operands.push(r);
+            left = l;
+        }
+        operands.push(left);
+        if operands.len() <= LONG_SUM {
+            return None;
+        }
+        operands.reverse();
+        Some(operands)
     }
 
     fn atom(&mut self, id: Id) -> Poly {
@@ -303,6 +327,19 @@ impl<'g> Simplifier<'g> {
             }
             Node::Eye(_) => Poly::single(shape, Term::unit()),
             Node::Add(a, b) => {
+                if let Some(operands) = self.long_sum(id) {
+                    // One pass over the whole chain: level by level, every prefix would be
+                    // collected and memoized again (quadratic in the chain's length).
+                    let mut terms = Vec::new();
+                    for o in operands {
+                        terms.extend(self.poly(o).terms);
+                    }
+                    let terms = collect(terms);
+                    return Poly {
+                        shape,
+                        terms: self.flatten_sums_that_collect(terms),
+                    };
+                }
                 let (pa, pb) = (self.poly(a), self.poly(b));
                 self.add(pa, pb)
             }
