@@ -1284,135 +1284,98 @@ impl Generator<'_> {
                 };
                 body.push(Stmt::Assign(self.target(i, Expr::U32(0)), result));
             }
-            Node::Det(_) | Node::LogDet(_) | Node::Inv(_) if self.lu_region[i].is_some() => {
+            Node::Det(_) | Node::LogDet(_) | Node::Inv(_) => {
                 let n = self.steps[a].rows;
                 self.lu_sizes.push(n);
-                let base = self.lu_region[i].unwrap_or(0);
                 let (perm, sign) = (Ident::scratch(i, "perm"), Ident::scratch(i, "sign"));
-                let lanes_at = |b: usize| {
+                // The factors: the item's lanes of `scratch` at `base` for the looped block
+                // (passed as `base, chunk, item`), else an array in function memory (a pointer).
+                let region = self.lu_region[i];
+                let lu = Ident::scratch(i, "lu");
+                let in_lanes = |b: usize| {
                     vec![
                         Expr::U32(b as u32),
                         Expr::id(Ident::chunk()),
                         Expr::id(Ident::item()),
                     ]
                 };
-                body.push(Stmt::IndexArray(perm.clone(), n));
-                let k = self.loop_var();
-                body.push(Stmt::For(
-                    k.clone(),
-                    n * n,
-                    vec![Stmt::Assign(
-                        lanes("scratch", base, Expr::id(k.clone())),
-                        self.value(a, Expr::id(k)),
-                    )],
-                ));
-                let mut lu_args = lanes_at(base);
-                lu_args.push(Expr::AddrOf(perm.clone()));
-                body.push(Stmt::Let(
-                    sign.clone(),
-                    Expr::CallN(format!("mg_lu_{n}"), lu_args),
-                ));
-                let mut with_sign = lanes_at(base);
-                with_sign.push(Expr::id(sign.clone()));
-                match step.node {
-                    Node::Det(_) => body.push(Stmt::Assign(
-                        self.target(i, Expr::U32(0)),
-                        Expr::CallN(format!("mg_det_{n}"), with_sign),
-                    )),
-                    Node::LogDet(_) => body.push(Stmt::Assign(
-                        self.target(i, Expr::U32(0)),
-                        Expr::CallN(format!("mg_logdet_{n}"), with_sign),
-                    )),
-                    _ => {
-                        let inverse = base + n * n;
-                        let mut args = lanes_at(base);
-                        args.extend([
-                            Expr::AddrOf(perm),
-                            Expr::id(sign),
-                            Expr::U32(inverse as u32),
-                        ]);
-                        body.push(Stmt::Call(Expr::CallN(format!("mg_inv_{n}"), args)));
-                        let k = self.loop_var();
-                        body.push(Stmt::For(
-                            k.clone(),
-                            n * n,
-                            vec![Stmt::Assign(
-                                self.target(i, Expr::id(k.clone())),
-                                lanes("scratch", inverse, Expr::id(k)),
-                            )],
-                        ));
-                    }
+                let matrix = match region {
+                    Some(base) => in_lanes(base),
+                    None => vec![Expr::AddrOf(lu.clone())],
+                };
+                let entry = |k: Expr| match region {
+                    Some(base) => lanes("scratch", base, k),
+                    None => at(&lu, k),
+                };
+                if region.is_none() {
+                    body.push(Stmt::Array(lu.clone(), n * n));
                 }
-            }
-            Node::Det(_) | Node::LogDet(_) | Node::Inv(_) => {
-                let n = self.steps[a].rows;
-                self.lu_sizes.push(n);
-                let (lu, perm, sign) = (
-                    Ident::scratch(i, "lu"),
-                    Ident::scratch(i, "perm"),
-                    Ident::scratch(i, "sign"),
-                );
-                body.push(Stmt::Array(lu.clone(), n * n));
                 body.push(Stmt::IndexArray(perm.clone(), n));
                 let k = self.loop_var();
                 body.push(Stmt::For(
                     k.clone(),
                     n * n,
                     vec![Stmt::Assign(
-                        at(&lu, Expr::id(k.clone())),
+                        entry(Expr::id(k.clone())),
                         self.value(a, Expr::id(k)),
                     )],
                 ));
+                let with = |mut args: Vec<Expr>, more: Vec<Expr>| {
+                    args.extend(more);
+                    args
+                };
                 body.push(Stmt::Let(
                     sign.clone(),
                     Expr::CallN(
                         format!("mg_lu_{n}"),
-                        vec![Expr::AddrOf(lu.clone()), Expr::AddrOf(perm.clone())],
+                        with(matrix.clone(), vec![Expr::AddrOf(perm.clone())]),
                     ),
                 ));
+                let reduce = |name: &str| {
+                    Expr::CallN(
+                        format!("{name}_{n}"),
+                        with(matrix.clone(), vec![Expr::id(sign.clone())]),
+                    )
+                };
                 match step.node {
-                    Node::Det(_) => body.push(Stmt::Assign(
-                        self.target(i, Expr::U32(0)),
-                        Expr::CallN(
-                            format!("mg_det_{n}"),
-                            vec![Expr::AddrOf(lu), Expr::id(sign)],
-                        ),
-                    )),
+                    Node::Det(_) => {
+                        body.push(Stmt::Assign(self.target(i, Expr::U32(0)), reduce("mg_det")))
+                    }
                     Node::LogDet(_) => body.push(Stmt::Assign(
                         self.target(i, Expr::U32(0)),
-                        Expr::CallN(
-                            format!("mg_logdet_{n}"),
-                            vec![Expr::AddrOf(lu), Expr::id(sign)],
-                        ),
+                        reduce("mg_logdet"),
                     )),
                     _ => {
-                        // The building block writes through a function-memory pointer: into
-                        // the step's own array, or a temporary copied to the step's buffer.
-                        let private = self.storage[i] == Storage::Private;
-                        let target = if private {
-                            dst.clone()
-                        } else {
-                            let tmp = Ident::scratch(i, "inv");
-                            body.push(Stmt::Array(tmp.clone(), n * n));
-                            tmp
+                        // The building block writes its inverse into the step's own array
+                        // (function memory), or into a temporary (an array, or lanes of
+                        // `scratch` after the factors) copied to the step's buffer.
+                        let own = region.is_none() && self.storage[i] == Storage::Private;
+                        let tmp = Ident::scratch(i, "inv");
+                        let (out, read): (Expr, Box<dyn Fn(Expr) -> Expr>) = match region {
+                            Some(base) => (
+                                Expr::U32((base + n * n) as u32),
+                                Box::new(move |k| lanes("scratch", base + n * n, k)),
+                            ),
+                            None if own => (Expr::AddrOf(dst.clone()), Box::new(|k| k)),
+                            None => {
+                                body.push(Stmt::Array(tmp.clone(), n * n));
+                                let t = tmp.clone();
+                                (Expr::AddrOf(tmp), Box::new(move |k| at(&t, k)))
+                            }
                         };
+                        let args = vec![Expr::AddrOf(perm), Expr::id(sign), out];
                         body.push(Stmt::Call(Expr::CallN(
                             format!("mg_inv_{n}"),
-                            vec![
-                                Expr::AddrOf(lu),
-                                Expr::AddrOf(perm),
-                                Expr::id(sign),
-                                Expr::AddrOf(target.clone()),
-                            ],
+                            with(matrix, args),
                         )));
-                        if !private {
+                        if !own {
                             let k = self.loop_var();
                             body.push(Stmt::For(
                                 k.clone(),
                                 n * n,
                                 vec![Stmt::Assign(
                                     self.target(i, Expr::id(k.clone())),
-                                    at(&target, Expr::id(k)),
+                                    read(Expr::id(k)),
                                 )],
                             ));
                         }

@@ -6,9 +6,10 @@
 //! that usage leaves open fall back to the first letter of the name, as on
 //! matrixcalculus.org (`a`–`g` scalar, `h`–`z` vector, `A`–`Z` matrix), applied one variable
 //! at a time in order of appearance, so `(A*x+b)'*(A*x+b)` makes `b` a vector because `A*x`
-//! is one. Invariants: a program that type-checks lowers to a graph whose every node is
-//! well-shaped; every error carries the span of the operator or name at fault and names the
-//! shapes that do not fit; nothing here panics on any input.
+//! is one. `where` definitions are checked in order before the expression and lowered once,
+//! so every use of a name is the same node. Invariants: a program that type-checks lowers to
+//! a graph whose every node is well-shaped; every error carries the span of the operator or
+//! name at fault and names the shapes that do not fit; nothing here panics on any input.
 
 use std::collections::HashMap;
 
