@@ -1075,7 +1075,7 @@ struct Generator<'p> {
     power_copy: &'p [Option<usize>],
     /// For a determinant or inverse by the looped LU block, the `scratch` base of its factors.
     lu_region: &'p [Option<usize>],
-    /// What is left to unroll of [`Budget::unrolled_statements`] when the stage is written.
+    /// [`Budget::unrolled_statements`]: each stage may unroll that many statements.
     unrolled_statements: usize,
     /// [`Budget::unrolled_lu_max`].
     unrolled_lu_max: usize,
@@ -1292,15 +1292,12 @@ impl Generator<'_> {
                 // (passed as `base, chunk, item`), else an array in function memory (a pointer).
                 let region = self.lu_region[i];
                 let lu = Ident::scratch(i, "lu");
-                let in_lanes = |b: usize| {
-                    vec![
-                        Expr::U32(b as u32),
+                let matrix = match region {
+                    Some(base) => vec![
+                        Expr::U32(base as u32),
                         Expr::id(Ident::chunk()),
                         Expr::id(Ident::item()),
-                    ]
-                };
-                let matrix = match region {
-                    Some(base) => in_lanes(base),
+                    ],
                     None => vec![Expr::AddrOf(lu.clone())],
                 };
                 let entry = |k: Expr| match region {

@@ -695,12 +695,13 @@ impl Graph {
         })
     }
 
-    /// A hash of the tree `id` stands for, the same in every graph and every run: equal trees
-    /// hash alike whatever order their nodes were built in (unlike their `Id`s).
+    /// A hash of the tree `id` stands for: equal trees hash alike whatever order their nodes
+    /// were built in (unlike their `Id`s), in every run of one build.
     pub fn structural_hash(&self, id: Id, memo: &mut HashMap<Id, u64>) -> u64 {
         use std::hash::{Hash, Hasher};
         self.fold(id, memo, |node, args| {
-            // `DefaultHasher::new` has fixed keys, so the value is reproducible.
+            // `DefaultHasher::new` has fixed keys: the value is reproducible (Rust may change
+            // the algorithm between releases, which would only reorder very large sums).
             let mut h = std::hash::DefaultHasher::new();
             node.with_args(&vec![Id(0); args.len()]).hash(&mut h);
             args.hash(&mut h);

@@ -20,9 +20,12 @@
 //!
 //! Invariants: value and shape are preserved (a property test checks this on random
 //! programs); the pass visits each node once and no rule applies to its own output, so time
-//! and size are bounded by a polynomial in the input's size (no term list grows beyond the
-//! number of terms the input itself spells out: the two distributions keep a sum's count);
-//! the result is deterministic (terms are ordered by their printed text).
+//! and size are bounded by a polynomial in the input's size: a scalar factor is distributed
+//! only over sums of at most [`MAX_DISTRIBUTED_TERMS`] terms, a long chain of sums is
+//! collected once ([`LONG_SUM`]), and sort keys cost the DAG, not the printed tree
+//! (`tests/sizes.rs` states and tests the bound); the result is deterministic (terms are
+//! ordered by their printed text, past [`TEXT_KEY_NODES`] nodes by a structural hash). A
+//! product or power of numbers that underflows is noted in [`Graph::underflow`].
 
 use std::cell::Cell;
 use std::collections::hash_map::Entry;
