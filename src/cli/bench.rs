@@ -56,6 +56,58 @@ struct Case {
     prepare: Box<dyn Fn(usize) -> Result<Prepared, PlanError>>,
 }
 
+/// `matgrad bench`, from its arguments to the exit status: the sampling limits checked, then
+/// the optimization workloads, or the program or evaluation workloads.
+pub fn bench(args: crate::BenchCommand) -> u8 {
+    if let Err(message) = matgrad::bench::check_sampling(args.samples, args.min_time) {
+        errorln!("{message}");
+        return 2;
+    }
+    if args.minimize_workloads {
+        if args.batch.len() > 1 {
+            errorln!("--minimize-workloads takes one --batch size");
+            return 2;
+        }
+        return super::minimize::bench_minimize(super::minimize::MinimizeBenchArgs {
+            only: args.only,
+            batch: args.batch.first().copied(),
+            samples: args.samples,
+            json: args.json,
+        });
+    }
+    if !args.only.is_empty() && !args.workloads {
+        errorln!("`--only` needs --workloads or --minimize-workloads");
+        return 2;
+    }
+    let dims = match super::parse_dims(&args.dims) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let batched = match &args.wrt {
+        Some(w) => super::batched_or_wrt(args.batched, w),
+        None => args.batched,
+    };
+    run_bench(BenchArgs {
+        program: args.program,
+        wrt: args.wrt,
+        dims,
+        batches: args.batch,
+        batched,
+        device: args.device,
+        json: args.json,
+        plot: args.plot,
+        workloads: args.workloads,
+        only: args.only,
+        config: matgrad::bench::BenchConfig {
+            samples: args.samples,
+            min_seconds: args.min_time,
+        },
+        adapter: args.adapter,
+        ceilings: !args.no_ceilings,
+        cpu_isa: args.cpu_isa,
+    })
+}
+
 pub fn run_bench(args: BenchArgs) -> u8 {
     let isa = match cpu_isa(args.cpu_isa.as_deref()) {
         Ok(isa) => isa,
@@ -230,7 +282,7 @@ fn cases(args: &BenchArgs) -> Result<Vec<Case>, u8> {
         errorln!("`--batch`: batch sizes must be at least 1");
         return Err(2);
     }
-    let derivative = crate::derive_or_report(program, wrt, false, matgrad::diff::Layout::Gradient)?;
+    let derivative = super::derive_or_report(program, wrt, false, matgrad::diff::Layout::Gradient)?;
     let g = &derivative.program.graph;
     let report = |e: matgrad::diagnostic::Diagnostic| crate::report(&e, program);
     let sizes = sizes_with(g, &args.dims).map_err(report)?;

@@ -1,11 +1,108 @@
-//! The command line's subcommands that need more than a few lines (the binary's own modules),
-//! and what several of them share: refusing outputs that would destroy a file, and the warning
-//! for arrays no variable reads.
+//! The command line's subcommands, one file each (the binary's own modules; `main.rs` holds
+//! the argument types and turns errors into exit codes), and what several of them share:
+//! `--dims` and `--batched` parsing, deriving or reporting, the GPU when there is one,
+//! refusing outputs that would destroy a file, and the warnings about the inputs.
 
+use std::collections::HashMap;
 use std::path::Path;
 
+use matgrad::diff::{differentiate, Derivative, Layout, Request};
+use matgrad::gpu::{GpuContext, GpuOptions};
+use matgrad::types::check_program;
+
 pub mod bench;
+pub mod catalog;
+pub mod check;
+pub mod devices;
+pub mod eval;
+pub mod explain;
+pub mod grad;
 pub mod minimize;
+
+/// `NAME=SIZE` pairs from `--dims`; a malformed one is reported, giving the exit status.
+pub fn parse_dims(dims: &[String]) -> Result<HashMap<String, usize>, u8> {
+    let mut sizes = HashMap::new();
+    for entry in dims {
+        match entry
+            .split_once('=')
+            .map(|(k, v)| (k.trim(), v.trim().parse::<usize>()))
+        {
+            Some((name, Ok(size))) => {
+                if let Some(earlier) = sizes.insert(name.to_string(), size) {
+                    errorln!(
+                        "`--dims`: `{name}` is given twice ({name}={earlier} and \
+                         {name}={size})"
+                    );
+                    return Err(2);
+                }
+            }
+            _ => {
+                errorln!("`--dims {entry}`: expected NAME=SIZE, e.g. m=4");
+                return Err(2);
+            }
+        }
+    }
+    Ok(sizes)
+}
+
+/// Checks and differentiates a program; a bad one is reported, giving the exit status.
+pub fn derive_or_report(
+    program: &str,
+    wrt: &str,
+    hessian: bool,
+    layout: Layout,
+) -> Result<Derivative, u8> {
+    let request = if hessian {
+        Request::Hessian
+    } else {
+        Request::Derivative
+    };
+    check_program(program)
+        .and_then(|p| differentiate(p, wrt, &request, layout))
+        .map_err(|e| crate::report(&e, program))
+}
+
+/// The derivative (gradient layout) and the `--dims` sizes, or the exit status of the error
+/// reported (`check` and `explain`).
+pub fn derive_at_sizes(
+    program: &str,
+    wrt: &str,
+    hessian: bool,
+    dims: &[String],
+) -> Result<(Derivative, HashMap<String, usize>), u8> {
+    let derivative = derive_or_report(program, wrt, hessian, Layout::Gradient)?;
+    Ok((derivative, parse_dims(dims)?))
+}
+
+/// The batched variables `--batched` names, by default the `--wrt` variable alone.
+pub fn batched_or_wrt(batched: Vec<String>, wrt: &str) -> Vec<String> {
+    if batched.is_empty() {
+        vec![wrt.to_string()]
+    } else {
+        batched
+    }
+}
+
+/// The GPU when an adapter exists (saying on stderr which), else `None` with a note.
+pub fn gpu_if_any(adapter: Option<String>) -> Option<GpuContext> {
+    match GpuContext::new(&GpuOptions {
+        adapter,
+        ..GpuOptions::default()
+    }) {
+        Ok(ctx) => {
+            let a = ctx.adapter();
+            eprintln!(
+                "note: using GPU adapter `{}` ({}, {})",
+                a.name, a.backend, a.device_type
+            );
+            Some(ctx)
+        }
+        Err(e) => {
+            eprintln!("note: {e}; using the CPU path");
+            None
+        }
+    }
+}
 
 /// Refuses outputs that would replace the inputs or one another: `outputs` are `(option,
 /// path)` pairs such as `("--out", out)`. Paths are compared after resolving links and `..`

@@ -1,0 +1,58 @@
+//! `matgrad explain`: the derived formula, the plan for the given sizes and batched
+//! variables, its costs and its GPU kernel.
+
+use std::collections::HashMap;
+
+use matgrad::check::{batched_flags, sizes_with};
+use matgrad::diagnostic::Diagnostic;
+use matgrad::diff::Derivative;
+use matgrad::plan::Plan;
+
+use super::{batched_or_wrt, derive_at_sizes};
+use crate::ExplainArgs;
+
+/// `matgrad explain`, from its arguments to the exit status.
+pub fn explain(args: ExplainArgs) -> u8 {
+    let (derivative, sizes) =
+        match derive_at_sizes(&args.program, &args.wrt, args.hessian, &args.dims) {
+            Ok(both) => both,
+            Err(code) => return code,
+        };
+    let batched = batched_or_wrt(args.batched, &args.wrt);
+    match explain_plan(&derivative, &sizes, &batched, args.wgsl) {
+        Ok(text) => {
+            out!("{text}");
+            0
+        }
+        Err(e) => crate::report(&e, &args.program),
+    }
+}
+
+/// `matgrad explain`: the plan for the given sizes and batched variables, and its kernel.
+fn explain_plan(
+    d: &Derivative,
+    dims: &HashMap<String, usize>,
+    batched: &[String],
+    wgsl: bool,
+) -> Result<String, Diagnostic> {
+    let g = &d.program.graph;
+    let sizes = sizes_with(g, dims)?;
+    let flags = batched_flags(g, batched)?;
+    let plan = Plan::new(g, &[d.node], &sizes, &flags)
+        .map_err(|e| Diagnostic::without_span(e.to_string()))?;
+    // Sizes past what a GPU kernel indexes still have a CPU plan to explain.
+    let kernel = match matgrad::wgsl::generate(&plan) {
+        Ok(kernel) => Some(kernel),
+        Err(e @ matgrad::wgsl::GenerateError::TooLarge { .. }) if !wgsl => {
+            eprintln!("note: no GPU kernel: {e}");
+            None
+        }
+        Err(e) => return Err(Diagnostic::without_span(e.to_string())),
+    };
+    let mut text = matgrad::explain::explain(d, &plan, kernel.as_ref());
+    if let (true, Some(kernel)) = (wgsl, &kernel) {
+        text.push('\n');
+        text.push_str(&kernel.source());
+    }
+    Ok(text)
+}
