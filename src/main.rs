@@ -236,6 +236,11 @@ struct ExplainArgs {
     /// Also print the generated WGSL.
     #[arg(long)]
     wgsl: bool,
+    /// What `matgrad minimize` runs for this objective and variable: the method auto chooses
+    /// and why, one iteration's plan per item, what is evaluated once per batch, and the cost
+    /// per iteration (`--batched` names the data that is one per item).
+    #[arg(long, conflicts_with_all = ["hessian", "wgsl"])]
+    minimize: bool,
 }
 
 #[derive(clap::Args)]

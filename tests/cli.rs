@@ -922,3 +922,59 @@ fn check_witnesses_a_large_variable_along_random_directions() {
     assert!(err.contains("along 32 random directions"), "{err}");
     assert!(out.contains("reference  vs finite differences"), "{out}");
 }
+
+#[test]
+fn explain_minimize_says_the_method_and_what_is_shared() {
+    // O1: the Hessian 2*A'*A+0.2*eye reads only the shared A: factored once per batch.
+    let (code, out, err) = matgrad(&[
+        "explain",
+        "A: matrix(64,16); b: vector(64); x: vector(16); norm2(A*x-b)^2 + 0.1*x'*x",
+        "--wrt",
+        "x",
+        "--minimize",
+        "--batched",
+        "b",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("method (auto): newton"), "{out}");
+    assert!(out.contains("hessian: 2*A'*A + 0.2*eye"), "{out}");
+    assert!(
+        out.contains("factored (Cholesky, 16×16) once per batch"),
+        "{out}"
+    );
+    assert!(out.contains("the curvature, once per batch:"), "{out}");
+    assert!(out.contains("data: `A` shared, `b` batched"), "{out}");
+    // With A batched too, the same Hessian is one per item.
+    let (code, out, _) = matgrad(&[
+        "explain",
+        "A: matrix(64,16); b: vector(64); x: vector(16); norm2(A*x-b)^2 + 0.1*x'*x",
+        "--wrt",
+        "x",
+        "--minimize",
+        "--batched",
+        "A,b",
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("evaluated per item at every iteration"),
+        "{out}"
+    );
+    assert!(!out.contains("the curvature, once per batch"), "{out}");
+    // A matrix variable has no closed-form Hessian: L-BFGS, and why.
+    let (code, out, _) = matgrad(&[
+        "explain",
+        "C: matrix(8,8); S: matrix(8,8); -logdet(S) + tr(S*C)",
+        "--wrt",
+        "S",
+        "--minimize",
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("method (auto): lbfgs: the Hessian by a matrix(8,8)"),
+        "{out}"
+    );
+    // Not a scalar objective: an error, exit 2.
+    let (code, _, err) = matgrad(&["explain", "x: vector(3); 2*x", "--wrt", "x", "--minimize"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("minimize needs a scalar objective"), "{err}");
+}

@@ -646,34 +646,8 @@ fn prepare(
     }
     let mut batched = bound.batched.clone();
     batched[var as usize] = true;
-    let curvature = match method {
-        Method::Newton => objective.hessian,
-        Method::GaussNewton => objective.gauss_newton,
-        _ => None,
-    };
-    let no_distribute = PlanOptions { distribute: false };
-    let plan_error = |e: crate::plan::PlanError| invalid(e.to_string());
-    // A curvature matrix that reads neither the variable nor a batched input is the same for
-    // every item and every iteration: evaluated and factored once.
-    let shared_curvature = match curvature {
-        Some(h)
-            if g.vars_in(h)
-                .iter()
-                .all(|&v| v != var && !bound.batched[v as usize]) =>
-        {
-            Some(
-                Plan::with_options(g, &[h], &bound.dim_sizes, &batched, no_distribute)
-                    .map_err(plan_error)?,
-            )
-        }
-        _ => None,
-    };
-    let mut outputs = vec![objective.program.root, objective.gradient];
-    if let (Some(h), None) = (curvature, &shared_curvature) {
-        outputs.push(h);
-    }
-    let plan = Plan::with_options(g, &outputs, &bound.dim_sizes, &batched, no_distribute)
-        .map_err(plan_error)?;
+    let (plan, shared_curvature) = iteration_plans(objective, method, &bound.dim_sizes, &batched)
+        .map_err(|e| invalid(e.to_string()))?;
     // Each round holds the trial points, the states and the L-BFGS histories besides the plan.
     let state_bytes = 8.0 * items as f64 * entries as f64 * (4.0 + 2.0 * options.memory as f64);
     crate::batch::fits_in_memory(
@@ -704,6 +678,161 @@ fn prepare(
         dim_sizes: bound.dim_sizes,
         notes,
     })
+}
+
+/// What one iteration evaluates, for `method` at `dim_sizes` with `batched` flags (the
+/// variable batched): the plan of the objective, its gradient and, when it is per item, the
+/// curvature matrix (Hessian or Gauss–Newton); and the curvature's own plan when it reads
+/// neither the variable nor a batched input, so that it is the same for every item and every
+/// iteration: evaluated and factored once per batch.
+pub fn iteration_plans(
+    objective: &Objective,
+    method: Method,
+    dim_sizes: &[usize],
+    batched: &[bool],
+) -> Result<(Plan, Option<Plan>), crate::plan::PlanError> {
+    let g = &objective.program.graph;
+    let curvature = match method {
+        Method::Newton => objective.hessian,
+        Method::GaussNewton => objective.gauss_newton,
+        _ => None,
+    };
+    let no_distribute = PlanOptions { distribute: false };
+    let shared_curvature = match curvature {
+        Some(h)
+            if g.vars_in(h)
+                .iter()
+                .all(|&v| v != objective.var && !batched[v as usize]) =>
+        {
+            Some(Plan::with_options(
+                g,
+                &[h],
+                dim_sizes,
+                batched,
+                no_distribute,
+            )?)
+        }
+        _ => None,
+    };
+    let mut outputs = vec![objective.program.root, objective.gradient];
+    if let (Some(h), None) = (curvature, &shared_curvature) {
+        outputs.push(h);
+    }
+    let plan = Plan::with_options(g, &outputs, dim_sizes, batched, no_distribute)?;
+    Ok((plan, shared_curvature))
+}
+
+/// `matgrad explain --minimize`: the objective and its derivatives, the method `auto` chooses
+/// and why, what one iteration evaluates per item and what once per batch (a curvature matrix
+/// that reads only shared inputs is evaluated and factored once), and the cost per iteration
+/// per item, for the sizes `dim_sizes` and the data flagged in `batched` (the variable is one
+/// per item whatever its flag says).
+pub fn explain_minimize(
+    objective: &Objective,
+    dim_sizes: &[usize],
+    batched: &[bool],
+) -> Result<String, String> {
+    use std::fmt::Write as _;
+    let g = &objective.program.graph;
+    let var = objective.var;
+    let shape = g.vars[var as usize].shape;
+    let size = |d: Dim| match d {
+        Dim::One => 1,
+        Dim::Sym(i) => dim_sizes[i as usize],
+    };
+    let entries = size(shape.rows) * size(shape.cols);
+    let mut batched = batched.to_vec();
+    batched[var as usize] = true;
+    let (method, why) = objective.choose(Method::Auto, entries)?;
+    let (plan, shared) =
+        iteration_plans(objective, method, dim_sizes, &batched).map_err(|e| e.to_string())?;
+    let text = |id: Id| crate::print::text(g, id);
+    let mut out = String::new();
+    let _ = writeln!(out, "objective: {}", text(objective.program.root));
+    let _ = writeln!(
+        out,
+        "variable: `{}`, a {} of {entries} entries, one per item",
+        objective.var_name(),
+        g.describe_shape(shape)
+    );
+    let data: Vec<String> = g
+        .vars_in(objective.program.root)
+        .into_iter()
+        .filter(|&v| v != var)
+        .map(|v| {
+            let how = if batched[v as usize] {
+                "batched"
+            } else {
+                "shared"
+            };
+            format!("`{}` {how}", g.vars[v as usize].name)
+        })
+        .collect();
+    if !data.is_empty() {
+        let _ = writeln!(out, "data: {}", data.join(", "));
+    }
+    let _ = writeln!(out, "gradient: {}", text(objective.gradient));
+    if let Some(h) = objective.hessian {
+        let _ = writeln!(out, "hessian: {}", text(h));
+    }
+    let _ = writeln!(out, "method (auto): {why}");
+    let n = entries as f64;
+    let step = match (method, &shared) {
+        (Method::Newton | Method::GaussNewton, Some(_)) => {
+            let _ = writeln!(
+                out,
+                "curvature: reads only shared inputs, so it is evaluated and factored (Cholesky, \
+                 {entries}×{entries}) once per batch; each step is two triangular solves per item"
+            );
+            2.0 * n * n
+        }
+        (Method::Newton | Method::GaussNewton, None) => {
+            let _ = writeln!(
+                out,
+                "curvature: evaluated per item at every iteration, then factored (Cholesky, \
+                 {entries}×{entries}) and solved per item"
+            );
+            n * n * n / 3.0 + 2.0 * n * n
+        }
+        (Method::Lbfgs, _) => {
+            let m = Options::for_device(Device::Cpu).memory as f64;
+            let _ = writeln!(
+                out,
+                "curvature: none; the L-BFGS two-loop recursion over the last {m} steps"
+            );
+            4.0 * m * n
+        }
+        _ => {
+            let _ = writeln!(out, "curvature: none; steps along the negative gradient");
+            n
+        }
+    };
+    let _ = writeln!(
+        out,
+        "\none iteration, per trial point (objective, gradient{}):",
+        if shared.is_none() && matches!(method, Method::Newton | Method::GaussNewton) {
+            ", curvature"
+        } else {
+            ""
+        }
+    );
+    out.push_str(&crate::explain::plan_text(&plan, None));
+    let cost = plan.cost();
+    let _ = writeln!(
+        out,
+        "per item per iteration: {:.0} flops to evaluate and about {step:.0} for the step, {:.0} \
+         bytes (line searches evaluate again at each trial point)",
+        cost.flops_per_item, cost.bytes_per_item
+    );
+    if let Some(plan) = &shared {
+        let _ = writeln!(out, "\nthe curvature, once per batch:");
+        out.push_str(&crate::explain::plan_text(plan, None));
+    }
+    let _ = writeln!(
+        out,
+        "gpu: none yet: minimize runs on the CPU path or the float64 reference"
+    );
+    Ok(out)
 }
 
 /// A bound's values and whether they are one per item.

@@ -19,6 +19,14 @@ pub fn explain(d: &Derivative, plan: &Plan, kernel: Option<&Kernel>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "derivative: {}", d.text());
     let _ = writeln!(out, "shape: {}", g.describe_shape(d.shape()));
+    out.push_str(&plan_text(plan, kernel));
+    out
+}
+
+/// A plan in words: the form it evaluates, its steps once per batch and per item with their
+/// operations, its costs, how the CPU path blocks it, and the GPU dispatches of `kernel`.
+pub fn plan_text(plan: &Plan, kernel: Option<&Kernel>) -> String {
+    let mut out = String::new();
     match plan.rewritten() {
         Some(form) => {
             let _ = writeln!(
