@@ -1,5 +1,5 @@
 //! `matgrad explain`: the derived formula, the plan for the given sizes and batched
-//! variables, its costs and its GPU kernel.
+//! variables, its costs and its GPU kernel; with `--minimize`, what a solve runs.
 
 use std::collections::HashMap;
 
