@@ -925,16 +925,16 @@ fn check_witnesses_a_large_variable_along_random_directions() {
 
 #[test]
 fn explain_minimize_says_the_method_and_what_is_shared() {
+    let explain = |program: &str, wrt: &str, batched: &str| {
+        let mut args = vec!["explain", program, "--wrt", wrt, "--minimize"];
+        if !batched.is_empty() {
+            args.extend(["--batched", batched]);
+        }
+        matgrad(&args)
+    };
+    let ridge = "A: matrix(64,16); b: vector(64); x: vector(16); norm2(A*x-b)^2 + 0.1*x'*x";
     // O1: the Hessian 2*A'*A+0.2*eye reads only the shared A: factored once per batch.
-    let (code, out, err) = matgrad(&[
-        "explain",
-        "A: matrix(64,16); b: vector(64); x: vector(16); norm2(A*x-b)^2 + 0.1*x'*x",
-        "--wrt",
-        "x",
-        "--minimize",
-        "--batched",
-        "b",
-    ]);
+    let (code, out, err) = explain(ridge, "x", "b");
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("method (auto): newton"), "{out}");
     assert!(out.contains("hessian: 2*A'*A + 0.2*eye"), "{out}");
@@ -945,15 +945,7 @@ fn explain_minimize_says_the_method_and_what_is_shared() {
     assert!(out.contains("the curvature, once per batch:"), "{out}");
     assert!(out.contains("data: `A` shared, `b` batched"), "{out}");
     // With A batched too, the same Hessian is one per item.
-    let (code, out, _) = matgrad(&[
-        "explain",
-        "A: matrix(64,16); b: vector(64); x: vector(16); norm2(A*x-b)^2 + 0.1*x'*x",
-        "--wrt",
-        "x",
-        "--minimize",
-        "--batched",
-        "A,b",
-    ]);
+    let (code, out, _) = explain(ridge, "x", "A,b");
     assert_eq!(code, 0);
     assert!(
         out.contains("evaluated per item at every iteration"),
@@ -961,20 +953,18 @@ fn explain_minimize_says_the_method_and_what_is_shared() {
     );
     assert!(!out.contains("the curvature, once per batch"), "{out}");
     // A matrix variable has no closed-form Hessian: L-BFGS, and why.
-    let (code, out, _) = matgrad(&[
-        "explain",
+    let (code, out, _) = explain(
         "C: matrix(8,8); S: matrix(8,8); -logdet(S) + tr(S*C)",
-        "--wrt",
         "S",
-        "--minimize",
-    ]);
+        "",
+    );
     assert_eq!(code, 0);
     assert!(
         out.contains("method (auto): lbfgs: the Hessian by a matrix(8,8)"),
         "{out}"
     );
     // Not a scalar objective: an error, exit 2.
-    let (code, _, err) = matgrad(&["explain", "x: vector(3); 2*x", "--wrt", "x", "--minimize"]);
+    let (code, _, err) = explain("x: vector(3); 2*x", "x", "");
     assert_eq!(code, 2);
     assert!(err.contains("minimize needs a scalar objective"), "{err}");
 }
