@@ -682,6 +682,11 @@ fn is_elementwise(node: Node) -> bool {
 }
 
 /// The item index and the guard that every per-item stage starts with.
+/// Entry `idx` of the function-memory array `v`.
+fn at(v: &Ident, idx: Expr) -> Expr {
+    Expr::index(Expr::id(v.clone()), idx)
+}
+
 fn item_prologue() -> Vec<Stmt> {
     vec![
         Stmt::Let(Ident::chunk(), Expr::Raw("params.chunk")),
@@ -1154,7 +1159,6 @@ impl Generator<'_> {
         }
         let a = step.args.first().copied().unwrap_or(0);
         let b = step.args.get(1).copied().unwrap_or(0);
-        let at = |v: &Ident, idx: Expr| Expr::index(Expr::id(v.clone()), idx);
         // Element-wise: dst[k] = f(args at k).
         let elementwise =
             |gen: &mut Self, body: &mut Vec<Stmt>, f: &dyn Fn(&Self, Expr) -> Expr| {
@@ -1207,200 +1211,12 @@ impl Generator<'_> {
                 };
                 self.product(body, i, m, k, n, &lhs, &rhs);
             }
-            Node::MatPow(_, power) => {
-                let n = step.rows;
-                let tmp = Ident::scratch(i, "pw");
-                let copy = self.power_copy[i];
-                let entry = move |k: Expr| match copy {
-                    Some(base) => lanes("scratch", base, k),
-                    None => at(&tmp, k),
-                };
-                if copy.is_none() {
-                    body.push(Stmt::Array(Ident::scratch(i, "pw"), len));
-                }
-                let k = self.loop_var();
-                body.push(Stmt::For(
-                    k.clone(),
-                    len,
-                    vec![Stmt::Assign(
-                        self.target(i, Expr::id(k.clone())),
-                        self.value(a, Expr::id(k)),
-                    )],
-                ));
-                for _ in 1..power {
-                    let k = self.loop_var();
-                    body.push(Stmt::For(
-                        k.clone(),
-                        len,
-                        vec![Stmt::Assign(
-                            entry(Expr::id(k.clone())),
-                            self.target(i, Expr::id(k)),
-                        )],
-                    ));
-                    let entry = entry.clone();
-                    let lhs = move |_: &Self, r: Expr, p: Expr| {
-                        entry(Expr::add(Expr::mul(r, Expr::U32(n as u32)), p))
-                    };
-                    let rhs = |g: &Self, p: Expr, c: Expr| {
-                        g.value(a, Expr::add(Expr::mul(p, Expr::U32(n as u32)), c))
-                    };
-                    self.product(body, i, n, n, n, &lhs, &rhs);
-                }
-            }
+            Node::MatPow(_, power) => self.matrix_power(i, step, power, body),
             Node::Sum(_) | Node::Norm1(_) | Node::Norm2(_) | Node::Trace(_) => {
-                let acc = Ident::scratch(i, "acc");
-                body.push(Stmt::Var(acc.clone(), Expr::F32(0.0)));
-                let k = self.loop_var();
-                let (count, term) = match step.node {
-                    Node::Trace(_) => {
-                        let n = self.steps[a].rows;
-                        (
-                            n,
-                            self.value(a, Expr::mul(Expr::id(k.clone()), Expr::U32(n as u32 + 1))),
-                        )
-                    }
-                    Node::Norm1(_) => (
-                        self.steps[a].len(),
-                        Expr::Call("abs", vec![self.value(a, Expr::id(k.clone()))]),
-                    ),
-                    Node::Norm2(_) => {
-                        let v = self.value(a, Expr::id(k.clone()));
-                        (self.steps[a].len(), Expr::bin("*", v.clone(), v))
-                    }
-                    _ => (self.steps[a].len(), self.value(a, Expr::id(k.clone()))),
-                };
-                body.push(Stmt::For(
-                    k,
-                    count,
-                    vec![Stmt::Assign(
-                        Expr::id(acc.clone()),
-                        Expr::bin("+", Expr::id(acc.clone()), term),
-                    )],
-                ));
-                let result = if matches!(step.node, Node::Norm2(_)) {
-                    Expr::Call("sqrt", vec![Expr::id(acc)])
-                } else {
-                    Expr::id(acc)
-                };
-                body.push(Stmt::Assign(self.target(i, Expr::U32(0)), result));
+                self.reduction(i, step, body)
             }
-            Node::Det(_) | Node::LogDet(_) | Node::Inv(_) => {
-                let n = self.steps[a].rows;
-                self.lu_sizes.push(n);
-                let (perm, sign) = (Ident::scratch(i, "perm"), Ident::scratch(i, "sign"));
-                // The factors: the item's lanes of `scratch` at `base` for the looped block
-                // (passed as `base, chunk, item`), else an array in function memory (a pointer).
-                let region = self.lu_region[i];
-                let lu = Ident::scratch(i, "lu");
-                let matrix = match region {
-                    Some(base) => vec![
-                        Expr::U32(base as u32),
-                        Expr::id(Ident::chunk()),
-                        Expr::id(Ident::item()),
-                    ],
-                    None => vec![Expr::AddrOf(lu.clone())],
-                };
-                let entry = |k: Expr| match region {
-                    Some(base) => lanes("scratch", base, k),
-                    None => at(&lu, k),
-                };
-                if region.is_none() {
-                    body.push(Stmt::Array(lu.clone(), n * n));
-                }
-                body.push(Stmt::IndexArray(perm.clone(), n));
-                let k = self.loop_var();
-                body.push(Stmt::For(
-                    k.clone(),
-                    n * n,
-                    vec![Stmt::Assign(
-                        entry(Expr::id(k.clone())),
-                        self.value(a, Expr::id(k)),
-                    )],
-                ));
-                let with = |mut args: Vec<Expr>, more: Vec<Expr>| {
-                    args.extend(more);
-                    args
-                };
-                body.push(Stmt::Let(
-                    sign.clone(),
-                    Expr::CallN(
-                        format!("mg_lu_{n}"),
-                        with(matrix.clone(), vec![Expr::AddrOf(perm.clone())]),
-                    ),
-                ));
-                let reduce = |name: &str| {
-                    Expr::CallN(
-                        format!("{name}_{n}"),
-                        with(matrix.clone(), vec![Expr::id(sign.clone())]),
-                    )
-                };
-                match step.node {
-                    Node::Det(_) => {
-                        body.push(Stmt::Assign(self.target(i, Expr::U32(0)), reduce("mg_det")))
-                    }
-                    Node::LogDet(_) => body.push(Stmt::Assign(
-                        self.target(i, Expr::U32(0)),
-                        reduce("mg_logdet"),
-                    )),
-                    _ => {
-                        // The building block writes its inverse into the step's own array
-                        // (function memory), or into a temporary (an array, or lanes of
-                        // `scratch` after the factors) copied to the step's buffer.
-                        let own = region.is_none() && self.storage[i] == Storage::Private;
-                        let tmp = Ident::scratch(i, "inv");
-                        let (out, read): (Expr, Box<dyn Fn(Expr) -> Expr>) = match region {
-                            Some(base) => (
-                                Expr::U32((base + n * n) as u32),
-                                Box::new(move |k| lanes("scratch", base + n * n, k)),
-                            ),
-                            None if own => (Expr::AddrOf(dst.clone()), Box::new(|k| k)),
-                            None => {
-                                body.push(Stmt::Array(tmp.clone(), n * n));
-                                let t = tmp.clone();
-                                (Expr::AddrOf(tmp), Box::new(move |k| at(&t, k)))
-                            }
-                        };
-                        let args = vec![Expr::AddrOf(perm), Expr::id(sign), out];
-                        body.push(Stmt::Call(Expr::CallN(
-                            format!("mg_inv_{n}"),
-                            with(matrix, args),
-                        )));
-                        if !own {
-                            let k = self.loop_var();
-                            body.push(Stmt::For(
-                                k.clone(),
-                                n * n,
-                                vec![Stmt::Assign(
-                                    self.target(i, Expr::id(k.clone())),
-                                    read(Expr::id(k)),
-                                )],
-                            ));
-                        }
-                    }
-                }
-            }
-            Node::Diag(_) => {
-                let n = step.rows;
-                let k = self.loop_var();
-                body.push(Stmt::For(
-                    k.clone(),
-                    len,
-                    vec![Stmt::Assign(
-                        self.target(i, Expr::id(k.clone())),
-                        Expr::F32(0.0),
-                    )],
-                ));
-                let p = self.loop_var();
-                let target = Expr::mul(Expr::id(p.clone()), Expr::U32(n as u32 + 1));
-                body.push(Stmt::For(
-                    p.clone(),
-                    n,
-                    vec![Stmt::Assign(
-                        self.target(i, target),
-                        self.value(a, Expr::id(p)),
-                    )],
-                ));
-            }
+            Node::Det(_) | Node::LogDet(_) | Node::Inv(_) => self.lu(i, step, body),
+            Node::Diag(_) => self.diagonal(i, step, body),
             Node::DiagPart(_) => {
                 let n = step.rows;
                 let p = self.loop_var();
@@ -1417,6 +1233,215 @@ impl Generator<'_> {
             // Inputs and constants are never batched steps computed in the shader.
             Node::Var(_) | Node::Const(_) | Node::Fill(..) | Node::Eye(_) => {}
         }
+    }
+
+    /// `X^k`: the item's `X` copied, then multiplied by `X` k−1 times through a working copy
+    /// (in function memory, or in `scratch` past the budget: [`Generator::power_copy`]).
+    fn matrix_power(&mut self, i: usize, step: &Step, power: u32, body: &mut Vec<Stmt>) {
+        let a = step.args.first().copied().unwrap_or(0);
+        let len = step.len();
+        let n = step.rows;
+        let tmp = Ident::scratch(i, "pw");
+        let copy = self.power_copy[i];
+        let entry = move |k: Expr| match copy {
+            Some(base) => lanes("scratch", base, k),
+            None => at(&tmp, k),
+        };
+        if copy.is_none() {
+            body.push(Stmt::Array(Ident::scratch(i, "pw"), len));
+        }
+        let k = self.loop_var();
+        body.push(Stmt::For(
+            k.clone(),
+            len,
+            vec![Stmt::Assign(
+                self.target(i, Expr::id(k.clone())),
+                self.value(a, Expr::id(k)),
+            )],
+        ));
+        for _ in 1..power {
+            let k = self.loop_var();
+            body.push(Stmt::For(
+                k.clone(),
+                len,
+                vec![Stmt::Assign(
+                    entry(Expr::id(k.clone())),
+                    self.target(i, Expr::id(k)),
+                )],
+            ));
+            let entry = entry.clone();
+            let lhs = move |_: &Self, r: Expr, p: Expr| {
+                entry(Expr::add(Expr::mul(r, Expr::U32(n as u32)), p))
+            };
+            let rhs = |g: &Self, p: Expr, c: Expr| {
+                g.value(a, Expr::add(Expr::mul(p, Expr::U32(n as u32)), c))
+            };
+            self.product(body, i, n, n, n, &lhs, &rhs);
+        }
+    }
+
+    /// `sum`, `norm1`, `norm2` and `tr`: one accumulator over the argument's entries.
+    fn reduction(&mut self, i: usize, step: &Step, body: &mut Vec<Stmt>) {
+        let a = step.args.first().copied().unwrap_or(0);
+        let acc = Ident::scratch(i, "acc");
+        body.push(Stmt::Var(acc.clone(), Expr::F32(0.0)));
+        let k = self.loop_var();
+        let (count, term) = match step.node {
+            Node::Trace(_) => {
+                let n = self.steps[a].rows;
+                (
+                    n,
+                    self.value(a, Expr::mul(Expr::id(k.clone()), Expr::U32(n as u32 + 1))),
+                )
+            }
+            Node::Norm1(_) => (
+                self.steps[a].len(),
+                Expr::Call("abs", vec![self.value(a, Expr::id(k.clone()))]),
+            ),
+            Node::Norm2(_) => {
+                let v = self.value(a, Expr::id(k.clone()));
+                (self.steps[a].len(), Expr::bin("*", v.clone(), v))
+            }
+            _ => (self.steps[a].len(), self.value(a, Expr::id(k.clone()))),
+        };
+        body.push(Stmt::For(
+            k,
+            count,
+            vec![Stmt::Assign(
+                Expr::id(acc.clone()),
+                Expr::bin("+", Expr::id(acc.clone()), term),
+            )],
+        ));
+        let result = if matches!(step.node, Node::Norm2(_)) {
+            Expr::Call("sqrt", vec![Expr::id(acc)])
+        } else {
+            Expr::id(acc)
+        };
+        body.push(Stmt::Assign(self.target(i, Expr::U32(0)), result));
+    }
+
+    /// `det`, `logdet` and `inv` by the LU building block: the argument copied in, factored,
+    /// then reduced or inverted (looped on `scratch` or unrolled in function memory).
+    fn lu(&mut self, i: usize, step: &Step, body: &mut Vec<Stmt>) {
+        let a = step.args.first().copied().unwrap_or(0);
+        let dst = Ident::step(i);
+        let n = self.steps[a].rows;
+        self.lu_sizes.push(n);
+        let (perm, sign) = (Ident::scratch(i, "perm"), Ident::scratch(i, "sign"));
+        // The factors: the item's lanes of `scratch` at `base` for the looped block
+        // (passed as `base, chunk, item`), else an array in function memory (a pointer).
+        let region = self.lu_region[i];
+        let lu = Ident::scratch(i, "lu");
+        let matrix = match region {
+            Some(base) => vec![
+                Expr::U32(base as u32),
+                Expr::id(Ident::chunk()),
+                Expr::id(Ident::item()),
+            ],
+            None => vec![Expr::AddrOf(lu.clone())],
+        };
+        let entry = |k: Expr| match region {
+            Some(base) => lanes("scratch", base, k),
+            None => at(&lu, k),
+        };
+        if region.is_none() {
+            body.push(Stmt::Array(lu.clone(), n * n));
+        }
+        body.push(Stmt::IndexArray(perm.clone(), n));
+        let k = self.loop_var();
+        body.push(Stmt::For(
+            k.clone(),
+            n * n,
+            vec![Stmt::Assign(
+                entry(Expr::id(k.clone())),
+                self.value(a, Expr::id(k)),
+            )],
+        ));
+        let with = |mut args: Vec<Expr>, more: Vec<Expr>| {
+            args.extend(more);
+            args
+        };
+        body.push(Stmt::Let(
+            sign.clone(),
+            Expr::CallN(
+                format!("mg_lu_{n}"),
+                with(matrix.clone(), vec![Expr::AddrOf(perm.clone())]),
+            ),
+        ));
+        let reduce = |name: &str| {
+            Expr::CallN(
+                format!("{name}_{n}"),
+                with(matrix.clone(), vec![Expr::id(sign.clone())]),
+            )
+        };
+        match step.node {
+            Node::Det(_) => body.push(Stmt::Assign(self.target(i, Expr::U32(0)), reduce("mg_det"))),
+            Node::LogDet(_) => body.push(Stmt::Assign(
+                self.target(i, Expr::U32(0)),
+                reduce("mg_logdet"),
+            )),
+            _ => {
+                // The building block writes its inverse into the step's own array
+                // (function memory), or into a temporary (an array, or lanes of
+                // `scratch` after the factors) copied to the step's buffer.
+                let own = region.is_none() && self.storage[i] == Storage::Private;
+                let tmp = Ident::scratch(i, "inv");
+                let (out, read): (Expr, Box<dyn Fn(Expr) -> Expr>) = match region {
+                    Some(base) => (
+                        Expr::U32((base + n * n) as u32),
+                        Box::new(move |k| lanes("scratch", base + n * n, k)),
+                    ),
+                    None if own => (Expr::AddrOf(dst.clone()), Box::new(|k| k)),
+                    None => {
+                        body.push(Stmt::Array(tmp.clone(), n * n));
+                        let t = tmp.clone();
+                        (Expr::AddrOf(tmp), Box::new(move |k| at(&t, k)))
+                    }
+                };
+                let args = vec![Expr::AddrOf(perm), Expr::id(sign), out];
+                body.push(Stmt::Call(Expr::CallN(
+                    format!("mg_inv_{n}"),
+                    with(matrix, args),
+                )));
+                if !own {
+                    let k = self.loop_var();
+                    body.push(Stmt::For(
+                        k.clone(),
+                        n * n,
+                        vec![Stmt::Assign(
+                            self.target(i, Expr::id(k.clone())),
+                            read(Expr::id(k)),
+                        )],
+                    ));
+                }
+            }
+        }
+    }
+
+    /// `diag` of a vector: the square matrix with it on the diagonal.
+    fn diagonal(&mut self, i: usize, step: &Step, body: &mut Vec<Stmt>) {
+        let a = step.args.first().copied().unwrap_or(0);
+        let len = step.len();
+        let n = step.rows;
+        let k = self.loop_var();
+        body.push(Stmt::For(
+            k.clone(),
+            len,
+            vec![Stmt::Assign(
+                self.target(i, Expr::id(k.clone())),
+                Expr::F32(0.0),
+            )],
+        ));
+        let p = self.loop_var();
+        let target = Expr::mul(Expr::id(p.clone()), Expr::U32(n as u32 + 1));
+        body.push(Stmt::For(
+            p.clone(),
+            n,
+            vec![Stmt::Assign(
+                self.target(i, target),
+                self.value(a, Expr::id(p)),
+            )],
+        ));
     }
 
     /// Step `dst` = `lhs * rhs` (m×k times k×n) as three loops.
