@@ -208,6 +208,25 @@ impl<'g> Simplifier<'g> {
         p
     }
 
+    /// The sum `id` = `a + b` of `shape`; a chain of more than [`LONG_SUM`] sums in one pass
+    /// (level by level, every prefix would be collected and memoized again: quadratic in the
+    /// chain's length).
+    fn sum(&mut self, id: Id, a: Id, b: Id, shape: Shape) -> Poly {
+        if let Some(operands) = self.long_sum(id) {
+            let mut terms = Vec::new();
+            for o in operands {
+                terms.extend(self.poly(o).terms);
+            }
+            let terms = collect(terms);
+            return Poly {
+                shape,
+                terms: self.flatten_sums_that_collect(terms),
+            };
+        }
+        let (pa, pb) = (self.poly(a), self.poly(b));
+        self.add(pa, pb)
+    }
+
     /// The operands of the chain of sums `id` heads (`((a+b)+c)+d`: `a, b, c, d`), stopping
     /// at a sum already simplified, when there are more than [`LONG_SUM`]; `None` otherwise.
     fn long_sum(&self, id: Id) -> Option<Vec<Id>> {
@@ -329,23 +348,7 @@ impl<'g> Simplifier<'g> {
                 p
             }
             Node::Eye(_) => Poly::single(shape, Term::unit()),
-            Node::Add(a, b) => {
-                if let Some(operands) = self.long_sum(id) {
-                    // One pass over the whole chain: level by level, every prefix would be
-                    // collected and memoized again (quadratic in the chain's length).
-                    let mut terms = Vec::new();
-                    for o in operands {
-                        terms.extend(self.poly(o).terms);
-                    }
-                    let terms = collect(terms);
-                    return Poly {
-                        shape,
-                        terms: self.flatten_sums_that_collect(terms),
-                    };
-                }
-                let (pa, pb) = (self.poly(a), self.poly(b));
-                self.add(pa, pb)
-            }
+            Node::Add(a, b) => self.sum(id, a, b, shape),
             Node::Neg(a) => {
                 let mut p = self.poly(a);
                 scale_poly(&mut p, -1.0);
@@ -420,33 +423,9 @@ impl<'g> Simplifier<'g> {
                 let norm1 = matches!(self.g.node(id), Node::Norm1(_));
                 self.norm(pa, norm1)
             }
-            Node::Det(a) | Node::LogDet(a) => {
-                let pa = self.poly(a);
-                let is_log = matches!(self.g.node(id), Node::LogDet(_));
-                if pa.shape.is_scalar() {
-                    return if is_log { self.map(Func::Log, pa) } else { pa };
-                }
-                // det(A^k) = det(A)^k: exact, and far better conditioned in float32 than
-                // the determinant of the power.
-                if let (false, [t]) = (is_log, pa.terms.as_slice()) {
-                    if let ([f], 1.0, true) = (t.chain.as_slice(), t.coef, t.scalars.is_empty()) {
-                        if f.power != 1 {
-                            let (base, power) = (f.base, f.power);
-                            let det_base = self.g.det(base);
-                            let p = self.atom(det_base);
-                            return self.pow_scalar(p, power as f64);
-                        }
-                    }
-                }
-                let arg = self.best_orientation(pa);
-                let node = if is_log {
-                    Node::LogDet(arg)
-                } else {
-                    Node::Det(arg)
-                };
-                let d = self.g.push(node);
-                self.atom(d)
-            }
+            Node::Det(a) => self.determinant(a, false),
+            Node::LogDet(a) => self.determinant(a, true),
+
             Node::Inv(a) => {
                 let pa = self.poly(a);
                 self.pow_int(pa, -1)
@@ -459,45 +438,79 @@ impl<'g> Simplifier<'g> {
                     _ => g.diag(v),
                 })
             }
-            Node::DiagPart(a) => {
-                let pa = self.poly(a);
-                if let [t] = pa.terms.as_slice() {
-                    if let [f] = t.chain.as_slice() {
-                        if let (Node::Diag(v), 1) = (self.g.node(f.base), f.power) {
-                            let mut pv = self.poly(v);
-                            times(&mut pv, t.coef, &t.scalars);
-                            return pv;
-                        }
-                    }
+            Node::DiagPart(a) => self.diagonal_part(a, shape),
+        }
+    }
+
+    /// `det` or (`is_log`) `logdet` of the normal form of `a`: of a scalar, itself (or its
+    /// log); `det(A^k)` as `det(A)^k`; else of the orientation that reads best.
+    fn determinant(&mut self, a: Id, is_log: bool) -> Poly {
+        let pa = self.poly(a);
+        if pa.shape.is_scalar() {
+            return if is_log { self.map(Func::Log, pa) } else { pa };
+        }
+        // det(A^k) = det(A)^k: exact, and far better conditioned in float32 than
+        // the determinant of the power.
+        if let (false, [t]) = (is_log, pa.terms.as_slice()) {
+            if let ([f], 1.0, true) = (t.chain.as_slice(), t.coef, t.scalars.is_empty()) {
+                if f.power != 1 {
+                    let (base, power) = (f.base, f.power);
+                    let det_base = self.g.det(base);
+                    let p = self.atom(det_base);
+                    return self.pow_scalar(p, power as f64);
                 }
-                if let [t] = pa.terms.as_slice() {
-                    // diag(p*r') = p.*r for a rank-one chain: a prefix of it is a column.
-                    let split = (1..t.chain.len())
-                        .find(|&k| self.shape(t.chain[k - 1].base).cols == Dim::One);
-                    if let Some(k) = split {
-                        let (n, one) = (shape.rows, Dim::One);
-                        let unit = |chain: &[Factor], shape| {
-                            let term = Term {
-                                chain: chain.to_vec(),
-                                ..Term::unit()
-                            };
-                            Poly::single(shape, term)
-                        };
-                        let column = unit(&t.chain[..k], Shape::new(n, one));
-                        let row = unit(&t.chain[k..], Shape::new(one, n));
-                        let row_t = self.transpose(row);
-                        let mut h = self.hadamard(column, row_t);
-                        times(&mut h, t.coef, &t.scalars);
-                        return h;
-                    }
-                }
-                if let Some(sums) = self.diag_of_ones_product(&pa, shape) {
-                    return sums;
-                }
-                let oriented = self.orient_single(pa);
-                self.pull_out(oriented, shape, |g, v| g.diag_part(v))
             }
         }
+        let arg = self.best_orientation(pa);
+        let node = if is_log {
+            Node::LogDet(arg)
+        } else {
+            Node::Det(arg)
+        };
+        let d = self.g.push(node);
+        self.atom(d)
+    }
+
+    /// `diag(X)` of the normal form of `a`, a vector of `shape`: of `diag(v)`, `v`; of a
+    /// rank-one chain `p*r'`, `p.*r`; of products with ones, sums; else pulled through the
+    /// terms.
+    fn diagonal_part(&mut self, a: Id, shape: Shape) -> Poly {
+        let pa = self.poly(a);
+        if let [t] = pa.terms.as_slice() {
+            if let [f] = t.chain.as_slice() {
+                if let (Node::Diag(v), 1) = (self.g.node(f.base), f.power) {
+                    let mut pv = self.poly(v);
+                    times(&mut pv, t.coef, &t.scalars);
+                    return pv;
+                }
+            }
+        }
+        if let [t] = pa.terms.as_slice() {
+            // diag(p*r') = p.*r for a rank-one chain: a prefix of it is a column.
+            let split =
+                (1..t.chain.len()).find(|&k| self.shape(t.chain[k - 1].base).cols == Dim::One);
+            if let Some(k) = split {
+                let (n, one) = (shape.rows, Dim::One);
+                let unit = |chain: &[Factor], shape| {
+                    let term = Term {
+                        chain: chain.to_vec(),
+                        ..Term::unit()
+                    };
+                    Poly::single(shape, term)
+                };
+                let column = unit(&t.chain[..k], Shape::new(n, one));
+                let row = unit(&t.chain[k..], Shape::new(one, n));
+                let row_t = self.transpose(row);
+                let mut h = self.hadamard(column, row_t);
+                times(&mut h, t.coef, &t.scalars);
+                return h;
+            }
+        }
+        if let Some(sums) = self.diag_of_ones_product(&pa, shape) {
+            return sums;
+        }
+        let oriented = self.orient_single(pa);
+        self.pull_out(oriented, shape, |g, v| g.diag_part(v))
     }
 
     /// `diag(P*J) = P*vector(1)` and `diag(J*P) = P'*vector(1)` for a matrix of ones `J`:
