@@ -1095,6 +1095,18 @@ impl Generator<'_> {
         Ident::loop_var(self.loops)
     }
 
+    /// `for k in 0..count { dst(k) = src(k) }` with a fresh loop variable `k`: `assign` gives
+    /// the entry written and its value for an index.
+    fn entrywise(
+        &mut self,
+        count: usize,
+        assign: impl FnOnce(&Self, Expr) -> (Expr, Expr),
+    ) -> Stmt {
+        let k = self.loop_var();
+        let (dst, src) = assign(self, Expr::id(k.clone()));
+        Stmt::For(k, count, vec![Stmt::Assign(dst, src)])
+    }
+
     /// Entry `idx` of step `s` for the current item.
     fn value(&self, s: usize, idx: Expr) -> Expr {
         let step = &self.steps[s];
@@ -1159,17 +1171,6 @@ impl Generator<'_> {
         }
         let a = step.args.first().copied().unwrap_or(0);
         let b = step.args.get(1).copied().unwrap_or(0);
-        // Element-wise: dst[k] = f(args at k).
-        let elementwise =
-            |gen: &mut Self, body: &mut Vec<Stmt>, f: &dyn Fn(&Self, Expr) -> Expr| {
-                let k = gen.loop_var();
-                let value = f(gen, Expr::id(k.clone()));
-                body.push(Stmt::For(
-                    k.clone(),
-                    len,
-                    vec![Stmt::Assign(gen.target(i, Expr::id(k)), value)],
-                ));
-            };
         match step.node {
             Node::Add(..)
             | Node::Hadamard(..)
@@ -1179,10 +1180,12 @@ impl Generator<'_> {
             | Node::Div(..)
             | Node::Pow(..)
             | Node::ElemPow(..)
-            | Node::Map(..) => elementwise(self, body, &|g, k| {
-                g.elementwise_expr(i, k)
-                    .expect("an element-wise step has an element-wise expression")
-            }),
+            | Node::Map(..) => body.push(self.entrywise(len, |g, k| {
+                let value = g
+                    .elementwise_expr(i, k.clone())
+                    .expect("an element-wise step has an element-wise expression");
+                (g.target(i, k), value)
+            })),
             Node::Transpose(_) => {
                 let (r, c) = (self.steps[a].rows, self.steps[a].cols);
                 let (p, q) = (self.loop_var(), self.loop_var());
@@ -1250,25 +1253,9 @@ impl Generator<'_> {
         if copy.is_none() {
             body.push(Stmt::Array(Ident::scratch(i, "pw"), len));
         }
-        let k = self.loop_var();
-        body.push(Stmt::For(
-            k.clone(),
-            len,
-            vec![Stmt::Assign(
-                self.target(i, Expr::id(k.clone())),
-                self.value(a, Expr::id(k)),
-            )],
-        ));
+        body.push(self.entrywise(len, |g, k| (g.target(i, k.clone()), g.value(a, k))));
         for _ in 1..power {
-            let k = self.loop_var();
-            body.push(Stmt::For(
-                k.clone(),
-                len,
-                vec![Stmt::Assign(
-                    entry(Expr::id(k.clone())),
-                    self.target(i, Expr::id(k)),
-                )],
-            ));
+            body.push(self.entrywise(len, |g, k| (entry(k.clone()), g.target(i, k))));
             let entry = entry.clone();
             let lhs = move |_: &Self, r: Expr, p: Expr| {
                 entry(Expr::add(Expr::mul(r, Expr::U32(n as u32)), p))
@@ -1348,15 +1335,7 @@ impl Generator<'_> {
             body.push(Stmt::Array(lu.clone(), n * n));
         }
         body.push(Stmt::IndexArray(perm.clone(), n));
-        let k = self.loop_var();
-        body.push(Stmt::For(
-            k.clone(),
-            n * n,
-            vec![Stmt::Assign(
-                entry(Expr::id(k.clone())),
-                self.value(a, Expr::id(k)),
-            )],
-        ));
+        body.push(self.entrywise(n * n, |g, k| (entry(k.clone()), g.value(a, k))));
         let with = |mut args: Vec<Expr>, more: Vec<Expr>| {
             args.extend(more);
             args
@@ -1404,15 +1383,7 @@ impl Generator<'_> {
                     with(matrix, args),
                 )));
                 if !own {
-                    let k = self.loop_var();
-                    body.push(Stmt::For(
-                        k.clone(),
-                        n * n,
-                        vec![Stmt::Assign(
-                            self.target(i, Expr::id(k.clone())),
-                            read(Expr::id(k)),
-                        )],
-                    ));
+                    body.push(self.entrywise(n * n, |g, k| (g.target(i, k.clone()), read(k))));
                 }
             }
         }
@@ -1423,15 +1394,7 @@ impl Generator<'_> {
         let a = step.args.first().copied().unwrap_or(0);
         let len = step.len();
         let n = step.rows;
-        let k = self.loop_var();
-        body.push(Stmt::For(
-            k.clone(),
-            len,
-            vec![Stmt::Assign(
-                self.target(i, Expr::id(k.clone())),
-                Expr::F32(0.0),
-            )],
-        ));
+        body.push(self.entrywise(len, |g, k| (g.target(i, k), Expr::F32(0.0))));
         let p = self.loop_var();
         let target = Expr::mul(Expr::id(p.clone()), Expr::U32(n as u32 + 1));
         body.push(Stmt::For(
