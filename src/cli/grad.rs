@@ -48,15 +48,16 @@ fn render(d: &Derivative, format: Format) -> String {
         Kind::Hessian => "hessian",
         Kind::HessianVector => "hessian-vector product",
     };
+    let formats = print::all_formats(g, d.node);
     let value = json!({
         "wrt": g.vars[d.wrt as usize].name,
         "kind": kind,
         "layout": match d.layout { Layout::Gradient => "gradient", Layout::Numerator => "numerator" },
         "shape": g.describe_shape(d.shape()),
-        "text": print::text(g, d.node),
-        "unicode": print::render(g, d.node, Format::Unicode),
-        "latex": print::render(g, d.node, Format::Latex),
-        "tree": print::json_tree(g, d.node),
+        "text": formats.text,
+        "unicode": formats.unicode,
+        "latex": formats.latex,
+        "tree": formats.tree,
     });
     print::pretty_json(&value)
 }

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use serde_json::{json, Value};
 
 use crate::expr::{Dim, Func, Graph, Id, Node, Shape};
-use crate::symbolic::names;
+use crate::symbolic::names::{self, Named};
 
 /// The output formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,7 +170,12 @@ pub fn text_in_place(graph: &Graph, id: Id) -> String {
 }
 
 fn with_names(graph: &Graph, id: Id, style: Style) -> String {
-    let Some(named) = names::name_shared(graph, id) else {
+    named_text(graph, id, names::name_shared(graph, id).as_ref(), style)
+}
+
+/// `id` in `style`, written with the names of `named` when it has them.
+fn named_text(graph: &Graph, id: Id, named: Option<&Named>, style: Style) -> String {
+    let Some(named) = named else {
         return Writer::new(graph, style).top(id);
     };
     let w = Writer::new(&named.graph, style);
@@ -186,12 +191,38 @@ fn with_names(graph: &Graph, id: Id, style: Style) -> String {
     }
 }
 
+/// Every format of one formula, its shared parts named once for all of them.
+pub struct AllFormats {
+    pub text: String,
+    pub unicode: String,
+    pub latex: String,
+    pub tree: Value,
+}
+
+/// [`text`], [`render`] in unicode and LaTeX, and [`json_tree`] of `id`, with one
+/// [`names::name_shared`] between them (it copies the graph).
+pub fn all_formats(graph: &Graph, id: Id) -> AllFormats {
+    let named = names::name_shared(graph, id);
+    let named = named.as_ref();
+    AllFormats {
+        text: named_text(graph, id, named, Style::Text),
+        unicode: named_text(graph, id, named, Style::Unicode),
+        latex: named_text(graph, id, named, Style::Latex),
+        tree: named_json(graph, id, named),
+    }
+}
+
 /// The expression tree with every node's shape. A tree larger than [`names::NAMING_NODES`]
 /// shares its repeated parts: they appear as `{"op": "ref", "name": "s1"}`, and the root
 /// object's `"where"` lists each name with its shape and tree, in order (each tree refers
 /// only to names before it).
 pub fn json_tree(graph: &Graph, id: Id) -> Value {
-    let Some(named) = names::name_shared(graph, id) else {
+    named_json(graph, id, names::name_shared(graph, id).as_ref())
+}
+
+/// The JSON tree of `id`, sharing the parts `named` names when it has them.
+fn named_json(graph: &Graph, id: Id, named: Option<&Named>) -> Value {
+    let Some(named) = named else {
         return json_node(graph, id, &HashSet::new());
     };
     let refs: HashSet<&str> = named.defs.iter().map(|(n, _)| n.as_str()).collect();
