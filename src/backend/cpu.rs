@@ -64,12 +64,17 @@ pub fn block_items(plan: &Plan) -> usize {
 
 /// Runs `plan`; `inputs[k]` is the value of `plan.inputs()[k]`. Outputs are shaped as
 /// [`run_reference`](crate::batch::run_reference)'s.
-pub fn run_cpu(plan: &Plan, inputs: &[&Batch<f32>], batch: usize) -> Vec<Batch<f32>> {
+pub fn run_cpu<I: AsRef<[f32]>>(plan: &Plan, inputs: &[I], batch: usize) -> Vec<Batch<f32>> {
     run_cpu_on(Isa::fastest(), plan, inputs, batch)
 }
 
 /// [`run_cpu`] with the blocks compiled for `isa`, one of [`Isa::available`].
-pub fn run_cpu_on(isa: Isa, plan: &Plan, inputs: &[&Batch<f32>], batch: usize) -> Vec<Batch<f32>> {
+pub fn run_cpu_on<I: AsRef<[f32]>>(
+    isa: Isa,
+    plan: &Plan,
+    inputs: &[I],
+    batch: usize,
+) -> Vec<Batch<f32>> {
     let mut outputs = output_buffers(plan, batch);
     run_cpu_into_on(isa, plan, inputs, batch, &mut outputs);
     outputs
@@ -171,7 +176,12 @@ pub fn output_buffers(plan: &Plan, batch: usize) -> Vec<Batch<f32>> {
 ///
 /// # Panics
 /// If `outputs` does not have the shapes [`output_buffers`] gives.
-pub fn run_cpu_into(plan: &Plan, inputs: &[&Batch<f32>], batch: usize, outputs: &mut [Batch<f32>]) {
+pub fn run_cpu_into<I: AsRef<[f32]>>(
+    plan: &Plan,
+    inputs: &[I],
+    batch: usize,
+    outputs: &mut [Batch<f32>],
+) {
     run_cpu_into_on(Isa::fastest(), plan, inputs, batch, outputs)
 }
 
@@ -179,14 +189,15 @@ pub fn run_cpu_into(plan: &Plan, inputs: &[&Batch<f32>], batch: usize, outputs: 
 ///
 /// # Panics
 /// As [`run_cpu_into`], and if `isa` is not one of [`Isa::available`].
-pub fn run_cpu_into_on(
+pub fn run_cpu_into_on<I: AsRef<[f32]>>(
     isa: Isa,
     plan: &Plan,
-    inputs: &[&Batch<f32>],
+    inputs: &[I],
     batch: usize,
     outputs: &mut [Batch<f32>],
 ) {
-    run_blocks(isa, plan, inputs, batch, outputs, true)
+    let inputs: Vec<&[f32]> = inputs.iter().map(AsRef::as_ref).collect();
+    run_blocks(isa, plan, &inputs, batch, outputs, true)
 }
 
 /// [`run_cpu_into_on`], with item-major products' element-wise steps fused into their stores
@@ -194,7 +205,7 @@ pub fn run_cpu_into_on(
 fn run_blocks(
     isa: Isa,
     plan: &Plan,
-    inputs: &[&Batch<f32>],
+    inputs: &[&[f32]],
     batch: usize,
     outputs: &mut [Batch<f32>],
     fuse: bool,
@@ -328,7 +339,7 @@ pub(crate) struct Job<'a> {
     /// One of [`Isa::available`].
     isa: Isa,
     steps: &'a [Step],
-    inputs: &'a [&'a Batch<f32>],
+    inputs: &'a [&'a [f32]],
     shared: &'a [Cow<'a, [f32]>],
     /// Transposes that are never stored: their users read the argument through swapped
     /// indices ([`read_through_transposes`]).
@@ -493,12 +504,12 @@ impl Block {
     /// Transposes the block's items of every batched input into lanes. Lanes past `count`
     /// keep the previous block's (finite) values.
     #[inline(always)]
-    fn load(&mut self, steps: &[Step], inputs: &[&Batch<f32>], first: usize, count: usize) {
+    fn load(&mut self, steps: &[Step], inputs: &[&[f32]], first: usize, count: usize) {
         let l = self.items;
         for (i, step) in steps.iter().enumerate() {
             if let (true, Some(k)) = (step.batched, step.input) {
                 let len = step.len();
-                let src = &inputs[k].data[first * len..(first + count) * len];
+                let src = &inputs[k][first * len..(first + count) * len];
                 transpose::<true>(src, count, len, len, &mut self.values[i], l);
             }
         }
@@ -568,7 +579,7 @@ impl Block {
             .iter()
             .filter(|s| s.batched)
             .filter_map(|s| {
-                let data = &job.inputs[s.input?].data;
+                let data = job.inputs[s.input?];
                 let len = s.len();
                 let start = ((first + count) * len).min(data.len());
                 Some(&data[start..((first + 2 * count) * len).min(data.len())])
@@ -623,13 +634,13 @@ impl Block {
 
 /// The value of every shared step (empty for batched steps): shared inputs as given, the
 /// hoisted steps computed once in float64 and rounded. The GPU back end uploads these.
-pub fn hoisted_values<'a>(plan: &Plan, inputs: &[&'a Batch<f32>]) -> Vec<Cow<'a, [f32]>> {
+pub fn hoisted_values<'a, I: AsRef<[f32]>>(plan: &Plan, inputs: &'a [I]) -> Vec<Cow<'a, [f32]>> {
     let steps = plan.steps();
     let mut shared: Vec<Cow<[f32]>> = Vec::with_capacity(steps.len());
     for step in steps {
         let value = match (step.batched, step.input) {
             (true, _) => Cow::Borrowed(&[][..]),
-            (false, Some(k)) => Cow::Borrowed(inputs[k].data.as_slice()),
+            (false, Some(k)) => Cow::Borrowed(inputs[k].as_ref()),
             (false, None) => {
                 let args: Vec<(&[f32], usize, usize)> = step
                     .args
@@ -849,7 +860,7 @@ mod tests {
             let chains = rows::fused_chains(&p.plan);
             assert_eq!(chains.iter().map(Vec::len).sum::<usize>(), fused, "{name}");
             let inputs: Vec<Batch<f32>> = p.inputs.iter().map(crate::check::to_f32).collect();
-            let refs: Vec<&Batch<f32>> = inputs.iter().collect();
+            let refs: Vec<&[f32]> = inputs.iter().map(|b| &b.data[..]).collect();
             for isa in Isa::available() {
                 let mut bits = Vec::new();
                 for fuse in [true, false] {

@@ -35,6 +35,9 @@ pub struct GpuOptions {
     /// A case-insensitive part of the adapter's name (else `WGPU_ADAPTER_NAME`, else the
     /// adapter that `WGPU_POWER_PREF` prefers, high performance by default).
     pub adapter: Option<String>,
+    /// The adapter at this position of [`list_adapters`] (two identical cards have the same
+    /// name); takes precedence over `adapter`.
+    pub adapter_index: Option<usize>,
     /// At most this many items per dispatch (tests use it to force chunking).
     pub max_chunk_items: Option<usize>,
     /// At most this many workgroups per dispatch dimension, below the adapter's limit
@@ -49,6 +52,10 @@ pub enum GpuError {
     NoAdapter(String),
     #[error("no adapter's name contains `{wanted}`; the adapters are: {available}")]
     NoMatchingAdapter { wanted: String, available: String },
+    #[error(
+        "there is no adapter number {index}: `matgrad devices` lists {count}, numbered from 0"
+    )]
+    NoAdapterAtIndex { index: usize, count: usize },
     #[error("the adapter `{adapter}` refused a device: {why}")]
     RequestDevice { adapter: String, why: String },
     #[error(transparent)]
@@ -140,8 +147,23 @@ pub fn list_adapters() -> Vec<AdapterSummary> {
         .collect()
 }
 
-/// A device, its queue and the pipelines compiled on it.
+/// A device, its queue and the pipelines compiled on it. Cloning shares them (sessions hold
+/// a clone, so that a session can outlive the variable it was made from).
+#[derive(Clone)]
 pub struct GpuContext {
+    inner: Arc<ContextInner>,
+}
+
+impl std::ops::Deref for GpuContext {
+    type Target = ContextInner;
+
+    fn deref(&self) -> &ContextInner {
+        &self.inner
+    }
+}
+
+/// What a [`GpuContext`] shares among its clones.
+pub struct ContextInner {
     device: wgpu::Device,
     queue: wgpu::Queue,
     adapter: AdapterSummary,
@@ -175,8 +197,15 @@ impl GpuContext {
             .clone()
             .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
             .map(|w| w.to_lowercase());
-        let adapter = match &wanted {
-            Some(w) => {
+        let adapter = match (options.adapter_index, &wanted) {
+            (Some(index), _) => {
+                let count = adapters.len();
+                adapters
+                    .into_iter()
+                    .nth(index)
+                    .ok_or(GpuError::NoAdapterAtIndex { index, count })?
+            }
+            (None, Some(w)) => {
                 let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
                 adapters
                     .into_iter()
@@ -186,7 +215,7 @@ impl GpuContext {
                         available: names.join(", "),
                     })?
             }
-            None => {
+            (None, None) => {
                 let low_power =
                     wgpu::PowerPreference::from_env() == Some(wgpu::PowerPreference::LowPower);
                 let rank = |a: &wgpu::Adapter| match (a.get_info().device_type, low_power) {
@@ -273,7 +302,7 @@ impl GpuContext {
                 flag.store(true, Ordering::SeqCst);
             });
         }
-        Ok(GpuContext {
+        let inner = ContextInner {
             device,
             queue,
             adapter: info,
@@ -286,6 +315,9 @@ impl GpuContext {
             pipelines: Mutex::new(HashMap::new()),
             lost,
             lost_flag,
+        };
+        Ok(GpuContext {
+            inner: Arc::new(inner),
         })
     }
 
@@ -410,7 +442,11 @@ impl GpuContext {
 
     /// Prepares `plan` with its shared inputs resident: the kernel compiled, the hoisted
     /// values uploaded. `inputs` are all the plan's inputs (the batched ones are not read).
-    pub fn session(&self, plan: &Plan, inputs: &[&Batch<f32>]) -> Result<GpuSession<'_>, GpuError> {
+    pub fn session<I: AsRef<[f32]>>(
+        &self,
+        plan: &Plan,
+        inputs: &[I],
+    ) -> Result<GpuSession, GpuError> {
         let kernel = generate_within(plan, self.kernel_budget())?;
         let needs = (kernel.stages.iter().map(|s| s.loop_iterations))
             .max()
@@ -447,7 +483,7 @@ impl GpuContext {
             .map(|&o| (!plan.steps()[o].batched).then(|| hoisted[o].to_vec()))
             .collect();
         Ok(GpuSession {
-            ctx: self,
+            ctx: self.clone(),
             plan: plan.clone(),
             kernel,
             pipelines,
@@ -492,8 +528,8 @@ const PIPELINE_CHUNK_BYTES: u64 = 64 << 20;
 
 /// A plan ready to run repeatedly: the pipeline and the shared inputs stay on the device;
 /// each [`GpuSession::run`] streams only the batched inputs.
-pub struct GpuSession<'c> {
-    ctx: &'c GpuContext,
+pub struct GpuSession {
+    ctx: GpuContext,
     plan: Plan,
     kernel: Kernel,
     /// One per stage of the kernel.
@@ -505,19 +541,24 @@ pub struct GpuSession<'c> {
     buffers: Mutex<Vec<ChunkBuffers>>,
 }
 
-impl GpuSession<'_> {
+impl GpuSession {
     /// Runs the batch; `inputs` are all the plan's inputs (the shared ones are not read).
-    pub fn run(&self, inputs: &[&Batch<f32>], batch: usize) -> Result<Vec<Batch<f32>>, GpuError> {
+    pub fn run<I: AsRef<[f32]>>(
+        &self,
+        inputs: &[I],
+        batch: usize,
+    ) -> Result<Vec<Batch<f32>>, GpuError> {
         self.run_timed(inputs, batch).map(|(outputs, _)| outputs)
     }
 
     /// Runs the batch and times it: the kernels by timestamp queries where the adapter has
     /// them, else by the host around each submission (which then includes the transfers).
-    pub fn run_timed(
+    pub fn run_timed<I: AsRef<[f32]>>(
         &self,
-        inputs: &[&Batch<f32>],
+        inputs: &[I],
         batch: usize,
     ) -> Result<(Vec<Batch<f32>>, GpuTiming), GpuError> {
+        let inputs: Vec<&[f32]> = inputs.iter().map(AsRef::as_ref).collect();
         let started = std::time::Instant::now();
         let mut kernel_seconds = 0.0;
         let plan = &self.plan;
@@ -532,7 +573,7 @@ impl GpuSession<'_> {
         if plan.is_batched() && out_len > 0 {
             let chunk = self.ctx.chunk_items(&self.kernel, batch);
             kernel_seconds =
-                with_stack(|| self.run_chunks(inputs, batch, chunk, &mut batched_results))?;
+                with_stack(|| self.run_chunks(&inputs, batch, chunk, &mut batched_results))?;
         }
         let mut outputs = Vec::new();
         for (position, &o) in plan.outputs().iter().enumerate() {
@@ -574,7 +615,7 @@ impl GpuSession<'_> {
     /// submits them, then reads the first chunk's outputs back.
     fn run_chunks(
         &self,
-        inputs: &[&Batch<f32>],
+        inputs: &[&[f32]],
         batch: usize,
         chunk: usize,
         results: &mut [Vec<f32>],
@@ -622,14 +663,14 @@ impl GpuSession<'_> {
         &self,
         set: &mut ChunkBuffers,
         index: usize,
-        inputs: &[&Batch<f32>],
+        inputs: &[&[f32]],
         first: usize,
         count: usize,
     ) -> Result<InFlight, GpuError> {
-        let ctx = self.ctx;
+        let ctx = &self.ctx;
         let mut base = 0;
         for &(k, len) in &self.kernel.batched_inputs {
-            let items = &inputs[k].data[first * len..(first + count) * len];
+            let items = &inputs[k][first * len..(first + count) * len];
             items_to_lanes(items, count, len, &mut set.lanes[base..base + count * len]);
             base += count * len;
         }
@@ -707,7 +748,7 @@ impl GpuSession<'_> {
         chunk: &InFlight,
         results: &mut [Vec<f32>],
     ) -> Result<f64, GpuError> {
-        let ctx = self.ctx;
+        let ctx = &self.ctx;
         ctx.device
             .poll(wgpu::PollType::WaitForSubmissionIndex(
                 chunk.submission.clone(),
@@ -765,8 +806,8 @@ struct ChunkBuffers {
 }
 
 impl ChunkBuffers {
-    fn new(session: &GpuSession<'_>, capacity: usize) -> Result<ChunkBuffers, GpuError> {
-        let ctx = session.ctx;
+    fn new(session: &GpuSession, capacity: usize) -> Result<ChunkBuffers, GpuError> {
+        let ctx = &session.ctx;
         let kernel = &session.kernel;
         let bytes = |floats: usize| (4 * capacity * floats).max(4) as u64;
         ctx.scoped("allocating chunk buffers", || {
@@ -905,10 +946,10 @@ fn read_timestamps(
 }
 
 /// Runs `plan` once on the GPU.
-pub fn run_gpu(
+pub fn run_gpu<I: AsRef<[f32]>>(
     ctx: &GpuContext,
     plan: &Plan,
-    inputs: &[&Batch<f32>],
+    inputs: &[I],
     batch: usize,
 ) -> Result<Vec<Batch<f32>>, GpuError> {
     ctx.session(plan, inputs)?.run(inputs, batch)

@@ -38,6 +38,14 @@ impl<T: Copy> Batch<T> {
     }
 }
 
+/// The values, so that executors take owned batches and borrowed slices alike (their
+/// shapes come from the plan).
+impl<T> AsRef<[T]> for Batch<T> {
+    fn as_ref(&self) -> &[T] {
+        &self.data
+    }
+}
+
 impl Batch<f64> {
     pub fn item_mat(&self, i: usize) -> Mat {
         Mat {
@@ -102,22 +110,92 @@ pub enum BindError {
     Empty { name: String, shape: Vec<usize> },
 }
 
-/// Binds `arrays` to the variables of `graph` that `reads` lists.
+/// An array's name and shape, all that binding reads (the values stay where they are).
+pub trait ArrayShape {
+    fn name(&self) -> &str;
+    fn shape(&self) -> &[usize];
+}
+
+impl ArrayShape for NamedArray {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+}
+
+/// Where one variable's values are: which array, the shape of one item, and the number of
+/// items (`None` when the array is shared).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VarArray {
+    pub array: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub items: Option<usize>,
+}
+
+/// Arrays bound to a program's variables by their shapes alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub dim_sizes: Vec<usize>,
+    /// Indexed by variable.
+    pub batched: Vec<bool>,
+    /// Indexed by variable; `None` for variables the program declares but never reads.
+    pub arrays: Vec<Option<VarArray>>,
+    /// The batch size, `None` when every input is shared.
+    pub batch: Option<usize>,
+    /// Arrays that name no variable of the program.
+    pub unused: Vec<String>,
+}
+
+/// Binds `arrays` to the variables of `graph` that `reads` lists, copying their values.
 pub fn bind(graph: &Graph, reads: &[u32], arrays: &[NamedArray]) -> Result<Bound, BindError> {
+    let binding = bind_shapes(graph, reads, arrays)?;
+    let values = (binding.arrays.iter())
+        .map(|a| {
+            a.map(|a| Batch {
+                batch: a.items,
+                rows: a.rows,
+                cols: a.cols,
+                data: arrays[a.array].data.clone(),
+            })
+        })
+        .collect();
+    Ok(Bound {
+        dim_sizes: binding.dim_sizes,
+        batched: binding.batched,
+        values,
+        batch: binding.batch,
+        unused: binding.unused,
+    })
+}
+
+/// Binds arrays to the variables of `graph` that `reads` lists by their names and shapes: the
+/// sizes of the dimensions, which variables are batched, the batch size. Errors as [`bind`].
+pub fn bind_shapes<A: ArrayShape>(
+    graph: &Graph,
+    reads: &[u32],
+    arrays: &[A],
+) -> Result<Binding, BindError> {
     let mut dim_sizes: Vec<Option<(usize, String)>> = graph
         .dims
         .iter()
         .map(|d| d.size.map(|s| (s, "the declaration".to_string())))
         .collect();
     let mut batched = vec![false; graph.vars.len()];
-    let mut values: Vec<Option<Batch<f64>>> = vec![None; graph.vars.len()];
+    let mut bound: Vec<Option<VarArray>> = vec![None; graph.vars.len()];
     let mut batch: Option<(usize, String)> = None;
     for &v in reads {
         let var = &graph.vars[v as usize];
-        let array = arrays
-            .iter()
-            .find(|a| a.name == var.name)
+        let index = (arrays.iter())
+            .position(|a| a.name() == var.name)
             .ok_or_else(|| BindError::Missing(var.name.clone()))?;
+        let array = NamedShape {
+            name: arrays[index].name().to_string(),
+            shape: arrays[index].shape().to_vec(),
+        };
         if array.shape.contains(&0) {
             return Err(BindError::Empty {
                 name: array.name.clone(),
@@ -183,17 +261,21 @@ pub fn bind(graph: &Graph, reads: &[u32], arrays: &[NamedArray]) -> Result<Bound
             1 => (item_shape[0], 1),
             _ => (item_shape[0], item_shape[1]),
         };
-        values[v as usize] = Some(Batch {
-            batch: items,
+        bound[v as usize] = Some(VarArray {
+            array: index,
             rows,
             cols,
-            data: array.data.clone(),
+            items,
         });
     }
     let unused = arrays
         .iter()
-        .filter(|a| reads.iter().all(|&v| graph.vars[v as usize].name != a.name))
-        .map(|a| a.name.clone())
+        .filter(|a| {
+            reads
+                .iter()
+                .all(|&v| graph.vars[v as usize].name != a.name())
+        })
+        .map(|a| a.name().to_string())
         .collect();
     // Dimensions no array meets (those of constants such as `eye` in a free context) take
     // the size 1; the type checker has already tied every other one to a variable.
@@ -201,19 +283,25 @@ pub fn bind(graph: &Graph, reads: &[u32], arrays: &[NamedArray]) -> Result<Bound
         .into_iter()
         .map(|d| d.map_or(1, |(s, _)| s))
         .collect();
-    Ok(Bound {
+    Ok(Binding {
         dim_sizes,
         batched,
-        values,
+        arrays: bound,
         batch: batch.map(|(n, _)| n),
         unused,
     })
 }
 
+/// One array's name and shape, owned, for the error messages.
+struct NamedShape {
+    name: String,
+    shape: Vec<usize>,
+}
+
 /// Runs `plan` in float64, item by item. `inputs[k]` is the value of `plan.inputs()[k]`.
 /// Returns one batch per output of the plan: `batch` items when any input is batched (an
 /// output that depends on shared inputs only is repeated), else one item and no batch axis.
-pub fn run_reference(plan: &Plan, inputs: &[&Batch<f64>], batch: usize) -> Vec<Batch<f64>> {
+pub fn run_reference<I: AsRef<[f64]>>(plan: &Plan, inputs: &[I], batch: usize) -> Vec<Batch<f64>> {
     let mut outputs = empty_outputs(plan, batch);
     walk(
         plan,
@@ -221,7 +309,15 @@ pub fn run_reference(plan: &Plan, inputs: &[&Batch<f64>], batch: usize) -> Vec<B
         |i, args: &[&Mat], item| {
             let step = &plan.steps()[i];
             match step.input {
-                Some(k) => inputs[k].item_mat(item),
+                Some(k) => {
+                    let len = step.len();
+                    let at = if step.batched { item * len } else { 0 };
+                    Mat {
+                        rows: step.rows,
+                        cols: step.cols,
+                        data: inputs[k].as_ref()[at..at + len].to_vec(),
+                    }
+                }
                 None => apply(&step.node, args, step.rows, step.cols),
             }
         },

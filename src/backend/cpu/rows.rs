@@ -429,7 +429,7 @@ fn value<'b>(
     }
     let len = s.len();
     if let Some(k) = s.input {
-        return RowArg::Batched(&job.inputs[k].data[first * len..(first + count) * len]);
+        return RowArg::Batched(&job.inputs[k][first * len..(first + count) * len]);
     }
     match outs.iter().find(|(o, _)| *o == a) {
         Some((_, out)) => RowArg::Batched(&out[..count * len]),
