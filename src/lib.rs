@@ -21,14 +21,16 @@
 
 pub mod backend;
 pub mod front;
+pub mod function;
 pub mod minimize;
 pub mod planning;
 pub mod symbolic;
 pub mod tools;
 
 // The stages by their own names, as before the folders: `matgrad::diff`, `matgrad::cpu`, ...
-pub use backend::{cpu, gpu, wgsl};
+pub use backend::{cpu, executor, gpu, wgsl};
 pub use front::{diagnostic, parse, types};
+pub use function::{compile, Compute, Function};
 pub use planning::{batch, npy, plan};
 pub use symbolic::{diff, eval, expr, names, print, simplify, verify};
 pub use tools::{bench, catalog, check, explain, generate, workloads};

@@ -177,7 +177,7 @@ struct EvalArgs {
     out: PathBuf,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
-    /// A part of the GPU adapter's name (see `matgrad devices`).
+    /// A part of the GPU adapter's name, or its number, as `matgrad devices` lists them.
     #[arg(long, value_name = "NAME")]
     adapter: Option<String>,
     /// The Hessian instead of the first derivative.
@@ -212,7 +212,7 @@ struct CheckArgs {
     hessian: bool,
     #[arg(long)]
     json: bool,
-    /// A part of the GPU adapter's name (see `matgrad devices`).
+    /// A part of the GPU adapter's name, or its number, as `matgrad devices` lists them.
     #[arg(long, value_name = "NAME")]
     adapter: Option<String>,
 }
@@ -284,7 +284,7 @@ struct BenchCommand {
     /// Keep timing until this many seconds have passed (at most 1000 runs).
     #[arg(long, default_value_t = 0.5, value_name = "SECONDS")]
     min_time: f64,
-    /// A part of the GPU adapter's name (see `matgrad devices`).
+    /// A part of the GPU adapter's name, or its number, as `matgrad devices` lists them.
     #[arg(long, value_name = "NAME")]
     adapter: Option<String>,
     /// Skip measuring the devices' ceilings (no fractions of peak).

@@ -8,5 +8,6 @@
 //! validated by naga before it is used.
 
 pub mod cpu;
+pub mod executor;
 pub mod gpu;
 pub mod wgsl;

@@ -16,6 +16,7 @@ use matgrad::bench::{
 };
 use matgrad::check::{batched_flags, sizes_with, to_f32};
 use matgrad::cpu::Isa;
+use matgrad::executor::gpu_options;
 use matgrad::gpu::{list_adapters, GpuContext, GpuOptions};
 use matgrad::plan::PlanError;
 use matgrad::workloads::{prepare_derivative, try_prepare, Prepared, WORKLOADS};
@@ -123,10 +124,9 @@ pub fn run_bench(args: BenchArgs) -> u8 {
     let gpu = match args.device {
         BenchDevice::Cpu => None,
         BenchDevice::Gpu | BenchDevice::All => {
-            match GpuContext::new(&GpuOptions {
-                adapter: args.adapter.clone(),
-                ..GpuOptions::default()
-            }) {
+            match GpuContext::new(&gpu_options(
+                super::adapter_choice(args.adapter.clone()).as_ref(),
+            )) {
                 Ok(ctx) => Some(ctx),
                 Err(e) if args.device == BenchDevice::Gpu => {
                     errorln!("{e}");

@@ -16,8 +16,8 @@ pub fn list_devices(json: bool) -> u8 {
     if adapters.is_empty() {
         outln!("no GPU adapters; for a software Vulkan adapter install Mesa's lavapipe (apt-get install mesa-vulkan-drivers libvulkan1)");
     }
-    for a in &adapters {
-        outln!("{} ({}, {})", a.name, a.backend, a.device_type);
+    for (number, a) in adapters.iter().enumerate() {
+        outln!("{number}: {} ({}, {})", a.name, a.backend, a.device_type);
         outln!("    driver: {}", a.driver);
         outln!(
             "    max storage binding {} MiB, max buffer {} MiB, {} workgroups per dimension, {} invocations per workgroup, timestamp queries: {}",

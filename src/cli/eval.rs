@@ -1,46 +1,49 @@
-//! `matgrad eval`: read the inputs, bind them, plan, run on the chosen device, write the
-//! outputs (all of them or none).
+//! `matgrad eval`: read the inputs, compile the program with the library's façade
+//! ([`matgrad::function`]), run it on the chosen device, write the outputs (all of them or
+//! none).
 
 use std::path::Path;
 
-use matgrad::batch::{bind, non_finite_items, run_reference, Batch};
-use matgrad::check::to_f32;
-use matgrad::cpu::run_cpu;
-use matgrad::diff::Derivative;
-use matgrad::gpu::{run_gpu, GpuContext, GpuError, GpuOptions};
+use matgrad::executor::{Data, Device};
+use matgrad::function::{compile, Array, Compute, Error, Input, Options, Values};
 use matgrad::npy::read_npz;
-use matgrad::plan::Plan;
 
-use super::{derive_or_report, gpu_if_any};
+use super::adapter_choice;
 use crate::{DeviceArg, EvalArgs};
 
 /// `matgrad eval`, from its arguments to the exit status.
 pub fn eval(args: EvalArgs) -> u8 {
-    let derivative =
-        match derive_or_report(&args.program, &args.wrt, args.hessian, args.layout.layout()) {
-            Ok(d) => d,
-            Err(code) => return code,
-        };
-    let gpu = match args.device {
-        DeviceArg::Gpu => match GpuContext::new(&GpuOptions {
-            adapter: args.adapter,
-            ..GpuOptions::default()
-        }) {
-            Ok(ctx) => Some(ctx),
-            Err(e) => {
-                errorln!("{e}");
-                return 2;
-            }
-        },
-        DeviceArg::Auto => gpu_if_any(args.adapter),
-        _ => None,
+    let device = args.device.device();
+    let options = Options {
+        layout: args.layout.layout(),
+        device,
+        adapter: adapter_choice(args.adapter),
     };
+    let compute = match (args.hessian, args.value_out.is_some()) {
+        (false, false) => Compute::Derivative,
+        (false, true) => Compute::ValueAndDerivative,
+        (true, false) => Compute::Hessian,
+        (true, true) => Compute::ValueAndHessian,
+    };
+    let function = match compile(&args.program, &args.wrt, compute, options) {
+        Ok(f) => f,
+        Err(Error::Program { diagnostic, .. }) => return crate::report(&diagnostic, &args.program),
+        Err(e) => {
+            errorln!("{e}");
+            return 2;
+        }
+    };
+    if let (Some(ctx), DeviceArg::Auto) = (function.gpu(), args.device) {
+        let a = ctx.adapter();
+        eprintln!(
+            "note: using GPU adapter `{}` ({}, {})",
+            a.name, a.backend, a.device_type
+        );
+    }
     match run_eval(
-        &derivative,
+        &function,
         &args.inputs,
         &args.out,
-        args.device,
-        gpu.as_ref(),
         args.value_out.as_deref(),
     ) {
         Ok(()) => 0,
@@ -51,112 +54,85 @@ pub fn eval(args: EvalArgs) -> u8 {
     }
 }
 
-/// `matgrad eval`: read, bind, plan, run, write.
+impl DeviceArg {
+    pub fn device(self) -> Device {
+        match self {
+            DeviceArg::Reference => Device::Reference,
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Gpu => Device::Gpu,
+            DeviceArg::Auto => Device::Auto,
+        }
+    }
+}
+
+/// `matgrad eval`: read, call, write.
 fn run_eval(
-    d: &Derivative,
+    function: &matgrad::Function,
     inputs: &Path,
     out: &Path,
-    device: DeviceArg,
-    gpu: Option<&GpuContext>,
     value_out: Option<&Path>,
 ) -> Result<(), String> {
-    let g = &d.program.graph;
     let mut outputs = vec![("--out", out)];
     outputs.extend(value_out.map(|v| ("--value-out", v)));
     super::refuse_overwrites(inputs, &outputs)?;
     let arrays = read_npz(inputs).map_err(|e| e.to_string())?;
-    let reads = g.vars_in(d.program.root);
-    let bound = bind(g, &reads, &arrays).map_err(|e| format!("{e} (in `{}`)", inputs.display()))?;
-    super::warn_unused(&bound.unused, inputs);
-    let mut outputs = vec![d.node];
-    if value_out.is_some() {
-        outputs.push(d.program.root);
-    }
-    let plan =
-        Plan::new(g, &outputs, &bound.dim_sizes, &bound.batched).map_err(|e| e.to_string())?;
-    let batch = bound.batch.unwrap_or(1);
-    plan.fits_batch(batch, &format!("evaluating {batch} items"))
-        .map_err(|e| e.to_string())?;
-    let values: Vec<&Batch<f64>> = plan
-        .inputs()
-        .iter()
-        .map(|i| {
-            bound.values[i.var as usize]
-                .as_ref()
-                .expect("bound inputs cover the plan's variables")
+    let named: Vec<Input> = (arrays.iter())
+        .map(|a| Input {
+            name: &a.name,
+            shape: &a.shape,
+            data: Data::F64(&a.data),
         })
         .collect();
-    let targets: Vec<&Path> = std::iter::once(out).chain(value_out).collect();
-    // Every output is staged before the first is renamed into place: all are written or none.
-    let staged = match device {
-        DeviceArg::Reference => {
-            let results = run_reference(&plan, &values, batch);
-            results
-                .iter()
-                .zip(targets)
-                .map(|(result, path)| stage_batch(result, bound.batch, path))
-                .collect::<Result<Vec<_>, _>>()?
-        }
-        DeviceArg::Cpu | DeviceArg::Gpu | DeviceArg::Auto => {
-            super::warn_float32_range(&arrays, inputs);
-            let values32: Vec<Batch<f32>> = values.iter().map(|b| to_f32(b)).collect();
-            let refs: Vec<&Batch<f32>> = values32.iter().collect();
-            let results = match gpu.map(|ctx| run_gpu(ctx, &plan, &refs, batch)) {
-                Some(Ok(results)) => results,
-                // `auto` chose the GPU; one that cannot run this plan hands it to the CPU.
-                Some(Err(e @ GpuError::LoopLimit { .. })) if device == DeviceArg::Auto => {
-                    eprintln!("note: {e}; using the CPU path");
-                    run_cpu(&plan, &refs, batch)
-                }
-                Some(Err(e)) => return Err(e.to_string()),
-                None => run_cpu(&plan, &refs, batch),
-            };
-            results
-                .iter()
-                .zip(targets)
-                .map(|(result, path)| stage_batch(result, bound.batch, path))
-                .collect::<Result<Vec<_>, _>>()?
-        }
+    let context = |e: Error| match e {
+        Error::Bind(e) => format!("{e} (in `{}`)", inputs.display()),
+        e => e.to_string(),
     };
+    let evaluation = function.call(&named).map_err(context)?;
+    super::warn_unused(&evaluation.unused, inputs);
+    if evaluation.executor != "reference" {
+        super::warn_float32_range(&arrays, inputs);
+    }
+    for note in &evaluation.notes {
+        eprintln!("note: {note}");
+    }
+    // The derivative is the last output; the value, when asked for, comes first.
+    let mut results = evaluation.outputs;
+    let derivative = results.pop().expect("a function returns its derivative");
+    let value_array = results.pop();
+    // Every output is staged before the first is renamed into place: all are written or none.
+    let mut staged = vec![stage(&derivative, out)?];
+    if let (Some(array), Some(path)) = (&value_array, value_out) {
+        staged.push(stage(array, path)?);
+    }
     for output in staged {
         output.commit().map_err(|e| e.to_string())?;
     }
     Ok(())
 }
 
-/// Stages a result with shape `(B, item axes...)` whenever the inputs have a batch axis (a
-/// result that reads no batched input is repeated), after reporting non-finite items.
-fn stage_batch<T: matgrad::npy::Element + Into<f64>>(
-    b: &Batch<T>,
-    batch: Option<usize>,
-    path: &Path,
-) -> Result<matgrad::npy::Staged, String> {
-    let repeated;
-    let b = match (batch, b.batch) {
-        (Some(n), None) => {
-            repeated = Batch {
-                batch: Some(n),
-                rows: b.rows,
-                cols: b.cols,
-                data: b.data.repeat(n),
-            };
-            &repeated
-        }
-        _ => b,
+/// Stages an array as `.npy`, after reporting its non-finite items.
+fn stage(array: &Array, path: &Path) -> Result<matgrad::npy::Staged, String> {
+    let staged = match &array.values {
+        Values::F32(v) => stage_values(&array.shape, array.batch, v, path),
+        Values::F64(v) => stage_values(&array.shape, array.batch, v, path),
     };
-    let mut shape: Vec<usize> = b.batch.into_iter().collect();
-    shape.extend(item_shape(b.rows, b.cols));
-    report_non_finite(&non_finite_items(b), b.items(), path);
-    matgrad::npy::stage_npy(path, &shape, &b.data).map_err(|e| e.to_string())
+    staged.map_err(|e| e.to_string())
 }
 
-/// The axes of one item: () for a scalar, (n,) for a column, (1, n) for a row, (m, n).
-fn item_shape(rows: usize, cols: usize) -> Vec<usize> {
-    match (rows, cols) {
-        (1, 1) => vec![],
-        (r, 1) => vec![r],
-        (r, c) => vec![r, c],
-    }
+fn stage_values<T: matgrad::npy::Element + Into<f64> + Copy>(
+    shape: &[usize],
+    batch: Option<usize>,
+    values: &[T],
+    path: &Path,
+) -> Result<matgrad::npy::Staged, matgrad::npy::NpyError> {
+    let items = batch.unwrap_or(1);
+    let per_item = (values.len() / items.max(1)).max(1);
+    let flagged: Vec<usize> = (values.chunks(per_item).enumerate())
+        .filter(|(_, item)| item.iter().any(|&x| !x.into().is_finite()))
+        .map(|(i, _)| i)
+        .collect();
+    report_non_finite(&flagged, items, path);
+    matgrad::npy::stage_npy(path, shape, values)
 }
 
 fn report_non_finite(items: &[usize], total: usize, path: &Path) {

@@ -1,13 +1,8 @@
 //! `matgrad explain`: the derived formula, the plan for the given sizes and batched
 //! variables, its costs and its GPU kernel; with `--minimize`, what a solve runs.
 
-use std::collections::HashMap;
-
 use matgrad::check::{batched_flags, sizes_with};
-use matgrad::diagnostic::Diagnostic;
-use matgrad::diff::Derivative;
 use matgrad::minimize::Objective;
-use matgrad::plan::Plan;
 use matgrad::types::check_program;
 
 use super::{batched_or_wrt, derive_at_sizes};
@@ -24,42 +19,16 @@ pub fn explain(args: ExplainArgs) -> u8 {
             Err(code) => return code,
         };
     let batched = batched_or_wrt(args.batched, &args.wrt);
-    match explain_plan(&derivative, &sizes, &batched, args.wgsl) {
-        Ok(text) => {
+    match matgrad::explain::explain_at_sizes(&derivative, &sizes, &batched, args.wgsl) {
+        Ok((text, note)) => {
+            if let Some(note) = note {
+                eprintln!("note: {note}");
+            }
             out!("{text}");
             0
         }
         Err(e) => crate::report(&e, &args.program),
     }
-}
-
-/// `matgrad explain`: the plan for the given sizes and batched variables, and its kernel.
-fn explain_plan(
-    d: &Derivative,
-    dims: &HashMap<String, usize>,
-    batched: &[String],
-    wgsl: bool,
-) -> Result<String, Diagnostic> {
-    let g = &d.program.graph;
-    let sizes = sizes_with(g, dims)?;
-    let flags = batched_flags(g, batched)?;
-    let plan = Plan::new(g, &[d.node], &sizes, &flags)
-        .map_err(|e| Diagnostic::without_span(e.to_string()))?;
-    // Sizes past what a GPU kernel indexes still have a CPU plan to explain.
-    let kernel = match matgrad::wgsl::generate(&plan) {
-        Ok(kernel) => Some(kernel),
-        Err(e @ matgrad::wgsl::GenerateError::TooLarge { .. }) if !wgsl => {
-            eprintln!("note: no GPU kernel: {e}");
-            None
-        }
-        Err(e) => return Err(Diagnostic::without_span(e.to_string())),
-    };
-    let mut text = matgrad::explain::explain(d, &plan, kernel.as_ref());
-    if let (true, Some(kernel)) = (wgsl, &kernel) {
-        text.push('\n');
-        text.push_str(&kernel.source());
-    }
-    Ok(text)
 }
 
 /// `matgrad explain --minimize`: see [`matgrad::minimize::explain_minimize`].

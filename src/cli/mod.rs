@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use matgrad::diff::{differentiate, Derivative, Layout, Request};
-use matgrad::gpu::{GpuContext, GpuOptions};
+use matgrad::executor::{open_gpu, Device};
+use matgrad::gpu::GpuContext;
 use matgrad::types::check_program;
 
 pub mod bench;
@@ -83,19 +84,31 @@ pub fn batched_or_wrt(batched: Vec<String>, wrt: &str) -> Vec<String> {
     }
 }
 
+/// The adapter `--adapter` names: a number is its position in `matgrad devices`' list (two
+/// identical cards share a name), anything else a part of its name.
+pub fn adapter_choice(adapter: Option<String>) -> Option<matgrad::executor::Adapter> {
+    use matgrad::executor::Adapter;
+    adapter.map(|a| match a.trim().parse::<usize>() {
+        Ok(index) => Adapter::Index(index),
+        Err(_) => Adapter::Name(a),
+    })
+}
+
 /// The GPU when an adapter exists (saying on stderr which), else `None` with a note.
 pub fn gpu_if_any(adapter: Option<String>) -> Option<GpuContext> {
-    match GpuContext::new(&GpuOptions {
-        adapter,
-        ..GpuOptions::default()
-    }) {
-        Ok(ctx) => {
+    let choice = adapter_choice(adapter);
+    match open_gpu(Device::Auto, choice.as_ref()) {
+        Ok((Some(ctx), _)) => {
             let a = ctx.adapter();
             eprintln!(
                 "note: using GPU adapter `{}` ({}, {})",
                 a.name, a.backend, a.device_type
             );
             Some(ctx)
+        }
+        Ok((None, note)) => {
+            eprintln!("note: {}", note.unwrap_or_default());
+            None
         }
         Err(e) => {
             eprintln!("note: {e}; using the CPU path");

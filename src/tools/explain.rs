@@ -6,12 +6,15 @@
 //! Invariant: everything shown is read off the same [`Plan`] and [`Kernel`] the executors
 //! run, never recomputed by hand.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use crate::check::{batched_flags, sizes_with};
+use crate::diagnostic::Diagnostic;
 use crate::diff::Derivative;
 use crate::expr::Node;
 use crate::plan::{Plan, Step};
-use crate::wgsl::{Kernel, StageKind};
+use crate::wgsl::{GenerateError, Kernel, StageKind};
 
 /// The report, as text.
 pub fn explain(d: &Derivative, plan: &Plan, kernel: Option<&Kernel>) -> String {
@@ -21,6 +24,36 @@ pub fn explain(d: &Derivative, plan: &Plan, kernel: Option<&Kernel>) -> String {
     let _ = writeln!(out, "shape: {}", g.describe_shape(d.shape()));
     out.push_str(&plan_text(plan, kernel));
     out
+}
+
+/// The report for `dims` (sizes by dimension name; the others declared or defaulted) with the
+/// variables `batched` batched, and with `wgsl` the generated kernel's source after it. The
+/// note, when there is one, says why there is no GPU kernel (sizes past what it indexes).
+pub fn explain_at_sizes(
+    d: &Derivative,
+    dims: &HashMap<String, usize>,
+    batched: &[String],
+    wgsl: bool,
+) -> Result<(String, Option<String>), Diagnostic> {
+    let g = &d.program.graph;
+    let sizes = sizes_with(g, dims)?;
+    let flags = batched_flags(g, batched)?;
+    let plan = Plan::new(g, &[d.node], &sizes, &flags)
+        .map_err(|e| Diagnostic::without_span(e.to_string()))?;
+    // Sizes past what a GPU kernel indexes still have a CPU plan to explain.
+    let (kernel, note) = match crate::wgsl::generate(&plan) {
+        Ok(kernel) => (Some(kernel), None),
+        Err(e @ GenerateError::TooLarge { .. }) if !wgsl => {
+            (None, Some(format!("no GPU kernel: {e}")))
+        }
+        Err(e) => return Err(Diagnostic::without_span(e.to_string())),
+    };
+    let mut text = explain(d, &plan, kernel.as_ref());
+    if let (true, Some(kernel)) = (wgsl, &kernel) {
+        text.push('\n');
+        text.push_str(&kernel.source());
+    }
+    Ok((text, note))
 }
 
 /// A plan in words: the form it evaluates, its steps once per batch and per item with their
