@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use crate::batch::{bind_shapes, ArrayShape, BindError, Binding};
 use crate::diagnostic::Diagnostic;
 use crate::diff::{differentiate, Derivative, Layout, Request};
-use crate::executor::{open_gpu, Adapter, Data, Device, Executor, Results};
+use crate::executor::{open_gpus, Adapter, Data, Device, Executor, Results};
 use crate::expr::Id;
 use crate::gpu::{GpuContext, GpuError};
 use crate::plan::{Plan, PlanError};
@@ -137,8 +137,11 @@ impl Values {
 pub struct Evaluation {
     /// One per output: the value first when [`Compute::with_value`], then the derivative.
     pub outputs: Vec<Array>,
-    /// What ran: `reference`, `cpu` or `gpu`.
+    /// What ran: `reference`, `cpu`, `gpu`, or `all` (split across the CPU path and the GPUs).
     pub executor: &'static str,
+    /// How many items each executor computed, in item order (`all`: the CPU path's share,
+    /// then each GPU's, in proportion to the throughput each reached on its last share).
+    pub shares: Vec<(&'static str, usize)>,
     /// Notes for the user: why `auto` did not take the GPU.
     pub notes: Vec<String>,
     /// Inputs that name no variable of the program.
@@ -215,7 +218,7 @@ pub fn compile(
         .collect();
     reads.sort_unstable();
     reads.dedup();
-    let (gpu, note) = open_gpu(options.device, options.adapter.as_ref())?;
+    let (gpus, open_notes) = open_gpus(options.device, options.adapter.as_ref())?;
     Ok(Function {
         source: program.to_string(),
         derivative,
@@ -223,8 +226,8 @@ pub fn compile(
         options,
         outputs,
         reads,
-        gpu,
-        open_note: note,
+        gpus,
+        open_notes,
         prepared: Mutex::new(HashMap::new()),
     })
 }
@@ -240,9 +243,10 @@ pub struct Function {
     outputs: Vec<Id>,
     /// The variables the outputs read, sorted.
     reads: Vec<u32>,
-    gpu: Option<GpuContext>,
-    /// Why `auto` has no GPU, when it has none.
-    open_note: Option<String>,
+    /// The GPUs it may run on: none, one, or for `all` every adapter that opened.
+    gpus: Vec<GpuContext>,
+    /// Why `auto` has no GPU, or which adapters `all` left out.
+    open_notes: Vec<String>,
     prepared: Mutex<HashMap<ShapeKey, Arc<Prepared>>>,
 }
 
@@ -260,7 +264,7 @@ struct Prepared {
     /// The float32 shared inputs uploaded to a GPU session (in the plan's input order,
     /// batched ones empty); empty for other executors, which read them at every call.
     resident: Vec<Vec<f32>>,
-    note: Option<String>,
+    notes: Vec<String>,
 }
 
 impl Function {
@@ -296,9 +300,14 @@ impl Function {
             .collect()
     }
 
-    /// The GPU this function runs on, if it has one.
+    /// The GPU this function runs on, if it has one (for `all`, the first).
     pub fn gpu(&self) -> Option<&GpuContext> {
-        self.gpu.as_ref()
+        self.gpus.first()
+    }
+
+    /// The GPUs this function may run on.
+    pub fn gpus(&self) -> &[GpuContext] {
+        &self.gpus
     }
 
     /// What a call with these sizes (by dimension name; the others declared or defaulted) and
@@ -347,12 +356,13 @@ impl Function {
             Some(p) if p.holds(&data) => p,
             _ => self.prepare(key, plan, &data)?,
         };
-        let results = prepared.executor.run(&prepared.plan, &data, batch)?;
-        let mut notes: Vec<String> = self.open_note.iter().cloned().collect();
-        notes.extend(prepared.note.clone());
+        let run = prepared.executor.run(&prepared.plan, &data, batch)?;
+        let mut notes = self.open_notes.clone();
+        notes.extend(prepared.notes.iter().cloned());
         Ok(Evaluation {
-            outputs: arrays(results, &binding),
+            outputs: arrays(run.results, &binding),
             executor: prepared.executor.name(),
+            shares: run.shares,
             notes,
             unused: binding.unused,
         })
@@ -366,22 +376,21 @@ impl Function {
     /// Makes the executor for `plan` and keeps it for later calls with the same shapes.
     fn prepare(&self, key: ShapeKey, plan: Plan, data: &[Data]) -> Result<Arc<Prepared>, Error> {
         let narrow: Vec<std::borrow::Cow<[f32]>> = data.iter().map(Data::to_f32).collect();
-        let (executor, note) =
-            Executor::prepare(self.options.device, self.gpu.as_ref(), &plan, &narrow)?;
-        let resident = match executor {
-            Executor::Gpu(_) => (plan.inputs().iter().zip(&narrow))
+        let (executor, notes) = Executor::prepare(self.options.device, &self.gpus, &plan, &narrow)?;
+        let resident = match executor.holds_shared_inputs() {
+            true => (plan.inputs().iter().zip(&narrow))
                 .map(|(input, values)| match input.batched {
                     true => Vec::new(),
                     false => values.to_vec(),
                 })
                 .collect(),
-            _ => Vec::new(),
+            false => Vec::new(),
         };
         let prepared = Arc::new(Prepared {
             plan,
             executor,
             resident,
-            note,
+            notes,
         });
         let mut map = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
         map.insert(key, prepared.clone());
@@ -393,7 +402,7 @@ impl Prepared {
     /// Whether this executor can run on `data`: a GPU session only while the shared inputs
     /// are the ones it uploaded (compared as float32, bit for bit).
     fn holds(&self, data: &[Data]) -> bool {
-        if !matches!(self.executor, Executor::Gpu(_)) {
+        if !self.executor.holds_shared_inputs() {
             return true;
         }
         (self.plan.inputs().iter().zip(data).zip(&self.resident))

@@ -306,6 +306,8 @@ enum DeviceArg {
     Gpu,
     /// The GPU when an adapter exists, else the CPU path.
     Auto,
+    /// Every GPU adapter and the CPU path, the batch split by their measured throughput.
+    All,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -526,3 +526,62 @@ fn float32_inputs_are_read_in_place() {
     ));
     assert!(matches!(Data::F64(&y).to_f32(), std::borrow::Cow::Owned(_)));
 }
+
+#[test]
+fn all_splits_a_batch_across_the_cpu_and_every_gpu_in_item_order() {
+    let options = Options {
+        device: Device::All,
+        ..Options::default()
+    };
+    let f = compile(LSQ, "x", Compute::Derivative, options).expect("all compiles");
+    if f.gpus().is_empty() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true and no GPU adapter for device all");
+        }
+        eprintln!("SKIPPED: device all without a GPU adapter splits nothing");
+        return;
+    }
+    let p = Lsq::new(16, 6, 1001, 60);
+    let expected = p.gradients();
+    let (sa, sb, sx) = ([16, 6], [16], [1001, 6]);
+    let inputs = [
+        Input {
+            name: "A",
+            shape: &sa,
+            data: Data::F64(&p.a),
+        },
+        Input {
+            name: "b",
+            shape: &sb,
+            data: Data::F64(&p.b),
+        },
+        Input {
+            name: "x",
+            shape: &sx,
+            data: Data::F64(&p.x),
+        },
+    ];
+    for round in 0..3 {
+        let e = f.call(&inputs).expect("the split call succeeds");
+        assert_eq!(e.executor, "all");
+        assert_eq!(e.shares.len(), 1 + f.gpus().len(), "{:?}", e.shares);
+        assert_eq!(e.shares[0].0, "cpu");
+        assert!(e.shares[1..].iter().all(|(name, _)| *name == "gpu"));
+        assert_eq!(e.shares.iter().map(|(_, n)| n).sum::<usize>(), 1001);
+        if round == 0 {
+            // Before any measurement every executor takes an equal share.
+            assert!(
+                e.shares.iter().all(|&(_, n)| n >= 1001 / e.shares.len()),
+                "{:?}",
+                e.shares
+            );
+        }
+        assert_eq!(e.outputs[0].shape, vec![1001, 6]);
+        let error = relative_error(&e.outputs[0].values.to_f64(), &expected);
+        assert!(
+            error < 1e-5,
+            "round {round}: {error:e} with shares {:?}",
+            e.shares
+        );
+    }
+}

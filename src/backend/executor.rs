@@ -1,18 +1,22 @@
 //! The device choice and the executors behind one type.
 //!
-//! In: a [`Device`] (auto, CPU, GPU or the float64 reference) and, for the GPU, an
-//! [`Adapter`] choice; then a validated [`Plan`] with its inputs. Out: an [`Executor`] made once
-//! for the plan (on the GPU a session with the shared inputs resident) that runs batches, and
-//! the note to show when a choice fell back. Invariants: every fallback is decided here and
-//! nowhere else: `auto` without an adapter runs on the CPU, `auto` on a software adapter that
-//! cannot run the plan's loops runs on the CPU, an explicit `gpu` never falls back (its error is
-//! returned); `cpu` and `reference` never open a GPU.
+//! In: a [`Device`] (auto, CPU, GPU, all of them, or the float64 reference) and, for the GPU,
+//! an [`Adapter`] choice; then a validated [`Plan`] with its inputs. Out: an [`Executor`] made
+//! once for the plan (on the GPU a session with the shared inputs resident; for `all`, a
+//! [`Split`] over every GPU and the CPU path) that runs batches, and the notes to show when a
+//! choice fell back. Invariants: every fallback is decided here and nowhere else: `auto`
+//! without an adapter runs on the CPU, `auto` on a software adapter that cannot run the plan's
+//! loops runs on the CPU, `all` leaves out (with a note) a GPU that cannot run the plan, an
+//! explicit `gpu` never falls back (its error is returned); `cpu` and `reference` never open a
+//! GPU. A split batch comes back in item order, each item computed whole by one executor.
 
 use std::borrow::Cow;
+use std::sync::Mutex;
+use std::time::Instant;
 
 use crate::batch::{run_reference, Batch};
 use crate::cpu::run_cpu;
-use crate::gpu::{GpuContext, GpuError, GpuOptions, GpuSession};
+use crate::gpu::{list_adapters, GpuContext, GpuError, GpuOptions, GpuSession};
 use crate::plan::Plan;
 
 /// Where to evaluate.
@@ -26,6 +30,9 @@ pub enum Device {
     Gpu,
     /// The float64 reference, item by item: the ground truth.
     Reference,
+    /// Every GPU adapter and the CPU path, each batch split among them in proportion to
+    /// the throughput each reached on its last share.
+    All,
 }
 
 impl Device {
@@ -35,6 +42,7 @@ impl Device {
             "cpu" => Some(Device::Cpu),
             "gpu" => Some(Device::Gpu),
             "reference" => Some(Device::Reference),
+            "all" => Some(Device::All),
             _ => None,
         }
     }
@@ -45,6 +53,7 @@ impl Device {
             Device::Cpu => "cpu",
             Device::Gpu => "gpu",
             Device::Reference => "reference",
+            Device::All => "all",
         }
     }
 }
@@ -58,19 +67,23 @@ pub enum Adapter {
     Index(usize),
 }
 
-/// Opens the GPU that `device` asks for: `Ok(None)` for `cpu` and `reference`, and for `auto`
-/// when no adapter can be had (with the note saying why); `gpu` without one is an error.
-pub fn open_gpu(
+/// Opens the GPUs that `device` asks for: none for `cpu` and `reference`, and none for `auto`
+/// when no adapter can be had (with the note saying why); every adapter that opens for `all`
+/// (a note for each that does not); `gpu` without one is an error.
+pub fn open_gpus(
     device: Device,
     adapter: Option<&Adapter>,
-) -> Result<(Option<GpuContext>, Option<String>), GpuError> {
-    if matches!(device, Device::Cpu | Device::Reference) {
-        return Ok((None, None));
-    }
-    match GpuContext::new(&gpu_options(adapter)) {
-        Ok(ctx) => Ok((Some(ctx), None)),
-        Err(e) if device == Device::Auto => Ok((None, Some(format!("{e}; using the CPU path")))),
-        Err(e) => Err(e),
+) -> Result<(Vec<GpuContext>, Vec<String>), GpuError> {
+    match device {
+        Device::Cpu | Device::Reference => Ok((Vec::new(), Vec::new())),
+        Device::All => Ok(open_all_gpus()),
+        Device::Auto | Device::Gpu => match GpuContext::new(&gpu_options(adapter)) {
+            Ok(ctx) => Ok((vec![ctx], Vec::new())),
+            Err(e) if device == Device::Auto => {
+                Ok((Vec::new(), vec![format!("{e}; using the CPU path")]))
+            }
+            Err(e) => Err(e),
+        },
     }
 }
 
@@ -89,38 +102,89 @@ pub fn gpu_options(adapter: Option<&Adapter>) -> GpuOptions {
     }
 }
 
+/// Every GPU adapter that opens (for [`Device::All`]), with a note for each that does not.
+fn open_all_gpus() -> (Vec<GpuContext>, Vec<String>) {
+    let mut opened = Vec::new();
+    let mut notes = Vec::new();
+    for (index, adapter) in list_adapters().iter().enumerate() {
+        match GpuContext::new(&gpu_options(Some(&Adapter::Index(index)))) {
+            Ok(ctx) => opened.push(ctx),
+            Err(e) => notes.push(format!(
+                "leaving out adapter {index} `{}`: {e}",
+                adapter.name
+            )),
+        }
+    }
+    (opened, notes)
+}
+
 /// A plan's executor, made once and run on many batches.
 pub enum Executor {
     Reference,
     Cpu,
     Gpu(Box<GpuSession>),
+    /// Several float32 executors sharing each batch ([`Device::All`]).
+    Split(Box<Split>),
 }
 
 impl Executor {
-    /// The executor for `plan` on `device`, given the GPU [`open_gpu`] opened (if any) and the
-    /// plan's inputs (the shared ones are uploaded to a GPU session). The note says why `auto`
-    /// did not take the GPU it had.
+    /// The executor for `plan` on `device`, given the GPUs [`open_gpus`] opened and the plan's
+    /// inputs (the shared ones are uploaded to GPU sessions). The notes say what `auto` or
+    /// `all` left out and why.
     pub fn prepare<I: AsRef<[f32]>>(
         device: Device,
-        gpu: Option<&GpuContext>,
+        gpus: &[GpuContext],
         plan: &Plan,
         inputs: &[I],
-    ) -> Result<(Executor, Option<String>), GpuError> {
-        match (device, gpu) {
-            (Device::Reference, _) => Ok((Executor::Reference, None)),
-            (Device::Cpu, _) | (Device::Auto, None) => Ok((Executor::Cpu, None)),
+    ) -> Result<(Executor, Vec<String>), GpuError> {
+        match (device, gpus.first()) {
+            (Device::Reference, _) => Ok((Executor::Reference, Vec::new())),
+            (Device::All, _) => Ok(Executor::split(gpus, plan, inputs)),
+            (Device::Cpu, _) | (Device::Auto, None) => Ok((Executor::Cpu, Vec::new())),
             (Device::Gpu, None) => Err(GpuError::NoAdapter(String::new())),
-            (Device::Gpu, Some(ctx)) => {
-                Ok((Executor::Gpu(Box::new(ctx.session(plan, inputs)?)), None))
-            }
+            (Device::Gpu, Some(ctx)) => Ok((
+                Executor::Gpu(Box::new(ctx.session(plan, inputs)?)),
+                Vec::new(),
+            )),
             (Device::Auto, Some(ctx)) => match ctx.session(plan, inputs) {
-                Ok(session) => Ok((Executor::Gpu(Box::new(session)), None)),
+                Ok(session) => Ok((Executor::Gpu(Box::new(session)), Vec::new())),
                 // A software adapter that would stop the plan's loops early hands it to the CPU.
                 Err(e @ GpuError::LoopLimit { .. }) => {
-                    Ok((Executor::Cpu, Some(format!("{e}; using the CPU path"))))
+                    Ok((Executor::Cpu, vec![format!("{e}; using the CPU path")]))
                 }
                 Err(e) => Err(e),
             },
+        }
+    }
+
+    /// The executors for [`Device::All`]: the CPU path and a session on each of `gpus` that can
+    /// run the plan (the others are left out, each with a note).
+    fn split<I: AsRef<[f32]>>(
+        gpus: &[GpuContext],
+        plan: &Plan,
+        inputs: &[I],
+    ) -> (Executor, Vec<String>) {
+        let mut parts = vec![Executor::Cpu];
+        let mut notes = Vec::new();
+        for ctx in gpus {
+            match ctx.session(plan, inputs) {
+                Ok(session) => parts.push(Executor::Gpu(Box::new(session))),
+                Err(e) => notes.push(format!("leaving out `{}`: {e}", ctx.adapter().name)),
+            }
+        }
+        let throughput = Mutex::new(vec![1.0; parts.len()]);
+        (
+            Executor::Split(Box::new(Split { parts, throughput })),
+            notes,
+        )
+    }
+
+    /// Whether a GPU session holds the plan's shared inputs (so new values need a new one).
+    pub fn holds_shared_inputs(&self) -> bool {
+        match self {
+            Executor::Gpu(_) => true,
+            Executor::Split(split) => split.parts.iter().any(Executor::holds_shared_inputs),
+            _ => false,
         }
     }
 
@@ -135,20 +199,180 @@ impl Executor {
             Executor::Reference => "reference",
             Executor::Cpu => "cpu",
             Executor::Gpu(_) => "gpu",
+            Executor::Split(_) => "all",
         }
     }
 
     /// Runs `batch` items; `inputs[k]` holds `plan.inputs()[k]`'s values. Inputs already in the
     /// executor's precision are read where they are; the others are converted once.
-    pub fn run(&self, plan: &Plan, inputs: &[Data<'_>], batch: usize) -> Result<Results, GpuError> {
+    pub fn run(&self, plan: &Plan, inputs: &[Data<'_>], batch: usize) -> Result<Run, GpuError> {
+        let whole = |results| Run {
+            results,
+            shares: vec![(self.name(), batch)],
+        };
         if self.is_reference() {
             let wide: Vec<Cow<[f64]>> = inputs.iter().map(Data::to_f64).collect();
-            return Ok(Results::F64(run_reference(plan, &wide, batch)));
+            return Ok(whole(Results::F64(run_reference(plan, &wide, batch))));
         }
         let narrow: Vec<Cow<[f32]>> = inputs.iter().map(Data::to_f32).collect();
         match self {
-            Executor::Gpu(session) => session.run(&narrow, batch).map(Results::F32),
-            _ => Ok(Results::F32(run_cpu(plan, &narrow, batch))),
+            Executor::Split(split) => {
+                let (outputs, shares) = split.run(plan, &narrow, batch)?;
+                Ok(Run {
+                    results: Results::F32(outputs),
+                    shares,
+                })
+            }
+            _ => self
+                .run_f32(plan, &narrow, batch)
+                .map(Results::F32)
+                .map(whole),
+        }
+    }
+}
+
+/// Float32 executors that share each batch: contiguous runs of items, in proportion to the
+/// items per second each reached on its last share (equal shares the first time).
+pub struct Split {
+    parts: Vec<Executor>,
+    throughput: Mutex<Vec<f64>>,
+}
+
+impl Split {
+    /// The names of the executors that share the batches: `cpu`, then `gpu` for each adapter.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.parts.iter().map(Executor::name).collect()
+    }
+
+    /// How many items each part takes of `batch`: proportional to its throughput, the
+    /// remainders to the largest fractions, every item to exactly one part.
+    pub fn shares(&self, batch: usize) -> Vec<usize> {
+        let rates = self
+            .throughput
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        proportional_shares(&rates, batch)
+    }
+
+    /// Runs the parts on their shares at once; the outputs in item order, and the shares.
+    #[allow(clippy::type_complexity)]
+    fn run(
+        &self,
+        plan: &Plan,
+        inputs: &[Cow<[f32]>],
+        batch: usize,
+    ) -> Result<(Vec<Batch<f32>>, Vec<(&'static str, usize)>), GpuError> {
+        if !plan.is_batched() || self.parts.len() == 1 {
+            let outputs = self.parts[0].run_f32(plan, inputs, batch)?;
+            return Ok((outputs, vec![(self.parts[0].name(), batch)]));
+        }
+        let shares = self.shares(batch);
+        let mut first = 0;
+        let ranges: Vec<(usize, usize)> = (shares.iter())
+            .map(|&count| {
+                first += count;
+                (first - count, count)
+            })
+            .collect();
+        let timed = std::thread::scope(|scope| {
+            let handles: Vec<_> = (self.parts.iter().zip(&ranges))
+                .filter(|(_, &(_, count))| count > 0)
+                .map(|(part, &(first, count))| {
+                    scope.spawn(move || {
+                        let items: Vec<&[f32]> = (plan.inputs().iter().zip(inputs))
+                            .map(|(input, values)| match input.batched {
+                                true => {
+                                    let len = input.rows * input.cols;
+                                    &values[first * len..(first + count) * len]
+                                }
+                                false => &values[..],
+                            })
+                            .collect();
+                        let started = Instant::now();
+                        let result = part.run_f32(plan, &items, count);
+                        (result, count, started.elapsed().as_secs_f64())
+                    })
+                })
+                .collect();
+            (handles.into_iter())
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect::<Vec<_>>()
+        });
+        let mut rates = self.throughput.lock().unwrap_or_else(|p| p.into_inner());
+        let mut measured = (shares.iter().enumerate()).filter(|(_, &count)| count > 0);
+        let mut outputs: Option<Vec<Batch<f32>>> = None;
+        for (result, count, seconds) in timed {
+            let (k, _) = measured.next().expect("one result per part that ran");
+            rates[k] = count as f64 / seconds.max(1e-9);
+            let part = result?;
+            match &mut outputs {
+                None => outputs = Some(part),
+                Some(all) => {
+                    for (whole, piece) in all.iter_mut().zip(part) {
+                        whole.data.extend_from_slice(&piece.data);
+                    }
+                }
+            }
+        }
+        let mut outputs = outputs.expect("a batched plan has items");
+        for out in &mut outputs {
+            out.batch = Some(batch);
+        }
+        Ok((outputs, self.names().into_iter().zip(shares).collect()))
+    }
+}
+
+impl Executor {
+    /// Runs a float32 executor (the CPU path, a GPU session, a split) on float32 inputs.
+    fn run_f32<I: AsRef<[f32]>>(
+        &self,
+        plan: &Plan,
+        inputs: &[I],
+        batch: usize,
+    ) -> Result<Vec<Batch<f32>>, GpuError> {
+        match self {
+            Executor::Gpu(session) => session.run(inputs, batch),
+            Executor::Split(split) => {
+                let owned: Vec<Cow<[f32]>> =
+                    inputs.iter().map(|i| Cow::Borrowed(i.as_ref())).collect();
+                split.run(plan, &owned, batch).map(|(outputs, _)| outputs)
+            }
+            _ => Ok(run_cpu(plan, inputs, batch)),
+        }
+    }
+}
+
+/// `batch` items in proportion to `rates` (positive), by largest remainders.
+fn proportional_shares(rates: &[f64], batch: usize) -> Vec<usize> {
+    let total: f64 = rates.iter().sum();
+    let exact: Vec<f64> = rates.iter().map(|r| r / total * batch as f64).collect();
+    let mut shares: Vec<usize> = exact.iter().map(|e| e.floor() as usize).collect();
+    let mut order: Vec<usize> = (0..rates.len()).collect();
+    order.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())));
+    let missing = batch - shares.iter().sum::<usize>();
+    for &k in order.iter().cycle().take(missing) {
+        shares[k] += 1;
+    }
+    shares
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proportional_shares;
+
+    #[test]
+    fn shares_are_proportional_and_cover_the_batch() {
+        assert_eq!(proportional_shares(&[1.0, 1.0], 7), vec![4, 3]);
+        assert_eq!(proportional_shares(&[3.0, 1.0], 100), vec![75, 25]);
+        assert_eq!(proportional_shares(&[1.0, 1.0, 1.0], 1), vec![1, 0, 0]);
+        assert_eq!(proportional_shares(&[1e-9, 1.0], 10), vec![0, 10]);
+        for batch in [0, 1, 2, 5, 1000] {
+            let s = proportional_shares(&[0.3, 2.0, 0.7], batch);
+            assert_eq!(s.iter().sum::<usize>(), batch);
         }
     }
 }
@@ -187,6 +411,14 @@ impl<'a> Data<'a> {
             Data::F32(d) => Cow::Owned(d.iter().map(|&x| f64::from(x)).collect()),
         }
     }
+}
+
+/// A run's outputs, and how many items each executor computed (one entry, or for a split the
+/// CPU path's and each GPU's share, in item order).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Run {
+    pub results: Results,
+    pub shares: Vec<(&'static str, usize)>,
 }
 
 /// An executor's outputs, one batch per plan output, in its precision.

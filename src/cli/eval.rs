@@ -61,6 +61,7 @@ impl DeviceArg {
             DeviceArg::Cpu => Device::Cpu,
             DeviceArg::Gpu => Device::Gpu,
             DeviceArg::Auto => Device::Auto,
+            DeviceArg::All => Device::All,
         }
     }
 }

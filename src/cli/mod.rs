@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use matgrad::diff::{differentiate, Derivative, Layout, Request};
-use matgrad::executor::{open_gpu, Device};
+use matgrad::executor::{open_gpus, Device};
 use matgrad::gpu::GpuContext;
 use matgrad::types::check_program;
 
@@ -97,18 +97,18 @@ pub fn adapter_choice(adapter: Option<String>) -> Option<matgrad::executor::Adap
 /// The GPU when an adapter exists (saying on stderr which), else `None` with a note.
 pub fn gpu_if_any(adapter: Option<String>) -> Option<GpuContext> {
     let choice = adapter_choice(adapter);
-    match open_gpu(Device::Auto, choice.as_ref()) {
-        Ok((Some(ctx), _)) => {
+    match open_gpus(Device::Auto, choice.as_ref()) {
+        Ok((mut gpus, notes)) => {
+            for note in notes {
+                eprintln!("note: {note}");
+            }
+            let ctx = gpus.pop()?;
             let a = ctx.adapter();
             eprintln!(
                 "note: using GPU adapter `{}` ({}, {})",
                 a.name, a.backend, a.device_type
             );
             Some(ctx)
-        }
-        Ok((None, note)) => {
-            eprintln!("note: {}", note.unwrap_or_default());
-            None
         }
         Err(e) => {
             eprintln!("note: {e}; using the CPU path");
