@@ -337,24 +337,29 @@ impl Function {
             dim_sizes: binding.dim_sizes.clone(),
             batched: binding.batched.clone(),
         };
-        let planned = self.cached(&key);
-        let plan = match &planned {
-            Some(prepared) => prepared.plan.clone(),
-            None => Plan::new(graph, &self.outputs, &key.dim_sizes, &key.batched)?,
+        let cached = self.cached(&key);
+        let fresh;
+        let plan = match &cached {
+            Some(prepared) => &prepared.plan,
+            None => {
+                fresh = Plan::new(graph, &self.outputs, &key.dim_sizes, &key.batched)?;
+                &fresh
+            }
         };
         let batch = binding.batch.unwrap_or(1);
         plan.fits_batch(batch, &format!("evaluating {batch} items"))?;
-        let data: Vec<Data> = plan
-            .inputs()
-            .iter()
+        let data: Vec<Data> = (plan.inputs().iter())
             .map(|i| {
                 let bound = binding.arrays[i.var as usize].expect("the plan reads bound variables");
                 inputs[bound.array].data
             })
             .collect();
-        let prepared = match planned {
+        let prepared = match cached {
             Some(p) if p.holds(&data) => p,
-            _ => self.prepare(key, plan, &data)?,
+            _ => {
+                let plan = plan.clone();
+                self.prepare(key, plan, &data)?
+            }
         };
         let run = prepared.executor.run(&prepared.plan, &data, batch)?;
         let mut notes = self.open_notes.clone();
