@@ -193,6 +193,19 @@ pub fn compile(
     compute: Compute,
     options: Options,
 ) -> Result<Function, Error> {
+    let (gpus, open_notes) = open_gpus(options.device, options.adapter.as_ref())?;
+    derive(program, wrt, compute, options, gpus, open_notes)
+}
+
+/// Derives `compute` of `program` by `wrt` for a function on the GPUs already opened.
+fn derive(
+    program: &str,
+    wrt: &str,
+    compute: Compute,
+    options: Options,
+    gpus: Vec<GpuContext>,
+    open_notes: Vec<String>,
+) -> Result<Function, Error> {
     let program_error = |diagnostic| Error::Program {
         diagnostic,
         source_text: program.to_string(),
@@ -218,7 +231,6 @@ pub fn compile(
         .collect();
     reads.sort_unstable();
     reads.dedup();
-    let (gpus, open_notes) = open_gpus(options.device, options.adapter.as_ref())?;
     Ok(Function {
         source: program.to_string(),
         derivative,
@@ -284,6 +296,22 @@ impl Function {
 
     pub fn options(&self) -> &Options {
         &self.options
+    }
+
+    /// The same program, variable and options for another request, derived anew, on the
+    /// GPUs this function already opened (no second device).
+    pub fn with_compute(&self, compute: Compute) -> Result<Function, Error> {
+        let graph = &self.derivative.program.graph;
+        let wrt = graph.vars[self.derivative.wrt as usize].name.clone();
+        let (gpus, notes) = (self.gpus.clone(), self.open_notes.clone());
+        derive(
+            &self.source,
+            &wrt,
+            compute,
+            self.options.clone(),
+            gpus,
+            notes,
+        )
     }
 
     /// The derived formula printed in `format`.

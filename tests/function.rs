@@ -585,3 +585,25 @@ fn all_splits_a_batch_across_the_cpu_and_every_gpu_in_item_order() {
         );
     }
 }
+
+#[test]
+fn another_request_of_a_function_shares_its_devices() {
+    let p = Lsq::new(7, 3, 5, 70);
+    for device in DEVICES {
+        let Some(f) = compiled(LSQ, "x", Compute::Derivative, device) else {
+            continue;
+        };
+        let h = f
+            .with_compute(Compute::Hessian)
+            .expect("the Hessian derives");
+        assert_eq!(h.gpus().len(), f.gpus().len(), "{device:?}");
+        assert_eq!(h.options(), f.options());
+        let one = p.rounded().hessian();
+        let expected: Vec<f64> = (0..p.items).flat_map(|_| one.clone()).collect();
+        let out = call(&h, &p, false).unwrap();
+        assert!(
+            relative_error(&out[0].values.to_f64(), &expected) < tolerance(&h),
+            "{device:?}"
+        );
+    }
+}

@@ -95,9 +95,14 @@ class Function:
         key = (compute, vector)
         native = self._requests.get(key)
         if native is None:
-            native = _native.Compiled(
-                self.program, self.wrt, compute, vector, self.device, self.layout, self.adapter
-            )
+            first = self._requests.get(("derivative", None))
+            if first is None:
+                native = _native.Compiled(
+                    self.program, self.wrt, compute, vector, self.device, self.layout, self.adapter
+                )
+            else:
+                # Another request of the same program: derived anew, on the same GPU device.
+                native = first.with_request(compute, vector)
             self._requests[key] = native
         return native
 

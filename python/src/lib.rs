@@ -110,6 +110,17 @@ fn to_numpy<'py, T: numpy::Element>(
         .into_any())
 }
 
+fn request_named(compute: &str, vector: Option<String>) -> PyResult<Compute> {
+    Ok(match (compute, vector) {
+        ("derivative", None) => Compute::Derivative,
+        ("value_and_derivative", None) => Compute::ValueAndDerivative,
+        ("hessian", None) => Compute::Hessian,
+        ("value_and_hessian", None) => Compute::ValueAndHessian,
+        ("hessian_times", Some(v)) => Compute::HessianTimes(v),
+        (other, _) => return Err(PyValueError::new_err(format!("unknown request {other:?}"))),
+    })
+}
+
 fn device_named(name: &str) -> PyResult<Device> {
     Device::from_name(name).ok_or_else(|| {
         PyValueError::new_err(format!(
@@ -148,16 +159,7 @@ impl Compiled {
         layout: &str,
         adapter: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Compiled> {
-        let compute = match (compute, vector) {
-            ("derivative", None) => Compute::Derivative,
-            ("value_and_derivative", None) => Compute::ValueAndDerivative,
-            ("hessian", None) => Compute::Hessian,
-            ("value_and_hessian", None) => Compute::ValueAndHessian,
-            ("hessian_times", Some(v)) => Compute::HessianTimes(v),
-            (other, _) => {
-                return Err(PyValueError::new_err(format!("unknown request {other:?}")));
-            }
-        };
+        let compute = request_named(compute, vector)?;
         let layout = matgrad::diff::Layout::from_name(layout).ok_or_else(|| {
             PyValueError::new_err(format!(
                 "layout={layout:?}: expected 'gradient' or 'numerator'"
@@ -179,6 +181,21 @@ impl Compiled {
         };
         let function = py
             .detach(|| compile(program, wrt, compute, options))
+            .map_err(to_py)?;
+        Ok(Compiled { function })
+    }
+
+    /// The same program and options for another request, on the GPUs this one opened.
+    #[pyo3(signature = (compute, vector=None))]
+    fn with_request(
+        &self,
+        py: Python<'_>,
+        compute: &str,
+        vector: Option<String>,
+    ) -> PyResult<Compiled> {
+        let compute = request_named(compute, vector)?;
+        let function = py
+            .detach(|| self.function.with_compute(compute))
             .map_err(to_py)?;
         Ok(Compiled { function })
     }
