@@ -124,6 +124,43 @@ fn least_squares_batch_matches_numpy() {
 }
 
 #[test]
+fn every_device_and_an_adapter_by_number_match_numpy() {
+    let on_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let has_gpu = !matgrad::gpu::list_adapters().is_empty();
+    if !has_gpu && on_ci {
+        panic!("CI=true and no GPU adapter");
+    }
+    let dir = out_dir("all-devices");
+    let (_, want, _) = load(&fixture("lsq_expected_grad.npy"));
+    let mut runs = vec![vec!["--device", "all"], vec!["--device", "cpu"]];
+    if has_gpu {
+        runs.push(vec!["--device", "gpu", "--adapter", "0"]);
+    } else {
+        eprintln!("SKIPPED: --adapter 0 without a GPU adapter");
+    }
+    for extra in runs {
+        let (code, err, out) = eval("(A*x+b)'*(A*x+b)", "x", "lsq.npz", &dir, &extra);
+        assert_eq!(code, 0, "{extra:?}: {err}");
+        let (shape, got, descr) = load(&out);
+        assert_eq!(shape, vec![5, 3], "{extra:?}");
+        assert!(descr.contains("f4"), "{extra:?}");
+        assert!(max_rel(&got, &want) < 1e-5, "{extra:?}");
+    }
+    let (code, err, _) = eval(
+        "(A*x+b)'*(A*x+b)",
+        "x",
+        "lsq.npz",
+        &dir,
+        &["--device", "gpu", "--adapter", "99"],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("99") || err.contains("no GPU adapter"),
+        "{err}"
+    );
+}
+
+#[test]
 fn reference_device_writes_float64() {
     let dir = out_dir("reference");
     let (code, err, out) = eval(
