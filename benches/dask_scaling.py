@@ -32,16 +32,6 @@ import matgrad  # noqa: E402
 import matgrad.dask as mdask  # noqa: E402
 
 
-def median(run, samples):
-    run()
-    times = []
-    for _ in range(samples):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def kept_seconds(client, g, samples):
     """Median seconds of computing `g` on the cluster and keeping it there. After each sample
     the keys are released and the next waits until no worker holds them: a persist that finds
@@ -103,14 +93,14 @@ def main():
             data = peers.inputs(workload, batch)
             f = matgrad.compile(program, wrt, device="cpu")
             single = f.grad(**data)
-            one_process = median(lambda: f.grad(**data), args.samples)
+            one_process = peers.median_seconds(lambda: f.grad(**data), args.samples)
             block = -(-batch // (4 * args.workers))  # four blocks per worker
             lazy = split(data, batched_of(workload), batch, block)
             g = mdask.grad(f, **lazy)
             if not np.array_equal(g.compute(), single):
                 raise SystemExit(f"{workload}: the cluster's answer differs")
             kept = kept_seconds(client, g, args.samples)
-            gathered = median(lambda: g.compute(), args.samples)
+            gathered = peers.median_seconds(lambda: g.compute(), args.samples)
             print(json.dumps(dict(part="workload", workload=workload, batch=batch, block=block,
                                   one_process_s=one_process, cluster_kept_s=kept,
                                   cluster_gathered_s=gathered,
@@ -120,7 +110,7 @@ def main():
         batch = peers.BATCH[workload] // args.sweep_scale
         data = peers.inputs(workload, batch)
         f = matgrad.compile(program, wrt, device="cpu")
-        one_process = median(lambda: f.grad(**data), args.samples)
+        one_process = peers.median_seconds(lambda: f.grad(**data), args.samples)
         for block in (1024, 4096, 16384, 65536, 131072, 262144, 524288):
             if block > batch:
                 break

@@ -78,29 +78,78 @@ struct Lsq {
     a: Vec<f64>,
     b: Vec<f64>,
     x: Vec<f64>,
+    /// The values rounded to float32, as float32 callers pass them.
+    narrow: [Vec<f32>; 3],
+    /// The shapes of `A`, `b`, the batch of `x`, and one `x` (shared).
+    shapes: ([usize; 2], [usize; 1], [usize; 2], [usize; 1]),
 }
 
 impl Lsq {
     fn new(m: usize, n: usize, items: usize, seed: u64) -> Lsq {
+        Lsq::with_values(
+            m,
+            n,
+            items,
+            values(m * n, seed),
+            values(m, seed + 1),
+            values(items * n, seed + 2),
+        )
+    }
+
+    fn with_values(m: usize, n: usize, items: usize, a: Vec<f64>, b: Vec<f64>, x: Vec<f64>) -> Lsq {
         Lsq {
             m,
             n,
             items,
-            a: values(m * n, seed),
-            b: values(m, seed + 1),
-            x: values(items * n, seed + 2),
+            narrow: [narrow(&a), narrow(&b), narrow(&x)],
+            shapes: ([m, n], [m], [items, n], [n]),
+            a,
+            b,
+            x,
         }
+    }
+
+    /// The named inputs: float64 when `wide`, else float32; `x` batched unless `x_shared`
+    /// (then its first item alone).
+    fn inputs(&self, wide: bool, x_shared: bool) -> Vec<Input<'_>> {
+        let x_len = if x_shared { self.n } else { self.x.len() };
+        let [a, b, x] = match wide {
+            true => [
+                Data::F64(&self.a),
+                Data::F64(&self.b),
+                Data::F64(&self.x[..x_len]),
+            ],
+            false => {
+                let [a, b, x] = &self.narrow;
+                [Data::F32(a), Data::F32(b), Data::F32(&x[..x_len])]
+            }
+        };
+        let (sa, sb, sx, sx_one) = &self.shapes;
+        let x_shape: &[usize] = if x_shared { sx_one } else { sx };
+        vec![
+            Input {
+                name: "A",
+                shape: sa,
+                data: a,
+            },
+            Input {
+                name: "b",
+                shape: sb,
+                data: b,
+            },
+            Input {
+                name: "x",
+                shape: x_shape,
+                data: x,
+            },
+        ]
     }
 
     /// The same problem with every value rounded to float32: what a float32 call computes on.
     fn rounded(&self) -> Lsq {
         let round = |v: &[f64]| v.iter().map(|&x| f64::from(x as f32)).collect();
-        Lsq {
-            a: round(&self.a),
-            b: round(&self.b),
-            x: round(&self.x),
-            ..*self
-        }
+        let (a, b, x) = (round(&self.a), round(&self.b), round(&self.x));
+        Lsq::with_values(self.m, self.n, self.items, a, b, x)
     }
 
     /// The problem as [`call`] passes it: rounded to float32 unless `wide`.
@@ -155,36 +204,7 @@ impl Lsq {
 
 /// Calls `f` with the problem's inputs in float32 (`wide` false) or float64.
 fn call(f: &Function, p: &Lsq, wide: bool) -> Result<Vec<Array>, Error> {
-    let (a32, b32, x32) = (narrow(&p.a), narrow(&p.b), narrow(&p.x));
-    let data = |w: &'static str| -> Data {
-        match (wide, w) {
-            (true, "A") => Data::F64(&p.a),
-            (true, "b") => Data::F64(&p.b),
-            (true, _) => Data::F64(&p.x),
-            (false, "A") => Data::F32(&a32),
-            (false, "b") => Data::F32(&b32),
-            (false, _) => Data::F32(&x32),
-        }
-    };
-    let (sa, sb, sx) = ([p.m, p.n], [p.m], [p.items, p.n]);
-    let inputs = [
-        Input {
-            name: "A",
-            shape: &sa,
-            data: data("A"),
-        },
-        Input {
-            name: "b",
-            shape: &sb,
-            data: data("b"),
-        },
-        Input {
-            name: "x",
-            shape: &sx,
-            data: data("x"),
-        },
-    ];
-    f.call(&inputs).map(|e| e.outputs)
+    f.call(&p.inputs(wide, false)).map(|e| e.outputs)
 }
 
 /// The tolerance of an executor: float32 paths to 1e-5 relative, the reference to 1e-12.
@@ -269,29 +289,12 @@ fn hessian_vector_products_match_the_hessian_times_the_vector() {
         let Some(f) = compiled(LSQ, "x", Compute::HessianTimes("v".into()), device) else {
             continue;
         };
-        let (sa, sb, sx) = ([p.m, p.n], [p.m], [p.items, p.n]);
-        let inputs = [
-            Input {
-                name: "A",
-                shape: &sa,
-                data: Data::F64(&p.a),
-            },
-            Input {
-                name: "b",
-                shape: &sb,
-                data: Data::F64(&p.b),
-            },
-            Input {
-                name: "x",
-                shape: &sx,
-                data: Data::F64(&p.x),
-            },
-            Input {
-                name: "v",
-                shape: &sx,
-                data: Data::F64(&v),
-            },
-        ];
+        let mut inputs = p.inputs(true, false);
+        inputs.push(Input {
+            name: "v",
+            shape: &p.shapes.2,
+            data: Data::F64(&v),
+        });
         let out = f.call(&inputs).unwrap().outputs;
         assert_eq!(out[0].shape, vec![9, 4]);
         assert!(relative_error(&out[0].values.to_f64(), &expected) < tolerance(&f));
@@ -323,24 +326,7 @@ fn new_shared_values_and_new_shapes_are_not_served_from_the_cache() {
 fn shared_inputs_alone_give_one_unbatched_result() {
     let p = Lsq::new(4, 3, 1, 5);
     let f = compiled(LSQ, "x", Compute::Derivative, Device::Cpu).unwrap();
-    let (sa, sb, sx) = ([4, 3], [4], [3]);
-    let inputs = [
-        Input {
-            name: "A",
-            shape: &sa,
-            data: Data::F64(&p.a),
-        },
-        Input {
-            name: "b",
-            shape: &sb,
-            data: Data::F64(&p.b),
-        },
-        Input {
-            name: "x",
-            shape: &sx,
-            data: Data::F64(&p.x),
-        },
-    ];
+    let inputs = p.inputs(true, true);
     let out = f.call(&inputs).unwrap().outputs;
     assert_eq!(out[0].shape, vec![3]);
     assert_eq!(out[0].batch, None);
@@ -463,26 +449,7 @@ fn an_adapter_that_does_not_exist_is_a_missing_gpu() {
     };
     let f = compile(LSQ, "x", Compute::Derivative, options).expect("auto falls back");
     let p = Lsq::new(3, 2, 2, 6);
-    let (sa, sb, sx) = ([3, 2], [3], [2, 2]);
-    let e = f
-        .call(&[
-            Input {
-                name: "A",
-                shape: &sa,
-                data: Data::F64(&p.a),
-            },
-            Input {
-                name: "b",
-                shape: &sb,
-                data: Data::F64(&p.b),
-            },
-            Input {
-                name: "x",
-                shape: &sx,
-                data: Data::F64(&p.x),
-            },
-        ])
-        .unwrap();
+    let e = f.call(&p.inputs(true, false)).unwrap();
     assert_eq!(e.executor, "cpu");
     assert!(
         e.notes.iter().any(|n| n.contains("CPU path")),
@@ -543,24 +510,7 @@ fn all_splits_a_batch_across_the_cpu_and_every_gpu_in_item_order() {
     }
     let p = Lsq::new(16, 6, 1001, 60);
     let expected = p.gradients();
-    let (sa, sb, sx) = ([16, 6], [16], [1001, 6]);
-    let inputs = [
-        Input {
-            name: "A",
-            shape: &sa,
-            data: Data::F64(&p.a),
-        },
-        Input {
-            name: "b",
-            shape: &sb,
-            data: Data::F64(&p.b),
-        },
-        Input {
-            name: "x",
-            shape: &sx,
-            data: Data::F64(&p.x),
-        },
-    ];
+    let inputs = p.inputs(true, false);
     for round in 0..3 {
         let e = f.call(&inputs).expect("the split call succeeds");
         assert_eq!(e.executor, "all");
