@@ -197,53 +197,6 @@ pub fn compile(
     derive(program, wrt, compute, options, gpus, open_notes)
 }
 
-/// Derives `compute` of `program` by `wrt` for a function on the GPUs already opened.
-fn derive(
-    program: &str,
-    wrt: &str,
-    compute: Compute,
-    options: Options,
-    gpus: Vec<GpuContext>,
-    open_notes: Vec<String>,
-) -> Result<Function, Error> {
-    let program_error = |diagnostic| Error::Program {
-        diagnostic,
-        source_text: program.to_string(),
-    };
-    let checked = check_program(program).map_err(program_error)?;
-    let derivative =
-        differentiate(checked, wrt, &compute.request(), options.layout).map_err(program_error)?;
-    let mut outputs = vec![derivative.node];
-    if compute.with_value() {
-        let root = derivative.program.root;
-        if !derivative.program.graph.shape(root).is_scalar() {
-            return Err(program_error(Diagnostic::without_span(
-                "a value with the derivative needs a scalar program; this one is not a scalar",
-            )));
-        }
-        outputs.insert(0, root);
-    }
-    let graph = &derivative.program.graph;
-    // Every variable of the program is an input (as in `eval`): it fixes the sizes and the
-    // batch even where the derivative no longer reads it (`2*A'*A` of a least-squares loss).
-    let mut reads: Vec<u32> = (outputs.iter().chain([&derivative.program.root]))
-        .flat_map(|&o| graph.vars_in(o))
-        .collect();
-    reads.sort_unstable();
-    reads.dedup();
-    Ok(Function {
-        source: program.to_string(),
-        derivative,
-        compute,
-        options,
-        outputs,
-        reads,
-        gpus,
-        open_notes,
-        prepared: Mutex::new(HashMap::new()),
-    })
-}
-
 /// A compiled program: the derived formula and, per set of input shapes, a plan and its
 /// executor.
 pub struct Function {
@@ -253,7 +206,7 @@ pub struct Function {
     options: Options,
     /// The graph nodes the call returns, in order.
     outputs: Vec<Id>,
-    /// The variables the outputs read, sorted.
+    /// The program's variables (the inputs a call needs), sorted.
     reads: Vec<u32>,
     /// The GPUs it may run on: none, one, or for `all` every adapter that opened.
     gpus: Vec<GpuContext>,
@@ -449,6 +402,53 @@ impl Prepared {
                         .all(|(a, b)| a.to_bits() == b.to_bits())
             })
     }
+}
+
+/// Derives `compute` of `program` by `wrt` for a function on the GPUs already opened.
+fn derive(
+    program: &str,
+    wrt: &str,
+    compute: Compute,
+    options: Options,
+    gpus: Vec<GpuContext>,
+    open_notes: Vec<String>,
+) -> Result<Function, Error> {
+    let program_error = |diagnostic| Error::Program {
+        diagnostic,
+        source_text: program.to_string(),
+    };
+    let checked = check_program(program).map_err(program_error)?;
+    let derivative =
+        differentiate(checked, wrt, &compute.request(), options.layout).map_err(program_error)?;
+    let mut outputs = vec![derivative.node];
+    if compute.with_value() {
+        let root = derivative.program.root;
+        if !derivative.program.graph.shape(root).is_scalar() {
+            return Err(program_error(Diagnostic::without_span(
+                "a value with the derivative needs a scalar program; this one is not a scalar",
+            )));
+        }
+        outputs.insert(0, root);
+    }
+    let graph = &derivative.program.graph;
+    // Every variable of the program is an input (as in `eval`): it fixes the sizes and the
+    // batch even where the derivative no longer reads it (`2*A'*A` of a least-squares loss).
+    let mut reads: Vec<u32> = (outputs.iter().chain([&derivative.program.root]))
+        .flat_map(|&o| graph.vars_in(o))
+        .collect();
+    reads.sort_unstable();
+    reads.dedup();
+    Ok(Function {
+        source: program.to_string(),
+        derivative,
+        compute,
+        options,
+        outputs,
+        reads,
+        gpus,
+        open_notes,
+        prepared: Mutex::new(HashMap::new()),
+    })
 }
 
 /// Every input's values fill its shape, and no name comes twice.
