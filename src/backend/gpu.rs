@@ -24,8 +24,8 @@ use wgpu::util::DeviceExt;
 mod ceilings;
 pub use ceilings::measure as measure_ceilings;
 
+use super::layout::{hoisted_values, items_to_lanes, lanes_to_items};
 use crate::batch::Batch;
-use crate::cpu::{hoisted_values, items_to_lanes, lanes_to_items};
 use crate::plan::Plan;
 use crate::wgsl::{generate_within, Budget, GenerateError, InvalidShader, Kernel, StageKind};
 

@@ -13,8 +13,6 @@
 //! Shared×batched products are one GEMM per block (`S · [B lanes]` is an ordinary matrix
 //! product of `S` with a `k × (n·l)` matrix); batched×shared ones are one GEMM per row.
 
-use crate::eval::apply;
-use crate::eval::Mat;
 use crate::expr::{Func, Node};
 use crate::plan::Step;
 
@@ -749,24 +747,6 @@ fn ln_with<const FMA: bool>(x: f32) -> f32 {
     } else {
         f32::NAN
     }
-}
-
-/// A shared step: once per batch, in float64, rounded to float32.
-pub fn shared_step(step: &Step, args: &[(&[f32], usize, usize)]) -> Vec<f32> {
-    let args: Vec<Mat> = args
-        .iter()
-        .map(|&(data, rows, cols)| Mat {
-            rows,
-            cols,
-            data: data.iter().map(|&x| x as f64).collect(),
-        })
-        .collect();
-    let refs: Vec<&Mat> = args.iter().collect();
-    apply(&step.node, &refs, step.rows, step.cols)
-        .data
-        .into_iter()
-        .map(|x| x as f32)
-        .collect()
 }
 
 #[cfg(test)]
