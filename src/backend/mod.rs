@@ -6,9 +6,9 @@
 //! [`gpu`] runs them with wgpu. What the CPU path and the GPU share (the hoisted values of
 //! shared steps, the item-major ↔ lanes transposes) is in [`layout`], so neither back end
 //! imports the other; [`executor`] chooses the device, decides every fallback, and runs a
-//! plan on the reference, the CPU path, a GPU session or all of them. Invariants: every executor's result is compared with the
-//! float64 reference in the tests; no user-chosen name reaches WGSL; every generated module is
-//! validated by naga before it is used.
+//! plan on the reference, the CPU path, a GPU session or all of them. Invariants: every
+//! executor's result is compared with the float64 reference in the tests; no user-chosen name
+//! reaches WGSL; every generated module is validated by naga before it is used.
 
 pub mod cpu;
 pub mod executor;
