@@ -424,6 +424,20 @@ fn errors_are_typed_and_point_at_the_problem() {
 }
 
 #[test]
+fn sizes_past_memory_are_a_plan_error_before_any_allocation() {
+    let f = compiled("x: vector(n); (x'*x)^2", "x", Compute::Hessian, Device::Cpu).unwrap();
+    let x = vec![0.0f32; 200_000];
+    match f.call(&[Input {
+        name: "x",
+        shape: &[200_000],
+        data: Data::F32(&x),
+    }]) {
+        Err(Error::Plan(e)) => assert!(e.to_string().contains("GB"), "{e}"),
+        other => panic!("expected a plan error, got {:?}", other.map(|e| e.executor)),
+    }
+}
+
+#[test]
 fn an_adapter_that_does_not_exist_is_a_missing_gpu() {
     let options = Options {
         device: Device::Gpu,

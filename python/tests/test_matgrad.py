@@ -165,6 +165,18 @@ def test_errors_are_exceptions_that_point_at_the_problem(rng):
         f.grad(A=A, x=xs, b=b, z=b)
 
 
+def test_sizes_past_memory_and_non_scalar_values_are_refused():
+    # A 200 000-entry x is 0.8 MB, its Hessian 320 GB: refused before anything is allocated.
+    f = matgrad.compile("x: vector(n); (x'*x)^2", "x", device="cpu")
+    assert issubclass(matgrad.PlanError, ValueError)
+    with pytest.raises(matgrad.PlanError, match="GB"):
+        f.hessian(x=np.zeros(200_000, dtype=np.float32))
+    jacobian = matgrad.compile("A: matrix(3,2); A*x", "x", device="cpu")
+    assert jacobian.grad(A=np.ones((3, 2)), x=np.ones(2)).shape == (2, 3)
+    with pytest.raises(matgrad.ProgramError, match="scalar"):
+        jacobian.value_and_grad(A=np.ones((3, 2)), x=np.ones(2))
+
+
 def test_functions_pickle_and_compile_once_per_process(rng):
     f = matgrad.compile(LSQ, "x", device="cpu")
     g = pickle.loads(pickle.dumps(f))
