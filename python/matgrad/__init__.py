@@ -88,6 +88,10 @@ class Function:
         self.layout = layout
         self.adapter = adapter
         self._requests: dict[tuple, Any] = {}
+        #: What ran the last call: "reference", "cpu", "gpu" or "all".
+        self.executor: str | None = None
+        #: The last call's notes: why `auto` took the CPU, which adapters `all` left out.
+        self.notes: list[str] = []
         # Derive the gradient now, so that a bad program fails here.
         self._native("derivative")
 
@@ -162,9 +166,12 @@ class Function:
     def _call(self, native, inputs: dict) -> list[np.ndarray]:
         wide = self.device == "reference"
         arrays = [(name, _as_array(name, value, wide)) for name, value in inputs.items()]
-        outputs, _executor, notes, unused = native.call(arrays)
-        for note in notes:
-            warnings.warn(f"matgrad: {note}", RuntimeWarning, stacklevel=3)
+        outputs, executor, notes, unused = native.call(arrays)
+        self.executor, self.notes = executor, notes
+        # `auto` taking the CPU is what it is for; with `all`, an adapter left out is news.
+        if self.device != "auto":
+            for note in notes:
+                warnings.warn(f"matgrad: {note}", RuntimeWarning, stacklevel=3)
         if unused:
             warnings.warn(
                 f"matgrad: inputs that name no variable of the program: {', '.join(unused)}",

@@ -34,6 +34,8 @@ class Function:
     device: Device
     layout: Layout
     adapter: str | int | None
+    executor: str | None
+    notes: list[str]
     @property
     def formula(self) -> str: ...
     @property

@@ -127,6 +127,17 @@ def test_layouts_dtypes_and_array_likes_give_the_same_result(rng):
     assert relative_error(g, expected) < 2e-5
 
 
+def test_the_executor_and_its_notes_are_kept(rng):
+    A, b, xs = lsq_data(rng, 4, 3, 6)
+    f = matgrad.compile(LSQ, "x", device="cpu")
+    f.grad(A=A, x=xs, b=b)
+    assert f.executor == "cpu" and f.notes == []
+    g = matgrad.compile(LSQ, "x", device="auto", adapter=999)  # no such adapter: the CPU
+    g.grad(A=A, x=xs, b=b)
+    assert g.executor == "cpu"
+    assert any("CPU path" in n for n in g.notes), g.notes
+
+
 def test_a_batch_of_one_and_shared_inputs_alone(rng):
     f = matgrad.compile(LSQ, "x", device="cpu")
     A, b, xs = lsq_data(rng, 5, 2, 1)
