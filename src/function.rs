@@ -422,13 +422,8 @@ fn derive(
         differentiate(checked, wrt, &compute.request(), options.layout).map_err(program_error)?;
     let mut outputs = vec![derivative.node];
     if compute.with_value() {
-        let root = derivative.program.root;
-        if !derivative.program.graph.shape(root).is_scalar() {
-            return Err(program_error(Diagnostic::without_span(
-                "a value with the derivative needs a scalar program; this one is not a scalar",
-            )));
-        }
-        outputs.insert(0, root);
+        // The program's value, whatever its shape (a vector function's, beside its Jacobian).
+        outputs.insert(0, derivative.program.root);
     }
     let graph = &derivative.program.graph;
     // Every variable of the program is an input (as in `eval`): it fixes the sizes and the

@@ -161,6 +161,53 @@ fn every_device_and_an_adapter_by_number_match_numpy() {
 }
 
 #[test]
+fn a_vector_function_writes_its_values_beside_its_jacobian() {
+    let dir = out_dir("vector-value");
+    let value = dir.join("value.npy");
+    let (code, err, out) = eval(
+        "A*x+b",
+        "x",
+        "lsq.npz",
+        &dir,
+        &[
+            "--device",
+            "reference",
+            "--value-out",
+            value.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let arrays = matgrad::npy::read_npz(&fixture("lsq.npz")).unwrap();
+    let get = |name: &str| arrays.iter().find(|a| a.name == name).unwrap();
+    let (a, b, x) = (get("A"), get("b"), get("x"));
+    let (m, n, items) = (a.shape[0], a.shape[1], x.shape[0]);
+    let (vshape, got, _) = load(&value);
+    assert_eq!(vshape, vec![items, m]);
+    for t in 0..items {
+        for i in 0..m {
+            let want: f64 = b.data[i]
+                + (0..n)
+                    .map(|j| a.data[i * n + j] * x.data[t * n + j])
+                    .sum::<f64>();
+            assert!(
+                (got[t * m + i] - want).abs() <= 1e-12 * want.abs().max(1.0),
+                "item {t}, row {i}"
+            );
+        }
+    }
+    let (jshape, jacobian, _) = load(&out);
+    assert_eq!(jshape, vec![items, n, m]);
+    // The gradient layout: entry (j, i) is d(A*x+b)_i / dx_j = A[i, j], for every item.
+    for t in 0..items {
+        for j in 0..n {
+            for i in 0..m {
+                assert_eq!(jacobian[(t * n + j) * m + i], a.data[i * n + j]);
+            }
+        }
+    }
+}
+
+#[test]
 fn reference_device_writes_float64() {
     let dir = out_dir("reference");
     let (code, err, out) = eval(

@@ -176,16 +176,19 @@ def test_errors_are_exceptions_that_point_at_the_problem(rng):
         f.grad(A=A, x=xs, b=b, z=b)
 
 
-def test_sizes_past_memory_and_non_scalar_values_are_refused():
+def test_sizes_past_memory_are_refused_and_jacobians_come_with_values():
     # A 200 000-entry x is 0.8 MB, its Hessian 320 GB: refused before anything is allocated.
     f = matgrad.compile("x: vector(n); (x'*x)^2", "x", device="cpu")
     assert issubclass(matgrad.PlanError, ValueError)
     with pytest.raises(matgrad.PlanError, match="GB"):
         f.hessian(x=np.zeros(200_000, dtype=np.float32))
     jacobian = matgrad.compile("A: matrix(3,2); A*x", "x", device="cpu")
-    assert jacobian.grad(A=np.ones((3, 2)), x=np.ones(2)).shape == (2, 3)
-    with pytest.raises(matgrad.ProgramError, match="scalar"):
-        jacobian.value_and_grad(A=np.ones((3, 2)), x=np.ones(2))
+    A = np.arange(6.0).reshape(3, 2)
+    J = jacobian.grad(A=A, x=np.ones(2))
+    assert J.shape == (2, 3) and np.array_equal(J, A.T)  # the gradient layout: dy_j/dx_i
+    value, J = jacobian.value_and_grad(A=A, x=np.ones((4, 2)))
+    assert value.shape == (4, 3) and np.array_equal(value[0], A @ np.ones(2))
+    assert J.shape == (4, 2, 3)
 
 
 def test_functions_pickle_and_compile_once_per_process(rng):

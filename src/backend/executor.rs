@@ -193,7 +193,7 @@ impl Executor {
         matches!(self, Executor::Reference)
     }
 
-    /// The name of what runs: `reference`, `cpu` or `gpu`.
+    /// The name of what runs: `reference`, `cpu`, `gpu`, or `all` for a split.
     pub fn name(&self) -> &'static str {
         match self {
             Executor::Reference => "reference",
