@@ -71,7 +71,7 @@ def test_a_killed_worker_is_survived(client):
     A = rng.standard_normal((64, 64))
     b = rng.standard_normal(64)
     # Generated on the workers, so that the graph stays small.
-    lazy_xs = da.random.default_rng(6).standard_normal((24000, 64), chunks=(1000, 64))
+    lazy_xs = da.random.default_rng(6).standard_normal((48000, 64), chunks=(1000, 64))
     xs = lazy_xs.compute()
     # The float64 reference is slow enough that blocks are still running when one worker dies.
     f = matgrad.compile(program, "x", device="reference")
