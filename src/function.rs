@@ -359,9 +359,15 @@ impl Function {
         map.get(key).cloned()
     }
 
-    /// Makes the executor for `plan` and keeps it for later calls with the same shapes.
+    /// Makes the executor for `plan` and keeps it for later calls with the same shapes. Only
+    /// the shared inputs are read here (a GPU session uploads them), so only they are narrowed.
     fn prepare(&self, key: ShapeKey, plan: Plan, data: &[Data]) -> Result<Arc<Prepared>, Error> {
-        let narrow: Vec<std::borrow::Cow<[f32]>> = data.iter().map(Data::to_f32).collect();
+        let narrow: Vec<std::borrow::Cow<[f32]>> = (plan.inputs().iter().zip(data))
+            .map(|(input, values)| match input.batched {
+                true => std::borrow::Cow::Borrowed(&[][..]),
+                false => values.to_f32(),
+            })
+            .collect();
         let (executor, notes) = Executor::prepare(self.options.device, &self.gpus, &plan, &narrow)?;
         let resident = match executor.holds_shared_inputs() {
             true => (plan.inputs().iter().zip(&narrow))

@@ -108,7 +108,7 @@ def _blockwise(f, request: str, inputs: dict):
     # The shared arrays as one graph key each, fetched once per worker.
     shared_keys = {k: dask.delayed(v, pure=True) for k, v in shared.items()}
     names = list(batched)
-    packed = _map_packed(f, request, batched, names, shared_keys, widths, rows, np.result_type(*dtypes))
+    packed = _map_packed(f, request, batched, names, shared_keys, widths, np.result_type(*dtypes))
     results = []
     start = 0
     for shape, width, dtype in zip(item_shapes, widths, dtypes):
@@ -122,7 +122,7 @@ def _float_dtype(dtype):
     return dtype if dtype in (np.float32, np.float64) else np.float32
 
 
-def _map_packed(f, request, batched, names, shared_keys, widths, rows, dtype):
+def _map_packed(f, request, batched, names, shared_keys, widths, dtype):
     """A Dask array `(B, sum(widths))`: each block's outputs flattened per item and side by
     side, so that one call per block serves several outputs."""
     import dask.array as da

@@ -378,11 +378,7 @@ fn minimize<'py>(
 /// The GPU adapters, as JSON (`matgrad devices --json`).
 #[pyfunction]
 fn devices_json(py: Python<'_>) -> String {
-    py.detach(|| serde_json_list(&matgrad::gpu::list_adapters()))
-}
-
-fn serde_json_list(adapters: &[matgrad::gpu::AdapterSummary]) -> String {
-    matgrad::print::pretty_json(adapters)
+    py.detach(|| matgrad::print::pretty_json(&matgrad::gpu::list_adapters()))
 }
 
 /// Runs this process's calls on a pool of `threads` threads (a Dask worker sets it to the

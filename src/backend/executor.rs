@@ -257,10 +257,10 @@ impl Split {
 
     /// Runs the parts on their shares at once; the outputs in item order, and the shares.
     #[allow(clippy::type_complexity)]
-    fn run(
+    fn run<I: AsRef<[f32]> + Sync>(
         &self,
         plan: &Plan,
-        inputs: &[Cow<[f32]>],
+        inputs: &[I],
         batch: usize,
     ) -> Result<(Vec<Batch<f32>>, Vec<(&'static str, usize)>), GpuError> {
         if !plan.is_batched() || self.parts.len() == 1 {
@@ -284,9 +284,9 @@ impl Split {
                             .map(|(input, values)| match input.batched {
                                 true => {
                                     let len = input.rows * input.cols;
-                                    &values[first * len..(first + count) * len]
+                                    &values.as_ref()[first * len..(first + count) * len]
                                 }
-                                false => &values[..],
+                                false => values.as_ref(),
                             })
                             .collect();
                         let started = Instant::now();
@@ -328,7 +328,7 @@ impl Split {
 
 impl Executor {
     /// Runs a float32 executor (the CPU path, a GPU session, a split) on float32 inputs.
-    fn run_f32<I: AsRef<[f32]>>(
+    fn run_f32<I: AsRef<[f32]> + Sync>(
         &self,
         plan: &Plan,
         inputs: &[I],
@@ -336,11 +336,7 @@ impl Executor {
     ) -> Result<Vec<Batch<f32>>, GpuError> {
         match self {
             Executor::Gpu(session) => session.run(inputs, batch),
-            Executor::Split(split) => {
-                let owned: Vec<Cow<[f32]>> =
-                    inputs.iter().map(|i| Cow::Borrowed(i.as_ref())).collect();
-                split.run(plan, &owned, batch).map(|(outputs, _)| outputs)
-            }
+            Executor::Split(split) => split.run(plan, inputs, batch).map(|(outputs, _)| outputs),
             _ => Ok(run_cpu(plan, inputs, batch)),
         }
     }
