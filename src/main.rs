@@ -139,9 +139,14 @@ enum Command {
         /// L-BFGS history length.
         #[arg(long, default_value_t = 10)]
         memory: usize,
-        /// auto, cpu (float32), reference (float64); gpu is not available for minimize yet.
+        /// auto (the CPU path), cpu (float32), gpu (float32, every item's state on the
+        /// device) or reference (float64).
         #[arg(long, default_value = "auto")]
         device: String,
+        /// With --device gpu: a part of the adapter's name, or its number, as `matgrad
+        /// devices` lists them.
+        #[arg(long, value_name = "NAME")]
+        adapter: Option<String>,
         /// Per-item status (0 converged, 1 max-iter, 2 line search failed, 3 not finite),
         /// iterations, final objective and projected-gradient norm, as an .npz.
         #[arg(long, value_name = "FILE.npz")]
@@ -441,6 +446,7 @@ fn run(cli: Cli) -> u8 {
             max_iter,
             memory,
             device,
+            adapter,
             report: report_path,
             json,
         } => cli::minimize::run_minimize(
@@ -457,6 +463,7 @@ fn run(cli: Cli) -> u8 {
                 max_iter,
                 memory,
                 device,
+                adapter,
                 report: report_path,
                 json,
             },

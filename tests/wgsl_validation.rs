@@ -75,3 +75,12 @@ fn every_operation_validates() {
         validate_all_assignments(&d, wrt);
     }
 }
+
+/// The batch optimizer's kernels (`shaders/minimize.wgsl`, one text for every problem) are
+/// valid WGSL.
+#[test]
+fn minimize_kernels_validate() {
+    if let Err(e) = matgrad::wgsl::validate(matgrad::minimize::gpu_shader_source()) {
+        panic!("shaders/minimize.wgsl: {}", e.message);
+    }
+}

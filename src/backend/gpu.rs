@@ -164,13 +164,13 @@ impl std::ops::Deref for GpuContext {
 
 /// What a [`GpuContext`] shares among its clones.
 pub struct ContextInner {
-    device: wgpu::Device,
-    queue: wgpu::Queue,
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
     adapter: AdapterSummary,
-    limits: wgpu::Limits,
+    pub(crate) limits: wgpu::Limits,
     max_chunk_items: Option<usize>,
     /// Workgroups per dispatch dimension.
-    workgroups_per_dimension: u32,
+    pub(crate) workgroups_per_dimension: u32,
     /// Whether the device times kernels with timestamp queries.
     timestamps: bool,
     /// The one binding layout every kernel uses (see `wgsl`).
@@ -342,7 +342,7 @@ impl GpuContext {
         }
     }
 
-    fn check_lost(&self, during: &str) -> Result<(), GpuError> {
+    pub(crate) fn check_lost(&self, during: &str) -> Result<(), GpuError> {
         if self.lost_flag.load(Ordering::SeqCst) {
             let why = self
                 .lost
@@ -359,7 +359,7 @@ impl GpuContext {
     }
 
     /// Runs `f` inside validation and out-of-memory error scopes.
-    fn scoped<T>(&self, during: &str, f: impl FnOnce() -> T) -> Result<T, GpuError> {
+    pub(crate) fn scoped<T>(&self, during: &str, f: impl FnOnce() -> T) -> Result<T, GpuError> {
         self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let value = f();
@@ -384,18 +384,37 @@ impl GpuContext {
         {
             return Ok(p);
         }
-        let pipeline = Arc::new(self.compile(source, Some(&self.pipeline_layout))?);
+        let pipeline = Arc::new(self.compile(source, "main", Some(&self.pipeline_layout))?);
         if let Ok(mut m) = self.pipelines.lock() {
             m.insert(source.to_string(), pipeline.clone());
         }
         Ok(pipeline)
     }
 
-    /// Compiles a module's `main` into a pipeline with `layout` (or the layout the shader's
-    /// bindings imply), reporting validation and memory errors.
-    fn compile(
+    /// The pipeline of `entry` in `source` with the layout its bindings imply, compiled once
+    /// per context (kernels written by hand, such as the batch optimizer's).
+    pub(crate) fn entry_pipeline(
         &self,
         source: &str,
+        entry: &str,
+    ) -> Result<Arc<wgpu::ComputePipeline>, GpuError> {
+        let key = format!("{entry}\0{source}");
+        if let Some(p) = self.pipelines.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(p);
+        }
+        let pipeline = Arc::new(with_stack(|| self.compile(source, entry, None))?);
+        if let Ok(mut m) = self.pipelines.lock() {
+            m.insert(key, pipeline.clone());
+        }
+        Ok(pipeline)
+    }
+
+    /// Compiles a module's entry point `entry` into a pipeline with `layout` (or the layout
+    /// the entry's bindings imply), reporting validation and memory errors.
+    pub(crate) fn compile(
+        &self,
+        source: &str,
+        entry: &str,
         layout: Option<&wgpu::PipelineLayout>,
     ) -> Result<wgpu::ComputePipeline, GpuError> {
         self.scoped("compiling a kernel", || {
@@ -410,7 +429,7 @@ impl GpuContext {
                     label: Some("matgrad kernel"),
                     layout,
                     module: &module,
-                    entry_point: Some("main"),
+                    entry_point: Some(entry),
                     compilation_options: wgpu::PipelineCompilationOptions::default(),
                     cache: None,
                 })
@@ -609,6 +628,46 @@ impl GpuSession {
         Ok((outputs, timing))
     }
 
+    /// Each stage's parameter block and workgroup counts for `count` items.
+    fn stage_dispatches(&self, count: usize) -> Vec<([u32; 16], [u32; 3])> {
+        let per_dim = self.ctx.workgroups_per_dimension as u64;
+        (self.kernel.stages.iter())
+            .map(|stage| match stage.kind {
+                StageKind::PerItem { workgroup_size } => {
+                    let workgroup = workgroup_size as u64;
+                    let groups = (count as u64).div_ceil(workgroup);
+                    let groups_x = groups.min(per_dim);
+                    let groups_y = groups.div_ceil(groups_x);
+                    let mut params = [0u32; 16];
+                    params[0] = count as u32;
+                    params[1] = (groups_x * workgroup) as u32;
+                    (params, [groups_x as u32, groups_y as u32, 1])
+                }
+                StageKind::Gemm(g) => g.params(count),
+            })
+            .collect()
+    }
+
+    /// Records the plan's dispatches over `count` items in `set` (whose parameter blocks
+    /// already hold [`Self::stage_dispatches`]), one compute pass per stage: wgpu orders the
+    /// passes' storage accesses. The timestamps, where there are any, bracket them all.
+    fn encode_stages(&self, encoder: &mut wgpu::CommandEncoder, set: &ChunkBuffers, count: usize) {
+        let last = self.kernel.stages.len().saturating_sub(1);
+        for (k, (_, groups)) in self.stage_dispatches(count).iter().enumerate() {
+            let timestamp_writes = set
+                .queries
+                .as_ref()
+                .and_then(|q| q.writes(k == 0, k == last));
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("matgrad"),
+                timestamp_writes,
+            });
+            pass.set_pipeline(&self.pipelines[k]);
+            pass.set_bind_group(0, &set.bind_groups[k], &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        }
+    }
+
     /// Runs the chunks of `batch` items, `chunk` at a time, into `results` (item-major, one
     /// vector per batched output); returns the kernels' seconds. Two sets of buffers take
     /// turns: while the device runs one chunk, the host lays out the next chunk's inputs and
@@ -624,7 +683,7 @@ impl GpuSession {
         let wanted = if chunk < batch { 2 } else { 1 };
         if sets.len() < wanted || sets.iter().any(|b| b.capacity < chunk) {
             *sets = (0..wanted)
-                .map(|_| ChunkBuffers::new(self, chunk))
+                .map(|_| ChunkBuffers::new(self, chunk, true))
                 .collect::<Result<_, _>>()?;
         }
         let mut pipeline = || -> Result<f64, GpuError> {
@@ -675,7 +734,6 @@ impl GpuSession {
             base += count * len;
         }
         let out_bytes = (4 * count * self.kernel.out_len()).max(4) as u64;
-        let per_dim = ctx.workgroups_per_dimension as u64;
         let submitted_at = std::time::Instant::now();
         let submission = ctx.scoped("running a chunk", || {
             if base > 0 {
@@ -687,37 +745,11 @@ impl GpuSession {
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("matgrad"),
                 });
-            // One pass per stage (wgpu orders the passes' storage accesses); the timestamps
-            // bracket them all.
-            let last = self.kernel.stages.len().saturating_sub(1);
-            for (k, stage) in self.kernel.stages.iter().enumerate() {
-                let (params, groups) = match stage.kind {
-                    StageKind::PerItem { workgroup_size } => {
-                        let workgroup = workgroup_size as u64;
-                        let groups = (count as u64).div_ceil(workgroup);
-                        let groups_x = groups.min(per_dim);
-                        let groups_y = groups.div_ceil(groups_x);
-                        let mut params = [0u32; 16];
-                        params[0] = count as u32;
-                        params[1] = (groups_x * workgroup) as u32;
-                        (params, [groups_x as u32, groups_y as u32, 1])
-                    }
-                    StageKind::Gemm(g) => g.params(count),
-                };
+            for (k, (params, _)) in self.stage_dispatches(count).iter().enumerate() {
                 ctx.queue
-                    .write_buffer(&set.uniforms[k], 0, bytemuck::cast_slice(&params));
-                let timestamp_writes = set
-                    .queries
-                    .as_ref()
-                    .and_then(|q| q.writes(k == 0, k == last));
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("matgrad"),
-                    timestamp_writes,
-                });
-                pass.set_pipeline(&self.pipelines[k]);
-                pass.set_bind_group(0, &set.bind_groups[k], &[]);
-                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                    .write_buffer(&set.uniforms[k], 0, bytemuck::cast_slice(params));
             }
+            self.encode_stages(&mut encoder, set, count);
             encoder.copy_buffer_to_buffer(&set.output, 0, &set.readback, 0, out_bytes);
             if let Some(q) = &set.queries {
                 q.resolve(&mut encoder);
@@ -790,6 +822,95 @@ impl GpuSession {
     }
 }
 
+/// A plan's buffers for up to `capacity` items kept on the device between runs (batch
+/// optimization): the caller's own kernels read the outputs and write the inputs in place,
+/// so nothing crosses to the host per run. Layouts as in [`crate::wgsl`] (lanes of `count`).
+pub(crate) struct ResidentPlan {
+    set: ChunkBuffers,
+    /// The item count the parameter blocks hold (they are written only when it changes).
+    written_for: Option<usize>,
+}
+
+impl ResidentPlan {
+    /// The batched inputs, in lanes, in the order of [`Kernel::batched_inputs`].
+    pub(crate) fn input(&self) -> &wgpu::Buffer {
+        &self.set.input
+    }
+
+    /// The batched outputs, in lanes, in the order of [`Kernel::batched_outputs`].
+    pub(crate) fn output(&self) -> &wgpu::Buffer {
+        &self.set.output
+    }
+
+    /// The plan's dispatches (one parameter block each).
+    pub(crate) fn stages(&self) -> usize {
+        self.set.uniforms.len()
+    }
+}
+
+impl GpuSession {
+    pub(crate) fn kernel(&self) -> &Kernel {
+        &self.kernel
+    }
+
+    pub(crate) fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// The value of plan output `position` when it reads no batched input.
+    pub(crate) fn shared_output(&self, position: usize) -> Option<&[f32]> {
+        self.shared_outputs.get(position)?.as_deref()
+    }
+
+    /// The most items one [`ResidentPlan`] may hold when each item also takes
+    /// `extra_floats` in some other buffer of the caller's: what fits one binding (of the
+    /// plan's buffers and of that one) and one dispatch.
+    pub(crate) fn resident_capacity(&self, extra_floats: usize) -> usize {
+        let ctx = &self.ctx;
+        let kernel = &self.kernel;
+        let binding =
+            (ctx.limits.max_storage_buffer_binding_size as u64).min(ctx.limits.max_buffer_size);
+        let per_item = 4 * (kernel.batched_len())
+            .max(kernel.out_len())
+            .max(kernel.scratch_len)
+            .max(extra_floats)
+            .max(1) as u64;
+        let per_dim = ctx.workgroups_per_dimension as u64;
+        let by_dispatch = per_dim * per_dim * kernel.workgroup_size() as u64;
+        let by_gemm = kernel.max_gemm_items(per_dim as usize) as u64;
+        let mut items = (binding / per_item).min(by_dispatch).min(by_gemm).max(1) as usize;
+        if let Some(m) = ctx.max_chunk_items {
+            items = items.min(m.max(1));
+        }
+        items
+    }
+
+    /// The plan's device buffers for up to `capacity` items.
+    pub(crate) fn resident(&self, capacity: usize) -> Result<ResidentPlan, GpuError> {
+        Ok(ResidentPlan {
+            set: ChunkBuffers::new(self, capacity, false)?,
+            written_for: None,
+        })
+    }
+
+    /// Records the plan's dispatches over the first `count` items of `plan` (lanes of
+    /// `count`), writing the parameter blocks first when `count` changed.
+    pub(crate) fn encode_resident(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        plan: &mut ResidentPlan,
+        count: usize,
+    ) {
+        if plan.written_for != Some(count) {
+            for (k, (params, _)) in self.stage_dispatches(count).iter().enumerate() {
+                (self.ctx.queue).write_buffer(&plan.set.uniforms[k], 0, bytemuck::cast_slice(params));
+            }
+            plan.written_for = Some(count);
+        }
+        self.encode_stages(encoder, &plan.set, count);
+    }
+}
+
 /// The device buffers of chunks of up to `capacity` items and the bindings of every stage
 /// to them, made once per session and reused by every chunk and run.
 struct ChunkBuffers {
@@ -806,7 +927,13 @@ struct ChunkBuffers {
 }
 
 impl ChunkBuffers {
-    fn new(session: &GpuSession, capacity: usize) -> Result<ChunkBuffers, GpuError> {
+    /// `read_back`: whether the outputs are read back (else the read-back buffer and the
+    /// host's lanes are left out: a resident plan's outputs stay on the device).
+    fn new(
+        session: &GpuSession,
+        capacity: usize,
+        read_back: bool,
+    ) -> Result<ChunkBuffers, GpuError> {
         let ctx = &session.ctx;
         let kernel = &session.kernel;
         let bytes = |floats: usize| (4 * capacity * floats).max(4) as u64;
@@ -824,7 +951,7 @@ impl ChunkBuffers {
             let input = buffer(
                 "matgrad batched inputs",
                 bytes(kernel.batched_len()),
-                U::STORAGE | U::COPY_DST,
+                U::STORAGE | U::COPY_DST | U::COPY_SRC,
             );
             let output = buffer(
                 "matgrad outputs",
@@ -833,7 +960,7 @@ impl ChunkBuffers {
             );
             let readback = buffer(
                 "matgrad readback",
-                bytes(kernel.out_len()),
+                if read_back { bytes(kernel.out_len()) } else { 4 },
                 U::MAP_READ | U::COPY_DST,
             );
             let scratch = buffer("matgrad scratch", bytes(kernel.scratch_len), U::STORAGE);
@@ -863,7 +990,11 @@ impl ChunkBuffers {
                 .collect();
             ChunkBuffers {
                 capacity,
-                lanes: vec![0.0; capacity * kernel.batched_len()],
+                lanes: if read_back {
+                    vec![0.0; capacity * kernel.batched_len()]
+                } else {
+                    Vec::new()
+                },
                 input,
                 output,
                 readback,

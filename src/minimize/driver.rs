@@ -177,7 +177,7 @@ pub(super) trait Precision: Float {
     fn evaluate_shared(plan: &Plan, data: &[Option<Batch<f64>>]) -> Vec<Self>;
 }
 
-fn plan_inputs<T: Copy>(
+pub(super) fn plan_inputs<T: Copy>(
     plan: &Plan,
     data: &[Option<Batch<f64>>],
     var: u32,
@@ -505,7 +505,12 @@ pub(super) fn run<T: Precision>(
                 },
             );
         if round == 1 {
-            outside_domain(&stored, &data, &start, start_batched, n)?;
+            let not_finite_at_start = stored
+                .iter()
+                .filter(|i| i.status == Some(Status::NotFinite) && i.iterations == 0)
+                .map(|i| i.id)
+                .collect();
+            outside_domain(not_finite_at_start, items, &data, &start, start_batched, n)?;
         }
         // Finished items are written out; once they are an eighth of the stored ones, they
         // are removed from every per-item array.
@@ -579,14 +584,17 @@ pub(super) fn run<T: Precision>(
         shared_hessian,
         solve_seconds: clock.elapsed().as_secs_f64(),
         notes,
+        transfers: None,
     })
 }
 
 /// Refuses a start outside the objective's domain: an item whose inputs are all finite but
-/// whose objective or gradient is not finite at the start. (An item whose own data is not
-/// finite only stops, as not finite.)
-fn outside_domain(
-    stored: &[Item],
+/// whose objective or gradient is not finite at the start. `not_finite_at_start` are the items
+/// (of `items`) that stopped as not finite at their start; an item whose own data is not
+/// finite only stops, as not finite.
+pub(super) fn outside_domain(
+    not_finite_at_start: Vec<usize>,
+    items: usize,
     data: &[Option<Batch<f64>>],
     start: &[f64],
     start_batched: bool,
@@ -604,12 +612,10 @@ fn outside_domain(
                 b.item(item).iter().all(|v| v.is_finite())
             })
     };
-    let outside: Vec<usize> = stored
-        .iter()
-        .filter(|i| i.status == Some(Status::NotFinite) && i.iterations == 0)
-        .map(|i| i.id)
+    let mut outside: Vec<usize> = (not_finite_at_start.into_iter())
         .filter(|&id| finite_inputs(id))
         .collect();
+    outside.sort_unstable();
     if outside.is_empty() {
         return Ok(());
     }
@@ -619,7 +625,7 @@ fn outside_domain(
          finite there for {} of {} items (first: {}), whose inputs are finite; give a start \
          inside the domain (an array named like the variable)",
         outside.len(),
-        stored.len(),
+        items,
         first.join(", ")
     ))
 }
@@ -677,7 +683,7 @@ fn dot<T: Float>(a: &[T], b: &[T]) -> f64 {
 
 /// Factors `matrix` into `factor`, adding `lambda*I` with a growing `lambda` while the
 /// factorization fails (Levenberg–Marquardt damping). `false` when even that fails.
-fn factor_damped<T: Float>(factor: &mut [T], matrix: &[T], n: usize) -> bool {
+pub(super) fn factor_damped<T: Float>(factor: &mut [T], matrix: &[T], n: usize) -> bool {
     if cholesky(factor, n) {
         return true;
     }

@@ -22,7 +22,10 @@
 //! [`Device::Reference`] is the ground truth; [`Device::Cpu`] is the float32 path.
 
 mod driver;
+mod gpu;
 pub mod linalg;
+
+pub use gpu::shader_source as gpu_shader_source;
 
 use std::fmt;
 
@@ -82,6 +85,9 @@ pub enum Device {
     Cpu,
     /// Float64, the ground truth.
     Reference,
+    /// Float32 on a GPU (the adapter [`Options::adapter`] names), every item's state resident
+    /// on the device.
+    Gpu,
 }
 
 /// How an item's iterations ended.
@@ -152,6 +158,8 @@ pub struct Options {
     pub memory: usize,
     pub lower: Option<BoundSpec>,
     pub upper: Option<BoundSpec>,
+    /// The GPU adapter for [`Device::Gpu`] (`None`: `WGPU_ADAPTER_NAME`, else the preferred).
+    pub adapter: Option<crate::executor::Adapter>,
 }
 
 impl Options {
@@ -159,7 +167,7 @@ impl Options {
     /// cannot be seen to decrease by less), 200 iterations, memory 10, no bounds.
     pub fn for_device(device: Device) -> Options {
         let epsilon = match device {
-            Device::Cpu => f32::EPSILON as f64,
+            Device::Cpu | Device::Gpu => f32::EPSILON as f64,
             Device::Reference => f64::EPSILON,
         };
         Options {
@@ -170,6 +178,7 @@ impl Options {
             memory: 10,
             lower: None,
             upper: None,
+            adapter: None,
         }
     }
 }
@@ -195,6 +204,23 @@ pub struct Solution {
     pub solve_seconds: f64,
     /// Notes for the user (the start that was assumed, a method's fallback).
     pub notes: Vec<String>,
+    /// What crossed between host and device ([`Device::Gpu`] only).
+    pub transfers: Option<Transfers>,
+}
+
+/// Bytes between host and device during a GPU solve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transfers {
+    /// Uploaded before the first round: the batched inputs, the start, the item states, the
+    /// bounds and the shared values.
+    pub before_bytes: u64,
+    /// Both ways during the rounds: the active counts read back every round, parameters
+    /// written when a compaction changes a block's item count.
+    pub rounds_bytes: u64,
+    /// The most in one round.
+    pub round_max_bytes: u64,
+    /// Read back after the last round: the points and reports.
+    pub after_bytes: u64,
 }
 
 impl Solution {
@@ -207,12 +233,14 @@ impl Solution {
 }
 
 /// Why a run could not start.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum MinimizeError {
     #[error("{0}")]
     Bind(#[from] BindError),
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    Gpu(#[from] crate::gpu::GpuError),
 }
 
 /// A scalar objective with its closed-form derivatives by one variable, in one graph.
@@ -541,11 +569,20 @@ pub fn minimize_with_progress(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Solution, MinimizeError> {
     let prepared = prepare(objective, inputs, options)?;
-    let solution = match device {
-        Device::Cpu => driver::run::<f32>(prepared, options, progress),
-        Device::Reference => driver::run::<f64>(prepared, options, progress),
-    };
-    solution.map_err(MinimizeError::Invalid)
+    match device {
+        Device::Gpu => {
+            let ctx = crate::gpu::GpuContext::new(&crate::executor::gpu_options(
+                options.adapter.as_ref(),
+            ))?;
+            gpu::run(prepared, options, &ctx, progress)
+        }
+        Device::Reference => {
+            driver::run::<f64>(prepared, options, progress).map_err(MinimizeError::Invalid)
+        }
+        Device::Cpu => {
+            driver::run::<f32>(prepared, options, progress).map_err(MinimizeError::Invalid)
+        }
+    }
 }
 
 fn invalid(message: String) -> MinimizeError {

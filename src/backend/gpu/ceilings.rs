@@ -112,7 +112,7 @@ fn timed(
 fn copy_bandwidth(ctx: &GpuContext) -> Result<f64, GpuError> {
     let limit = (ctx.limits.max_storage_buffer_binding_size as u64).min(ctx.limits.max_buffer_size);
     let bytes = limit.min(512 << 20) / 16 * 16;
-    let pipeline = ctx.compile(COPY_SHADER, None)?;
+    let pipeline = ctx.compile(COPY_SHADER, "main", None)?;
     let bind_group = ctx.scoped("allocating copy buffers", || {
         let buffer = |usage| {
             ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -146,7 +146,7 @@ fn copy_bandwidth(ctx: &GpuContext) -> Result<f64, GpuError> {
 
 /// Float32 operations per second (a multiply-add counts two).
 fn fma_rate(ctx: &GpuContext) -> Result<f64, GpuError> {
-    let pipeline = ctx.compile(FMA_SHADER, None)?;
+    let pipeline = ctx.compile(FMA_SHADER, "main", None)?;
     let bind_group = ctx.scoped("allocating the multiply-add benchmark", || {
         let sink = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("matgrad fma sink"),
