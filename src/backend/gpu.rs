@@ -399,7 +399,12 @@ impl GpuContext {
         entry: &str,
     ) -> Result<Arc<wgpu::ComputePipeline>, GpuError> {
         let key = format!("{entry}\0{source}");
-        if let Some(p) = self.pipelines.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
             return Ok(p);
         }
         let pipeline = Arc::new(with_stack(|| self.compile(source, entry, None))?);
@@ -870,11 +875,12 @@ impl GpuSession {
         let kernel = &self.kernel;
         let binding =
             (ctx.limits.max_storage_buffer_binding_size as u64).min(ctx.limits.max_buffer_size);
-        let per_item = 4 * (kernel.batched_len())
-            .max(kernel.out_len())
-            .max(kernel.scratch_len)
-            .max(extra_floats)
-            .max(1) as u64;
+        let per_item = 4
+            * (kernel.batched_len())
+                .max(kernel.out_len())
+                .max(kernel.scratch_len)
+                .max(extra_floats)
+                .max(1) as u64;
         let per_dim = ctx.workgroups_per_dimension as u64;
         let by_dispatch = per_dim * per_dim * kernel.workgroup_size() as u64;
         let by_gemm = kernel.max_gemm_items(per_dim as usize) as u64;
@@ -903,7 +909,11 @@ impl GpuSession {
     ) {
         if plan.written_for != Some(count) {
             for (k, (params, _)) in self.stage_dispatches(count).iter().enumerate() {
-                (self.ctx.queue).write_buffer(&plan.set.uniforms[k], 0, bytemuck::cast_slice(params));
+                (self.ctx.queue).write_buffer(
+                    &plan.set.uniforms[k],
+                    0,
+                    bytemuck::cast_slice(params),
+                );
             }
             plan.written_for = Some(count);
         }
@@ -960,7 +970,11 @@ impl ChunkBuffers {
             );
             let readback = buffer(
                 "matgrad readback",
-                if read_back { bytes(kernel.out_len()) } else { 4 },
+                if read_back {
+                    bytes(kernel.out_len())
+                } else {
+                    4
+                },
                 U::MAP_READ | U::COPY_DST,
             );
             let scratch = buffer("matgrad scratch", bytes(kernel.scratch_len), U::STORAGE);

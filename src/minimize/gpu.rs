@@ -27,8 +27,8 @@ use wgpu::util::DeviceExt;
 
 use super::driver::{factor_damped, outside_domain, plan_inputs, Precision};
 use super::{ItemReport, Method, MinimizeError, Prepared, Progress, Solution, Status, Transfers};
-use crate::gpu::{GpuContext, GpuError, GpuSession, ResidentPlan, SOFTWARE_LOOP_LIMIT};
 use crate::backend::layout::items_to_lanes;
+use crate::gpu::{GpuContext, GpuError, GpuSession, ResidentPlan, SOFTWARE_LOOP_LIMIT};
 
 /// The kernels (one text for every problem; see the shader's opening comment).
 const SHADER: &str = include_str!("../../shaders/minimize.wgsl");
@@ -319,9 +319,8 @@ pub(super) fn run(
         }
         base += len;
     }
-    let var_base = var_base.ok_or_else(|| {
-        MinimizeError::Invalid("the objective does not read the variable".into())
-    })?;
+    let var_base = var_base
+        .ok_or_else(|| MinimizeError::Invalid("the objective does not read the variable".into()))?;
     let sources = Sources {
         var_base,
         f,
@@ -362,8 +361,14 @@ pub(super) fn run(
         let from = if start_batched { item * n } else { 0 };
         let mut point = to_f32(&start[from..from + n]);
         for (e, p) in point.iter_mut().enumerate() {
-            let lo = lower_items.as_ref().map(|l| l[item * n + e]).or(lower_shared.as_ref().map(|l| l[e]));
-            let hi = upper_items.as_ref().map(|u| u[item * n + e]).or(upper_shared.as_ref().map(|u| u[e]));
+            let lo = lower_items
+                .as_ref()
+                .map(|l| l[item * n + e])
+                .or(lower_shared.as_ref().map(|l| l[e]));
+            let hi = upper_items
+                .as_ref()
+                .map(|u| u[item * n + e])
+                .or(upper_shared.as_ref().map(|u| u[e]));
             if let Some(lo) = lo.filter(|&lo| *p < lo) {
                 *p = lo;
             }
@@ -456,9 +461,12 @@ pub(super) fn run(
             encoder.copy_buffer_to_buffer(&block.counter, 0, &readback, 16 * k as u64, 16);
         }
         let submission = ctx
-            .scoped("running a round", || ctx.queue.submit(Some(encoder.finish())))
+            .scoped("running a round", || {
+                ctx.queue.submit(Some(encoder.finish()))
+            })
             .map_err(gpu)?;
-        let counters: Vec<u32> = read(ctx, &readback, 16 * blocks.len() as u64, submission).map_err(gpu)?;
+        let counters: Vec<u32> =
+            read(ctx, &readback, 16 * blocks.len() as u64, submission).map_err(gpu)?;
         this_round += 16 * blocks.len() as u64;
         let mut not_finite_starts = false;
         for (k, block) in blocks.iter_mut().enumerate() {
@@ -474,7 +482,8 @@ pub(super) fn run(
         if round == 1 && not_finite_starts {
             let (ids, bytes) = not_finite_at_start(ctx, &blocks).map_err(gpu)?;
             this_round += bytes;
-            outside_domain(ids, items, &data, &start, start_batched, n).map_err(MinimizeError::Invalid)?;
+            outside_domain(ids, items, &data, &start, start_batched, n)
+                .map_err(MinimizeError::Invalid)?;
         }
         round_bytes += this_round;
         round_bytes_max = round_bytes_max.max(this_round);
@@ -553,7 +562,11 @@ fn make_block(
     (lower_items, upper_items, per_item_bounds): (&Option<Vec<f32>>, &Option<Vec<f32>>, bool),
     layout: &StateLayout,
     n: usize,
-    (update, select, gather): (&wgpu::ComputePipeline, &wgpu::ComputePipeline, &wgpu::ComputePipeline),
+    (update, select, gather): (
+        &wgpu::ComputePipeline,
+        &wgpu::ComputePipeline,
+        &wgpu::ComputePipeline,
+    ),
     consts: &wgpu::Buffer,
     config: &dyn Fn(usize, u32, usize) -> [u32; PARAM_WORDS],
 ) -> Result<(Block, u64), GpuError> {
@@ -572,11 +585,17 @@ fn make_block(
         } else {
             inputs[k].data[first * len..(first + count) * len].to_vec()
         };
-        items_to_lanes(&item_major, count, len, &mut lanes[base * count..(base + len) * count]);
+        items_to_lanes(
+            &item_major,
+            count,
+            len,
+            &mut lanes[base * count..(base + len) * count],
+        );
         base += len;
     }
     if !lanes.is_empty() {
-        ctx.queue.write_buffer(plan.input(), 0, bytemuck::cast_slice(&lanes));
+        ctx.queue
+            .write_buffer(plan.input(), 0, bytemuck::cast_slice(&lanes));
         uploaded += 4 * lanes.len() as u64;
     }
     let zeroed = |label: &str, floats: usize, usage: U| {
@@ -590,12 +609,20 @@ fn make_block(
     let filled = |label: &str, contents: &[u32], usage: U| {
         device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
-            contents: bytemuck::cast_slice(if contents.is_empty() { &[0u32] } else { contents }),
+            contents: bytemuck::cast_slice(if contents.is_empty() {
+                &[0u32]
+            } else {
+                contents
+            }),
             usage,
         })
     };
     let gathered_usage = U::STORAGE | U::COPY_SRC | U::COPY_DST;
-    let state = zeroed("matgrad minimize state", count * layout.stride, gathered_usage);
+    let state = zeroed(
+        "matgrad minimize state",
+        count * layout.stride,
+        gathered_usage,
+    );
     // Item fields: the slot, active, at its start, no bracket, scale 1, no value yet.
     let mut fields = vec![0u32; ITEM_FIELDS * count];
     for slot in 0..count {
@@ -629,10 +656,22 @@ fn make_block(
         None
     };
     let no_bounds = zeroed("matgrad minimize no bounds", 1, U::STORAGE);
-    let results = zeroed("matgrad minimize results", count * (n + 4), U::STORAGE | U::COPY_SRC);
-    let counter = zeroed("matgrad minimize counter", 4, U::STORAGE | U::COPY_SRC | U::COPY_DST);
+    let results = zeroed(
+        "matgrad minimize results",
+        count * (n + 4),
+        U::STORAGE | U::COPY_SRC,
+    );
+    let counter = zeroed(
+        "matgrad minimize counter",
+        4,
+        U::STORAGE | U::COPY_SRC | U::COPY_DST,
+    );
     let keep = zeroed("matgrad minimize keep", count, U::STORAGE);
-    let params = zeroed("matgrad minimize params", PARAM_WORDS, U::UNIFORM | U::COPY_DST);
+    let params = zeroed(
+        "matgrad minimize params",
+        PARAM_WORDS,
+        U::UNIFORM | U::COPY_DST,
+    );
     let mut gathered_buffers: Vec<(usize, wgpu::Buffer)> = Vec::new();
     if kernel.batched_len() > 0 {
         gathered_buffers.push((kernel.batched_len(), plan.input().clone()));
@@ -643,7 +682,11 @@ fn make_block(
         gathered_buffers.push((2 * n, b.clone()));
     }
     let widest = gathered_buffers.iter().map(|g| g.0).max().unwrap_or(1);
-    let spare = zeroed("matgrad minimize spare", count * widest, U::STORAGE | U::COPY_SRC);
+    let spare = zeroed(
+        "matgrad minimize spare",
+        count * widest,
+        U::STORAGE | U::COPY_SRC,
+    );
     let bind = |pipeline: &wgpu::ComputePipeline, entries: &[(u32, &wgpu::Buffer)]| {
         let entries: Vec<wgpu::BindGroupEntry> = entries
             .iter()
@@ -678,7 +721,11 @@ fn make_block(
     let gathered = gathered_buffers
         .into_iter()
         .map(|(len, buffer)| {
-            let params = zeroed("matgrad minimize gather params", 4, U::UNIFORM | U::COPY_DST);
+            let params = zeroed(
+                "matgrad minimize gather params",
+                4,
+                U::UNIFORM | U::COPY_DST,
+            );
             let group = bind(
                 gather,
                 &[(10, &params), (11, &buffer), (12, &spare), (13, &keep)],
@@ -822,7 +869,8 @@ fn not_finite_at_start(ctx: &GpuContext, blocks: &[Block]) -> Result<(Vec<usize>
         let fields: Vec<u32> = read_whole(ctx, &block.item_fields, size)?;
         bytes += size;
         for slot in 0..count {
-            let (id, status, iterations) = (fields[slot], fields[count + slot], fields[3 * count + slot]);
+            let (id, status, iterations) =
+                (fields[slot], fields[count + slot], fields[3 * count + slot]);
             if status == 3 && iterations == 0 {
                 ids.push(block.first + id as usize);
             }

@@ -585,6 +585,19 @@ pub fn minimize_with_progress(
     }
 }
 
+/// [`minimize_with_progress`] on the GPU `ctx` (an adapter already opened, or one with
+/// [`crate::gpu::GpuOptions`] of its own, such as a block size that tests force).
+pub fn minimize_on_gpu(
+    objective: &Objective,
+    inputs: &[NamedArray],
+    options: &Options,
+    ctx: &crate::gpu::GpuContext,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Solution, MinimizeError> {
+    let prepared = prepare(objective, inputs, options)?;
+    gpu::run(prepared, options, ctx, progress)
+}
+
 fn invalid(message: String) -> MinimizeError {
     MinimizeError::Invalid(message)
 }
