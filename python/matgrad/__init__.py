@@ -212,7 +212,9 @@ class MinimizeResult:
     x: the solutions, shape ``(B, *variable shape)``; status: int32 codes (0 converged,
     1 max-iter, 2 line search failed, 3 not finite; names in :data:`STATUS_NAMES`);
     iterations, value, gradient_norm: per item; method: what ran; converged, items: counts;
-    solve_seconds: the solve alone; notes: what was assumed.
+    solve_seconds: the solve alone; notes: what was assumed; transfer_bytes: on the GPU, the
+    bytes between host and device (``before`` the first round, during the ``rounds``, the
+    most in one round ``round_max``, ``after`` the last), else ``None``.
     """
 
     def __init__(self, fields: dict):
@@ -227,6 +229,7 @@ class MinimizeResult:
         self.rounds = fields["rounds"]
         self.solve_seconds = fields["solve_seconds"]
         self.notes = fields["notes"]
+        self.transfer_bytes = fields.get("transfer_bytes")
 
     @property
     def success(self) -> bool:
@@ -252,6 +255,7 @@ def minimize(
     ftol: float | None = None,
     max_iter: int | None = None,
     memory: int | None = None,
+    adapter: str | int | None = None,
     **inputs,
 ) -> MinimizeResult:
     """Minimize the scalar `program` by `wrt`, one independent problem per batch item.
@@ -259,8 +263,10 @@ def minimize(
     The other variables are inputs (keyword arguments), shared or batched as for
     :meth:`Function.grad`; an input named like `wrt` is the start (else zero). `lower` and
     `upper` are numbers or arrays of the variable's shape (or one per item). method: ``"auto"``,
-    ``"newton"``, ``"lbfgs"``, ``"gauss-newton"`` or ``"gd"``. device: ``"cpu"`` (float32) or
-    ``"reference"`` (float64). Inputs are read as float64.
+    ``"newton"``, ``"lbfgs"``, ``"gauss-newton"`` or ``"gd"``. device: ``"cpu"`` (float32,
+    also ``"auto"``), ``"gpu"`` (float32, every item's state on the device; `adapter` is a
+    part of its name or its number in :func:`devices`) or ``"reference"`` (float64). Inputs
+    are read as float64.
     """
     arrays = [(name, _as_array(name, value, True).astype(np.float64, copy=False)) for name, value in inputs.items()]
     bounds = {}
@@ -281,6 +287,7 @@ def minimize(
         ftol,
         max_iter,
         memory,
+        adapter,
     )
     return MinimizeResult(fields)
 

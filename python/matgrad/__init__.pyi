@@ -77,6 +77,7 @@ class MinimizeResult:
     rounds: int
     solve_seconds: float
     notes: list[str]
+    transfer_bytes: dict[str, int] | None
     @property
     def success(self) -> bool: ...
 
@@ -87,11 +88,12 @@ def minimize(
     lower: float | ArrayLike | None = None,
     upper: float | ArrayLike | None = None,
     method: Method = "auto",
-    device: Literal["auto", "cpu", "reference"] = "cpu",
+    device: Literal["auto", "cpu", "gpu", "reference"] = "cpu",
     gtol: float | None = None,
     ftol: float | None = None,
     max_iter: int | None = None,
     memory: int | None = None,
+    adapter: str | int | None = None,
     **inputs: ArrayLike,
 ) -> MinimizeResult:
     """Minimize the scalar `program` by `wrt`, one problem per batch item."""

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use matgrad::batch::NamedArray;
 use matgrad::executor::{Adapter, Data, Device};
 use matgrad::function::{compile, Compute, Error, Function, Input, Options, Values};
+use matgrad::gpu::GpuError as GpuFailure;
 use matgrad::minimize::{self as solve, BoundSpec, MinimizeError, Objective};
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::create_exception;
@@ -49,6 +50,17 @@ fn with_pool<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     match pool {
         Some(pool) => pool.install(work),
         None => work(),
+    }
+}
+
+/// `adapter=`: a number (its position in `devices()`) or a part of its name.
+fn adapter_named(adapter: Option<Bound<'_, PyAny>>) -> PyResult<Option<Adapter>> {
+    let Some(a) = adapter else { return Ok(None) };
+    match a.extract::<usize>() {
+        Ok(index) => Ok(Some(Adapter::Index(index))),
+        Err(_) => Ok(Some(Adapter::Name(a.extract::<String>().map_err(|_| {
+            PyTypeError::new_err("adapter must be a name (str) or a number (int)")
+        })?))),
     }
 }
 
@@ -165,15 +177,7 @@ impl Compiled {
                 "layout={layout:?}: expected 'gradient' or 'numerator'"
             ))
         })?;
-        let adapter = match adapter {
-            None => None,
-            Some(a) => match a.extract::<usize>() {
-                Ok(index) => Some(Adapter::Index(index)),
-                Err(_) => Some(Adapter::Name(a.extract::<String>().map_err(|_| {
-                    PyTypeError::new_err("adapter must be a name (str) or a number (int)")
-                })?)),
-            },
-        };
+        let adapter = adapter_named(adapter)?;
         let options = Options {
             layout,
             device: device_named(device)?,
@@ -289,7 +293,7 @@ fn bound_spec(name: &str, value: Option<Bound<'_, PyAny>>) -> PyResult<Option<Bo
 
 /// Solves one problem per item (see `matgrad.minimize`). Returns a dict.
 #[pyfunction]
-#[pyo3(signature = (program, wrt, inputs, lower=None, upper=None, method="auto", device="cpu", gtol=None, ftol=None, max_iter=None, memory=None))]
+#[pyo3(signature = (program, wrt, inputs, lower=None, upper=None, method="auto", device="cpu", gtol=None, ftol=None, max_iter=None, memory=None, adapter=None))]
 #[allow(clippy::too_many_arguments)]
 fn minimize<'py>(
     py: Python<'py>,
@@ -304,18 +308,16 @@ fn minimize<'py>(
     ftol: Option<f64>,
     max_iter: Option<u32>,
     memory: Option<usize>,
+    adapter: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
     let device = match device {
+        // `auto` is the CPU path, as on the command line (README, *Batch optimization*).
         "cpu" | "auto" => solve::Device::Cpu,
+        "gpu" => solve::Device::Gpu,
         "reference" => solve::Device::Reference,
-        "gpu" => {
-            return Err(NoGpuError::new_err(
-                "minimize runs on the CPU ('cpu', 'auto') and the float64 reference; its GPU path is not built yet",
-            ))
-        }
         other => {
             return Err(PyValueError::new_err(format!(
-                "device={other:?}: expected 'auto', 'cpu' or 'reference'"
+                "device={other:?}: expected 'auto', 'cpu', 'gpu' or 'reference'"
             )))
         }
     };
@@ -332,6 +334,12 @@ fn minimize<'py>(
     options.memory = memory.unwrap_or(options.memory);
     options.lower = bound_spec("lower", lower)?;
     options.upper = bound_spec("upper", upper)?;
+    options.adapter = adapter_named(adapter)?;
+    if options.adapter.is_some() && device != solve::Device::Gpu {
+        return Err(PyValueError::new_err(
+            "adapter= chooses the GPU for device='gpu'",
+        ));
+    }
     let arrays: Vec<NamedArray> = (inputs.iter())
         .map(|(name, a)| NamedArray {
             name: name.clone(),
@@ -352,6 +360,12 @@ fn minimize<'py>(
         Err(Err(diagnostic)) => return Err(program_error(diagnostic)),
         Err(Ok(MinimizeError::Bind(e))) => return Err(InputError::new_err(e.to_string())),
         Err(Ok(MinimizeError::Invalid(m))) => return Err(InputError::new_err(m)),
+        Err(Ok(MinimizeError::Gpu(e @ GpuFailure::NoAdapter(_))))
+        | Err(Ok(MinimizeError::Gpu(e @ GpuFailure::NoMatchingAdapter { .. })))
+        | Err(Ok(MinimizeError::Gpu(e @ GpuFailure::NoAdapterAtIndex { .. }))) => {
+            return Err(NoGpuError::new_err(e.to_string()))
+        }
+        Err(Ok(MinimizeError::Gpu(e))) => return Err(GpuError::new_err(e.to_string())),
     };
     let mut shape = vec![solution.items];
     shape.extend(&solution.item_shape);
@@ -372,6 +386,14 @@ fn minimize<'py>(
     result.set_item("rounds", solution.rounds)?;
     result.set_item("solve_seconds", solution.solve_seconds)?;
     result.set_item("notes", solution.notes.clone())?;
+    if let Some(t) = solution.transfers {
+        let transfers = pyo3::types::PyDict::new(py);
+        transfers.set_item("before", t.before_bytes)?;
+        transfers.set_item("rounds", t.rounds_bytes)?;
+        transfers.set_item("round_max", t.round_max_bytes)?;
+        transfers.set_item("after", t.after_bytes)?;
+        result.set_item("transfer_bytes", transfers)?;
+    }
     Ok(result)
 }
 

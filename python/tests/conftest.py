@@ -38,6 +38,16 @@ def compile_on(device, program, wrt, **kw):
     return f
 
 
+def minimize_on(device, program, wrt, **kw):
+    """matgrad.minimize on `device`, with the GPU rule of :func:`compile_on`."""
+    try:
+        return matgrad.minimize(program, wrt, device=device, **kw)
+    except matgrad.NoGpuError as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and no GPU adapter: {e}")
+        pytest.skip(f"no GPU adapter: {e}")
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(7)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import matgrad
-from conftest import compile_on, relative_error
+from conftest import compile_on, minimize_on, relative_error
 
 LSQ = "A: matrix(m,n); x: vector(n); b: vector(m); (A*x+b)'*(A*x+b)"
 DEVICES = ["reference", "cpu", "gpu", "all"]
@@ -256,16 +256,22 @@ def test_explain_describes_the_plan():
         f.explain(dims={"q": 3})
 
 
-def test_minimize_ridge_matches_the_closed_form(rng):
+@pytest.mark.parametrize("device", ["reference", "cpu", "gpu"])
+def test_minimize_ridge_matches_the_closed_form(rng, device):
     program = "A: matrix(32,8); b: vector(32); x: vector(8); norm2(A*x-b)^2 + 0.1*x'*x"
     A = rng.standard_normal((32, 8))
     bs = rng.standard_normal((50, 32))
     expected = np.linalg.solve(A.T @ A + 0.1 * np.eye(8), A.T @ bs.T).T
-    for device, tol in (("reference", 1e-8), ("cpu", 1e-3)):
-        r = matgrad.minimize(program, "x", A=A, b=bs, device=device)
-        assert r.success and r.x.shape == (50, 8)
-        assert relative_error(r.x, expected) < tol, device
-        assert (r.status == 0).all() and r.iterations.max() <= 3
+    tol = 1e-8 if device == "reference" else 1e-3
+    r = minimize_on(device, program, "x", A=A, b=bs)
+    assert r.success and r.x.shape == (50, 8)
+    assert relative_error(r.x, expected) < tol, device
+    assert (r.status == 0).all() and r.iterations.max() <= 3
+    # Only the GPU moves data between host and device, and per round only its counters.
+    if device == "gpu":
+        assert r.transfer_bytes["round_max"] <= 16 + 4 * 16 + 4 * 36 + 64 * 8, r.transfer_bytes
+    else:
+        assert r.transfer_bytes is None
 
 
 def test_minimize_with_bounds_satisfies_kkt(rng):
@@ -290,5 +296,9 @@ def test_minimize_errors_are_exceptions(rng):
         matgrad.minimize(
             "x: vector(3); x'*x", "x", x=np.zeros(3), lower=np.ones(3), upper=np.zeros(3)
         )
-    with pytest.raises(matgrad.NoGpuError):
-        matgrad.minimize("x: vector(3); x'*x", "x", x=np.zeros(3), device="gpu")
+    with pytest.raises(matgrad.NoGpuError, match="no-such-adapter"):
+        matgrad.minimize(
+            "x: vector(3); x'*x", "x", x=np.zeros(3), device="gpu", adapter="no-such-adapter"
+        )
+    with pytest.raises(ValueError, match="adapter"):
+        matgrad.minimize("x: vector(3); x'*x", "x", x=np.zeros(3), device="cpu", adapter=0)
