@@ -58,9 +58,9 @@ fn adapter_named(adapter: Option<Bound<'_, PyAny>>) -> PyResult<Option<Adapter>>
     let Some(a) = adapter else { return Ok(None) };
     match a.extract::<usize>() {
         Ok(index) => Ok(Some(Adapter::Index(index))),
-        Err(_) => Ok(Some(Adapter::Name(a.extract::<String>().map_err(|_| {
-            PyTypeError::new_err("adapter must be a name (str) or a number (int)")
-        })?))),
+        Err(_) => Ok(Some(Adapter::Name(a.extract::<String>().map_err(
+            |_| PyTypeError::new_err("adapter must be a name (str) or a number (int)"),
+        )?))),
     }
 }
 

@@ -74,6 +74,8 @@ pub fn bench(args: crate::BenchCommand) -> u8 {
             batch: args.batch.first().copied(),
             samples: args.samples,
             json: args.json,
+            device: args.device,
+            adapter: args.adapter,
         });
     }
     if !args.only.is_empty() && !args.workloads {

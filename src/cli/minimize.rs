@@ -299,13 +299,48 @@ pub struct MinimizeBenchArgs {
     pub batch: Option<usize>,
     pub samples: usize,
     pub json: bool,
+    /// `cpu`, `gpu`, or `all`: the CPU path and a hardware GPU when one opens (a software
+    /// adapter such as lavapipe only with `gpu`: it is for correctness, not speed).
+    pub device: super::bench::BenchDevice,
+    pub adapter: Option<String>,
 }
 
-/// Times O1–O5 on the CPU path: the median of `samples` solves after one warm-up, each
-/// solve's answer checked in float64 first (the worst item's projected gradient within
-/// the workloads' tolerance, 1e-3 relative) so that only a converged solve's time counts.
-/// The solver itself stops at half that (5e-4, in float32), so that its own rounding does
-/// not put an item just over the line in the float64 check.
+/// The devices `bench --minimize-workloads` times (the GPU's context opened once, so that
+/// its kernels are compiled once), or the exit status when `--device gpu` finds no adapter.
+fn bench_devices(
+    args: &MinimizeBenchArgs,
+) -> Result<Vec<(Device, Option<matgrad::gpu::GpuContext>)>, u8> {
+    use super::bench::BenchDevice;
+    let mut devices = Vec::new();
+    if args.device != BenchDevice::Gpu {
+        devices.push((Device::Cpu, None));
+    }
+    if args.device != BenchDevice::Cpu {
+        let choice = super::adapter_choice(args.adapter.clone());
+        match matgrad::gpu::GpuContext::new(&matgrad::executor::gpu_options(choice.as_ref())) {
+            Ok(ctx) if args.device == BenchDevice::All && ctx.adapter().device_type == "Cpu" => {
+                eprintln!(
+                    "note: leaving out the software adapter `{}` (for correctness, not speed; \
+                     `--device gpu` times it)",
+                    ctx.adapter().name
+                );
+            }
+            Ok(ctx) => devices.push((Device::Gpu, Some(ctx))),
+            Err(e) if args.device == BenchDevice::Gpu => {
+                errorln!("{e}");
+                return Err(2);
+            }
+            Err(e) => eprintln!("note: {e}; timing the CPU path only"),
+        }
+    }
+    Ok(devices)
+}
+
+/// Times O1–O5 on the CPU path and the GPU: the median of `samples` solves after one
+/// warm-up, each solve's answer checked in float64 first (the worst item's projected
+/// gradient within the workloads' tolerance, 1e-3 relative) so that only a converged solve's
+/// time counts. The solver itself stops at half that (5e-4, in float32), so that its own
+/// rounding does not put an item just over the line in the float64 check.
 pub fn bench_minimize(args: MinimizeBenchArgs) -> u8 {
     use matgrad::workloads::{minimize_inputs, MINIMIZE_WORKLOADS};
     let known: Vec<&str> = MINIMIZE_WORKLOADS.iter().map(|w| w.short_id()).collect();
@@ -317,11 +352,17 @@ pub fn bench_minimize(args: MinimizeBenchArgs) -> u8 {
         return 2;
     }
 
+    let devices = match bench_devices(&args) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
     let mut failed = false;
-    for w in MINIMIZE_WORKLOADS
+    for (w, (device, gpu)) in MINIMIZE_WORKLOADS
         .iter()
         .filter(|w| args.only.is_empty() || args.only.iter().any(|id| id == w.short_id()))
+        .flat_map(|w| devices.iter().map(move |d| (w, d)))
     {
+        let device = *device;
         let batch = args.batch.unwrap_or(w.batch);
         let bytes = batch as f64 * 64.0 * 16.0 * 8.0 * 3.0;
         if let Err(message) = matgrad::batch::fits_in_memory(bytes, "this batch") {
@@ -332,9 +373,10 @@ pub fn bench_minimize(args: MinimizeBenchArgs) -> u8 {
         let objective = check_program(w.program)
             .and_then(|p| Objective::new(p, w.wrt))
             .expect("workloads derive");
-        let mut options = Options::for_device(Device::Cpu);
+        let mut options = Options::for_device(device);
         options.gtol = 5e-4;
         options.lower = w.lower.map(BoundSpec::Number);
+
         // One warm-up solve, then the samples, by the rule every benchmark uses.
         let config = matgrad::bench::BenchConfig {
             samples: args.samples,
@@ -342,7 +384,16 @@ pub fn bench_minimize(args: MinimizeBenchArgs) -> u8 {
         };
         let mut last = None;
         let sampled = matgrad::bench::sample(&config, || {
-            let s = matgrad::minimize::minimize(&objective, &inputs, &options, Device::Cpu)?;
+            let s = match gpu {
+                Some(ctx) => matgrad::minimize::minimize_on_gpu(
+                    &objective,
+                    &inputs,
+                    &options,
+                    ctx,
+                    &mut |_| {},
+                )?,
+                None => matgrad::minimize::minimize(&objective, &inputs, &options, device)?,
+            };
             let seconds = s.solve_seconds;
             last = Some(s);
             Ok::<_, matgrad::minimize::MinimizeError>((seconds, seconds))
@@ -363,7 +414,7 @@ pub fn bench_minimize(args: MinimizeBenchArgs) -> u8 {
             .unwrap_or(f64::NAN);
         let converged = worst <= 1e-3;
         failed |= !converged;
-        let summary = summarize(&solution, Device::Cpu);
+        let summary = summarize(&solution, device);
         if args.json {
             let mut value: serde_json::Value =
                 serde_json::from_str(&summary.json).unwrap_or_default();
