@@ -84,6 +84,12 @@ impl StateLayout {
     }
 }
 
+/// The floats of one item's state on the device (besides its inputs and the plan's outputs),
+/// for `explain --minimize`.
+pub(super) fn state_floats(n: usize, memory: usize, spd: bool, factored: bool) -> usize {
+    StateLayout::new(n, memory, spd, factored).stride + ITEM_FIELDS + n + 4
+}
+
 /// Where the update kernel finds each result and bound: in the plan's outputs (per item) or
 /// in the constants buffer (shared).
 struct Sources {

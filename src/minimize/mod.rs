@@ -878,9 +878,24 @@ pub fn explain_minimize(
         let _ = writeln!(out, "\nthe curvature, once per batch:");
         out.push_str(&crate::explain::plan_text(plan, None));
     }
+    let dispatches = match crate::wgsl::generate(&plan) {
+        Ok(kernel) => format!("{} dispatch(es)", kernel.stages.len()),
+        Err(e) => format!("none possible here ({e})"),
+    };
+    let memory = if method == Method::Lbfgs {
+        Options::for_device(Device::Gpu).memory
+    } else {
+        0
+    };
+    let spd = g.vars[var as usize].positive_definite;
+    let factored = matches!(method, Method::Newton | Method::GaussNewton);
+    let state = gpu::state_floats(entries, memory, spd, factored);
     let _ = writeln!(
         out,
-        "gpu: none yet: minimize runs on the CPU path or the float64 reference"
+        "\ngpu (--device gpu): per round, the plan's kernels ({dispatches}), then one `update` \
+         invocation per item (shaders/minimize.wgsl: line search, convergence, next direction \
+         and trial) and a count of the active items; each item's state ({state} floats besides \
+         its inputs) stays on the device, and a round reads back 16 bytes per block of items"
     );
     Ok(out)
 }
