@@ -809,3 +809,71 @@ fn bad_input_exits_2_and_writes_nothing() {
     assert_eq!(result.status.code(), Some(2));
     assert_eq!(std::fs::read(&inputs).unwrap(), before);
 }
+
+/// Bounds one per item (lower and upper arrays) and a gradient that reads no batched input
+/// (a linear objective in a box, whose solution is the corner against the gradient), on every
+/// device; and a start outside the objective's domain is refused on every device.
+#[test]
+fn per_item_bounds_a_constant_gradient_and_a_start_outside_the_domain() {
+    let (n, items) = (5, 23);
+    let mut rng = StdRng::seed_from_u64(11);
+    let c = normals(&mut rng, n);
+    let lower: Vec<f64> = (0..items * n).map(|_| -rng.gen_range(0.5..2.0)).collect();
+    let upper: Vec<f64> = (0..items * n).map(|_| rng.gen_range(0.5..2.0)).collect();
+    let x0: Vec<f64> = normals(&mut rng, items * n)
+        .into_iter()
+        .map(|v| 0.1 * v)
+        .collect();
+    let linear = objective("c: vector(5); x: vector(5); c'*x", "x");
+    let inputs = vec![
+        array("c", &[n], c.clone()),
+        array("x", &[items, n], x0),
+        array("lower", &[items, n], lower.clone()),
+        array("upper", &[items, n], upper.clone()),
+    ];
+    let data = &inputs[..2];
+    let mut devices = float32_devices();
+    devices.push(Device::Reference);
+    for &device in &devices {
+        for method in [Method::Newton, Method::Lbfgs, Method::GradientDescent] {
+            let mut options = Options::for_device(device);
+            options.method = method;
+            options.lower = Some(BoundSpec::Array(inputs[2].clone()));
+            options.upper = Some(BoundSpec::Array(inputs[3].clone()));
+            let s = minimize(&linear, data, &options, device).unwrap();
+            assert_eq!(s.converged(), items, "{device:?} {method:?}");
+            for item in 0..items {
+                for e in 0..n {
+                    let want = if c[e] > 0.0 {
+                        lower[item * n + e]
+                    } else {
+                        upper[item * n + e]
+                    };
+                    let got = s.points[item * n + e];
+                    assert!(
+                        (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                        "{device:?} {method:?} item {item} entry {e}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+    // -logdet(S) is not finite at S = -I, whose data are finite: a refusal, not a report.
+    let logdet = objective("C: matrix(3,3); S: symmetric(3); -logdet(S) + tr(S*C)", "S");
+    let minus_eye: Vec<f64> = (0..9)
+        .map(|k| if k % 4 == 0 { -1.0 } else { 0.0 })
+        .collect();
+    let eye: Vec<f64> = (0..9).map(|k| if k % 4 == 0 { 1.0 } else { 0.0 }).collect();
+    let outside = vec![
+        array("C", &[2, 3, 3], [eye.clone(), eye].concat()),
+        array("S", &[3, 3], minus_eye),
+    ];
+    for &device in &devices {
+        let options = Options::for_device(device);
+        let error = minimize(&logdet, &outside, &options, device).unwrap_err();
+        assert!(
+            error.to_string().contains("outside the objective's domain"),
+            "{device:?}: {error}"
+        );
+    }
+}
