@@ -825,7 +825,7 @@ fn per_item_bounds_a_constant_gradient_and_a_start_outside_the_domain() {
         .map(|v| 0.1 * v)
         .collect();
     let linear = objective("c: vector(5); x: vector(5); c'*x", "x");
-    let inputs = vec![
+    let inputs = [
         array("c", &[n], c.clone()),
         array("x", &[items, n], x0),
         array("lower", &[items, n], lower.clone()),
