@@ -1,7 +1,13 @@
-//! Batched evaluation: the reference equals the per-item loop for every shared/batched
-//! assignment (to 1e-12: product chains are re-associated per assignment); the float32 CPU path matches the reference on the whole catalog and on
-//! random programs, with batch sizes 1, odd sizes and sizes that cross a block boundary, on
-//! every instruction set the CPU runs (the vector builds bit for bit alike).
+//! One correctness suite over every executor: the float64 reference equals the per-item
+//! loop for every shared/batched assignment (to 1e-12: product chains are re-associated per
+//! assignment), and every float32 executor matches the reference: the CPU path on every
+//! instruction set the CPU runs (the vector builds bit for bit alike) and, on the whole
+//! catalog and on random programs, the GPU (chunks of 64 items) and the split of each batch
+//! across the CPU path and the GPU (`--device all`). Batch sizes 1, odd sizes and sizes that
+//! cross a CPU block and a GPU chunk. The GPU is whatever adapter the machine has (lavapipe
+//! in CI); with `CI=true` a missing adapter fails, elsewhere the GPU part is skipped with a
+//! message. (`tests/gpu.rs` keeps what only the GPU has: chunking and folding, GEMM tiles,
+//! the LU blocks, the software adapter's limits.)
 
 mod common;
 
@@ -14,6 +20,8 @@ use matgrad::check::{
 use matgrad::cpu::{rows, run_cpu, run_cpu_on, Isa, MAX_BLOCK};
 use matgrad::diff::Derivative;
 use matgrad::eval::evaluate;
+use matgrad::executor::{Data, Device, Executor, Results};
+use matgrad::gpu::{run_gpu, GpuContext, GpuError, GpuOptions};
 use matgrad::plan::Plan;
 use matgrad::verify::{dimension_sizes, relative_error};
 
@@ -22,9 +30,65 @@ fn plan_for(d: &Derivative, batched: &[bool]) -> Plan {
     Plan::new(g, &[d.node, d.program.root], &dimension_sizes(g), batched).unwrap()
 }
 
-/// Runs reference and CPU on `d` with the given batched flags; checks the reference against
-/// the per-item evaluator and the CPU against the reference. Returns the CPU's error.
-fn check_batched(d: &Derivative, batched: &[bool], batch: usize, seed: u64, what: &str) -> f64 {
+/// The GPU for the suite, in chunks of 64 items; `None` with a message when there is no
+/// adapter (a failure under `CI=true`).
+fn gpu() -> Option<GpuContext> {
+    let options = GpuOptions {
+        max_chunk_items: Some(64),
+        ..GpuOptions::default()
+    };
+    match GpuContext::new(&options) {
+        Ok(ctx) => Some(ctx),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true and no GPU: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: the GPU and split executors of this test, without an adapter: {e}");
+            None
+        }
+    }
+}
+
+/// The GPU's and the split's outputs for `plan`, or none where the software adapter's loop
+/// limit refuses the plan (the executors choose the CPU path there, which is checked anyway).
+fn gpu_runs(
+    ctx: &GpuContext,
+    plan: &Plan,
+    values32: &[Batch<f32>],
+    batch: usize,
+    what: &str,
+) -> Vec<(&'static str, Vec<Batch<f32>>)> {
+    let refs32: Vec<&Batch<f32>> = values32.iter().collect();
+    let gpu = match run_gpu(ctx, plan, &refs32, batch) {
+        Ok(outputs) => outputs,
+        Err(GpuError::LoopLimit { .. }) => return Vec::new(),
+        Err(e) => panic!("{what}: gpu: {e}"),
+    };
+    let inputs: Vec<&[f32]> = values32.iter().map(|b| &b.data[..]).collect();
+    let (split, _) = Executor::prepare(Device::All, std::slice::from_ref(ctx), plan, &inputs)
+        .unwrap_or_else(|e| panic!("{what}: split: {e}"));
+    let data: Vec<Data> = inputs.iter().map(|d| Data::F32(d)).collect();
+    let run = split
+        .run(plan, &data, batch)
+        .unwrap_or_else(|e| panic!("{what}: split: {e}"));
+    let Results::F32(split) = run.results else {
+        panic!("{what}: the split ran in float64")
+    };
+    vec![("gpu", gpu), ("all", split)]
+}
+
+/// Runs the reference and every float32 executor on `d` with the given batched flags (the
+/// GPU and the split when `gpu` is given); checks the reference against the per-item
+/// evaluator and every executor against the reference. Returns the largest error and the
+/// executor it came from.
+fn check_batched(
+    d: &Derivative,
+    batched: &[bool],
+    batch: usize,
+    seed: u64,
+    what: &str,
+    gpu: Option<&GpuContext>,
+) -> (f64, &'static str) {
     let g = &d.program.graph;
     let plan = plan_for(d, batched);
     let mut items = points(d, &plan, batch, seed);
@@ -66,14 +130,14 @@ fn check_batched(d: &Derivative, batched: &[bool], batch: usize, seed: u64, what
     let cpu = run_cpu(&plan, &refs32, n);
     // The other instruction sets: the vector builds give the fastest one's bits; the
     // portable build is checked against the reference as it is.
-    let mut runs = vec![cpu];
+    let mut runs = vec![("cpu", cpu)];
     for isa in Isa::available().into_iter().skip(1) {
         let other = run_cpu_on(isa, &plan, &refs32, n);
         if isa == Isa::Portable {
-            runs.push(other);
+            runs.push(("cpu", other));
             continue;
         }
-        for (o, c) in other.iter().zip(&runs[0]) {
+        for (o, c) in other.iter().zip(&runs[0].1) {
             let same = o
                 .data
                 .iter()
@@ -82,25 +146,33 @@ fn check_batched(d: &Derivative, batched: &[bool], batch: usize, seed: u64, what
             assert!(same, "{what}: {isa:?} differs from {:?}", Isa::fastest());
         }
     }
+    if let Some(ctx) = gpu {
+        runs.extend(gpu_runs(ctx, &plan, &values32, n, what));
+    }
     let resolution = Float32Resolution::new(&plan, &values, n);
-    let mut worst: f64 = 0.0;
-    let pairs = runs
-        .iter()
-        .flat_map(|cpu| cpu.iter().zip(&outputs).enumerate());
-    for (k, (c, r)) in pairs {
+    let mut worst = (0.0f64, "cpu");
+    let pairs = runs.iter().flat_map(|(name, run)| {
+        run.iter()
+            .zip(&outputs)
+            .enumerate()
+            .map(move |(k, pair)| (*name, k, pair))
+    });
+    for (name, k, (c, r)) in pairs {
         assert_eq!(
             (c.batch, c.rows, c.cols),
             (r.batch, r.rows, r.cols),
-            "{what}"
+            "{what}: {name}"
         );
-        let report = device_against_reference("cpu", c, r, resolution.output(k));
+        let report = device_against_reference(name, c, r, resolution.output(k));
         assert!(
             report.items_ill_conditioned * 4 <= r.items().max(4),
-            "{what}: {} of {} items ill-conditioned",
+            "{what}: {name}: {} of {} items ill-conditioned",
             report.items_ill_conditioned,
             r.items()
         );
-        worst = worst.max(report.max_rel_error);
+        if report.max_rel_error > worst.0 || report.max_rel_error.is_nan() {
+            worst = (report.max_rel_error, name);
+        }
     }
     worst
 }
@@ -150,15 +222,16 @@ fn every_shared_batched_assignment_equals_the_per_item_loop() {
             }
             for batch in [1, 3] {
                 let what = format!("{source} by {wrt}, batched mask {mask:b}, batch {batch}");
-                let err = check_batched(&d, &batched, batch, 7 + mask as u64, &what);
-                assert!(err < F32_TOLERANCE, "{what}: cpu error {err:.2e}");
+                let (err, on) = check_batched(&d, &batched, batch, 7 + mask as u64, &what, None);
+                assert!(err < F32_TOLERANCE, "{what}: {on} error {err:.2e}");
             }
         }
     }
 }
 
 #[test]
-fn cpu_matches_reference_on_the_whole_catalog() {
+fn every_executor_matches_the_reference_on_the_whole_catalog() {
+    let gpu = gpu();
     for (k, case) in CASES.iter().enumerate() {
         let source = format!("{} {}", case.decls, case.function);
         let d = derive(&source, case.wrt, case.hessian);
@@ -170,22 +243,23 @@ fn cpu_matches_reference_on_the_whole_catalog() {
         let only: Vec<bool> = (0..g.vars.len()).map(|v| v as u32 == d.wrt).collect();
         for (batched, batch) in [(only, 5), (all, 1)] {
             let what = format!("{} {} by {}", case.id, case.function, case.wrt);
-            let err = check_batched(&d, &batched, batch, 100 + k as u64, &what);
-            assert!(err < F32_TOLERANCE, "{what}: cpu error {err:.2e}");
+            let (err, on) = check_batched(&d, &batched, batch, 100 + k as u64, &what, gpu.as_ref());
+            assert!(err < F32_TOLERANCE, "{what}: {on} error {err:.2e}");
         }
     }
 }
 
-/// The CPU against the reference on random programs `seeds` (from `offset`), with their
-/// dimensions redeclared as `dimensions` (n, m) if given, on batches of `sizes` in turn.
-/// Asserts that at least `least` were compared, that each layout ran at least `each` of
-/// them, and that none failed.
-fn random_programs_on_the_cpu(
+/// The executors against the reference on random programs `seeds` (from `offset`), with
+/// their dimensions redeclared as `dimensions` (n, m) if given, on batches of `sizes` in
+/// turn (the GPU and the split too when `gpu` is given). Asserts that at least `least` were
+/// compared, that each CPU layout ran at least `each` of them, and that none failed.
+fn random_programs(
     seeds: std::ops::RangeInclusive<u64>,
     offset: u64,
     dimensions: Option<(usize, usize)>,
     sizes: &[usize],
     (least, each): (usize, usize),
+    gpu: Option<&GpuContext>,
 ) {
     let (mut compared, mut item_major) = (0, 0);
     let mut failures = Vec::new();
@@ -206,12 +280,12 @@ fn random_programs_on_the_cpu(
             "seed {seed}: d/d{} of `{source}` (batch {batch})",
             generated.wrt
         );
-        let err = check_batched(&d, &batched, batch, seed, &what);
+        let (err, on) = check_batched(&d, &batched, batch, seed, &what, gpu);
         compared += 1;
         item_major += usize::from(rows::chosen(&plan_for(&d, &batched)));
         if err > F32_TOLERANCE {
             failures.push(format!(
-                "{what}: cpu relative error {err:.2e}\n  derivative {}",
+                "{what}: {on} relative error {err:.2e}\n  derivative {}",
                 d.text()
             ));
         }
@@ -230,14 +304,16 @@ fn random_programs_on_the_cpu(
     );
 }
 
+/// Batches of 65 and more cross a GPU chunk (64 items); `MAX_BLOCK + 3` a CPU block.
 #[test]
-fn cpu_matches_reference_on_random_programs() {
-    random_programs_on_the_cpu(
+fn every_executor_matches_the_reference_on_random_programs() {
+    random_programs(
         1..=380,
         50_000,
         None,
-        &[1, 2, 5, 17, MAX_BLOCK + 3],
+        &[1, 2, 5, 17, 65, MAX_BLOCK + 3],
         (300, 50),
+        gpu().as_ref(),
     );
 }
 
@@ -246,7 +322,14 @@ fn cpu_matches_reference_on_random_programs() {
 /// cross blocks of both layouts.
 #[test]
 fn cpu_matches_reference_on_random_programs_with_larger_dimensions() {
-    random_programs_on_the_cpu(1..=150, 60_000, Some((16, 17)), &[1, 7, 300], (120, 30));
+    random_programs(
+        1..=150,
+        60_000,
+        Some((16, 17)),
+        &[1, 7, 300],
+        (120, 30),
+        None,
+    );
 }
 
 #[test]
@@ -339,7 +422,7 @@ fn item_major_blocks_match_the_reference_across_a_block_boundary() {
         assert!(rows::chosen(&plan), "{source}: not item-major");
         let batch = matgrad::cpu::block_items(&plan) + 5;
         let what = format!("{source} by {wrt}, batch {batch}");
-        let err = check_batched(&d, &batched, batch, 11, &what);
-        assert!(err < F32_TOLERANCE, "{what}: cpu error {err:.2e}");
+        let (err, on) = check_batched(&d, &batched, batch, 11, &what, None);
+        assert!(err < F32_TOLERANCE, "{what}: {on} error {err:.2e}");
     }
 }

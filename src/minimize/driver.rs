@@ -377,11 +377,7 @@ pub(super) fn run<T: Precision>(
         notes,
         ..
     } = prepared;
-    let memory = if method == Method::Lbfgs {
-        options.memory
-    } else {
-        0
-    };
+    let memory = method.history(options.memory);
     let layout = Layout::new(n, memory);
     let convert = |v: &[f64]| -> Vec<T> { v.iter().map(|&x| T::from_f64(x)).collect() };
     let split = |b: Option<(Vec<f64>, bool)>| match b {

@@ -250,11 +250,7 @@ pub(super) fn run(
         ..
     } = prepared;
     let gpu = |e: GpuError| MinimizeError::Gpu(e);
-    let memory = if method == Method::Lbfgs {
-        options.memory
-    } else {
-        0
-    };
+    let memory = method.history(options.memory);
     let factored = matches!(method, Method::Newton | Method::GaussNewton);
     let layout = StateLayout::new(n, memory, spd_side.is_some(), factored);
     if ctx.caps_loops() {

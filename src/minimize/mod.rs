@@ -67,6 +67,15 @@ impl Method {
         }
     }
 
+    /// The L-BFGS pairs an item keeps: `memory` for L-BFGS, none for the other methods.
+    pub fn history(self, memory: usize) -> usize {
+        if self == Method::Lbfgs {
+            memory
+        } else {
+            0
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Method::Auto => "auto",
@@ -882,11 +891,7 @@ pub fn explain_minimize(
         Ok(kernel) => format!("{} dispatch(es)", kernel.stages.len()),
         Err(e) => format!("none possible here ({e})"),
     };
-    let memory = if method == Method::Lbfgs {
-        Options::for_device(Device::Gpu).memory
-    } else {
-        0
-    };
+    let memory = method.history(Options::for_device(Device::Gpu).memory);
     let spd = g.vars[var as usize].positive_definite;
     let factored = matches!(method, Method::Newton | Method::GaussNewton);
     let state = gpu::state_floats(entries, memory, spd, factored);
