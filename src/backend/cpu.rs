@@ -251,45 +251,26 @@ fn run_blocks(
             }
         }
     }
-    let item_major = rows::chosen(plan);
-    let fused = if item_major && fuse {
-        rows::fused_chains(plan)
-    } else {
-        vec![Vec::new(); steps.len()]
-    };
-    let mut fused_into = vec![false; steps.len()];
-    for &u in fused.iter().flatten() {
-        fused_into[u] = true;
+    // The layout, chosen once: each has its own job type and block runner.
+    if rows::chosen(plan) {
+        let job = Job {
+            isa,
+            steps,
+            inputs,
+            shared: &shared,
+            read_through: rows::transposes_read_in_place(plan),
+        };
+        let job = rows::RowJob::new(job, plan, fuse);
+        rows::run(&job, plan, per_block, items, batch);
+        return;
     }
     let job = Job {
         isa,
         steps,
         inputs,
         shared: &shared,
-        read_through: if item_major {
-            rows::transposes_read_in_place(plan)
-        } else {
-            read_through_transposes(plan)
-        },
-        right_factors: if item_major {
-            rows::right_factors(plan, &shared)
-        } else {
-            Vec::new()
-        },
-        fused,
-        fused_into,
+        read_through: read_through_transposes(plan),
     };
-    if item_major {
-        let unstored = rows::unstored(&job.read_through, &job.fused);
-        per_block.into_par_iter().enumerate().for_each_init(
-            || rows::Buffers::new(steps, items, plan.outputs(), &unstored),
-            |buffers, (b, outs)| {
-                let first = b * items;
-                rows::process(&job, buffers, first, items.min(batch - first), outs);
-            },
-        );
-        return;
-    }
     per_block.into_par_iter().enumerate().for_each_init(
         || Block::new(steps, items),
         |block, (b, outs)| {
@@ -307,7 +288,8 @@ fn output_buffers_shape(plan: &Plan, batch: usize) -> Vec<usize> {
         .collect()
 }
 
-/// What every block of one run reads.
+/// What every block of one run reads, in either layout (the item-major layout's
+/// [`rows::RowJob`] adds its own).
 pub(crate) struct Job<'a> {
     /// One of [`Isa::available`].
     isa: Isa,
@@ -315,15 +297,9 @@ pub(crate) struct Job<'a> {
     inputs: &'a [&'a [f32]],
     shared: &'a [Cow<'a, [f32]>],
     /// Transposes that are never stored: their users read the argument through swapped
-    /// indices ([`read_through_transposes`]).
+    /// indices ([`read_through_transposes`] in lanes, [`rows::transposes_read_in_place`]
+    /// item-major).
     read_through: Vec<bool>,
-    /// For item-major blocks, each product step's shared factor as the right factor of a
-    /// product with the items' rows ([`rows::right_factors`]); empty for other steps.
-    right_factors: Vec<rows::Packed>,
-    /// For item-major blocks, the steps fused into each product ([`rows::fused_chains`]).
-    fused: Vec<Vec<usize>>,
-    /// The steps in `fused`'s chains (computed with their product, not on their own).
-    fused_into: Vec<bool>,
 }
 
 /// Batched transposes used only as a factor of products of two batched values (whose loops

@@ -14,7 +14,8 @@
 //! W2 and W6 those cost as much memory traffic as the arithmetic. A product's chain of
 //! element-wise steps ([`fused_chains`]) is applied to each tile of its rows as soon as the
 //! tile is stored, into the chain's last value: W1's gradient is one GEMM that writes the
-//! output.
+//! output. `cpu::run_blocks` chooses the layout once; this layout's [`RowJob`] (the common
+//! job plus the packed right factors and the fused chains) and [`run`] are its side.
 //!
 //! Invariants: every item is computed by the same operations in the same order (a GEMM row's
 //! sums run over the inner index in the same order wherever the row falls in the block), so
@@ -24,6 +25,8 @@
 //! operations on the same values: the same bits.
 
 use super::kernels::{gemm, map, map_func, map_func_in_place, pow_f32, pow_map};
+use rayon::prelude::*;
+
 use super::{Isa, Job};
 use crate::expr::Node;
 use crate::plan::{Plan, Step};
@@ -290,12 +293,74 @@ impl Buffers {
     }
 }
 
+/// What item-major blocks read: the common [`Job`], each product's shared factor as the right
+/// factor of a product with the items' rows, and the element-wise chains fused into products.
+pub(crate) struct RowJob<'a> {
+    job: Job<'a>,
+    /// Each product step's shared factor, packed ([`right_factors`]); empty for other steps.
+    right_factors: Vec<Packed>,
+    /// The steps fused into each product ([`fused_chains`]).
+    fused: Vec<Vec<usize>>,
+    /// The steps in `fused`'s chains (computed with their product, not on their own).
+    fused_into: Vec<bool>,
+}
+
+impl<'a> std::ops::Deref for RowJob<'a> {
+    type Target = Job<'a>;
+
+    fn deref(&self) -> &Job<'a> {
+        &self.job
+    }
+}
+
+impl<'a> RowJob<'a> {
+    /// The item-major job of `plan`, with element-wise chains fused into their products'
+    /// stores when `fuse` (else run on their own: the same bits).
+    pub(crate) fn new(job: Job<'a>, plan: &Plan, fuse: bool) -> RowJob<'a> {
+        let steps = plan.steps();
+        let fused = if fuse {
+            fused_chains(plan)
+        } else {
+            vec![Vec::new(); steps.len()]
+        };
+        let mut fused_into = vec![false; steps.len()];
+        for &u in fused.iter().flatten() {
+            fused_into[u] = true;
+        }
+        RowJob {
+            right_factors: right_factors(plan, job.shared),
+            job,
+            fused,
+            fused_into,
+        }
+    }
+}
+
+/// Runs the blocks of `batch` items, `items` a block, on the threads: `per_block` holds each
+/// block's slices of the batched outputs.
+pub(crate) fn run(
+    job: &RowJob,
+    plan: &Plan,
+    per_block: Vec<Vec<(usize, &mut [f32])>>,
+    items: usize,
+    batch: usize,
+) {
+    let unstored = unstored(&job.read_through, &job.fused);
+    per_block.into_par_iter().enumerate().for_each_init(
+        || Buffers::new(job.steps, items, plan.outputs(), &unstored),
+        |buffers, (b, outs)| {
+            let first = b * items;
+            process(job, buffers, first, items.min(batch - first), outs);
+        },
+    );
+}
+
 /// Runs every batched step for items `first..first + count`; `outs` are the block's slices
 /// of the batched outputs, `(step, count × step length)`. Compiled for `job.isa` (as the
 /// lanes layout's blocks: AVX-512, AVX2 or portable; the two vector builds do the same
 /// operations, so they give the same bits).
-pub(crate) fn process(
-    job: &Job,
+fn process(
+    job: &RowJob,
     buffers: &mut Buffers,
     first: usize,
     count: usize,
@@ -315,7 +380,7 @@ pub(crate) fn process(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn process_avx2(
-    job: &Job,
+    job: &RowJob,
     buffers: &mut Buffers,
     first: usize,
     count: usize,
@@ -327,7 +392,7 @@ unsafe fn process_avx2(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn process_avx512(
-    job: &Job,
+    job: &RowJob,
     buffers: &mut Buffers,
     first: usize,
     count: usize,
@@ -338,7 +403,7 @@ unsafe fn process_avx512(
 
 #[inline(always)]
 fn process_inline(
-    job: &Job,
+    job: &RowJob,
     buffers: &mut Buffers,
     first: usize,
     count: usize,
@@ -392,7 +457,7 @@ fn process_inline(
 /// The arguments of `step` for this block (a step has at most two; unused ones are empty).
 #[inline(always)]
 fn arguments<'b>(
-    job: &'b Job,
+    job: &'b RowJob,
     step: &Step,
     values: &'b [Vec<f32>],
     outs: &'b [(usize, &mut [f32])],
@@ -410,7 +475,7 @@ fn arguments<'b>(
 /// already computed, or this thread's buffer.
 #[inline(always)]
 fn value<'b>(
-    job: &'b Job,
+    job: &'b RowJob,
     a: usize,
     values: &'b [Vec<f32>],
     outs: &'b [(usize, &mut [f32])],
@@ -441,7 +506,7 @@ fn value<'b>(
 /// this block.
 #[inline(always)]
 fn epilogue<'b>(
-    job: &'b Job,
+    job: &'b RowJob,
     head: usize,
     values: &'b [Vec<f32>],
     outs: &'b [(usize, &mut [f32])],
@@ -634,7 +699,14 @@ fn combine(o: &mut [f32], y: Resolved, value_first: bool, f: impl Fn(f32, f32) -
 
 /// One batched step for `count` items into `out` (`count × step length`).
 #[inline(always)]
-fn run_step(job: &Job, i: usize, args: &[RowArg], then: &Epilogue, count: usize, out: &mut [f32]) {
+fn run_step(
+    job: &RowJob,
+    i: usize,
+    args: &[RowArg],
+    then: &Epilogue,
+    count: usize,
+    out: &mut [f32],
+) {
     let (steps, step) = (job.steps, &job.steps[i]);
     let n = step.len();
     let len = |k: usize| steps[step.args[k]].len();
