@@ -9,7 +9,9 @@
 //! its own compute pass so that wgpu orders their buffer accesses, and reads its outputs back
 //! (transposed back to item-major). Chunks alternate between two sets of buffers made once
 //! per session, so the host prepares one chunk and reads another back while the device
-//! computes. Invariants: a batch too large for one binding, one dispatch or one pipelined
+//! computes. A [`ResidentPlan`] instead keeps one set of a plan's buffers on the device
+//! between runs, for the batch optimizer (`src/minimize/gpu.rs`), whose own kernels read the
+//! outputs and write the next inputs in place. Invariants: a batch too large for one binding, one dispatch or one pipelined
 //! chunk is split into chunks whose results are identical to an unchunked run (items are
 //! independent and computed by the same code); compiled pipelines are cached per shader
 //! source; a set of buffers is reused only after its chunk's read-back finished; no adapter,
