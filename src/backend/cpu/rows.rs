@@ -14,8 +14,8 @@
 //! W2 and W6 those cost as much memory traffic as the arithmetic. A product's chain of
 //! element-wise steps ([`fused_chains`]) is applied to each tile of its rows as soon as the
 //! tile is stored, into the chain's last value: W1's gradient is one GEMM that writes the
-//! output. `cpu::run_blocks` chooses the layout once; this layout's [`RowJob`] (the common
-//! job plus the packed right factors and the fused chains) and [`run`] are its side.
+//! output. `cpu::run_blocks` chooses the layout once; this layout's `RowJob` (the common
+//! job plus the packed right factors and the fused chains) and `run` are its side.
 //!
 //! Invariants: every item is computed by the same operations in the same order (a GEMM row's
 //! sums run over the inner index in the same order wherever the row falls in the block), so
