@@ -21,6 +21,7 @@
 //! its own inputs and the shared ones, so the compaction's order changes no result. Nothing
 //! a user types reaches WGSL: the prepended constants are sizes, offsets and flags.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use wgpu::util::DeviceExt;
@@ -28,6 +29,7 @@ use wgpu::util::DeviceExt;
 use super::driver::{factor_damped, outside_domain, plan_inputs, Precision};
 use super::{ItemReport, Method, MinimizeError, Prepared, Progress, Solution, Status, Transfers};
 use crate::backend::layout::items_to_lanes;
+use crate::batch::Batch;
 use crate::gpu::{GpuContext, GpuError, GpuSession, ResidentPlan, SOFTWARE_LOOP_LIMIT};
 
 /// The kernels (one text for every problem; see the shader's opening comment).
@@ -111,9 +113,7 @@ struct Sources {
 fn params(
     (count, row, block_items): (usize, u32, usize),
     options: &super::Options,
-    n: usize,
-    memory: usize,
-    method: Method,
+    (n, memory, method): (usize, usize, Method),
     sources: &Sources,
     layout: &StateLayout,
     (symmetric_side, spd_side): (usize, usize),
@@ -225,6 +225,16 @@ fn fold(invocations: usize, per_dim: u64) -> (u32, u32, u32) {
     (x as u32, y as u32, (x * WORKGROUP) as u32)
 }
 
+/// The three pipelines of `shaders/minimize.wgsl`.
+struct Kernels {
+    update: Arc<wgpu::ComputePipeline>,
+    select: Arc<wgpu::ComputePipeline>,
+    gather: Arc<wgpu::ComputePipeline>,
+}
+
+/// The update's parameter block for a block's item count, two-dimensional row and items.
+type Config<'a> = dyn Fn(usize, u32, usize) -> [u32; PARAM_WORDS] + 'a;
+
 pub(super) fn run(
     prepared: Prepared,
     options: &super::Options,
@@ -249,140 +259,249 @@ pub(super) fn run(
         notes,
         ..
     } = prepared;
-    let gpu = |e: GpuError| MinimizeError::Gpu(e);
     let memory = method.history(options.memory);
     let factored = matches!(method, Method::Newton | Method::GaussNewton);
     let layout = StateLayout::new(n, memory, spd_side.is_some(), factored);
     if ctx.caps_loops() {
         let needs = loop_bound(n, memory, method, spd_side.unwrap_or(0));
         if needs > SOFTWARE_LOOP_LIMIT {
-            return Err(gpu(GpuError::LoopLimit {
+            return Err(MinimizeError::Gpu(GpuError::LoopLimit {
                 adapter: ctx.adapter().name.clone(),
                 needs,
             }));
         }
     }
     // The plan's shared inputs, in float32, for the session (its batched ones are uploaded
-    // per block below).
+    // per block).
     let (inputs, var_input) = plan_inputs(&plan, &data, var, 0, |v| v as f32, 0.0);
     let input_data: Vec<&[f32]> = inputs.iter().map(|b| &b.data[..]).collect();
-    let session = ctx.session(&plan, &input_data).map_err(gpu)?;
-    let kernel = session.kernel();
-
-    // Everything shared goes into one constants buffer; `Sources` says where.
-    let mut consts: Vec<f32> = Vec::new();
-    let mut push = |values: &[f32]| {
-        let base = consts.len();
-        consts.extend_from_slice(values);
-        base
-    };
-    let output_source = |position: usize, push: &mut dyn FnMut(&[f32]) -> usize| {
-        let mut base = 0;
-        for &(p, len) in &kernel.batched_outputs {
-            if p == position {
-                return Some((base, false));
-            }
-            base += len;
-        }
-        session.shared_output(position).map(|v| (push(v), true))
-    };
-    let missing = || MinimizeError::Invalid("the objective's plan has no such output".into());
-    let f = output_source(0, &mut push).ok_or_else(missing)?;
-    let g = output_source(1, &mut push).ok_or_else(missing)?;
+    let session = ctx.session(&plan, &input_data)?;
     let clock = Instant::now();
-    let (h_kind, h_base, shared_factor) = match &shared_curvature {
-        Some(h_plan) => {
-            let matrix = <f32 as Precision>::evaluate_shared(h_plan, &data);
-            let mut factor = matrix.clone();
-            let ok = factor_damped(&mut factor, &matrix, n);
-            let base = push(&matrix);
-            (2, base, ok.then(|| push(&factor)))
-        }
-        None if plan.outputs().len() > 2 => match output_source(2, &mut push) {
-            Some((base, false)) => (1, base, None),
-            Some((base, true)) => (2, base, None),
-            None => return Err(missing()),
-        },
-        None => (0, 0, None),
+    let curvature = shared_curvature
+        .as_ref()
+        .map(|h| <f32 as Precision>::evaluate_shared(h, &data));
+    let curvature_output = plan.outputs().len() > 2;
+    let shared = SharedValues::new(
+        &session,
+        (curvature_output, curvature),
+        (&lower, &upper),
+        var_input,
+        n,
+    )?;
+    let kernels = Kernels {
+        update: ctx.entry_pipeline(SHADER, "update")?,
+        select: ctx.entry_pipeline(SHADER, "select_active")?,
+        gather: ctx.entry_pipeline(SHADER, "gather")?,
     };
-    let to_f32 = |v: &[f64]| -> Vec<f32> { v.iter().map(|&x| x as f32).collect() };
-    let mut bound_source = |b: &Option<(Vec<f64>, bool)>| match b {
-        None => ((0u32, 0usize), None),
-        Some((values, false)) => ((1, push(&to_f32(values))), None),
-        Some((values, true)) => ((2, 0), Some(to_f32(values))),
-    };
-    let (lower_source, lower_items) = bound_source(&lower);
-    let (upper_source, upper_items) = bound_source(&upper);
-    let mut var_base = None;
-    let mut base = 0;
-    for &(k, len) in &kernel.batched_inputs {
-        if k == var_input {
-            var_base = Some(base);
-        }
-        base += len;
-    }
-    let var_base = var_base
-        .ok_or_else(|| MinimizeError::Invalid("the objective does not read the variable".into()))?;
-    let sources = Sources {
-        var_base,
-        f,
-        g,
-        h_kind,
-        h_base,
-        shared_factor,
-        lower: lower_source,
-        upper: upper_source,
-    };
-    let pipelines = ["update", "select_active", "gather"]
-        .map(|entry| ctx.entry_pipeline(SHADER, entry))
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(gpu)?;
-    let (update_pipeline, select_pipeline, gather_pipeline) =
-        (&*pipelines[0], &*pipelines[1], &*pipelines[2]);
+    let sides = (symmetric_side.unwrap_or(0), spd_side.unwrap_or(0));
     let config = |count: usize, row: u32, block_items: usize| {
         params(
             (count, row, block_items),
             options,
-            n,
-            memory,
-            method,
-            &sources,
+            (n, memory, method),
+            &shared.sources,
             &layout,
-            (symmetric_side.unwrap_or(0), spd_side.unwrap_or(0)),
+            sides,
         )
     };
+    let start_of = feasible_starts(&start, start_batched, &shared, n);
+    let (mut blocks, uploaded) = upload(
+        &session, items, &inputs, var_input, &start_of, &shared, &layout, &kernels, &config,
+    )?;
+    let domain = |ids: Vec<usize>| outside_domain(ids, items, &data, &start, start_batched, n);
+    let traffic = rounds(
+        &session,
+        &kernels,
+        &mut blocks,
+        &config,
+        &domain,
+        items,
+        progress,
+    )?;
+    let (points, reports, downloaded) = read_solutions(ctx, &blocks, items, n)?;
+    Ok(Solution {
+        method,
+        items,
+        item_shape,
+        points,
+        reports,
+        rounds: traffic.rounds,
+        shared_hessian: shared_curvature.is_some(),
+        solve_seconds: clock.elapsed().as_secs_f64(),
+        notes,
+        transfers: Some(Transfers {
+            before_bytes: uploaded,
+            rounds_bytes: traffic.bytes,
+            round_max_bytes: traffic.most_bytes,
+            after_bytes: downloaded,
+        }),
+    })
+}
 
-    // The start, kept feasible, per item in float32.
-    let shared_bound = |b: &Option<(Vec<f64>, bool)>| match b {
-        Some((values, false)) => Some(to_f32(values)),
-        _ => None,
-    };
-    let (lower_shared, upper_shared) = (shared_bound(&lower), shared_bound(&upper));
-    let start_of = |item: usize| -> Vec<f32> {
-        let from = if start_batched { item * n } else { 0 };
-        let mut point = to_f32(&start[from..from + n]);
-        for (e, p) in point.iter_mut().enumerate() {
-            let lo = lower_items
-                .as_ref()
-                .map(|l| l[item * n + e])
-                .or(lower_shared.as_ref().map(|l| l[e]));
-            let hi = upper_items
-                .as_ref()
-                .map(|u| u[item * n + e])
-                .or(upper_shared.as_ref().map(|u| u[e]));
-            if let Some(lo) = lo.filter(|&lo| *p < lo) {
-                *p = lo;
+/// A bound as [`Prepared`] holds it: its values and whether they are one per item.
+type Bound = Option<(Vec<f64>, bool)>;
+
+/// Everything every item shares, in one constants buffer, and the per-item bounds.
+struct SharedValues {
+    /// Where the update kernel finds each value.
+    sources: Sources,
+    consts: Vec<f32>,
+    /// Bounds per item (item-major), when a bound is an array with one per item.
+    lower_items: Option<Vec<f32>>,
+    upper_items: Option<Vec<f32>>,
+    /// Shared bounds, for keeping the start feasible on the host.
+    lower_shared: Option<Vec<f32>>,
+    upper_shared: Option<Vec<f32>>,
+}
+
+impl SharedValues {
+    /// The plan's outputs that read no batched input, the shared curvature (with its damped
+    /// Cholesky factor when there is one) and the bounds, laid out for the update kernel.
+    /// `curvature_output`: whether the plan's third output is the curvature; `curvature`:
+    /// the shared curvature's value, evaluated once, when it reads only shared inputs.
+    fn new(
+        session: &GpuSession,
+        (curvature_output, curvature): (bool, Option<Vec<f32>>),
+        (lower, upper): (&Bound, &Bound),
+        var_input: usize,
+        n: usize,
+    ) -> Result<SharedValues, MinimizeError> {
+        let kernel = session.kernel();
+        let mut consts: Vec<f32> = Vec::new();
+        let mut push = |values: &[f32]| {
+            consts.extend_from_slice(values);
+            consts.len() - values.len()
+        };
+        // A plan output: its base in the output lanes, or in the constants when shared.
+        let mut output = |position: usize| -> Result<(usize, bool), MinimizeError> {
+            let mut base = 0;
+            for &(p, len) in &kernel.batched_outputs {
+                if p == position {
+                    return Ok((base, false));
+                }
+                base += len;
             }
-            if let Some(hi) = hi.filter(|&hi| *p > hi) {
-                *p = hi;
+            match session.shared_output(position) {
+                Some(v) => Ok((push(v), true)),
+                None => Err(MinimizeError::Invalid(format!(
+                    "the objective's plan has no output {position}"
+                ))),
             }
+        };
+        let f = output(0)?;
+        let g = output(1)?;
+        let h = if curvature_output {
+            Some(output(2)?)
+        } else {
+            None
+        };
+        let (h_kind, h_base, shared_factor) = match (h, curvature) {
+            (Some((base, false)), _) => (1, base, None),
+            (Some((base, true)), _) => (2, base, None),
+            (None, Some(matrix)) => {
+                let mut factor = matrix.clone();
+                let ok = factor_damped(&mut factor, &matrix, n);
+                let base = push(&matrix);
+                (2, base, ok.then(|| push(&factor)))
+            }
+            (None, None) => (0, 0, None),
+        };
+        let to_f32 = |v: &[f64]| -> Vec<f32> { v.iter().map(|&x| x as f32).collect() };
+        let split = |b: &Bound| match b {
+            None => (None, None),
+            Some((values, false)) => (Some(to_f32(values)), None),
+            Some((values, true)) => (None, Some(to_f32(values))),
+        };
+        let (lower_shared, lower_items) = split(lower);
+        let (upper_shared, upper_items) = split(upper);
+        let mut source = |shared: &Option<Vec<f32>>, items: &Option<Vec<f32>>| match (shared, items)
+        {
+            (Some(values), _) => (1, push(values)),
+            (None, Some(_)) => (2, 0),
+            (None, None) => (0, 0),
+        };
+        let lower_source = source(&lower_shared, &lower_items);
+        let upper_source = source(&upper_shared, &upper_items);
+        let mut var_base = None;
+        let mut base = 0;
+        for &(k, len) in &kernel.batched_inputs {
+            if k == var_input {
+                var_base = Some(base);
+            }
+            base += len;
         }
-        point
-    };
+        let var_base = var_base.ok_or_else(|| {
+            MinimizeError::Invalid("the objective does not read the variable".into())
+        })?;
+        Ok(SharedValues {
+            sources: Sources {
+                var_base,
+                f,
+                g,
+                h_kind,
+                h_base,
+                shared_factor,
+                lower: lower_source,
+                upper: upper_source,
+            },
+            consts,
+            lower_items,
+            upper_items,
+            lower_shared,
+            upper_shared,
+        })
+    }
+}
 
+/// Each item's start in float32, kept inside the bounds (as the CPU driver keeps it).
+fn feasible_starts<'a>(
+    start: &'a [f64],
+    start_batched: bool,
+    shared: &'a SharedValues,
+    n: usize,
+) -> impl Fn(usize) -> Vec<f32> + 'a {
+    move |item| {
+        let from = if start_batched { item * n } else { 0 };
+        let bound = |items: &Option<Vec<f32>>, shared: &Option<Vec<f32>>, e: usize| {
+            (items.as_ref().map(|b| b[item * n + e])).or(shared.as_ref().map(|b| b[e]))
+        };
+        (0..n)
+            .map(|e| {
+                let mut p = start[from + e] as f32;
+                if let Some(lo) = bound(&shared.lower_items, &shared.lower_shared, e) {
+                    if p < lo {
+                        p = lo;
+                    }
+                }
+                if let Some(hi) = bound(&shared.upper_items, &shared.upper_shared, e) {
+                    if p > hi {
+                        p = hi;
+                    }
+                }
+                p
+            })
+            .collect()
+    }
+}
+
+/// Uploads the constants and every block of items (as many items a block as one binding
+/// holds); returns the blocks and the bytes uploaded.
+#[allow(clippy::too_many_arguments)]
+fn upload(
+    session: &GpuSession,
+    items: usize,
+    inputs: &[Batch<f32>],
+    var_input: usize,
+    start_of: &dyn Fn(usize) -> Vec<f32>,
+    shared: &SharedValues,
+    layout: &StateLayout,
+    kernels: &Kernels,
+    config: &Config,
+) -> Result<(Vec<Block>, u64), GpuError> {
+    let ctx = session.context();
+    let kernel = session.kernel();
+    let n = layout.g;
     let per_dim = ctx.workgroups_per_dimension as u64;
-    let per_item_bounds = lower_items.is_some() || upper_items.is_some();
     let widest = (layout.stride)
         .max(ITEM_FIELDS)
         .max(n + 4)
@@ -390,86 +509,334 @@ pub(super) fn run(
     let capacity = session
         .resident_capacity(widest)
         .min((per_dim * per_dim * WORKGROUP / widest as u64).max(1) as usize);
-    let device = &ctx.device;
-    let consts_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("matgrad minimize constants"),
-        contents: bytemuck::cast_slice(if consts.is_empty() { &[0f32] } else { &consts }),
-        usage: wgpu::BufferUsages::STORAGE,
-    });
-    let mut uploaded = 4 * consts.len() as u64;
+    let consts = ctx.scoped("uploading the shared values", || {
+        let values: &[f32] = if shared.consts.is_empty() {
+            &[0.0]
+        } else {
+            &shared.consts
+        };
+        ctx.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("matgrad minimize constants"),
+                contents: bytemuck::cast_slice(values),
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+    })?;
+    let mut uploaded = 4 * shared.consts.len() as u64;
     let mut blocks = Vec::new();
     let mut first = 0;
     while first < items {
         let count = capacity.min(items - first);
-        let block = ctx
-            .scoped("allocating a block of items", || {
-                make_block(
-                    &session,
-                    (first, count),
-                    &inputs,
-                    var_input,
-                    &start_of,
-                    (&lower_items, &upper_items, per_item_bounds),
-                    &layout,
-                    n,
-                    (update_pipeline, select_pipeline, gather_pipeline),
-                    &consts_buffer,
-                    &config,
-                )
-            })
-            .map_err(gpu)?
-            .map_err(gpu)?;
-        uploaded += block.1;
-        blocks.push(block.0);
+        let data = BlockData {
+            first,
+            count,
+            inputs,
+            var_input,
+            start_of,
+            shared,
+            n,
+        };
+        let (block, sent) = ctx.scoped("allocating a block of items", || {
+            make_block(session, &data, layout, kernels, &consts, config)
+        })??;
+        uploaded += sent;
+        blocks.push(block);
         first += count;
     }
+    Ok((blocks, uploaded))
+}
 
-    let readback = device.create_buffer(&wgpu::BufferDescriptor {
+/// What a block uploads: its items' inputs and starts, and the bounds.
+struct BlockData<'a> {
+    first: usize,
+    count: usize,
+    inputs: &'a [Batch<f32>],
+    var_input: usize,
+    start_of: &'a dyn Fn(usize) -> Vec<f32>,
+    shared: &'a SharedValues,
+    n: usize,
+}
+
+impl BlockData<'_> {
+    /// The block's batched inputs in lanes, input after input; the variable's are the start.
+    fn input_lanes(&self, kernel: &crate::wgsl::Kernel) -> Vec<f32> {
+        let (first, count) = (self.first, self.count);
+        let mut lanes = vec![0f32; count * kernel.batched_len()];
+        let mut base = 0;
+        for &(k, len) in &kernel.batched_inputs {
+            let item_major: Vec<f32> = if k == self.var_input {
+                (first..first + count).flat_map(self.start_of).collect()
+            } else {
+                self.inputs[k].data[first * len..(first + count) * len].to_vec()
+            };
+            let to = &mut lanes[base * count..(base + len) * count];
+            items_to_lanes(&item_major, count, len, to);
+            base += len;
+        }
+        lanes
+    }
+
+    /// The item fields at the start: the slot, active, at its start, no bracket, scale 1, no
+    /// value yet.
+    fn fields(&self) -> Vec<u32> {
+        let count = self.count;
+        let mut fields = vec![0u32; ITEM_FIELDS * count];
+        for slot in 0..count {
+            fields[slot] = slot as u32;
+            fields[count + slot] = 255;
+            fields[8 * count + slot] = f32::NAN.to_bits();
+            fields[14 * count + slot] = (-1.0f32).to_bits();
+            fields[15 * count + slot] = 1.0f32.to_bits();
+            fields[16 * count + slot] = f32::NAN.to_bits();
+        }
+        fields
+    }
+
+    /// The per-item bounds in lanes (lower in elements `0..n`, upper in `n..2n`), when a
+    /// bound is one per item.
+    fn bound_lanes(&self) -> Option<Vec<u32>> {
+        let (shared, n) = (self.shared, self.n);
+        if shared.lower_items.is_none() && shared.upper_items.is_none() {
+            return None;
+        }
+        let mut item_major = vec![0f32; 2 * n * self.count];
+        for slot in 0..self.count {
+            let item = self.first + slot;
+            let row = &mut item_major[2 * n * slot..2 * n * (slot + 1)];
+            if let Some(l) = &shared.lower_items {
+                row[..n].copy_from_slice(&l[item * n..(item + 1) * n]);
+            }
+            if let Some(u) = &shared.upper_items {
+                row[n..].copy_from_slice(&u[item * n..(item + 1) * n]);
+            }
+        }
+        let mut lanes = vec![0f32; 2 * n * self.count];
+        items_to_lanes(&item_major, self.count, 2 * n, &mut lanes);
+        Some(lanes.iter().map(|v| v.to_bits()).collect())
+    }
+}
+
+/// Makes a block's buffers, uploads its inputs, item fields and bounds, and binds the
+/// kernels; returns the block and the bytes uploaded.
+fn make_block(
+    session: &GpuSession,
+    data: &BlockData,
+    layout: &StateLayout,
+    kernels: &Kernels,
+    consts: &wgpu::Buffer,
+    config: &Config,
+) -> Result<(Block, u64), GpuError> {
+    use wgpu::BufferUsages as U;
+    let ctx = session.context();
+    let device = &ctx.device;
+    let kernel = session.kernel();
+    let (count, n) = (data.count, data.n);
+    let plan = session.resident(count)?;
+    let lanes = data.input_lanes(kernel);
+    if !lanes.is_empty() {
+        ctx.queue
+            .write_buffer(plan.input(), 0, bytemuck::cast_slice(&lanes));
+    }
+    let zeroed = |label: &str, floats: usize, usage: U| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (4 * floats).max(4) as u64,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let filled = |label: &str, contents: &[u32], usage: U| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::cast_slice(contents),
+            usage,
+        })
+    };
+    let gathered_usage = U::STORAGE | U::COPY_SRC | U::COPY_DST;
+    let state = zeroed(
+        "matgrad minimize state",
+        count * layout.stride,
+        gathered_usage,
+    );
+    let fields = data.fields();
+    let item_fields = filled("matgrad minimize items", &fields, gathered_usage);
+    let bound_lanes = data.bound_lanes();
+    let bounds =
+        (bound_lanes.as_ref()).map(|b| filled("matgrad minimize bounds", b, gathered_usage));
+    let uploaded = 4 * (lanes.len() + fields.len() + bound_lanes.map_or(0, |b| b.len())) as u64;
+    let no_bounds = zeroed("matgrad minimize no bounds", 1, U::STORAGE);
+    let results = zeroed(
+        "matgrad minimize results",
+        count * (n + 4),
+        U::STORAGE | U::COPY_SRC,
+    );
+    let counter = zeroed(
+        "matgrad minimize counter",
+        4,
+        U::STORAGE | U::COPY_SRC | U::COPY_DST,
+    );
+    let keep = zeroed("matgrad minimize keep", count, U::STORAGE);
+    let params = zeroed(
+        "matgrad minimize params",
+        PARAM_WORDS,
+        U::UNIFORM | U::COPY_DST,
+    );
+    // The per-item buffers that compaction gathers, with their floats per item.
+    let mut gathered: Vec<(usize, wgpu::Buffer)> = Vec::new();
+    if kernel.batched_len() > 0 {
+        gathered.push((kernel.batched_len(), plan.input().clone()));
+    }
+    gathered.push((layout.stride, state.clone()));
+    gathered.push((ITEM_FIELDS, item_fields.clone()));
+    if let Some(b) = &bounds {
+        gathered.push((2 * n, b.clone()));
+    }
+    let widest = gathered.iter().map(|g| g.0).max().unwrap_or(1);
+    let spare = zeroed(
+        "matgrad minimize spare",
+        count * widest,
+        U::STORAGE | U::COPY_SRC,
+    );
+    let bind = |pipeline: &wgpu::ComputePipeline, entries: &[(u32, &wgpu::Buffer)]| {
+        let entries: Vec<wgpu::BindGroupEntry> = (entries.iter())
+            .map(|&(binding, buffer)| wgpu::BindGroupEntry {
+                binding,
+                resource: buffer.as_entire_binding(),
+            })
+            .collect();
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("matgrad minimize"),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    };
+    let update = bind(
+        &kernels.update,
+        &[
+            (0, &params),
+            (1, plan.input()),
+            (2, plan.output()),
+            (3, consts),
+            (4, &state),
+            (5, &item_fields),
+            (6, bounds.as_ref().unwrap_or(&no_bounds)),
+            (7, &results),
+        ],
+    );
+    let select = bind(
+        &kernels.select,
+        &[(0, &params), (5, &item_fields), (8, &counter), (9, &keep)],
+    );
+    let gathered = (gathered.into_iter())
+        .map(|(len, buffer)| {
+            let params = zeroed(
+                "matgrad minimize gather params",
+                4,
+                U::UNIFORM | U::COPY_DST,
+            );
+            let group = bind(
+                &kernels.gather,
+                &[(10, &params), (11, &buffer), (12, &spare), (13, &keep)],
+            );
+            Gathered {
+                len,
+                buffer,
+                params,
+                group,
+            }
+        })
+        .collect();
+    let block = Block {
+        first: data.first,
+        items: count,
+        count,
+        active: count,
+        compact: false,
+        plan,
+        item_fields,
+        results,
+        counter,
+        params,
+        spare,
+        gathered,
+        update,
+        select,
+    };
+    let sent = write_params(ctx, &block, config);
+    Ok((block, uploaded + sent))
+}
+
+/// Records one dispatch of `pipeline` with `group` over `x`×`y` workgroups, in its own pass.
+fn dispatch(
+    encoder: &mut wgpu::CommandEncoder,
+    pipeline: &wgpu::ComputePipeline,
+    group: &wgpu::BindGroup,
+    (x, y): (u32, u32),
+) {
+    let mut pass = encoder.begin_compute_pass(&Default::default());
+    pass.set_pipeline(pipeline);
+    pass.set_bind_group(0, group, &[]);
+    pass.dispatch_workgroups(x, y, 1);
+}
+
+/// The rounds' count and their traffic between host and device.
+struct Traffic {
+    rounds: u32,
+    bytes: u64,
+    most_bytes: u64,
+}
+
+/// Runs rounds until no block has an active item: each one submission (every block's
+/// compaction if due, the plan's kernels, `update`, the count of active items) and one
+/// read-back of the counters. After the first, a start outside the domain is refused
+/// (`domain` gets the items that were not finite at their start).
+fn rounds(
+    session: &GpuSession,
+    kernels: &Kernels,
+    blocks: &mut [Block],
+    config: &Config,
+    domain: &dyn Fn(Vec<usize>) -> Result<(), String>,
+    items: usize,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Traffic, MinimizeError> {
+    let ctx = session.context();
+    let per_dim = ctx.workgroups_per_dimension as u64;
+    let counters_bytes = 16 * blocks.len() as u64;
+    let readback = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("matgrad minimize counters"),
-        size: (16 * blocks.len()).max(16) as u64,
+        size: counters_bytes.max(16),
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
-    let mut round = 0u32;
+    let mut traffic = Traffic {
+        rounds: 0,
+        bytes: 0,
+        most_bytes: 0,
+    };
     let mut iterations_max = 0u32;
-    let mut round_bytes = 0u64;
-    let mut round_bytes_max = 0u64;
     while blocks.iter().any(|b| b.active > 0) {
-        round += 1;
-        let mut this_round = 0u64;
-        let mut encoder = device.create_command_encoder(&Default::default());
+        traffic.rounds += 1;
+        let mut bytes = 0u64;
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
         for (k, block) in blocks.iter_mut().enumerate() {
             if block.active == 0 {
                 continue;
             }
             if block.compact {
-                this_round += compact(ctx, &mut encoder, block, gather_pipeline, per_dim, &config);
+                bytes += compact(ctx, &mut encoder, block, &kernels.gather, per_dim, config);
             }
             session.encode_resident(&mut encoder, &mut block.plan, block.count);
             let (x, y, _) = fold(block.count, per_dim);
-            {
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                pass.set_pipeline(update_pipeline);
-                pass.set_bind_group(0, &block.update, &[]);
-                pass.dispatch_workgroups(x, y, 1);
-            }
+            dispatch(&mut encoder, &kernels.update, &block.update, (x, y));
             encoder.clear_buffer(&block.counter, 0, None);
-            {
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                pass.set_pipeline(select_pipeline);
-                pass.set_bind_group(0, &block.select, &[]);
-                pass.dispatch_workgroups(x, y, 1);
-            }
+            dispatch(&mut encoder, &kernels.select, &block.select, (x, y));
             encoder.copy_buffer_to_buffer(&block.counter, 0, &readback, 16 * k as u64, 16);
         }
-        let submission = ctx
-            .scoped("running a round", || {
-                ctx.queue.submit(Some(encoder.finish()))
-            })
-            .map_err(gpu)?;
-        let counters: Vec<u32> =
-            read(ctx, &readback, 16 * blocks.len() as u64, submission).map_err(gpu)?;
-        this_round += 16 * blocks.len() as u64;
+        let submission = ctx.scoped("running a round", || {
+            ctx.queue.submit(Some(encoder.finish()))
+        })?;
+        let counters: Vec<u32> = read(ctx, &readback, counters_bytes, submission)?;
+        bytes += counters_bytes;
         let mut not_finite_starts = false;
         for (k, block) in blocks.iter_mut().enumerate() {
             if block.active == 0 {
@@ -481,23 +848,30 @@ pub(super) fn run(
             let finished = block.count - block.active;
             block.compact = block.active > 0 && finished > 0 && finished * 8 >= block.count;
         }
-        if round == 1 && not_finite_starts {
-            let (ids, bytes) = not_finite_at_start(ctx, &blocks).map_err(gpu)?;
-            this_round += bytes;
-            outside_domain(ids, items, &data, &start, start_batched, n)
-                .map_err(MinimizeError::Invalid)?;
+        if traffic.rounds == 1 && not_finite_starts {
+            let (ids, read_bytes) = not_finite_at_start(ctx, blocks)?;
+            bytes += read_bytes;
+            domain(ids).map_err(MinimizeError::Invalid)?;
         }
-        round_bytes += this_round;
-        round_bytes_max = round_bytes_max.max(this_round);
+        traffic.bytes += bytes;
+        traffic.most_bytes = traffic.most_bytes.max(bytes);
         progress(Progress {
-            round,
+            round: traffic.rounds,
             active: blocks.iter().map(|b| b.active).sum(),
             items,
             iterations_max,
         });
     }
+    Ok(traffic)
+}
 
-    // The points and reports, read back once.
+/// The points and reports of every item, read back once; and the bytes read.
+fn read_solutions(
+    ctx: &GpuContext,
+    blocks: &[Block],
+    items: usize,
+    n: usize,
+) -> Result<(Vec<f64>, Vec<ItemReport>, u64), GpuError> {
     let mut points = vec![0.0f64; items * n];
     let mut reports = vec![
         ItemReport {
@@ -509,9 +883,9 @@ pub(super) fn run(
         items
     ];
     let mut downloaded = 0u64;
-    for block in &blocks {
+    for block in blocks {
         let floats = block.items * (n + 4);
-        let values: Vec<f32> = read_whole(ctx, &block.results, 4 * floats as u64).map_err(gpu)?;
+        let values: Vec<f32> = read_whole(ctx, &block.results, 4 * floats as u64)?;
         downloaded += 4 * floats as u64;
         for slot in 0..block.items {
             let id = block.first + slot;
@@ -532,240 +906,11 @@ pub(super) fn run(
             };
         }
     }
-    Ok(Solution {
-        method,
-        items,
-        item_shape,
-        points,
-        reports,
-        rounds: round,
-        shared_hessian: shared_curvature.is_some(),
-        solve_seconds: clock.elapsed().as_secs_f64(),
-        notes,
-        transfers: Some(Transfers {
-            before_bytes: uploaded,
-            rounds_bytes: round_bytes,
-            round_max_bytes: round_bytes_max,
-            after_bytes: downloaded,
-        }),
-    })
-}
-
-/// Makes a block's buffers for items `first..first+count`, uploads its inputs (the
-/// variable's lanes hold the start), its item states and its bounds, and binds the kernels.
-/// Returns the block and the bytes uploaded.
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-fn make_block(
-    session: &GpuSession,
-    (first, count): (usize, usize),
-    inputs: &[crate::batch::Batch<f32>],
-    var_input: usize,
-    start_of: &dyn Fn(usize) -> Vec<f32>,
-    (lower_items, upper_items, per_item_bounds): (&Option<Vec<f32>>, &Option<Vec<f32>>, bool),
-    layout: &StateLayout,
-    n: usize,
-    (update, select, gather): (
-        &wgpu::ComputePipeline,
-        &wgpu::ComputePipeline,
-        &wgpu::ComputePipeline,
-    ),
-    consts: &wgpu::Buffer,
-    config: &dyn Fn(usize, u32, usize) -> [u32; PARAM_WORDS],
-) -> Result<(Block, u64), GpuError> {
-    let ctx = session.context();
-    let device = &ctx.device;
-    let kernel = session.kernel();
-    use wgpu::BufferUsages as U;
-    let plan = session.resident(count)?;
-    let mut uploaded = 0u64;
-    // The batched inputs in lanes; the variable's are the start.
-    let mut lanes = vec![0f32; count * kernel.batched_len()];
-    let mut base = 0;
-    for &(k, len) in &kernel.batched_inputs {
-        let item_major: Vec<f32> = if k == var_input {
-            (first..first + count).flat_map(start_of).collect()
-        } else {
-            inputs[k].data[first * len..(first + count) * len].to_vec()
-        };
-        items_to_lanes(
-            &item_major,
-            count,
-            len,
-            &mut lanes[base * count..(base + len) * count],
-        );
-        base += len;
-    }
-    if !lanes.is_empty() {
-        ctx.queue
-            .write_buffer(plan.input(), 0, bytemuck::cast_slice(&lanes));
-        uploaded += 4 * lanes.len() as u64;
-    }
-    let zeroed = |label: &str, floats: usize, usage: U| {
-        device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: (4 * floats).max(4) as u64,
-            usage,
-            mapped_at_creation: false,
-        })
-    };
-    let filled = |label: &str, contents: &[u32], usage: U| {
-        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytemuck::cast_slice(if contents.is_empty() {
-                &[0u32]
-            } else {
-                contents
-            }),
-            usage,
-        })
-    };
-    let gathered_usage = U::STORAGE | U::COPY_SRC | U::COPY_DST;
-    let state = zeroed(
-        "matgrad minimize state",
-        count * layout.stride,
-        gathered_usage,
-    );
-    // Item fields: the slot, active, at its start, no bracket, scale 1, no value yet.
-    let mut fields = vec![0u32; ITEM_FIELDS * count];
-    for slot in 0..count {
-        fields[slot] = slot as u32;
-        fields[count + slot] = 255;
-        fields[8 * count + slot] = f32::NAN.to_bits();
-        fields[14 * count + slot] = (-1.0f32).to_bits();
-        fields[15 * count + slot] = 1.0f32.to_bits();
-        fields[16 * count + slot] = f32::NAN.to_bits();
-    }
-    let item_fields = filled("matgrad minimize items", &fields, gathered_usage);
-    uploaded += 4 * fields.len() as u64;
-    let bounds = if per_item_bounds {
-        let mut item_major = vec![0f32; 2 * n * count];
-        for slot in 0..count {
-            let item = first + slot;
-            let row = &mut item_major[2 * n * slot..2 * n * (slot + 1)];
-            if let Some(l) = lower_items {
-                row[..n].copy_from_slice(&l[item * n..(item + 1) * n]);
-            }
-            if let Some(u) = upper_items {
-                row[n..].copy_from_slice(&u[item * n..(item + 1) * n]);
-            }
-        }
-        let mut lanes = vec![0f32; 2 * n * count];
-        items_to_lanes(&item_major, count, 2 * n, &mut lanes);
-        uploaded += 4 * lanes.len() as u64;
-        let bits: Vec<u32> = lanes.iter().map(|v| v.to_bits()).collect();
-        Some(filled("matgrad minimize bounds", &bits, gathered_usage))
-    } else {
-        None
-    };
-    let no_bounds = zeroed("matgrad minimize no bounds", 1, U::STORAGE);
-    let results = zeroed(
-        "matgrad minimize results",
-        count * (n + 4),
-        U::STORAGE | U::COPY_SRC,
-    );
-    let counter = zeroed(
-        "matgrad minimize counter",
-        4,
-        U::STORAGE | U::COPY_SRC | U::COPY_DST,
-    );
-    let keep = zeroed("matgrad minimize keep", count, U::STORAGE);
-    let params = zeroed(
-        "matgrad minimize params",
-        PARAM_WORDS,
-        U::UNIFORM | U::COPY_DST,
-    );
-    let mut gathered_buffers: Vec<(usize, wgpu::Buffer)> = Vec::new();
-    if kernel.batched_len() > 0 {
-        gathered_buffers.push((kernel.batched_len(), plan.input().clone()));
-    }
-    gathered_buffers.push((layout.stride, state.clone()));
-    gathered_buffers.push((ITEM_FIELDS, item_fields.clone()));
-    if let Some(b) = &bounds {
-        gathered_buffers.push((2 * n, b.clone()));
-    }
-    let widest = gathered_buffers.iter().map(|g| g.0).max().unwrap_or(1);
-    let spare = zeroed(
-        "matgrad minimize spare",
-        count * widest,
-        U::STORAGE | U::COPY_SRC,
-    );
-    let bind = |pipeline: &wgpu::ComputePipeline, entries: &[(u32, &wgpu::Buffer)]| {
-        let entries: Vec<wgpu::BindGroupEntry> = entries
-            .iter()
-            .map(|&(binding, buffer)| wgpu::BindGroupEntry {
-                binding,
-                resource: buffer.as_entire_binding(),
-            })
-            .collect();
-        device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("matgrad minimize"),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        })
-    };
-    let update_group = bind(
-        update,
-        &[
-            (0, &params),
-            (1, plan.input()),
-            (2, plan.output()),
-            (3, consts),
-            (4, &state),
-            (5, &item_fields),
-            (6, bounds.as_ref().unwrap_or(&no_bounds)),
-            (7, &results),
-        ],
-    );
-    let select_group = bind(
-        select,
-        &[(0, &params), (5, &item_fields), (8, &counter), (9, &keep)],
-    );
-    let gathered = gathered_buffers
-        .into_iter()
-        .map(|(len, buffer)| {
-            let params = zeroed(
-                "matgrad minimize gather params",
-                4,
-                U::UNIFORM | U::COPY_DST,
-            );
-            let group = bind(
-                gather,
-                &[(10, &params), (11, &buffer), (12, &spare), (13, &keep)],
-            );
-            Gathered {
-                len,
-                buffer,
-                params,
-                group,
-            }
-        })
-        .collect();
-    let block = Block {
-        first,
-        items: count,
-        count,
-        active: count,
-        compact: false,
-        plan,
-        item_fields,
-        results,
-        counter,
-        params,
-        spare,
-        gathered,
-        update: update_group,
-        select: select_group,
-    };
-    uploaded += write_params(ctx, &block, config);
-    Ok((block, uploaded))
+    Ok((points, reports, downloaded))
 }
 
 /// Writes the update's parameter block for the block's item count; returns the bytes.
-fn write_params(
-    ctx: &GpuContext,
-    block: &Block,
-    config: &dyn Fn(usize, u32, usize) -> [u32; PARAM_WORDS],
-) -> u64 {
+fn write_params(ctx: &GpuContext, block: &Block, config: &Config) -> u64 {
     let (_, _, row) = fold(block.count, ctx.workgroups_per_dimension as u64);
     let words = config(block.count, row, block.items);
     ctx.queue
@@ -782,7 +927,7 @@ fn compact(
     block: &mut Block,
     gather: &wgpu::ComputePipeline,
     per_dim: u64,
-    config: &dyn Fn(usize, u32, usize) -> [u32; PARAM_WORDS],
+    config: &Config,
 ) -> u64 {
     let (old, new) = (block.count, block.active);
     let mut bytes = 0;
@@ -792,12 +937,7 @@ fn compact(
         ctx.queue
             .write_buffer(&g.params, 0, bytemuck::cast_slice(&params));
         bytes += 16;
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            pass.set_pipeline(gather);
-            pass.set_bind_group(0, &g.group, &[]);
-            pass.dispatch_workgroups(x, y, 1);
-        }
+        dispatch(encoder, gather, &g.group, (x, y));
         let size = (4 * new * g.len) as u64;
         if size > 0 {
             encoder.copy_buffer_to_buffer(&block.spare, 0, &g.buffer, 0, size);
