@@ -74,7 +74,7 @@ def value_and_gradient64(w, x, d):
     S = x.reshape(-1, 8, 8)
     S = (S + S.transpose(0, 2, 1)) / 2
     sign, logdet = np.linalg.slogdet(S)
-    f = np.where(sign > 0, -logdet, np.nan) + np.einsum("bij,bji->b", S, d["C"])
+    f = np.where(sign > 0, -logdet, np.inf) + np.einsum("bij,bji->b", S, d["C"])
     g = d["C"] - np.linalg.inv(S)
     return f, g.reshape(len(S), -1)
 
@@ -95,8 +95,10 @@ def jax_objective(w):
     if w == "O3":
         return lambda x, A, b: jnp.sum(jnp.sqrt((A @ x - b) ** 2 + 1)), ("A", "b"), (None, 0)
     def f(s, C):
-        S = s.reshape(8, 8)
-        return -jnp.linalg.slogdet(S)[1] + jnp.trace(S @ C)
+        # Outside the positive definite cone the objective is +inf, as a user writes a
+        # domain for a solver (slogdet's |det| alone is finite there, and unbounded below).
+        sign, logdet = jnp.linalg.slogdet(s.reshape(8, 8))
+        return jnp.where(sign > 0, -logdet + jnp.trace(s.reshape(8, 8) @ C), jnp.inf)
     return f, ("C",), (0,)
 
 

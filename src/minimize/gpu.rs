@@ -19,7 +19,8 @@
 //! round also the item states, when a start is not finite, for the domain check); the points
 //! and reports are read back once, at the end. An item's arithmetic reads only its own state,
 //! its own inputs and the shared ones, so the compaction's order changes no result. Nothing
-//! a user types reaches WGSL: the prepended constants are sizes, offsets and flags.
+//! a user types reaches WGSL: the shader is one fixed text, and its parameter block holds
+//! sizes, offsets, flags and the tolerances.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,6 +62,11 @@ struct StateLayout {
 }
 
 impl StateLayout {
+    /// The variable's entries (the gradient follows the point).
+    fn entries(&self) -> usize {
+        self.g
+    }
+
     fn new(n: usize, memory: usize, spd: bool, factored: bool) -> StateLayout {
         let rho = 3 * n + 2 * memory * n;
         let act = rho + memory;
@@ -235,6 +241,7 @@ struct Kernels {
 /// The update's parameter block for a block's item count, two-dimensional row and items.
 type Config<'a> = dyn Fn(usize, u32, usize) -> [u32; PARAM_WORDS] + 'a;
 
+/// Solves every item of `prepared` on `ctx`'s GPU (see the module's doc).
 pub(super) fn run(
     prepared: Prepared,
     options: &super::Options,
@@ -500,7 +507,7 @@ fn upload(
 ) -> Result<(Vec<Block>, u64), GpuError> {
     let ctx = session.context();
     let kernel = session.kernel();
-    let n = layout.g;
+    let n = layout.entries();
     let per_dim = ctx.workgroups_per_dimension as u64;
     let widest = (layout.stride)
         .max(ITEM_FIELDS)
