@@ -25,6 +25,10 @@
 //! private arrays, 128 unrolled statements, the LU looped in `scratch`) for CPU adapters such
 //! as llvmpipe, whose compile time otherwise explodes (29 s for a 16×16 `tr(X*X*X)`).
 //!
+//! [`generate_within`] runs in named phases: the buffers' layout (`BufferLayout`), the
+//! schedule (`Schedule`: GEMM products, their fused epilogues, the per-item runs between
+//! them), where each value lives (`Placement`), then each stage's text.
+//!
 //! Invariants: the text is generated from typed instructions ([`Stmt`], [`Expr`]) whose
 //! identifiers are made by the generator from step numbers and whose buffer names are fixed
 //! words, never user-chosen names, so no program can inject shader code; a value read by
@@ -349,189 +353,18 @@ pub fn generate(plan: &Plan) -> Result<Kernel, GenerateError> {
 /// adapters).
 pub fn generate_within(plan: &Plan, budget: Budget) -> Result<Kernel, GenerateError> {
     check_sizes(plan)?;
+    let layout = BufferLayout::new(plan);
+    let schedule = Schedule::new(plan);
+    let placement = Placement::new(plan, &layout, &schedule, budget);
     let steps = plan.steps();
-    let mut shared_offsets = vec![None; steps.len()];
-    let mut shared_len = 0;
-    for (i, step) in steps.iter().enumerate() {
-        if !step.batched {
-            shared_offsets[i] = Some(shared_len);
-            shared_len += step.len();
-        }
-    }
-    let mut batched_inputs = Vec::new();
-    let mut input_base = vec![0usize; plan.inputs().len()];
-    let mut running = 0;
-    for (k, input) in plan.inputs().iter().enumerate() {
-        if input.batched {
-            input_base[k] = running;
-            running += input.rows * input.cols;
-            batched_inputs.push((k, input.rows * input.cols));
-        }
-    }
-    let mut batched_outputs = Vec::new();
-    let mut out_bases = Vec::new();
-    let mut out_base = 0;
-    for (position, &o) in plan.outputs().iter().enumerate() {
-        if steps[o].batched {
-            batched_outputs.push((position, steps[o].len()));
-            out_bases.push(out_base);
-            out_base += steps[o].len();
-        }
-    }
-    let computed = |i: usize| steps[i].batched && steps[i].input.is_none();
-
-    // Stages: runs of fused steps, split at products worth a GEMM.
-    let is_gemm: Vec<bool> = (0..steps.len())
-        .map(|i| computed(i) && gemm_shape(steps, i).is_some())
-        .collect();
-    // Each computed step's users (one entry per use).
-    let mut users: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
-    for j in (0..steps.len()).filter(|&j| computed(j)) {
-        for &a in &steps[j].args {
-            users[a].push(j);
-        }
-    }
-    let is_output = |i: usize| plan.outputs().contains(&i);
-    // A GEMM's epilogue: the chain of element-wise steps of its shape, each the only user of
-    // the one before and otherwise reading shared values, batched inputs, or values that
-    // earlier stages left in buffers; applied as the product's entries are stored.
-    let mut epilogue: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
-    let mut in_epilogue = vec![false; steps.len()];
-    for i in (0..steps.len()).filter(|&i| is_gemm[i]) {
-        let mut last = i;
-        while let [u] = users[last][..] {
-            let step = &steps[u];
-            let fusable = !is_output(last)
-                && !is_gemm[u]
-                && is_elementwise(step.node)
-                && step.len() == steps[i].len()
-                && step
-                    .args
-                    .iter()
-                    .all(|&a| a == last || !steps[a].batched || a < i);
-            if !fusable {
-                break;
-            }
-            epilogue[i].push(u);
-            in_epilogue[u] = true;
-            last = u;
-        }
-    }
-    // The step whose value a GEMM stage stores.
-    let stored = |i: usize| epilogue[i].last().copied().unwrap_or(i);
-    let mut stage_of = vec![usize::MAX; steps.len()];
-    let mut stage_steps: Vec<Vec<usize>> = Vec::new();
-    let mut open = false;
-    for i in (0..steps.len()).filter(|&i| computed(i) && !in_epilogue[i]) {
-        if is_gemm[i] {
-            stage_steps.push(vec![i]);
-            for &u in &epilogue[i] {
-                stage_of[u] = stage_steps.len() - 1;
-            }
-            open = false;
-        } else {
-            if !open {
-                stage_steps.push(Vec::new());
-                open = true;
-            }
-            stage_steps.last_mut().expect("a stage is open").push(i);
-        }
-        stage_of[i] = stage_steps.len() - 1;
-    }
-
-    // Storage: a value read in another stage, by a GEMM, or stored by one lives in a buffer;
-    // an output lives in `out` when it is there once; the rest in function memory.
-    let mut global = vec![false; steps.len()];
-    for i in (0..steps.len()).filter(|&i| is_gemm[i]) {
-        global[stored(i)] = true;
-    }
-    for j in (0..steps.len()).filter(|&j| computed(j)) {
-        for &a in &steps[j].args {
-            if computed(a) && (stage_of[a] != stage_of[j] || is_gemm[j]) {
-                global[a] = true;
-            }
-        }
-    }
-    let mut storage = vec![Storage::Private; steps.len()];
-    let mut power_copy: Vec<Option<usize>> = vec![None; steps.len()];
-    let mut lu_region: Vec<Option<usize>> = vec![None; steps.len()];
-    let (mut private, mut scratch_len) = (0, 0);
-    for i in (0..steps.len()).filter(|&i| computed(i)) {
-        let len = steps[i].len();
-        let positions: Vec<usize> = batched_outputs
-            .iter()
-            .enumerate()
-            .filter(|(_, &(p, _))| plan.outputs()[p] == i)
-            .map(|(k, _)| k)
-            .collect();
-        let inline = !global[i]
-            && positions.is_empty()
-            && is_elementwise(steps[i].node)
-            && users[i].len() == 1
-            && users[i].iter().all(|&u| {
-                is_elementwise(steps[u].node)
-                    || matches!(
-                        steps[u].node,
-                        Node::Sum(_) | Node::Norm1(_) | Node::Norm2(_)
-                    )
-            });
-        // A matrix power's working copy: in function memory while that has room, else in
-        // `scratch` (a large private array indexed by loop variables makes llvmpipe's
-        // compile time explode: 5.8 s for one 24×24 copy).
-        if matches!(steps[i].node, Node::MatPow(_, k) if k > 1) {
-            if len <= budget.private_max && private + len <= budget.private_total {
-                private += len;
-            } else {
-                power_copy[i] = Some(scratch_len);
-                scratch_len += len;
-            }
-        }
-        // The looped LU block works on the item's lanes of `scratch`: the factors, and for an
-        // inverse the inverse before it is stored.
-        if let Node::Det(_) | Node::LogDet(_) | Node::Inv(_) = steps[i].node {
-            let n = steps[steps[i].args[0]].rows;
-            if n > budget.unrolled_lu_max {
-                lu_region[i] = Some(scratch_len);
-                let copies = if matches!(steps[i].node, Node::Inv(_)) {
-                    2
-                } else {
-                    1
-                };
-                scratch_len += copies * n * n;
-            }
-        }
-        let fits = len <= budget.private_max && private + len <= budget.private_total;
-        storage[i] = if is_gemm[i] && !epilogue[i].is_empty() {
-            Storage::Accumulator
-        } else if inline {
-            Storage::Inline
-        } else if !global[i] && positions.is_empty() && fits {
-            private += len;
-            Storage::Private
-        } else if positions.len() == 1 {
-            Storage::Out(out_bases[positions[0]])
-        } else {
-            scratch_len += len;
-            Storage::Scratch(scratch_len - len)
-        };
-    }
-    let buffer_of = |i: usize| -> (&'static str, usize) {
-        match (steps[i].input, storage[i]) {
-            (Some(k), _) => ("batched", input_base[k]),
-            (None, Storage::Scratch(b)) => ("scratch", b),
-            (None, Storage::Out(b)) => ("out", b),
-            (None, Storage::Private | Storage::Inline | Storage::Accumulator) => ("private", 0),
-        }
-    };
-
     // A fresh generator for each per-item stage (its own loop counters and building blocks).
     let generator = || Generator {
         steps,
-        shared_offsets: &shared_offsets,
-        input_base: &input_base,
-        storage: &storage,
-        power_copy: &power_copy,
-        lu_region: &lu_region,
+        shared_offsets: &layout.shared_offsets,
+        input_base: &layout.input_base,
+        storage: &placement.storage,
+        power_copy: &placement.power_copy,
+        lu_region: &placement.lu_region,
         unrolled_statements: budget.unrolled_statements,
         unrolled_lu_max: budget.unrolled_lu_max,
         loops: 0,
@@ -539,76 +372,11 @@ pub fn generate_within(plan: &Plan, budget: Budget) -> Result<Kernel, GenerateEr
         uses_pow: false,
     };
     let mut stages = Vec::new();
-    for group in &stage_steps {
-        if is_gemm[group[0]] {
+    for group in &schedule.stages {
+        if schedule.is_gemm[group[0]] {
             let i = group[0];
-            let (m, k, n, shared_left) = gemm_shape(steps, i).expect("a GEMM step");
-            let (s, b) = if shared_left {
-                (steps[i].args[0], steps[i].args[1])
-            } else {
-                (steps[i].args[1], steps[i].args[0])
-            };
-            let (b_buffer, b_base) = buffer_of(b);
-            let (c_buffer, c_base) = buffer_of(stored(i));
-            // The item and entry `e` of the product's value for the entry (i, j) of C in
-            // slice z (see `GemmStep::params`): with the shared factor on the left, C has n
-            // columns per item, column j is column j / chunk of item j mod chunk; on the
-            // right, slice z holds row z of every item, column j is item j.
-            let (chunk, item, element) = if shared_left {
-                (
-                    format!("g.n / {n}u"),
-                    "j % chunk".to_string(),
-                    format!("i * {n}u + j / chunk"),
-                )
-            } else {
-                ("g.n".to_string(), "j".to_string(), format!("z * {n}u + i"))
-            };
             let gen = generator();
-            let value = match epilogue[i].last() {
-                Some(&last) => gen
-                    .elementwise_expr(last, Expr::Raw("e"))
-                    .expect("an epilogue step is element-wise")
-                    .to_string(),
-                None => "acc".to_string(),
-            };
-            let mut source = String::new();
-            if epilogue[i]
-                .iter()
-                .any(|&u| matches!(steps[u].node, Node::Pow(..) | Node::ElemPow(..)))
-            {
-                source.push_str(POW_SOURCE);
-                source.push('\n');
-            }
-            // Rows of C per slice: the shared factor's rows, or (on the right) its columns.
-            let tile = gemm::tile_for(if shared_left { m } else { n });
-            source.push_str(&gemm::shader(
-                tile,
-                b_buffer,
-                c_buffer,
-                &gemm::Store {
-                    chunk: &chunk,
-                    item: &item,
-                    element: &element,
-                    epilogue: &value,
-                },
-            ));
-            validate(&source)?;
-            stages.push(Stage {
-                source,
-                // gemm.wgsl: 16-deep panels of k, 16 steps each.
-                loop_iterations: k.div_ceil(16) as u64 * 17,
-                kind: StageKind::Gemm(GemmStep {
-                    m,
-                    k,
-                    n,
-                    shared_left,
-                    shared: shared_offsets[s].unwrap_or(0),
-                    b: b_base,
-                    c: c_base,
-                    fused: epilogue[i].len(),
-                    tile,
-                }),
-            });
+            stages.push(gemm_stage(steps, i, &schedule, &layout, &placement, &gen)?);
             continue;
         }
         let mut gen = generator();
@@ -622,13 +390,13 @@ pub fn generate_within(plan: &Plan, budget: Budget) -> Result<Kernel, GenerateEr
         stages.push(per_item_stage(gen, body)?);
     }
 
-    // Epilogue: outputs that are inputs, or that appear more than once, copied into `out`.
+    // Last: outputs that are inputs, or that appear more than once, copied into `out`.
     let mut gen = generator();
     let mut body = item_prologue();
     let prologue_len = body.len();
-    for (&(position, len), &base) in batched_outputs.iter().zip(&out_bases) {
+    for (&(position, len), &base) in layout.batched_outputs.iter().zip(&layout.out_bases) {
         let o = plan.outputs()[position];
-        if storage[o] == Storage::Out(base) {
+        if placement.storage[o] == Storage::Out(base) {
             continue;
         }
         let i = gen.loop_var();
@@ -641,11 +409,350 @@ pub fn generate_within(plan: &Plan, budget: Budget) -> Result<Kernel, GenerateEr
     }
     Ok(Kernel {
         stages,
-        shared_offsets,
-        shared_len: shared_len.max(1),
-        batched_inputs,
-        batched_outputs,
-        scratch_len,
+        shared_offsets: layout.shared_offsets,
+        shared_len: layout.shared_len.max(1),
+        batched_inputs: layout.batched_inputs,
+        batched_outputs: layout.batched_outputs,
+        scratch_len: placement.scratch_len,
+    })
+}
+
+/// Where the kernel's buffers hold each shared value, batched input and batched output.
+struct BufferLayout {
+    /// Each shared step's offset in `hoisted`.
+    shared_offsets: Vec<Option<usize>>,
+    shared_len: usize,
+    /// `(input, floats)` of each batched input, in `batched` order.
+    batched_inputs: Vec<(usize, usize)>,
+    /// Each batched input's first element in `batched`.
+    input_base: Vec<usize>,
+    /// `(position, floats)` of each batched output, in `out` order, and their bases.
+    batched_outputs: Vec<(usize, usize)>,
+    out_bases: Vec<usize>,
+}
+
+impl BufferLayout {
+    fn new(plan: &Plan) -> BufferLayout {
+        let steps = plan.steps();
+        let mut shared_offsets = vec![None; steps.len()];
+        let mut shared_len = 0;
+        for (i, step) in steps.iter().enumerate() {
+            if !step.batched {
+                shared_offsets[i] = Some(shared_len);
+                shared_len += step.len();
+            }
+        }
+        let mut batched_inputs = Vec::new();
+        let mut input_base = vec![0usize; plan.inputs().len()];
+        let mut running = 0;
+        for (k, input) in plan.inputs().iter().enumerate() {
+            if input.batched {
+                input_base[k] = running;
+                running += input.rows * input.cols;
+                batched_inputs.push((k, input.rows * input.cols));
+            }
+        }
+        let mut batched_outputs = Vec::new();
+        let mut out_bases = Vec::new();
+        let mut out_base = 0;
+        for (position, &o) in plan.outputs().iter().enumerate() {
+            if steps[o].batched {
+                batched_outputs.push((position, steps[o].len()));
+                out_bases.push(out_base);
+                out_base += steps[o].len();
+            }
+        }
+        BufferLayout {
+            shared_offsets,
+            shared_len,
+            batched_inputs,
+            input_base,
+            batched_outputs,
+            out_bases,
+        }
+    }
+}
+
+/// Which steps run in which dispatch: the products worth a GEMM, the element-wise chains
+/// fused into their stores (epilogues), and the runs of other steps between them.
+struct Schedule {
+    /// Steps computed per item (batched, not inputs).
+    computed: Vec<bool>,
+    is_gemm: Vec<bool>,
+    /// Each computed step's users (one entry per use).
+    users: Vec<Vec<usize>>,
+    /// A GEMM's epilogue: the chain of element-wise steps of its shape, each the only user of
+    /// the one before and otherwise reading shared values, batched inputs, or values that
+    /// earlier stages left in buffers; applied as the product's entries are stored.
+    epilogue: Vec<Vec<usize>>,
+    stage_of: Vec<usize>,
+    /// The dispatches, in order: a GEMM alone, or a run of per-item steps.
+    stages: Vec<Vec<usize>>,
+}
+
+impl Schedule {
+    fn new(plan: &Plan) -> Schedule {
+        let steps = plan.steps();
+        let computed: Vec<bool> = (steps.iter())
+            .map(|s| s.batched && s.input.is_none())
+            .collect();
+        // Stages: runs of fused steps, split at products worth a GEMM.
+        let is_gemm: Vec<bool> = (0..steps.len())
+            .map(|i| computed[i] && gemm_shape(steps, i).is_some())
+            .collect();
+        let mut users: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+        for j in (0..steps.len()).filter(|&j| computed[j]) {
+            for &a in &steps[j].args {
+                users[a].push(j);
+            }
+        }
+        let is_output = |i: usize| plan.outputs().contains(&i);
+        let mut epilogue: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+        let mut in_epilogue = vec![false; steps.len()];
+        for i in (0..steps.len()).filter(|&i| is_gemm[i]) {
+            let mut last = i;
+            while let [u] = users[last][..] {
+                let step = &steps[u];
+                let fusable = !is_output(last)
+                    && !is_gemm[u]
+                    && is_elementwise(step.node)
+                    && step.len() == steps[i].len()
+                    && step
+                        .args
+                        .iter()
+                        .all(|&a| a == last || !steps[a].batched || a < i);
+                if !fusable {
+                    break;
+                }
+                epilogue[i].push(u);
+                in_epilogue[u] = true;
+                last = u;
+            }
+        }
+        let mut stage_of = vec![usize::MAX; steps.len()];
+        let mut stages: Vec<Vec<usize>> = Vec::new();
+        let mut open = false;
+        for i in (0..steps.len()).filter(|&i| computed[i] && !in_epilogue[i]) {
+            if is_gemm[i] {
+                stages.push(vec![i]);
+                for &u in &epilogue[i] {
+                    stage_of[u] = stages.len() - 1;
+                }
+                open = false;
+            } else {
+                if !open {
+                    stages.push(Vec::new());
+                    open = true;
+                }
+                stages.last_mut().expect("a stage is open").push(i);
+            }
+            stage_of[i] = stages.len() - 1;
+        }
+        Schedule {
+            computed,
+            is_gemm,
+            users,
+            epilogue,
+            stage_of,
+            stages,
+        }
+    }
+
+    /// The step whose value a GEMM stage stores.
+    fn stored(&self, i: usize) -> usize {
+        self.epilogue[i].last().copied().unwrap_or(i)
+    }
+}
+
+/// Where each computed value lives ([`Storage`]), the scratch regions of matrix powers'
+/// copies and of looped LU blocks, and the scratch floats per item.
+struct Placement {
+    storage: Vec<Storage>,
+    power_copy: Vec<Option<usize>>,
+    lu_region: Vec<Option<usize>>,
+    scratch_len: usize,
+}
+
+impl Placement {
+    /// A value read in another stage, by a GEMM, or stored by one lives in a buffer; an output
+    /// lives in `out` when it is there once; the rest in function memory, within `budget`.
+    fn new(plan: &Plan, layout: &BufferLayout, schedule: &Schedule, budget: Budget) -> Placement {
+        let steps = plan.steps();
+        let Schedule {
+            computed,
+            is_gemm,
+            users,
+            epilogue,
+            stage_of,
+            ..
+        } = schedule;
+        let mut global = vec![false; steps.len()];
+        for i in (0..steps.len()).filter(|&i| is_gemm[i]) {
+            global[schedule.stored(i)] = true;
+        }
+        for j in (0..steps.len()).filter(|&j| computed[j]) {
+            for &a in &steps[j].args {
+                if computed[a] && (stage_of[a] != stage_of[j] || is_gemm[j]) {
+                    global[a] = true;
+                }
+            }
+        }
+        let mut storage = vec![Storage::Private; steps.len()];
+        let mut power_copy: Vec<Option<usize>> = vec![None; steps.len()];
+        let mut lu_region: Vec<Option<usize>> = vec![None; steps.len()];
+        let (mut private, mut scratch_len) = (0, 0);
+        for i in (0..steps.len()).filter(|&i| computed[i]) {
+            let len = steps[i].len();
+            let positions: Vec<usize> = (layout.batched_outputs.iter())
+                .enumerate()
+                .filter(|(_, &(p, _))| plan.outputs()[p] == i)
+                .map(|(k, _)| k)
+                .collect();
+            let inline = !global[i]
+                && positions.is_empty()
+                && is_elementwise(steps[i].node)
+                && users[i].len() == 1
+                && users[i].iter().all(|&u| {
+                    is_elementwise(steps[u].node)
+                        || matches!(
+                            steps[u].node,
+                            Node::Sum(_) | Node::Norm1(_) | Node::Norm2(_)
+                        )
+                });
+            // A matrix power's working copy: in function memory while that has room, else in
+            // `scratch` (a large private array indexed by loop variables makes llvmpipe's
+            // compile time explode: 5.8 s for one 24×24 copy).
+            if matches!(steps[i].node, Node::MatPow(_, k) if k > 1) {
+                if len <= budget.private_max && private + len <= budget.private_total {
+                    private += len;
+                } else {
+                    power_copy[i] = Some(scratch_len);
+                    scratch_len += len;
+                }
+            }
+            // The looped LU block works on the item's lanes of `scratch`: the factors, and for
+            // an inverse the inverse before it is stored.
+            if let Node::Det(_) | Node::LogDet(_) | Node::Inv(_) = steps[i].node {
+                let n = steps[steps[i].args[0]].rows;
+                if n > budget.unrolled_lu_max {
+                    lu_region[i] = Some(scratch_len);
+                    let copies = if matches!(steps[i].node, Node::Inv(_)) {
+                        2
+                    } else {
+                        1
+                    };
+                    scratch_len += copies * n * n;
+                }
+            }
+            let fits = len <= budget.private_max && private + len <= budget.private_total;
+            storage[i] = if is_gemm[i] && !epilogue[i].is_empty() {
+                Storage::Accumulator
+            } else if inline {
+                Storage::Inline
+            } else if !global[i] && positions.is_empty() && fits {
+                private += len;
+                Storage::Private
+            } else if positions.len() == 1 {
+                Storage::Out(layout.out_bases[positions[0]])
+            } else {
+                scratch_len += len;
+                Storage::Scratch(scratch_len - len)
+            };
+        }
+        Placement {
+            storage,
+            power_copy,
+            lu_region,
+            scratch_len,
+        }
+    }
+
+    /// The buffer and base of step `i`'s value.
+    fn buffer_of(&self, steps: &[Step], layout: &BufferLayout, i: usize) -> (&'static str, usize) {
+        match (steps[i].input, self.storage[i]) {
+            (Some(k), _) => ("batched", layout.input_base[k]),
+            (None, Storage::Scratch(b)) => ("scratch", b),
+            (None, Storage::Out(b)) => ("out", b),
+            (None, Storage::Private | Storage::Inline | Storage::Accumulator) => ("private", 0),
+        }
+    }
+}
+
+/// The GEMM dispatch of product step `i`, with its epilogue applied as entries are stored.
+fn gemm_stage(
+    steps: &[Step],
+    i: usize,
+    schedule: &Schedule,
+    layout: &BufferLayout,
+    placement: &Placement,
+    gen: &Generator,
+) -> Result<Stage, GenerateError> {
+    let (m, k, n, shared_left) = gemm_shape(steps, i).expect("a GEMM step");
+    let (s, b) = if shared_left {
+        (steps[i].args[0], steps[i].args[1])
+    } else {
+        (steps[i].args[1], steps[i].args[0])
+    };
+    let (b_buffer, b_base) = placement.buffer_of(steps, layout, b);
+    let (c_buffer, c_base) = placement.buffer_of(steps, layout, schedule.stored(i));
+    let epilogue = &schedule.epilogue[i];
+    // The item and entry `e` of the product's value for the entry (i, j) of C in slice z (see
+    // `GemmStep::params`): with the shared factor on the left, C has n columns per item,
+    // column j is column j / chunk of item j mod chunk; on the right, slice z holds row z of
+    // every item, column j is item j.
+    let (chunk, item, element) = if shared_left {
+        (
+            format!("g.n / {n}u"),
+            "j % chunk".to_string(),
+            format!("i * {n}u + j / chunk"),
+        )
+    } else {
+        ("g.n".to_string(), "j".to_string(), format!("z * {n}u + i"))
+    };
+    let value = match epilogue.last() {
+        Some(&last) => gen
+            .elementwise_expr(last, Expr::Raw("e"))
+            .expect("an epilogue step is element-wise")
+            .to_string(),
+        None => "acc".to_string(),
+    };
+    let mut source = String::new();
+    if epilogue
+        .iter()
+        .any(|&u| matches!(steps[u].node, Node::Pow(..) | Node::ElemPow(..)))
+    {
+        source.push_str(POW_SOURCE);
+        source.push('\n');
+    }
+    // Rows of C per slice: the shared factor's rows, or (on the right) its columns.
+    let tile = gemm::tile_for(if shared_left { m } else { n });
+    source.push_str(&gemm::shader(
+        tile,
+        b_buffer,
+        c_buffer,
+        &gemm::Store {
+            chunk: &chunk,
+            item: &item,
+            element: &element,
+            epilogue: &value,
+        },
+    ));
+    validate(&source)?;
+    Ok(Stage {
+        source,
+        // gemm.wgsl: 16-deep panels of k, 16 steps each.
+        loop_iterations: k.div_ceil(16) as u64 * 17,
+        kind: StageKind::Gemm(GemmStep {
+            m,
+            k,
+            n,
+            shared_left,
+            shared: layout.shared_offsets[s].unwrap_or(0),
+            b: b_base,
+            c: c_base,
+            fused: epilogue.len(),
+            tile,
+        }),
     })
 }
 
