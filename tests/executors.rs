@@ -37,16 +37,7 @@ fn gpu() -> Option<GpuContext> {
         max_chunk_items: Some(64),
         ..GpuOptions::default()
     };
-    match GpuContext::new(&options) {
-        Ok(ctx) => Some(ctx),
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true and no GPU: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: the GPU and split executors of this test, without an adapter: {e}");
-            None
-        }
-    }
+    common::gpu_or_skip(&options)
 }
 
 /// The GPU's and the split's outputs for `plan`, or none where the software adapter's loop

@@ -32,16 +32,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// The adapter, or `None` with a loud message (a failure under `CI=true`).
 fn context(options: GpuOptions) -> Option<GpuContext> {
-    match GpuContext::new(&options) {
-        Ok(ctx) => Some(ctx),
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true and no GPU: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: GPU test without an adapter: {e}");
-            None
-        }
-    }
+    common::gpu_or_skip(&options)
 }
 
 /// The default adapter and a second context on it with `options` (to compare a run under

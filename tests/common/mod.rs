@@ -115,3 +115,18 @@ pub fn with_dimensions(source: &str, n: usize, m: usize) -> String {
         &source[end..]
     )
 }
+
+/// A GPU context with `options`, or `None` with a loud message: with `CI=true` a missing
+/// adapter is a failure, elsewhere the GPU part of a test is skipped and says why.
+pub fn gpu_or_skip(options: &matgrad::gpu::GpuOptions) -> Option<matgrad::gpu::GpuContext> {
+    match matgrad::gpu::GpuContext::new(options) {
+        Ok(ctx) => Some(ctx),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true and no GPU: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: the GPU part of this test, without an adapter: {e}");
+            None
+        }
+    }
+}
