@@ -329,19 +329,19 @@ struct Context<T> {
     spd_side: Option<usize>,
 }
 
-/// Offsets in an item's row of the state array.
-struct Layout {
-    x: usize,
-    g: usize,
-    d: usize,
-    s: usize,
-    y: usize,
-    rho: usize,
-    stride: usize,
+/// Offsets in an item's row of the state array (the GPU's state lanes start with the same).
+pub(super) struct Layout {
+    pub(super) x: usize,
+    pub(super) g: usize,
+    pub(super) d: usize,
+    pub(super) s: usize,
+    pub(super) y: usize,
+    pub(super) rho: usize,
+    pub(super) stride: usize,
 }
 
 impl Layout {
-    fn new(n: usize, memory: usize) -> Layout {
+    pub(super) fn new(n: usize, memory: usize) -> Layout {
         Layout {
             x: 0,
             g: n,
@@ -653,7 +653,7 @@ struct Results<'a, T> {
 
 type Bounds<'a, T> = (Option<&'a [T]>, Option<&'a [T]>);
 
-fn project<T: Float>(point: &mut [T], lower: Option<&[T]>, upper: Option<&[T]>) {
+pub(super) fn project<T: Float>(point: &mut [T], lower: Option<&[T]>, upper: Option<&[T]>) {
     if let Some(lo) = lower {
         for (p, &l) in point.iter_mut().zip(lo) {
             if *p < l {

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use wgpu::util::DeviceExt;
 
-use super::driver::{factor_damped, outside_domain, plan_inputs, Precision};
+use super::driver::{factor_damped, outside_domain, plan_inputs, project, Layout, Precision};
 use super::{ItemReport, Method, MinimizeError, Prepared, Progress, Solution, Status, Transfers};
 use crate::backend::layout::items_to_lanes;
 use crate::batch::Batch;
@@ -42,17 +42,13 @@ const WORKGROUP: u64 = 64;
 /// The damping tries of a Newton step (as the driver's).
 const DAMPING_TRIES: u64 = 30;
 
-/// Offsets of an item's vectors in its state lanes: the point, gradient, direction, L-BFGS
-/// pairs and `1/(s'y)`, the active set, the direction being solved, the two-loop's
-/// coefficients, the cone test's copy of the trial (`spd` variables) and the Cholesky factor
-/// (Newton and Gauss–Newton).
+/// Offsets of an item's vectors in its state lanes: the CPU driver's row (the point,
+/// gradient, direction, L-BFGS pairs and `1/(s'y)`), then what the CPU keeps in a thread's
+/// scratch: the active set, the direction being solved, the two-loop's coefficients, the cone
+/// test's copy of the trial (`spd` variables) and the Cholesky factor (Newton and
+/// Gauss–Newton).
 struct StateLayout {
-    x: usize,
-    g: usize,
-    d: usize,
-    s: usize,
-    y: usize,
-    rho: usize,
+    row: Layout,
     act: usize,
     dir: usize,
     alpha: usize,
@@ -62,26 +58,16 @@ struct StateLayout {
 }
 
 impl StateLayout {
-    /// The variable's entries (the gradient follows the point).
-    fn entries(&self) -> usize {
-        self.g
-    }
-
     fn new(n: usize, memory: usize, spd: bool, factored: bool) -> StateLayout {
-        let rho = 3 * n + 2 * memory * n;
-        let act = rho + memory;
+        let row = Layout::new(n, memory);
+        let act = row.stride;
         let dir = act + n;
         let alpha = dir + n;
         let cone = alpha + memory;
         let fac = cone + if spd { n } else { 0 };
         let stride = fac + if factored { n * n } else { 0 };
         StateLayout {
-            x: 0,
-            g: n,
-            d: 2 * n,
-            s: 3 * n,
-            y: 3 * n + memory * n,
-            rho,
+            row,
             act,
             dir,
             alpha,
@@ -89,6 +75,11 @@ impl StateLayout {
             fac,
             stride,
         }
+    }
+
+    /// The variable's entries (the gradient follows the point).
+    fn entries(&self) -> usize {
+        self.row.g
     }
 }
 
@@ -155,12 +146,12 @@ fn params(
         sources.upper.1,
         symmetric_side,
         spd_side,
-        layout.x,
-        layout.g,
-        layout.d,
-        layout.s,
-        layout.y,
-        layout.rho,
+        layout.row.x,
+        layout.row.g,
+        layout.row.d,
+        layout.row.s,
+        layout.row.y,
+        layout.row.rho,
         layout.act,
         layout.dir,
         layout.alpha,
@@ -469,25 +460,16 @@ fn feasible_starts<'a>(
 ) -> impl Fn(usize) -> Vec<f32> + 'a {
     move |item| {
         let from = if start_batched { item * n } else { 0 };
-        let bound = |items: &Option<Vec<f32>>, shared: &Option<Vec<f32>>, e: usize| {
-            (items.as_ref().map(|b| b[item * n + e])).or(shared.as_ref().map(|b| b[e]))
+        let mut point: Vec<f32> = start[from..from + n].iter().map(|&v| v as f32).collect();
+        let bound = |items: &'a Option<Vec<f32>>, shared: &'a Option<Vec<f32>>| {
+            (items.as_ref().map(|b| &b[item * n..(item + 1) * n])).or(shared.as_deref())
         };
-        (0..n)
-            .map(|e| {
-                let mut p = start[from + e] as f32;
-                if let Some(lo) = bound(&shared.lower_items, &shared.lower_shared, e) {
-                    if p < lo {
-                        p = lo;
-                    }
-                }
-                if let Some(hi) = bound(&shared.upper_items, &shared.upper_shared, e) {
-                    if p > hi {
-                        p = hi;
-                    }
-                }
-                p
-            })
-            .collect()
+        project(
+            &mut point,
+            bound(&shared.lower_items, &shared.lower_shared),
+            bound(&shared.upper_items, &shared.upper_shared),
+        );
+        point
     }
 }
 
@@ -901,12 +883,8 @@ fn read_solutions(
             }
             let r = &values[block.items * n + 4 * slot..][..4];
             reports[id] = ItemReport {
-                status: match r[0] as u32 {
-                    0 => Status::Converged,
-                    1 => Status::MaxIter,
-                    2 => Status::LineSearchFailed,
-                    _ => Status::NotFinite,
-                },
+                // The shader writes the report file's codes (`shaders/minimize.wgsl`).
+                status: Status::from_code(r[0] as i32).unwrap_or(Status::NotFinite),
                 iterations: r[1] as u32,
                 value: r[2] as f64,
                 gradient_norm: r[3] as f64,

@@ -123,6 +123,18 @@ impl Status {
         }
     }
 
+    /// The status of a report file's code ([`Status::code`]); `None` for any other number.
+    pub fn from_code(code: i32) -> Option<Status> {
+        [
+            Status::Converged,
+            Status::MaxIter,
+            Status::LineSearchFailed,
+            Status::NotFinite,
+        ]
+        .into_iter()
+        .find(|s| s.code() == code)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Status::Converged => "converged",
