@@ -14,4 +14,5 @@ pub mod cpu;
 pub mod executor;
 pub mod gpu;
 pub mod layout;
+pub mod schedule;
 pub mod wgsl;

@@ -26,8 +26,9 @@
 //! as llvmpipe, whose compile time otherwise explodes (29 s for a 16×16 `tr(X*X*X)`).
 //!
 //! [`generate_within`] runs in named phases: the buffers' layout (`BufferLayout`), the
-//! schedule (`Schedule`: GEMM products, their fused epilogues, the per-item runs between
-//! them), where each value lives (`Placement`), then each stage's text.
+//! dispatches (`Stages`, on the executors' common [`super::schedule::Schedule`]: GEMM
+//! products, their fused epilogues, the per-item runs between them), where each value lives
+//! (`Placement`), then each stage's text.
 //!
 //! Invariants: the text is generated from typed instructions ([`Stmt`], [`Expr`]) whose
 //! identifiers are made by the generator from step numbers and whose buffer names are fixed
@@ -37,6 +38,7 @@
 
 use std::fmt::{self, Write as _};
 
+use super::schedule::{self, ElementOp};
 use crate::expr::{Func, Node};
 use crate::plan::{Plan, Step};
 
@@ -354,7 +356,7 @@ pub fn generate(plan: &Plan) -> Result<Kernel, GenerateError> {
 pub fn generate_within(plan: &Plan, budget: Budget) -> Result<Kernel, GenerateError> {
     check_sizes(plan)?;
     let layout = BufferLayout::new(plan);
-    let schedule = Schedule::new(plan);
+    let schedule = Stages::new(plan);
     let placement = Placement::new(plan, &layout, &schedule, budget);
     let steps = plan.steps();
     // A fresh generator for each per-item stage (its own loop counters and building blocks).
@@ -380,9 +382,7 @@ pub fn generate_within(plan: &Plan, budget: Budget) -> Result<Kernel, GenerateEr
             continue;
         }
         let mut gen = generator();
-        gen.uses_pow = group
-            .iter()
-            .any(|&i| matches!(steps[i].node, Node::Pow(..) | Node::ElemPow(..)));
+        gen.uses_pow = group.iter().any(|&i| is_power(steps[i].node));
         let mut body = item_prologue();
         for &i in group {
             gen.step(i, &steps[i], &mut body);
@@ -474,59 +474,38 @@ impl BufferLayout {
 }
 
 /// Which steps run in which dispatch: the products worth a GEMM, the element-wise chains
-/// fused into their stores (epilogues), and the runs of other steps between them.
-struct Schedule {
-    /// Steps computed per item (batched, not inputs).
-    computed: Vec<bool>,
+/// fused into their stores (epilogues), and the runs of other steps between them; built on
+/// the executors' common [`schedule::Schedule`].
+struct Stages {
+    common: schedule::Schedule,
     is_gemm: Vec<bool>,
-    /// Each computed step's users (one entry per use).
-    users: Vec<Vec<usize>>,
-    /// A GEMM's epilogue: the chain of element-wise steps of its shape, each the only user of
-    /// the one before and otherwise reading shared values, batched inputs, or values that
-    /// earlier stages left in buffers; applied as the product's entries are stored.
+    /// A GEMM's epilogue: the chain of element-wise steps of its shape
+    /// ([`schedule::Schedule::chain`]) whose other arguments are shared values, batched
+    /// inputs, or values that earlier stages left in buffers; applied as the product's entries
+    /// are stored.
     epilogue: Vec<Vec<usize>>,
     stage_of: Vec<usize>,
     /// The dispatches, in order: a GEMM alone, or a run of per-item steps.
     stages: Vec<Vec<usize>>,
 }
 
-impl Schedule {
-    fn new(plan: &Plan) -> Schedule {
+impl Stages {
+    fn new(plan: &Plan) -> Stages {
         let steps = plan.steps();
-        let computed: Vec<bool> = (steps.iter())
-            .map(|s| s.batched && s.input.is_none())
-            .collect();
+        let common = schedule::Schedule::new(plan);
+        let computed = &common.computed;
         // Stages: runs of fused steps, split at products worth a GEMM.
         let is_gemm: Vec<bool> = (0..steps.len())
             .map(|i| computed[i] && gemm_shape(steps, i).is_some())
             .collect();
-        let mut users: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
-        for j in (0..steps.len()).filter(|&j| computed[j]) {
-            for &a in &steps[j].args {
-                users[a].push(j);
-            }
-        }
-        let is_output = |i: usize| plan.outputs().contains(&i);
         let mut epilogue: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
         let mut in_epilogue = vec![false; steps.len()];
         for i in (0..steps.len()).filter(|&i| is_gemm[i]) {
-            let mut last = i;
-            while let [u] = users[last][..] {
-                let step = &steps[u];
-                let fusable = !is_output(last)
-                    && !is_gemm[u]
-                    && is_elementwise(step.node)
-                    && step.len() == steps[i].len()
-                    && step
-                        .args
-                        .iter()
-                        .all(|&a| a == last || !steps[a].batched || a < i);
-                if !fusable {
-                    break;
-                }
-                epilogue[i].push(u);
+            epilogue[i] = common.chain(plan, i, |u, last| {
+                (steps[u].args.iter()).all(|&a| a == last || !steps[a].batched || a < i)
+            });
+            for &u in &epilogue[i] {
                 in_epilogue[u] = true;
-                last = u;
             }
         }
         let mut stage_of = vec![usize::MAX; steps.len()];
@@ -548,10 +527,9 @@ impl Schedule {
             }
             stage_of[i] = stages.len() - 1;
         }
-        Schedule {
-            computed,
+        Stages {
+            common,
             is_gemm,
-            users,
             epilogue,
             stage_of,
             stages,
@@ -576,16 +554,21 @@ struct Placement {
 impl Placement {
     /// A value read in another stage, by a GEMM, or stored by one lives in a buffer; an output
     /// lives in `out` when it is there once; the rest in function memory, within `budget`.
-    fn new(plan: &Plan, layout: &BufferLayout, schedule: &Schedule, budget: Budget) -> Placement {
+    fn new(plan: &Plan, layout: &BufferLayout, schedule: &Stages, budget: Budget) -> Placement {
         let steps = plan.steps();
-        let Schedule {
-            computed,
+        let Stages {
+            common,
             is_gemm,
-            users,
             epilogue,
             stage_of,
             ..
         } = schedule;
+        let schedule::Schedule {
+            computed,
+            users,
+            elementwise,
+            ..
+        } = common;
         let mut global = vec![false; steps.len()];
         for i in (0..steps.len()).filter(|&i| is_gemm[i]) {
             global[schedule.stored(i)] = true;
@@ -610,10 +593,10 @@ impl Placement {
                 .collect();
             let inline = !global[i]
                 && positions.is_empty()
-                && is_elementwise(steps[i].node)
+                && elementwise[i].is_some()
                 && users[i].len() == 1
                 && users[i].iter().all(|&u| {
-                    is_elementwise(steps[u].node)
+                    elementwise[u].is_some()
                         || matches!(
                             steps[u].node,
                             Node::Sum(_) | Node::Norm1(_) | Node::Norm2(_)
@@ -682,7 +665,7 @@ impl Placement {
 fn gemm_stage(
     steps: &[Step],
     i: usize,
-    schedule: &Schedule,
+    schedule: &Stages,
     layout: &BufferLayout,
     placement: &Placement,
     gen: &Generator,
@@ -717,10 +700,7 @@ fn gemm_stage(
         None => "acc".to_string(),
     };
     let mut source = String::new();
-    if epilogue
-        .iter()
-        .any(|&u| matches!(steps[u].node, Node::Pow(..) | Node::ElemPow(..)))
-    {
+    if epilogue.iter().any(|&u| is_power(steps[u].node)) {
         source.push_str(POW_SOURCE);
         source.push('\n');
     }
@@ -772,28 +752,17 @@ fn gemm_shape(steps: &[Step], i: usize) -> Option<(usize, usize, usize, bool)> {
     }
 }
 
-/// Operations computed entry by entry from their arguments' entries.
-fn is_elementwise(node: Node) -> bool {
-    matches!(
-        node,
-        Node::Add(..)
-            | Node::Hadamard(..)
-            | Node::ElemDiv(..)
-            | Node::Neg(_)
-            | Node::Scale(..)
-            | Node::Div(..)
-            | Node::Pow(..)
-            | Node::ElemPow(..)
-            | Node::Map(..)
-    )
+/// Whether a step is a power, which calls the `mg_pow` building block.
+fn is_power(node: Node) -> bool {
+    schedule::elementwise(node).is_some_and(|e| e.op == ElementOp::Pow)
 }
 
-/// The item index and the guard that every per-item stage starts with.
 /// Entry `idx` of the function-memory array `v`.
 fn at(v: &Ident, idx: Expr) -> Expr {
     Expr::index(Expr::id(v.clone()), idx)
 }
 
+/// The item index and the guard that every per-item stage starts with.
 fn item_prologue() -> Vec<Stmt> {
     vec![
         Stmt::Let(Ident::chunk(), Expr::Raw("params.chunk")),
@@ -1231,25 +1200,24 @@ impl Generator<'_> {
     /// operations).
     fn elementwise_expr(&self, s: usize, k: Expr) -> Option<Expr> {
         let step = &self.steps[s];
-        let a = step.args.first().copied().unwrap_or(0);
-        let b = step.args.get(1).copied().unwrap_or(0);
-        Some(match step.node {
-            Node::Add(..) => Expr::bin("+", self.value(a, k.clone()), self.value(b, k)),
-            Node::Hadamard(..) => Expr::bin("*", self.value(a, k.clone()), self.value(b, k)),
-            Node::ElemDiv(..) => Expr::bin("/", self.value(a, k.clone()), self.value(b, k)),
-            Node::Neg(_) => Expr::Unary("-", Box::new(self.value(a, k))),
-            Node::Scale(..) => Expr::bin("*", self.value(a, Expr::U32(0)), self.value(b, k)),
-            Node::Div(..) => Expr::bin("/", self.value(a, k), self.value(b, Expr::U32(0))),
-            Node::Pow(..) | Node::ElemPow(..) => {
-                let e = if self.steps[b].len() == 1 {
-                    self.value(b, Expr::U32(0))
-                } else {
-                    self.value(b, k.clone())
-                };
-                Expr::Call("mg_pow", vec![self.value(a, k), e])
-            }
-            Node::Map(f, _) => map_call(f, self.value(a, k)),
-            _ => return None,
+        let form = schedule::elementwise(step.node)?;
+        // Argument `j` at entry `k`, or at entry 0 when it is one number for every entry.
+        let arg = |j: usize| {
+            let a = step.args[j];
+            let at = if form.is_number(j, self.steps[a].len()) {
+                Expr::U32(0)
+            } else {
+                k.clone()
+            };
+            self.value(a, at)
+        };
+        Some(match form.op {
+            ElementOp::Add => Expr::bin("+", arg(0), arg(1)),
+            ElementOp::Mul => Expr::bin("*", arg(0), arg(1)),
+            ElementOp::Div => Expr::bin("/", arg(0), arg(1)),
+            ElementOp::Neg => Expr::Unary("-", Box::new(arg(0))),
+            ElementOp::Pow => Expr::Call("mg_pow", vec![arg(0), arg(1)]),
+            ElementOp::Map(f) => map_call(f, arg(0)),
         })
     }
 
@@ -1278,21 +1246,16 @@ impl Generator<'_> {
         }
         let a = step.args.first().copied().unwrap_or(0);
         let b = step.args.get(1).copied().unwrap_or(0);
-        match step.node {
-            Node::Add(..)
-            | Node::Hadamard(..)
-            | Node::ElemDiv(..)
-            | Node::Neg(_)
-            | Node::Scale(..)
-            | Node::Div(..)
-            | Node::Pow(..)
-            | Node::ElemPow(..)
-            | Node::Map(..) => body.push(self.entrywise(len, |g, k| {
+        if schedule::elementwise(step.node).is_some() {
+            body.push(self.entrywise(len, |g, k| {
                 let value = g
                     .elementwise_expr(i, k.clone())
                     .expect("an element-wise step has an element-wise expression");
                 (g.target(i, k), value)
-            })),
+            }));
+            return;
+        }
+        match step.node {
             Node::Transpose(_) => {
                 let (r, c) = (self.steps[a].rows, self.steps[a].cols);
                 let (p, q) = (self.loop_var(), self.loop_var());
@@ -1340,8 +1303,9 @@ impl Generator<'_> {
                     )],
                 ));
             }
-            // Inputs and constants are never batched steps computed in the shader.
-            Node::Var(_) | Node::Const(_) | Node::Fill(..) | Node::Eye(_) => {}
+            // Inputs and constants are never batched steps computed in the shader; the
+            // element-wise steps are written above.
+            _ => {}
         }
     }
 

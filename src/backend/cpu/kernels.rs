@@ -13,6 +13,7 @@
 //! Shared×batched products are one GEMM per block (`S · [B lanes]` is an ordinary matrix
 //! product of `S` with a `k × (n·l)` matrix); batched×shared ones are one GEMM per row.
 
+use crate::backend::schedule::{elementwise, ElementOp};
 use crate::expr::{Func, Node};
 use crate::plan::Step;
 
@@ -99,20 +100,28 @@ pub fn run_step(
     scratch: &mut Scratch,
 ) {
     let n = step.len();
-    let scalar = |k: usize| shapes[k] == (1, 1);
+    if let Some(form) = elementwise(step.node) {
+        let number = |k: usize| form.is_number(k, shapes[k].0 * shapes[k].1);
+        let (a, b) = (args[0], args.get(1).copied().unwrap_or(args[0]));
+        // A macro, not a closure taking `fn`s: each operation's loop is compiled with it inlined.
+        macro_rules! binary {
+            ($f:expr) => {
+                zip(out, n, l, a, number(0), b, number(1), $f)
+            };
+        }
+        return match form.op {
+            ElementOp::Add => binary!(|x, y| x + y),
+            ElementOp::Mul => binary!(|x, y| x * y),
+            ElementOp::Div => binary!(|x, y| x / y),
+            ElementOp::Pow => match (a, b) {
+                (Arg::Lanes(x), Arg::Shared(y)) if number(1) => pow_map(out, x, y[0]),
+                _ => binary!(pow_f32),
+            },
+            ElementOp::Neg => map(out, a.lanes(), |x| -x),
+            ElementOp::Map(f) => map_func(f, fma, out, a.lanes()),
+        };
+    }
     match step.node {
-        Node::Add(..) => zip(out, n, l, args[0], false, args[1], false, |x, y| x + y),
-        Node::Hadamard(..) => zip(out, n, l, args[0], false, args[1], false, |x, y| x * y),
-        Node::ElemDiv(..) => zip(out, n, l, args[0], false, args[1], false, |x, y| x / y),
-        Node::Scale(..) => zip(out, n, l, args[0], true, args[1], false, |s, x| s * x),
-        Node::Div(..) => zip(out, n, l, args[0], false, args[1], true, |x, s| x / s),
-        Node::Pow(..) => zip(out, 1, l, args[0], true, args[1], true, pow_f32),
-        Node::ElemPow(..) => match (args[0], args[1]) {
-            (Arg::Lanes(x), Arg::Shared(y)) if scalar(1) => pow_map(out, x, y[0]),
-            _ => zip(out, n, l, args[0], false, args[1], scalar(1), pow_f32),
-        },
-        Node::Neg(_) => map(out, args[0].lanes(), |x| -x),
-        Node::Map(f, _) => map_func(f, fma, out, args[0].lanes()),
         Node::Transpose(_) => {
             let (r, c) = shapes[0];
             let a = args[0].lanes();
@@ -179,8 +188,9 @@ pub fn run_step(
                 out[p * l..(p + 1) * l].copy_from_slice(&a[(p * m + p) * l..(p * m + p + 1) * l]);
             }
         }
-        // Inputs and constants are never computed batched steps.
-        Node::Var(_) | Node::Const(_) | Node::Fill(..) | Node::Eye(_) => out.fill(f32::NAN),
+        // Inputs and constants are never computed batched steps; element-wise steps are
+        // computed above.
+        _ => out.fill(f32::NAN),
     }
 }
 

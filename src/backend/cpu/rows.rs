@@ -28,6 +28,7 @@ use super::kernels::{gemm, map, map_func, map_func_in_place, pow_f32, pow_map};
 use rayon::prelude::*;
 
 use super::{Isa, Job};
+use crate::backend::schedule::{elementwise, ElementOp, Schedule};
 use crate::expr::Node;
 use crate::plan::{Plan, Step};
 
@@ -96,20 +97,13 @@ pub fn transposes_read_in_place(plan: &Plan) -> Vec<bool> {
 /// steps are the same operations on the same values as unfused: the same bits.
 pub fn fused_chains(plan: &Plan) -> Vec<Vec<usize>> {
     let steps = plan.steps();
-    let mut users: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
-    for (j, s) in steps.iter().enumerate() {
-        for &a in &s.args {
-            users[a].push(j);
-        }
-    }
+    let schedule = Schedule::new(plan);
     let in_place = transposes_read_in_place(plan);
-    let is_output = |i: usize| plan.outputs().contains(&i);
     (0..steps.len())
         .map(|head| {
-            let mut chain = Vec::new();
             let product = &steps[head];
             if !(product.batched && matches!(product.node, Node::MatMul(..))) {
-                return chain;
+                return Vec::new();
             }
             let n = product.len();
             // Available while the product runs: shared, a batched input, or batched and
@@ -118,30 +112,16 @@ pub fn fused_chains(plan: &Plan) -> Vec<Vec<usize>> {
                 let s = &steps[a];
                 !s.batched || s.input.is_some() || (a < head && !in_place[a])
             };
-            let mut last = head;
-            while let [u] = users[last][..] {
-                let s = &steps[u];
-                let elementwise = matches!(
-                    s.node,
-                    Node::Add(..)
-                        | Node::Hadamard(..)
-                        | Node::ElemDiv(..)
-                        | Node::Scale(..)
-                        | Node::Div(..)
-                        | Node::Neg(_)
-                        | Node::Map(..)
-                );
-                let operands = s.args.iter().enumerate().all(|(k, &a)| {
-                    let number = matches!((s.node, k), (Node::Scale(..), 0) | (Node::Div(..), 1));
-                    steps[a].len() == if number { 1 } else { n } && (a == last || ready(a))
-                });
-                if is_output(last) || !elementwise || !s.batched || s.len() != n || !operands {
-                    break;
-                }
-                chain.push(u);
-                last = u;
-            }
-            chain
+            // Every element-wise operation but powers, with operands of the product's length
+            // or one number.
+            schedule.chain(plan, head, |u, last| {
+                let form = schedule.elementwise[u].expect("a chain's steps are element-wise");
+                form.op != ElementOp::Pow
+                    && steps[u].args.iter().enumerate().all(|(k, &a)| {
+                        let len = if form.numbers[k] { 1 } else { n };
+                        steps[a].len() == len && (a == last || ready(a))
+                    })
+            })
         })
         .collect()
 }
@@ -169,19 +149,11 @@ pub fn supports(plan: &Plan) -> bool {
         if !s.batched || s.input.is_some() {
             return true;
         }
+        if elementwise(s.node).is_some() {
+            return true;
+        }
         match s.node {
-            Node::Add(..)
-            | Node::Hadamard(..)
-            | Node::ElemDiv(..)
-            | Node::Scale(..)
-            | Node::Div(..)
-            | Node::Pow(..)
-            | Node::ElemPow(..)
-            | Node::Neg(_)
-            | Node::Map(..)
-            | Node::Sum(_)
-            | Node::Norm1(_)
-            | Node::Norm2(_) => true,
+            Node::Sum(_) | Node::Norm1(_) | Node::Norm2(_) => true,
             Node::Transpose(_) => true,
             Node::MatMul(..) => {
                 let (a, b) = (&steps[s.args[0]], &steps[s.args[1]]);
@@ -538,13 +510,9 @@ fn epilogue<'b>(
                 }
             }
         };
-        let op = match s.node {
-            Node::Add(..) => Op::Add,
-            Node::Hadamard(..) | Node::Scale(..) => Op::Mul,
-            Node::ElemDiv(..) | Node::Div(..) => Op::Div,
-            Node::Neg(_) => Op::Neg,
-            Node::Map(f, _) => Op::Map(f),
-            _ => unreachable!("fused_chains admits no {:?}", s.node),
+        let op = match elementwise(s.node).map(|e| e.op) {
+            Some(ElementOp::Pow) | None => unreachable!("fused_chains admits no {:?}", s.node),
+            Some(op) => op,
         };
         then.push(Then {
             op,
@@ -570,18 +538,10 @@ pub(crate) struct Epilogue<'a> {
 /// One fused step: `value op operand`, or `operand op value` when `value_first` is false.
 #[derive(Clone, Copy)]
 struct Then<'a> {
-    op: Op,
+    /// Never a power ([`fused_chains`]).
+    op: ElementOp,
     value_first: bool,
     operand: Operand<'a>,
-}
-
-#[derive(Clone, Copy)]
-enum Op {
-    Add,
-    Mul,
-    Div,
-    Neg,
-    Map(crate::expr::Func),
 }
 
 /// A fused step's other argument.
@@ -617,11 +577,12 @@ impl Epilogue<'_> {
         for then in &self.then {
             let first = then.value_first;
             match then.op {
-                Op::Add => self.binary(then.operand, first, at, o, |x, y| x + y),
-                Op::Mul => self.binary(then.operand, first, at, o, |x, y| x * y),
-                Op::Div => self.binary(then.operand, first, at, o, |x, y| x / y),
-                Op::Neg => o.iter_mut().for_each(|x| *x = -*x),
-                Op::Map(f) => map_func_in_place(f, self.fma, o),
+                ElementOp::Add => self.binary(then.operand, first, at, o, |x, y| x + y),
+                ElementOp::Mul => self.binary(then.operand, first, at, o, |x, y| x * y),
+                ElementOp::Div => self.binary(then.operand, first, at, o, |x, y| x / y),
+                ElementOp::Neg => o.iter_mut().for_each(|x| *x = -*x),
+                ElementOp::Map(f) => map_func_in_place(f, self.fma, o),
+                ElementOp::Pow => unreachable!("fused_chains admits no powers"),
             }
         }
     }
@@ -710,20 +671,30 @@ fn run_step(
     let (steps, step) = (job.steps, &job.steps[i]);
     let n = step.len();
     let len = |k: usize| steps[step.args[k]].len();
-    let scalar = |k: usize| len(k) == 1;
+    if let Some(form) = elementwise(step.node) {
+        let number = |k: usize| form.is_number(k, len(k));
+        let (a, b) = (args[0], args.get(1).copied().unwrap_or(args[0]));
+        // A macro, not a closure taking `fn`s: each operation's loop is compiled with it inlined.
+        macro_rules! binary {
+            ($f:expr) => {
+                zip(out, n, a, number(0), b, number(1), $f)
+            };
+        }
+        match form.op {
+            ElementOp::Add => binary!(|x, y| x + y),
+            ElementOp::Mul => binary!(|x, y| x * y),
+            ElementOp::Div => binary!(|x, y| x / y),
+            ElementOp::Pow => match (a, b) {
+                (RowArg::Batched(x), RowArg::Shared(y)) if number(1) => pow_map(out, x, y[0]),
+                _ => binary!(pow_f32),
+            },
+            ElementOp::Neg => map(out, batched(a), |x| -x),
+            ElementOp::Map(f) => map_func(f, job.isa.fuses_functions(), out, batched(a)),
+        }
+        // Only products have fused steps; a step fused into nothing has none.
+        return then.apply_to_items(out);
+    }
     match step.node {
-        Node::Add(..) => zip(out, n, args[0], false, args[1], false, |x, y| x + y),
-        Node::Hadamard(..) => zip(out, n, args[0], false, args[1], false, |x, y| x * y),
-        Node::ElemDiv(..) => zip(out, n, args[0], false, args[1], false, |x, y| x / y),
-        Node::Scale(..) => zip(out, n, args[0], true, args[1], false, |s, x| s * x),
-        Node::Div(..) => zip(out, n, args[0], false, args[1], true, |x, s| x / s),
-        Node::Pow(..) => zip(out, 1, args[0], true, args[1], true, pow_f32),
-        Node::ElemPow(..) => match (args[0], args[1]) {
-            (RowArg::Batched(x), RowArg::Shared(y)) if scalar(1) => pow_map(out, x, y[0]),
-            _ => zip(out, n, args[0], false, args[1], scalar(1), pow_f32),
-        },
-        Node::Neg(_) => map(out, batched(args[0]), |x| -x),
-        Node::Map(f, _) => map_func(f, job.isa.fuses_functions(), out, batched(args[0])),
         Node::Transpose(_) => {
             let (r, c) = (steps[step.args[0]].rows, steps[step.args[0]].cols);
             let a = batched(args[0]);
