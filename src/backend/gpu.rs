@@ -29,7 +29,9 @@ pub use ceilings::measure as measure_ceilings;
 use super::layout::{hoisted_values, items_to_lanes, lanes_to_items};
 use crate::batch::Batch;
 use crate::plan::Plan;
-use crate::wgsl::{generate_within, Budget, GenerateError, InvalidShader, Kernel, StageKind};
+use crate::wgsl::{
+    generate_within, Access, Binding, Budget, GenerateError, InvalidShader, Kernel, StageKind,
+};
 
 /// How to choose the adapter and size the work.
 #[derive(Clone, Debug, Default)]
@@ -259,34 +261,27 @@ impl GpuContext {
             adapter: info.name.clone(),
             why: e.to_string(),
         })?;
-        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        };
+        // One entry per binding of the kernels' table (`wgsl::Binding`).
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = Binding::ALL
+            .iter()
+            .map(|b| wgpu::BindGroupLayoutEntry {
+                binding: b.index(),
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match b.access() {
+                        Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                        Access::Uniform => wgpu::BufferBindingType::Uniform,
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("matgrad bindings"),
-            entries: &[
-                storage(0, true),
-                storage(1, true),
-                storage(2, false),
-                wgpu::BindGroupLayoutEntry {
-                    binding: 3,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                },
-                storage(4, false),
-            ],
+            entries: &entries,
         });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("matgrad"),
@@ -988,15 +983,20 @@ impl ChunkBuffers {
             let bind_groups = uniforms
                 .iter()
                 .map(|uniform| {
-                    let entries: Vec<wgpu::BindGroupEntry> =
-                        [&session.shared, &input, &output, uniform, &scratch]
-                            .iter()
-                            .enumerate()
-                            .map(|(binding, b)| wgpu::BindGroupEntry {
-                                binding: binding as u32,
-                                resource: b.as_entire_binding(),
-                            })
-                            .collect();
+                    let entries: Vec<wgpu::BindGroupEntry> = Binding::ALL
+                        .iter()
+                        .map(|b| wgpu::BindGroupEntry {
+                            binding: b.index(),
+                            resource: match b {
+                                Binding::Hoisted => &session.shared,
+                                Binding::Batched => &input,
+                                Binding::Out => &output,
+                                Binding::Params => uniform,
+                                Binding::Scratch => &scratch,
+                            }
+                            .as_entire_binding(),
+                        })
+                        .collect();
                     device.create_bind_group(&wgpu::BindGroupDescriptor {
                         label: Some("matgrad bindings"),
                         layout: &ctx.layout,

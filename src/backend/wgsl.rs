@@ -3,7 +3,7 @@
 //! In: a validated [`Plan`]. Out: a [`Kernel`]: the dispatches that evaluate one chunk of
 //! items, in order ([`Stage`]), and the layout of their buffers. A product of a shared matrix
 //! of at least [`GEMM_MIN_SHARED`] entries with batched values is a tiled GEMM dispatch
-//! (`shaders/gemm.wgsl`); a chain of element-wise steps on its result that reads nothing
+//! (`gemm`); a chain of element-wise steps on its result that reads nothing
 //! else computed in the same stage is applied as the GEMM stores its entries (an epilogue:
 //! W6's logistic chain, W5's final sum); the other steps between such products are fused
 //! into per-item kernels, one invocation per item. Shared steps are not in the shaders: the host computes them once
@@ -30,20 +30,26 @@
 //! products, their fused epilogues, the per-item runs between them), where each value lives
 //! (`Placement`), then each stage's text.
 //!
-//! Invariants: the text is generated from typed instructions ([`Stmt`], [`Expr`]) whose
-//! identifiers are made by the generator from step numbers and whose buffer names are fixed
-//! words, never user-chosen names, so no program can inject shader code; a value read by
+//! Invariants: every module — per-item stages, the GEMM, the LU and power building blocks —
+//! is built from one IR ([`ir`]: operators, builtins and generated functions are enums, the
+//! bindings one table, identifiers made from step numbers and fixed words; there is no raw
+//! text) and printed by its one writer, so no program can inject shader code; a value read by
 //! another dispatch is in a buffer; every module is validated by naga ([`validate`]) before
 //! anything runs it; this module knows nothing of devices.
-
-use std::fmt::{self, Write as _};
 
 use super::schedule::{self, ElementOp};
 use crate::expr::{Func, Node};
 use crate::plan::{Plan, Step};
 
 mod gemm;
+pub mod ir;
 mod lu;
+mod pow;
+
+pub use ir::{Access, Binding, UNROLL_KERNEL, UNROLL_LOOP};
+use ir::{
+    BinOp, Builtin, BuiltinInput, Callee, Expr, Field, Function, Ident, Module, Stmt, Ty, Uniform,
+};
 
 /// Invocations per workgroup (one item each) for kernels with small intermediates.
 pub const WORKGROUP_SIZE: u32 = 64;
@@ -109,9 +115,6 @@ enum Storage {
     /// GEMM's stores.
     Accumulator,
 }
-
-/// The hand-written power function.
-const POW_SOURCE: &str = include_str!("../../shaders/pow.wgsl");
 
 /// The generated shaders of a plan and where its data lives.
 #[derive(Clone, Debug)]
@@ -370,8 +373,6 @@ pub fn generate_within(plan: &Plan, budget: Budget) -> Result<Kernel, GenerateEr
         unrolled_statements: budget.unrolled_statements,
         unrolled_lu_max: budget.unrolled_lu_max,
         loops: 0,
-        lu_sizes: Vec::new(),
-        uses_pow: false,
     };
     let mut stages = Vec::new();
     for group in &schedule.stages {
@@ -382,7 +383,6 @@ pub fn generate_within(plan: &Plan, budget: Budget) -> Result<Kernel, GenerateEr
             continue;
         }
         let mut gen = generator();
-        gen.uses_pow = group.iter().any(|&i| is_power(steps[i].node));
         let mut body = item_prologue();
         for &i in group {
             gen.step(i, &steps[i], &mut body);
@@ -400,7 +400,7 @@ pub fn generate_within(plan: &Plan, budget: Budget) -> Result<Kernel, GenerateEr
             continue;
         }
         let i = gen.loop_var();
-        let target = lanes("out", base, Expr::id(i.clone()));
+        let target = lanes(Binding::Out, base, Expr::id(i.clone()));
         let value = gen.value(o, Expr::id(i.clone()));
         body.push(Stmt::For(i, len, vec![Stmt::Assign(target, value)]));
     }
@@ -651,12 +651,15 @@ impl Placement {
     }
 
     /// The buffer and base of step `i`'s value.
-    fn buffer_of(&self, steps: &[Step], layout: &BufferLayout, i: usize) -> (&'static str, usize) {
+    /// (A GEMM's operands and result, the only values asked for, are in buffers.)
+    fn buffer_of(&self, steps: &[Step], layout: &BufferLayout, i: usize) -> (Binding, usize) {
         match (steps[i].input, self.storage[i]) {
-            (Some(k), _) => ("batched", layout.input_base[k]),
-            (None, Storage::Scratch(b)) => ("scratch", b),
-            (None, Storage::Out(b)) => ("out", b),
-            (None, Storage::Private | Storage::Inline | Storage::Accumulator) => ("private", 0),
+            (Some(k), _) => (Binding::Batched, layout.input_base[k]),
+            (None, Storage::Scratch(b)) => (Binding::Scratch, b),
+            (None, Storage::Out(b)) => (Binding::Out, b),
+            (None, Storage::Private | Storage::Inline | Storage::Accumulator) => {
+                unreachable!("a value a GEMM reads or stores lives in a buffer (Placement::new)")
+            }
         }
     }
 }
@@ -683,44 +686,48 @@ fn gemm_stage(
     // `GemmStep::params`): with the shared factor on the left, C has n columns per item,
     // column j is column j / chunk of item j mod chunk; on the right, slice z holds row z of
     // every item, column j is item j.
+    let (w, n32) = (Expr::word, Expr::U32(n as u32));
     let (chunk, item, element) = if shared_left {
         (
-            format!("g.n / {n}u"),
-            "j % chunk".to_string(),
-            format!("i * {n}u + j / chunk"),
+            Expr::bin(BinOp::Div, Expr::param(Field::N), n32.clone()),
+            Expr::bin(BinOp::Rem, w("j"), w("chunk")),
+            Expr::bin(
+                BinOp::Add,
+                Expr::bin(BinOp::Mul, w("i"), n32),
+                Expr::bin(BinOp::Div, w("j"), w("chunk")),
+            ),
         )
     } else {
-        ("g.n".to_string(), "j".to_string(), format!("z * {n}u + i"))
+        (
+            Expr::param(Field::N),
+            w("j"),
+            Expr::bin(BinOp::Add, Expr::bin(BinOp::Mul, w("z"), n32), w("i")),
+        )
     };
     let value = match epilogue.last() {
         Some(&last) => gen
-            .elementwise_expr(last, Expr::Raw("e"))
-            .expect("an epilogue step is element-wise")
-            .to_string(),
-        None => "acc".to_string(),
+            .elementwise_expr(last, Expr::word("e"))
+            .expect("an epilogue step is element-wise"),
+        None => Expr::word("acc"),
     };
-    let mut source = String::new();
-    if epilogue.iter().any(|&u| is_power(steps[u].node)) {
-        source.push_str(POW_SOURCE);
-        source.push('\n');
-    }
     // Rows of C per slice: the shared factor's rows, or (on the right) its columns.
     let tile = gemm::tile_for(if shared_left { m } else { n });
-    source.push_str(&gemm::shader(
+    let source = gemm::shader(
         tile,
         b_buffer,
         c_buffer,
-        &gemm::Store {
-            chunk: &chunk,
-            item: &item,
-            element: &element,
-            epilogue: &value,
+        gemm::Store {
+            chunk,
+            item,
+            element,
+            epilogue: value,
         },
-    ));
+    )
+    .to_string();
     validate(&source)?;
     Ok(Stage {
         source,
-        // gemm.wgsl: 16-deep panels of k, 16 steps each.
+        // The GEMM: 16-deep panels of k, 16 steps each.
         loop_iterations: k.div_ceil(16) as u64 * 17,
         kind: StageKind::Gemm(GemmStep {
             m,
@@ -752,11 +759,6 @@ fn gemm_shape(steps: &[Step], i: usize) -> Option<(usize, usize, usize, bool)> {
     }
 }
 
-/// Whether a step is a power, which calls the `mg_pow` building block.
-fn is_power(node: Node) -> bool {
-    schedule::elementwise(node).is_some_and(|e| e.op == ElementOp::Pow)
-}
-
 /// Entry `idx` of the function-memory array `v`.
 fn at(v: &Ident, idx: Expr) -> Expr {
     Expr::index(Expr::id(v.clone()), idx)
@@ -765,31 +767,28 @@ fn at(v: &Ident, idx: Expr) -> Expr {
 /// The item index and the guard that every per-item stage starts with.
 fn item_prologue() -> Vec<Stmt> {
     vec![
-        Stmt::Let(Ident::chunk(), Expr::Raw("params.chunk")),
-        Stmt::Let(Ident::item(), Expr::raw_item()),
+        Stmt::Let(Ident::chunk(), Expr::param(Field::Chunk)),
+        Stmt::Let(
+            Ident::item(),
+            Expr::plus(
+                Expr::field(BuiltinInput::GlobalInvocationId.expr(), Field::X),
+                Expr::times(
+                    Expr::field(BuiltinInput::GlobalInvocationId.expr(), Field::Y),
+                    Expr::param(Field::Row),
+                ),
+            ),
+        ),
         Stmt::ReturnIf(Expr::bin(
-            ">=",
+            BinOp::Ge,
             Expr::id(Ident::item()),
             Expr::id(Ident::chunk()),
         )),
     ]
 }
 
-/// Writes a per-item stage: its building blocks, its workgroup size, and validates it.
+/// Writes a per-item stage: its building blocks (the functions its body calls), its
+/// workgroup size, and validates it.
 fn per_item_stage(gen: Generator, body: Vec<Stmt>) -> Result<Stage, InvalidShader> {
-    let mut source = String::new();
-    let _ = write!(source, "{}", Header);
-    if gen.uses_pow {
-        source.push_str(POW_SOURCE);
-        source.push('\n');
-    }
-    let mut sizes = gen.lu_sizes.clone();
-    sizes.sort_unstable();
-    sizes.dedup();
-    for n in sizes {
-        source.push_str(&lu::building_block(n, n > gen.unrolled_lu_max));
-        source.push('\n');
-    }
     let private: usize = body
         .iter()
         .map(|s| match s {
@@ -801,22 +800,30 @@ fn per_item_stage(gen: Generator, body: Vec<Stmt>) -> Result<Stage, InvalidShade
     while workgroup_size > 1 && workgroup_size as usize * private > WORKGROUP_FLOATS {
         workgroup_size /= 2;
     }
-    let _ = writeln!(
-        source,
-        "@compute @workgroup_size({workgroup_size})\nfn main(@builtin(global_invocation_id) gid: vec3<u32>) {{"
-    );
-    let mut budget = gen.unrolled_statements;
-    for stmt in &body {
-        let _ = stmt.write(&mut source, 1, &mut budget);
-    }
-    source.push_str("}\n");
-    validate(&source)?;
-    let lu_iterations = |name: &str| {
-        // The looped LU block (above the budget's unrolled size): loops three deep over n.
-        let n: u64 = name.rsplit('_').next()?.parse().ok()?;
-        (n > gen.unrolled_lu_max as u64).then(|| n * n * n + 4 * n * n)
+    let looped = |n: usize| n > gen.unrolled_lu_max;
+    let module = Module {
+        title: "Generated by matgrad from an evaluation plan: one invocation per batch item.",
+        uniform: Uniform::Params,
+        workgroup: Vec::new(),
+        functions: building_blocks(&body, looped),
+        workgroup_size: (workgroup_size, 1),
+        inputs: vec![BuiltinInput::GlobalInvocationId],
+        body,
+        unroll_budget: gen.unrolled_statements,
     };
-    let loop_iterations = body.iter().map(|s| s.iterations(&lu_iterations)).sum();
+    let source = module.to_string();
+    validate(&source)?;
+    let lu_iterations = |callee: Callee| match callee {
+        // The looped LU block (above the budget's unrolled size): loops three deep over n.
+        Callee::Lu(n) | Callee::Det(n) | Callee::LogDet(n) | Callee::Inv(n) if looped(n) => {
+            let n = n as u64;
+            Some(n * n * n + 4 * n * n)
+        }
+        _ => None,
+    };
+    let loop_iterations = (module.body.iter())
+        .map(|s| s.iterations(&lu_iterations))
+        .sum();
     Ok(Stage {
         source,
         kind: StageKind::PerItem { workgroup_size },
@@ -824,327 +831,41 @@ fn per_item_stage(gen: Generator, body: Vec<Stmt>) -> Result<Stage, InvalidShade
     })
 }
 
-/// A hand-written template's lines without its comment lines (which may name the tokens
-/// the generator replaces), each ended by a newline.
-fn without_comments(template: &str) -> String {
-    template
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("//"))
-        .map(|l| format!("{l}\n"))
-        .collect()
+/// The generated functions that `body` calls: `mg_pow`, then the LU building block of each
+/// size, smallest first (`looped(n)`: the looped form on `scratch`).
+fn building_blocks(body: &[Stmt], looped: impl Fn(usize) -> bool) -> Vec<Function> {
+    let mut callees: Vec<Callee> = body.iter().flat_map(Stmt::callees).collect();
+    callees.sort_unstable();
+    callees.dedup();
+    let mut functions = Vec::new();
+    if callees.contains(&Callee::Pow) {
+        functions.push(pow::function());
+    }
+    let mut sizes: Vec<usize> = (callees.iter())
+        .filter_map(|c| match *c {
+            Callee::Lu(n) | Callee::Det(n) | Callee::LogDet(n) | Callee::Inv(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    sizes.dedup();
+    for n in sizes {
+        functions.extend(lu::building_block(n, looped(n)));
+    }
+    functions
 }
 
 /// Element `idx` of the lanes at `base` of a buffer, for the current item.
-fn lanes(buffer: &'static str, base: usize, idx: Expr) -> Expr {
+fn lanes(buffer: Binding, base: usize, idx: Expr) -> Expr {
     Expr::index(
-        Expr::Raw(buffer),
-        Expr::add(
-            Expr::mul(
+        Expr::Buffer(buffer),
+        Expr::plus(
+            Expr::times(
                 Expr::id(Ident::chunk()),
-                Expr::add(Expr::U32(base as u32), idx),
+                Expr::plus(Expr::U32(base as u32), idx),
             ),
             Expr::id(Ident::item()),
         ),
     )
-}
-
-/// A generated identifier: built from numbers only.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Ident(String);
-
-impl Ident {
-    fn step(i: usize) -> Ident {
-        Ident(format!("v{i}"))
-    }
-    fn scratch(i: usize, what: &str) -> Ident {
-        // `what` is one of a fixed set of words chosen by the generator.
-        Ident(format!("{what}{i}"))
-    }
-    fn loop_var(n: usize) -> Ident {
-        Ident(format!("idx{n}"))
-    }
-    fn item() -> Ident {
-        Ident("item".into())
-    }
-    /// Items in the chunk: the stride of the lanes layout.
-    fn chunk() -> Ident {
-        Ident("chunk".into())
-    }
-}
-
-impl fmt::Display for Ident {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A WGSL expression.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Expr {
-    F32(f32),
-    U32(u32),
-    Id(Ident),
-    /// Fixed WGSL text chosen by the generator (buffer names, builtins).
-    Raw(&'static str),
-    Index(Box<Expr>, Box<Expr>),
-    Binary(&'static str, Box<Expr>, Box<Expr>),
-    Unary(&'static str, Box<Expr>),
-    Call(&'static str, Vec<Expr>),
-    CallN(String, Vec<Expr>),
-    AddrOf(Ident),
-}
-
-impl Expr {
-    /// Whether an array in function memory (an identifier, not a buffer) is indexed here by
-    /// an expression that reads `var`.
-    fn indexes_arrays_by(&self, var: &Ident) -> bool {
-        match self {
-            Expr::Index(base, idx) => {
-                (matches!(**base, Expr::Id(_)) && idx.reads(var))
-                    || base.indexes_arrays_by(var)
-                    || idx.indexes_arrays_by(var)
-            }
-            Expr::Binary(_, a, b) => a.indexes_arrays_by(var) || b.indexes_arrays_by(var),
-            Expr::Unary(_, a) => a.indexes_arrays_by(var),
-            Expr::Call(_, args) | Expr::CallN(_, args) => {
-                args.iter().any(|a| a.indexes_arrays_by(var))
-            }
-            Expr::F32(_) | Expr::U32(_) | Expr::Id(_) | Expr::Raw(_) | Expr::AddrOf(_) => false,
-        }
-    }
-
-    /// Loop iterations of the building blocks the expression calls (see
-    /// [`Stmt::iterations`]; `mg_pow` and WGSL's builtins do not loop).
-    fn iterations(&self, call: &dyn Fn(&str) -> Option<u64>) -> u64 {
-        match self {
-            Expr::Index(a, b) | Expr::Binary(_, a, b) => a.iterations(call) + b.iterations(call),
-            Expr::Unary(_, a) => a.iterations(call),
-            Expr::Call(_, args) => args.iter().map(|a| a.iterations(call)).sum(),
-            Expr::CallN(name, args) => {
-                call(name).unwrap_or(0) + args.iter().map(|a| a.iterations(call)).sum::<u64>()
-            }
-            Expr::F32(_) | Expr::U32(_) | Expr::Id(_) | Expr::Raw(_) | Expr::AddrOf(_) => 0,
-        }
-    }
-
-    /// Whether the expression reads the identifier `var`.
-    fn reads(&self, var: &Ident) -> bool {
-        match self {
-            Expr::Id(i) => i == var,
-            Expr::Index(a, b) | Expr::Binary(_, a, b) => a.reads(var) || b.reads(var),
-            Expr::Unary(_, a) => a.reads(var),
-            Expr::Call(_, args) | Expr::CallN(_, args) => args.iter().any(|a| a.reads(var)),
-            Expr::AddrOf(i) => i == var,
-            Expr::F32(_) | Expr::U32(_) | Expr::Raw(_) => false,
-        }
-    }
-
-    fn id(i: Ident) -> Expr {
-        Expr::Id(i)
-    }
-    fn index(base: Expr, i: Expr) -> Expr {
-        Expr::Index(Box::new(base), Box::new(i))
-    }
-    fn bin(op: &'static str, a: Expr, b: Expr) -> Expr {
-        Expr::Binary(op, Box::new(a), Box::new(b))
-    }
-    fn add(a: Expr, b: Expr) -> Expr {
-        match (&a, &b) {
-            (Expr::U32(0), _) => b,
-            (_, Expr::U32(0)) => a,
-            _ => Expr::bin("+", a, b),
-        }
-    }
-    fn mul(a: Expr, b: Expr) -> Expr {
-        match (&a, &b) {
-            (Expr::U32(0), _) | (_, Expr::U32(0)) => Expr::U32(0),
-            (Expr::U32(1), _) => b,
-            (_, Expr::U32(1)) => a,
-            _ => Expr::bin("*", a, b),
-        }
-    }
-    fn raw_item() -> Expr {
-        Expr::Raw("gid.x + gid.y * params.row")
-    }
-}
-
-impl fmt::Display for Expr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Expr::F32(v) => {
-                if v.is_finite() {
-                    // `{:?}` prints the shortest digits that round-trip, always with `.` or `e`.
-                    write!(f, "f32({v:?})")
-                } else {
-                    // Non-finite constants are not WGSL; they never reach here (the
-                    // simplifier folds only finite constants), but stay well-formed.
-                    write!(f, "f32(0.0)")
-                }
-            }
-            Expr::U32(v) => write!(f, "{v}u"),
-            Expr::Id(i) => write!(f, "{i}"),
-            Expr::Raw(s) => f.write_str(s),
-            Expr::Index(b, i) => write!(f, "{b}[{i}]"),
-            Expr::Binary(op, a, b) => write!(f, "({a} {op} {b})"),
-            Expr::Unary(op, a) => write!(f, "({op}{a})"),
-            Expr::Call(name, args) => write_call(f, name, args),
-            Expr::CallN(name, args) => write_call(f, name, args),
-            Expr::AddrOf(i) => write!(f, "&{i}"),
-        }
-    }
-}
-
-fn write_call(f: &mut fmt::Formatter<'_>, name: &str, args: &[Expr]) -> fmt::Result {
-    write!(f, "{name}(")?;
-    for (k, a) in args.iter().enumerate() {
-        if k > 0 {
-            f.write_str(", ")?;
-        }
-        write!(f, "{a}")?;
-    }
-    f.write_str(")")
-}
-
-/// A WGSL statement.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Stmt {
-    /// `var name: array<f32, len>;`
-    Array(Ident, usize),
-    /// `var name: array<u32, len>;`
-    IndexArray(Ident, usize),
-    /// `var name: f32 = value;`
-    Var(Ident, Expr),
-    Let(Ident, Expr),
-    Assign(Expr, Expr),
-    /// `for (var i: u32 = 0u; i < count; i = i + 1u) { body }`
-    For(Ident, usize, Vec<Stmt>),
-    ReturnIf(Expr),
-    /// A call whose value is not used.
-    Call(Expr),
-}
-
-/// A loop whose unrolled body would be at most this many statements is written unrolled
-/// (each iteration a block that binds the loop variable to a constant), so that drivers see
-/// constant indices and keep small per-item arrays in registers instead of local memory; a
-/// loop that indexes such an array by its variable unrolls up to the kernel's budget (rolled,
-/// it would put the whole array in local memory: W2's outer product, 768 statements,
-/// read its 16-float vector that way)...
-const UNROLL_LOOP: usize = 512;
-/// ...while the kernel's unrolled statements stay within this many (naga's validation time
-/// grows faster than linearly with a function's length).
-pub const UNROLL_KERNEL: usize = 2048;
-
-impl Stmt {
-    /// Statements this one is written as when every loop within its limit unrolls.
-    fn size(&self) -> usize {
-        match (self, self.unrolled_size()) {
-            (_, Some(n)) if n <= self.unroll_limit() => n,
-            (Stmt::For(_, _, body), _) => 1 + body.iter().map(Stmt::size).sum::<usize>(),
-            _ => 1,
-        }
-    }
-
-    /// The most statements this loop is unrolled into (see [`UNROLL_LOOP`]).
-    fn unroll_limit(&self) -> usize {
-        match self {
-            Stmt::For(i, _, body) if body.iter().any(|s| s.indexes_arrays_by(i)) => UNROLL_KERNEL,
-            _ => UNROLL_LOOP,
-        }
-    }
-
-    /// Whether an array in function memory is indexed by an expression that reads `var`.
-    fn indexes_arrays_by(&self, var: &Ident) -> bool {
-        let e = |x: &Expr| x.indexes_arrays_by(var);
-        match self {
-            Stmt::Var(_, x) | Stmt::Let(_, x) | Stmt::ReturnIf(x) | Stmt::Call(x) => e(x),
-            Stmt::Assign(t, x) => e(t) || e(x),
-            Stmt::For(_, _, body) => body.iter().any(|s| s.indexes_arrays_by(var)),
-            Stmt::Array(..) | Stmt::IndexArray(..) => false,
-        }
-    }
-
-    /// At most how many loop iterations running the statement takes, with `call(name)` those
-    /// of a building block that loops.
-    fn iterations(&self, call: &dyn Fn(&str) -> Option<u64>) -> u64 {
-        match self {
-            Stmt::For(_, count, body) => {
-                let inner: u64 = body.iter().map(|s| s.iterations(call)).sum();
-                *count as u64 * (1 + inner)
-            }
-            Stmt::Var(_, x) | Stmt::Let(_, x) | Stmt::ReturnIf(x) | Stmt::Call(x) => {
-                x.iterations(call)
-            }
-            Stmt::Assign(t, x) => t.iterations(call) + x.iterations(call),
-            Stmt::Array(..) | Stmt::IndexArray(..) => 0,
-        }
-    }
-
-    /// For a loop, its statements if it were unrolled (inner loops as [`Stmt::size`] says).
-    fn unrolled_size(&self) -> Option<usize> {
-        match self {
-            Stmt::For(_, count, body) => Some(count * body.iter().map(Stmt::size).sum::<usize>()),
-            _ => None,
-        }
-    }
-
-    /// Writes the statement; `budget` is what is left of [`UNROLL_KERNEL`].
-    fn write(&self, out: &mut String, depth: usize, budget: &mut usize) -> fmt::Result {
-        let pad = "    ".repeat(depth);
-        match self {
-            Stmt::For(i, count, body)
-                if self
-                    .unrolled_size()
-                    .is_some_and(|n| n <= self.unroll_limit().min(*budget)) =>
-            {
-                *budget -= self.size();
-                // Inside, every loop unrolls as `size` counted it.
-                let mut unlimited = usize::MAX;
-                for k in 0..*count {
-                    writeln!(out, "{pad}{{")?;
-                    writeln!(out, "{pad}    let {i} = {k}u;")?;
-                    for s in body {
-                        s.write(out, depth + 1, &mut unlimited)?;
-                    }
-                    writeln!(out, "{pad}}}")?;
-                }
-                Ok(())
-            }
-            Stmt::Array(n, len) => writeln!(out, "{pad}var {n}: array<f32, {len}u>;"),
-            Stmt::IndexArray(n, len) => writeln!(out, "{pad}var {n}: array<u32, {len}u>;"),
-            Stmt::Var(n, v) => writeln!(out, "{pad}var {n}: f32 = {v};"),
-            Stmt::Let(n, v) => writeln!(out, "{pad}let {n} = {v};"),
-            Stmt::Assign(t, v) => writeln!(out, "{pad}{t} = {v};"),
-            Stmt::For(i, count, body) => {
-                writeln!(
-                    out,
-                    "{pad}for (var {i}: u32 = 0u; {i} < {count}u; {i} = {i} + 1u) {{"
-                )?;
-                for s in body {
-                    s.write(out, depth + 1, budget)?;
-                }
-                writeln!(out, "{pad}}}")
-            }
-            Stmt::ReturnIf(c) => writeln!(out, "{pad}if {c} {{\n{pad}    return;\n{pad}}}"),
-            Stmt::Call(c) => writeln!(out, "{pad}{c};"),
-        }
-    }
-}
-
-/// The bindings and the parameter block.
-struct Header;
-
-impl fmt::Display for Header {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(
-            "// Generated by matgrad from an evaluation plan: one invocation per batch item.\n\
-             struct Params {\n    chunk: u32,\n    row: u32,\n    pad0: u32,\n    pad1: u32,\n}\n\
-             @group(0) @binding(0) var<storage, read> hoisted: array<f32>;\n\
-             @group(0) @binding(1) var<storage, read> batched: array<f32>;\n\
-             @group(0) @binding(2) var<storage, read_write> out: array<f32>;\n\
-             @group(0) @binding(3) var<uniform> params: Params;\n\
-             @group(0) @binding(4) var<storage, read_write> scratch: array<f32>;\n\n",
-        )
-    }
 }
 
 struct Generator<'p> {
@@ -1161,8 +882,6 @@ struct Generator<'p> {
     /// [`Budget::unrolled_lu_max`].
     unrolled_lu_max: usize,
     loops: usize,
-    lu_sizes: Vec<usize>,
-    uses_pow: bool,
 }
 
 impl Generator<'_> {
@@ -1189,9 +908,12 @@ impl Generator<'_> {
         match (step.batched, step.input) {
             (false, _) => {
                 let off = self.shared_offsets[s].unwrap_or(0);
-                Expr::index(Expr::Raw("hoisted"), Expr::add(Expr::U32(off as u32), idx))
+                Expr::index(
+                    Expr::Buffer(Binding::Hoisted),
+                    Expr::plus(Expr::U32(off as u32), idx),
+                )
             }
-            (true, Some(k)) => lanes("batched", self.input_base[k], idx),
+            (true, Some(k)) => lanes(Binding::Batched, self.input_base[k], idx),
             (true, None) => self.target(s, idx),
         }
     }
@@ -1212,11 +934,11 @@ impl Generator<'_> {
             self.value(a, at)
         };
         Some(match form.op {
-            ElementOp::Add => Expr::bin("+", arg(0), arg(1)),
-            ElementOp::Mul => Expr::bin("*", arg(0), arg(1)),
-            ElementOp::Div => Expr::bin("/", arg(0), arg(1)),
-            ElementOp::Neg => Expr::Unary("-", Box::new(arg(0))),
-            ElementOp::Pow => Expr::Call("mg_pow", vec![arg(0), arg(1)]),
+            ElementOp::Add => Expr::bin(BinOp::Add, arg(0), arg(1)),
+            ElementOp::Mul => Expr::bin(BinOp::Mul, arg(0), arg(1)),
+            ElementOp::Div => Expr::bin(BinOp::Div, arg(0), arg(1)),
+            ElementOp::Neg => Expr::negative(arg(0)),
+            ElementOp::Pow => Expr::Call(Callee::Pow, vec![arg(0), arg(1)]),
             ElementOp::Map(f) => map_call(f, arg(0)),
         })
     }
@@ -1228,9 +950,9 @@ impl Generator<'_> {
                 .elementwise_expr(s, idx)
                 .expect("only element-wise steps are inlined"),
             Storage::Private => Expr::index(Expr::id(Ident::step(s)), idx),
-            Storage::Scratch(base) => lanes("scratch", base, idx),
-            Storage::Out(base) => lanes("out", base, idx),
-            Storage::Accumulator => Expr::Raw("acc"),
+            Storage::Scratch(base) => lanes(Binding::Scratch, base, idx),
+            Storage::Out(base) => lanes(Binding::Out, base, idx),
+            Storage::Accumulator => Expr::word("acc"),
         }
     }
 
@@ -1259,12 +981,12 @@ impl Generator<'_> {
             Node::Transpose(_) => {
                 let (r, c) = (self.steps[a].rows, self.steps[a].cols);
                 let (p, q) = (self.loop_var(), self.loop_var());
-                let src = Expr::add(
-                    Expr::mul(Expr::id(p.clone()), Expr::U32(c as u32)),
+                let src = Expr::plus(
+                    Expr::times(Expr::id(p.clone()), Expr::U32(c as u32)),
                     Expr::id(q.clone()),
                 );
-                let target = Expr::add(
-                    Expr::mul(Expr::id(q.clone()), Expr::U32(r as u32)),
+                let target = Expr::plus(
+                    Expr::times(Expr::id(q.clone()), Expr::U32(r as u32)),
                     Expr::id(p.clone()),
                 );
                 let inner = Stmt::For(
@@ -1277,10 +999,10 @@ impl Generator<'_> {
             Node::MatMul(..) => {
                 let (m, k, n) = (self.steps[a].rows, self.steps[a].cols, self.steps[b].cols);
                 let lhs = |g: &Self, r: Expr, p: Expr| {
-                    g.value(a, Expr::add(Expr::mul(r, Expr::U32(k as u32)), p))
+                    g.value(a, Expr::plus(Expr::times(r, Expr::U32(k as u32)), p))
                 };
                 let rhs = |g: &Self, p: Expr, c: Expr| {
-                    g.value(b, Expr::add(Expr::mul(p, Expr::U32(n as u32)), c))
+                    g.value(b, Expr::plus(Expr::times(p, Expr::U32(n as u32)), c))
                 };
                 self.product(body, i, m, k, n, &lhs, &rhs);
             }
@@ -1293,7 +1015,7 @@ impl Generator<'_> {
             Node::DiagPart(_) => {
                 let n = step.rows;
                 let p = self.loop_var();
-                let src = Expr::mul(Expr::id(p.clone()), Expr::U32(n as u32 + 1));
+                let src = Expr::times(Expr::id(p.clone()), Expr::U32(n as u32 + 1));
                 body.push(Stmt::For(
                     p.clone(),
                     n,
@@ -1318,7 +1040,7 @@ impl Generator<'_> {
         let tmp = Ident::scratch(i, "pw");
         let copy = self.power_copy[i];
         let entry = move |k: Expr| match copy {
-            Some(base) => lanes("scratch", base, k),
+            Some(base) => lanes(Binding::Scratch, base, k),
             None => at(&tmp, k),
         };
         if copy.is_none() {
@@ -1329,10 +1051,10 @@ impl Generator<'_> {
             body.push(self.entrywise(len, |g, k| (entry(k.clone()), g.target(i, k))));
             let entry = entry.clone();
             let lhs = move |_: &Self, r: Expr, p: Expr| {
-                entry(Expr::add(Expr::mul(r, Expr::U32(n as u32)), p))
+                entry(Expr::plus(Expr::times(r, Expr::U32(n as u32)), p))
             };
             let rhs = |g: &Self, p: Expr, c: Expr| {
-                g.value(a, Expr::add(Expr::mul(p, Expr::U32(n as u32)), c))
+                g.value(a, Expr::plus(Expr::times(p, Expr::U32(n as u32)), c))
             };
             self.product(body, i, n, n, n, &lhs, &rhs);
         }
@@ -1342,23 +1064,23 @@ impl Generator<'_> {
     fn reduction(&mut self, i: usize, step: &Step, body: &mut Vec<Stmt>) {
         let a = step.args.first().copied().unwrap_or(0);
         let acc = Ident::scratch(i, "acc");
-        body.push(Stmt::Var(acc.clone(), Expr::F32(0.0)));
+        body.push(Stmt::Var(acc.clone(), Ty::F32, Expr::F32(0.0)));
         let k = self.loop_var();
         let (count, term) = match step.node {
             Node::Trace(_) => {
                 let n = self.steps[a].rows;
                 (
                     n,
-                    self.value(a, Expr::mul(Expr::id(k.clone()), Expr::U32(n as u32 + 1))),
+                    self.value(a, Expr::times(Expr::id(k.clone()), Expr::U32(n as u32 + 1))),
                 )
             }
             Node::Norm1(_) => (
                 self.steps[a].len(),
-                Expr::Call("abs", vec![self.value(a, Expr::id(k.clone()))]),
+                Expr::call(Builtin::Abs, vec![self.value(a, Expr::id(k.clone()))]),
             ),
             Node::Norm2(_) => {
                 let v = self.value(a, Expr::id(k.clone()));
-                (self.steps[a].len(), Expr::bin("*", v.clone(), v))
+                (self.steps[a].len(), Expr::bin(BinOp::Mul, v.clone(), v))
             }
             _ => (self.steps[a].len(), self.value(a, Expr::id(k.clone()))),
         };
@@ -1367,11 +1089,11 @@ impl Generator<'_> {
             count,
             vec![Stmt::Assign(
                 Expr::id(acc.clone()),
-                Expr::bin("+", Expr::id(acc.clone()), term),
+                Expr::bin(BinOp::Add, Expr::id(acc.clone()), term),
             )],
         ));
         let result = if matches!(step.node, Node::Norm2(_)) {
-            Expr::Call("sqrt", vec![Expr::id(acc)])
+            Expr::call(Builtin::Sqrt, vec![Expr::id(acc)])
         } else {
             Expr::id(acc)
         };
@@ -1384,7 +1106,6 @@ impl Generator<'_> {
         let a = step.args.first().copied().unwrap_or(0);
         let dst = Ident::step(i);
         let n = self.steps[a].rows;
-        self.lu_sizes.push(n);
         let (perm, sign) = (Ident::scratch(i, "perm"), Ident::scratch(i, "sign"));
         // The factors: the item's lanes of `scratch` at `base` for the looped block
         // (passed as `base, chunk, item`), else an array in function memory (a pointer).
@@ -1399,7 +1120,7 @@ impl Generator<'_> {
             None => vec![Expr::AddrOf(lu.clone())],
         };
         let entry = |k: Expr| match region {
-            Some(base) => lanes("scratch", base, k),
+            Some(base) => lanes(Binding::Scratch, base, k),
             None => at(&lu, k),
         };
         if region.is_none() {
@@ -1413,22 +1134,21 @@ impl Generator<'_> {
         };
         body.push(Stmt::Let(
             sign.clone(),
-            Expr::CallN(
-                format!("mg_lu_{n}"),
+            Expr::Call(
+                Callee::Lu(n),
                 with(matrix.clone(), vec![Expr::AddrOf(perm.clone())]),
             ),
         ));
-        let reduce = |name: &str| {
-            Expr::CallN(
-                format!("{name}_{n}"),
-                with(matrix.clone(), vec![Expr::id(sign.clone())]),
-            )
-        };
+        let reduce =
+            |callee: Callee| Expr::Call(callee, with(matrix.clone(), vec![Expr::id(sign.clone())]));
         match step.node {
-            Node::Det(_) => body.push(Stmt::Assign(self.target(i, Expr::U32(0)), reduce("mg_det"))),
+            Node::Det(_) => body.push(Stmt::Assign(
+                self.target(i, Expr::U32(0)),
+                reduce(Callee::Det(n)),
+            )),
             Node::LogDet(_) => body.push(Stmt::Assign(
                 self.target(i, Expr::U32(0)),
-                reduce("mg_logdet"),
+                reduce(Callee::LogDet(n)),
             )),
             _ => {
                 // The building block writes its inverse into the step's own array
@@ -1439,7 +1159,7 @@ impl Generator<'_> {
                 let (out, read): (Expr, Box<dyn Fn(Expr) -> Expr>) = match region {
                     Some(base) => (
                         Expr::U32((base + n * n) as u32),
-                        Box::new(move |k| lanes("scratch", base + n * n, k)),
+                        Box::new(move |k| lanes(Binding::Scratch, base + n * n, k)),
                     ),
                     None if own => (Expr::AddrOf(dst.clone()), Box::new(|k| k)),
                     None => {
@@ -1449,10 +1169,7 @@ impl Generator<'_> {
                     }
                 };
                 let args = vec![Expr::AddrOf(perm), Expr::id(sign), out];
-                body.push(Stmt::Call(Expr::CallN(
-                    format!("mg_inv_{n}"),
-                    with(matrix, args),
-                )));
+                body.push(Stmt::Call(Expr::Call(Callee::Inv(n), with(matrix, args))));
                 if !own {
                     body.push(self.entrywise(n * n, |g, k| (g.target(i, k.clone()), read(k))));
                 }
@@ -1467,7 +1184,7 @@ impl Generator<'_> {
         let n = step.rows;
         body.push(self.entrywise(len, |g, k| (g.target(i, k), Expr::F32(0.0))));
         let p = self.loop_var();
-        let target = Expr::mul(Expr::id(p.clone()), Expr::U32(n as u32 + 1));
+        let target = Expr::times(Expr::id(p.clone()), Expr::U32(n as u32 + 1));
         body.push(Stmt::For(
             p.clone(),
             n,
@@ -1491,27 +1208,27 @@ impl Generator<'_> {
         rhs: &dyn Fn(&Self, Expr, Expr) -> Expr,
     ) {
         let (r, c, p) = (self.loop_var(), self.loop_var(), self.loop_var());
-        let acc = Ident(format!("dot{}", self.loops));
+        let acc = Ident::numbered("dot", self.loops);
         let term = Expr::bin(
-            "*",
+            BinOp::Mul,
             lhs(self, Expr::id(r.clone()), Expr::id(p.clone())),
             rhs(self, Expr::id(p.clone()), Expr::id(c.clone())),
         );
         let inner = vec![
-            Stmt::Var(acc.clone(), Expr::F32(0.0)),
+            Stmt::Var(acc.clone(), Ty::F32, Expr::F32(0.0)),
             Stmt::For(
                 p,
                 k,
                 vec![Stmt::Assign(
                     Expr::id(acc.clone()),
-                    Expr::bin("+", Expr::id(acc.clone()), term),
+                    Expr::bin(BinOp::Add, Expr::id(acc.clone()), term),
                 )],
             ),
             Stmt::Assign(
                 self.target(
                     dst,
-                    Expr::add(
-                        Expr::mul(Expr::id(r.clone()), Expr::U32(n as u32)),
+                    Expr::plus(
+                        Expr::times(Expr::id(r.clone()), Expr::U32(n as u32)),
                         Expr::id(c.clone()),
                     ),
                 ),
@@ -1524,22 +1241,22 @@ impl Generator<'_> {
 
 /// An element-wise function as WGSL.
 fn map_call(f: Func, x: Expr) -> Expr {
-    let name = match f {
-        Func::Sin => "sin",
-        Func::Cos => "cos",
-        Func::Tan => "tan",
-        Func::Arcsin => "asin",
-        Func::Arccos => "acos",
-        Func::Arctan => "atan",
-        Func::Exp => "exp",
-        Func::Log => "log",
-        Func::Tanh => "tanh",
-        Func::Abs => "abs",
-        Func::Sign => "sign",
-        Func::Sqrt => "sqrt",
-        Func::Relu => return Expr::Call("max", vec![x, Expr::F32(0.0)]),
+    let builtin = match f {
+        Func::Sin => Builtin::Sin,
+        Func::Cos => Builtin::Cos,
+        Func::Tan => Builtin::Tan,
+        Func::Arcsin => Builtin::Asin,
+        Func::Arccos => Builtin::Acos,
+        Func::Arctan => Builtin::Atan,
+        Func::Exp => Builtin::Exp,
+        Func::Log => Builtin::Log,
+        Func::Tanh => Builtin::Tanh,
+        Func::Abs => Builtin::Abs,
+        Func::Sign => Builtin::Sign,
+        Func::Sqrt => Builtin::Sqrt,
+        Func::Relu => return Expr::call(Builtin::Max, vec![x, Expr::F32(0.0)]),
     };
-    Expr::Call(name, vec![x])
+    Expr::call(builtin, vec![x])
 }
 
 #[cfg(test)]
@@ -1664,7 +1381,7 @@ mod tests {
         let expected = "@compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let chunk = params.chunk;
-    let item = gid.x + gid.y * params.row;
+    let item = (gid.x + (gid.y * params.row));
     if (item >= chunk) {
         return;
     }
@@ -1702,7 +1419,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let expected = "@compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let chunk = params.chunk;
-    let item = gid.x + gid.y * params.row;
+    let item = (gid.x + (gid.y * params.row));
     if (item >= chunk) {
         return;
     }
