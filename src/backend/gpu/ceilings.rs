@@ -167,3 +167,16 @@ fn fma_rate(ctx: &GpuContext) -> Result<f64, GpuError> {
     let (groups, seconds) = timed(ctx, &pipeline, &bind_group, 64, max_groups)?;
     Ok(groups as f64 * WORKGROUP as f64 * FMA_FLOPS_PER_INVOCATION / seconds)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-written ceilings shaders are valid WGSL, checked by naga with no GPU.
+    #[test]
+    fn the_ceiling_shaders_validate() {
+        for (name, source) in [("copy.wgsl", COPY_SHADER), ("fma.wgsl", FMA_SHADER)] {
+            crate::wgsl::validate(source).unwrap_or_else(|e| panic!("shaders/{name}: {e}"));
+        }
+    }
+}
