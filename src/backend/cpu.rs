@@ -15,13 +15,19 @@
 //!   items per instruction with AVX-512), and the outputs are transposed back.
 //!
 //! The blocks are compiled for AVX-512, AVX2 and the portable baseline, and run on the
-//! widest the CPU has ([`Isa`]) or the one [`run_cpu_on`] is given.
+//! widest the CPU has ([`Isa`]) or the one [`run_cpu_on`] is given. The item-major layout's
+//! hand-written micro-kernels sit in one file per instruction set (`avx2.rs`, `avx512.rs`)
+//! behind one tile driver in [`rows`], which falls back to the portable GEMM elsewhere.
 //!
 //! Each thread's buffers are allocated once and reused for every block it runs; nothing is
 //! allocated per item. Invariant: results do not depend on the block size or the thread
 //! count beyond float32 rounding of independent items (each item is computed by the same code
 //! in the same order), nor on whether AVX-512 or AVX2 runs them (the same operations).
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod kernels;
 pub mod rows;
 

@@ -632,7 +632,7 @@ impl Epilogue<'_> {
     /// # Safety
     /// `out` holds the `rows · n` elements.
     #[inline(always)]
-    unsafe fn apply_to_rows(&self, at: usize, rows: usize, n: usize, out: *mut f32) {
+    pub(super) unsafe fn apply_to_rows(&self, at: usize, rows: usize, n: usize, out: *mut f32) {
         if !self.then.is_empty() {
             // SAFETY: as the caller guarantees.
             self.apply(at, unsafe { std::slice::from_raw_parts_mut(out, rows * n) });
@@ -907,7 +907,7 @@ fn matmul(
 }
 
 /// Columns per panel of a packed right factor ([`pack`]): one register tile's width.
-const PANEL: usize = 16;
+pub(super) const PANEL: usize = 16;
 
 /// A `k × n` row-major right factor rearranged for [`gemm_rows`]: whole panels of
 /// [`PANEL`] columns, each `k` contiguous rows of 16, then the last `n mod 16` columns as a
@@ -962,7 +962,8 @@ impl std::ops::Deref for Packed {
 /// broadcasts `x`'s elements (the rows stream from the caller's buffer once, never packed or
 /// transposed), and computes every output element as
 /// `fma(x[r][k-1], f[k-1][j], … fma(x[r][0], f[0][j], 0))`, whatever tile it falls in, so the
-/// two give the same bits. Elsewhere: the general GEMM, panel by panel.
+/// two give the same bits (the kernels: `avx512.rs`, `avx2.rs`, behind the one tile driver
+/// `gemm_rows_on`). Elsewhere: the general GEMM, panel by panel.
 pub fn gemm_rows(rows: usize, k: usize, n: usize, x: &[f32], f: &[f32], out: &mut [f32]) {
     gemm_rows_for(Isa::fastest(), rows, k, n, x, f, out)
 }
@@ -990,7 +991,7 @@ pub fn gemm_rows_for(
 
 /// How [`gemm_rows_on`] finds the right factor's elements.
 #[derive(Clone, Copy)]
-enum Factor {
+pub(super) enum Factor {
     /// [`pack`]ed.
     Packed,
     /// Row-major, rows `n` apart (a batched item's matrix, used once).
@@ -999,7 +1000,7 @@ enum Factor {
 
 impl Factor {
     /// (offset of panel `c`, its row stride, offset of the last columns, their row stride).
-    fn layout(self, k: usize, n: usize) -> (usize, usize, usize, usize) {
+    pub(super) fn layout(self, k: usize, n: usize) -> (usize, usize, usize, usize) {
         let panels = n / PANEL;
         match self {
             Factor::Packed => (k * PANEL, PANEL, panels * k * PANEL, n % PANEL),
@@ -1029,9 +1030,11 @@ fn gemm_rows_on(
         // SAFETY (both): the CPU has the features (`isa` is available); the assert above
         // bounds every access (the layouts address exactly the k·n elements of `f`).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { gemm_rows_avx512(rows, k, n, x, f, factor, (then, at), out) },
+        Isa::Avx512 => unsafe {
+            super::avx512::gemm_rows(rows, k, n, x, f, factor, (then, at), out)
+        },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { gemm_rows_fma(rows, k, n, x, f, factor, (then, at), out) },
+        Isa::Avx2 => unsafe { super::avx2::gemm_rows(rows, k, n, x, f, factor, (then, at), out) },
         _ => {
             gemm_rows_general(rows, k, n, x, f, factor, out);
             // SAFETY: `out` holds the `rows` rows of `n` (the assert above).
@@ -1065,215 +1068,6 @@ fn gemm_rows_general(
     }
 }
 
-/// Prefetches rows `from..to` (clipped to `rows`) of the `k`-wide row-major `x`: the tile
-/// kernels ask for the rows two tiles ahead, since the first tile of a block comes from
-/// memory, not cache.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn prefetch_rows(x: *const f32, from: usize, to: usize, rows: usize, k: usize) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-    for e in ((from * k).min(rows * k)..(to * k).min(rows * k)).step_by(16) {
-        _mm_prefetch::<_MM_HINT_T0>(x.add(e).cast());
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_rows_fma(
-    rows: usize,
-    k: usize,
-    n: usize,
-    x: &[f32],
-    f: &[f32],
-    factor: Factor,
-    (then, at): (&Epilogue, usize),
-    out: &mut [f32],
-) {
-    const R: usize = 6;
-    let (panels, rest) = (n / PANEL, n % PANEL);
-    let (step, stride, tail, tail_stride) = factor.layout(k, n);
-    let (x, f, o) = (x.as_ptr(), f.as_ptr(), out.as_mut_ptr());
-    let last = f.add(tail);
-    let mut r0 = 0;
-    while r0 < rows {
-        let r = R.min(rows - r0);
-        prefetch_rows(x, r0 + 2 * R, r0 + 3 * R, rows, k);
-        let (xr, or) = (x.add(r0 * k), o.add(r0 * n));
-        for c in 0..panels {
-            tile_of_rows::<2>(r, k, xr, f.add(c * step), stride, or.add(c * PANEL), n);
-        }
-        let mut j = 0;
-        if j + 8 <= rest {
-            tile_of_rows::<1>(r, k, xr, last, tail_stride, or.add(panels * PANEL), n);
-            j += 8;
-        }
-        for i in 0..r {
-            for j in j..rest {
-                let mut acc = 0.0f32;
-                for p in 0..k {
-                    acc = (*xr.add(i * k + p)).mul_add(*last.add(p * tail_stride + j), acc);
-                }
-                *or.add(i * n + panels * PANEL + j) = acc;
-            }
-        }
-        then.apply_to_rows(at + r0 * n, r, n, or);
-        r0 += r;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_rows_avx512(
-    rows: usize,
-    k: usize,
-    n: usize,
-    x: &[f32],
-    f: &[f32],
-    factor: Factor,
-    (then, at): (&Epilogue, usize),
-    out: &mut [f32],
-) {
-    const R: usize = 8;
-    let (panels, rest) = (n / PANEL, n % PANEL);
-    let (step, stride, tail, tail_stride) = factor.layout(k, n);
-    let (x, f, o) = (x.as_ptr(), f.as_ptr(), out.as_mut_ptr());
-    let mut r0 = 0;
-    while r0 < rows {
-        let r = R.min(rows - r0);
-        prefetch_rows(x, r0 + 2 * R, r0 + 3 * R, rows, k);
-        let (xr, or) = (x.add(r0 * k), o.add(r0 * n));
-        let mut c = 0;
-        while c + 2 <= panels {
-            let panel = [f.add(c * step), f.add((c + 1) * step)];
-            tile512_of_rows::<2>(r, k, xr, panel, stride, or.add(c * PANEL), n, u16::MAX);
-            c += 2;
-        }
-        if c < panels {
-            let panel = [f.add(c * step)];
-            tile512_of_rows::<1>(r, k, xr, panel, stride, or.add(c * PANEL), n, u16::MAX);
-        }
-        if rest > 0 {
-            let (last, mask) = ([f.add(tail)], (1u16 << rest) - 1);
-            let o = or.add(panels * PANEL);
-            tile512_of_rows::<1>(r, k, xr, last, tail_stride, o, n, mask);
-        }
-        then.apply_to_rows(at + r0 * n, r, n, or);
-        r0 += r;
-    }
-}
-
-/// [`tile512`] for `r` (1 to 8) rows, the row count made a constant.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile512_of_rows<const V: usize>(
-    r: usize,
-    k: usize,
-    x: *const f32,
-    f: [*const f32; V],
-    fs: usize,
-    out: *mut f32,
-    n: usize,
-    mask: u16,
-) {
-    match r {
-        8 => tile512::<8, V>(k, x, f, fs, out, n, mask),
-        7 => tile512::<7, V>(k, x, f, fs, out, n, mask),
-        6 => tile512::<6, V>(k, x, f, fs, out, n, mask),
-        5 => tile512::<5, V>(k, x, f, fs, out, n, mask),
-        4 => tile512::<4, V>(k, x, f, fs, out, n, mask),
-        3 => tile512::<3, V>(k, x, f, fs, out, n, mask),
-        2 => tile512::<2, V>(k, x, f, fs, out, n, mask),
-        _ => tile512::<1, V>(k, x, f, fs, out, n, mask),
-    }
-}
-
-/// `R` rows × `16V` columns of `out = x · f`: `x` rows `k` apart, the `V` panels of `f` at
-/// `f[v]` with rows `fs` apart, `out` rows `n` apart. Only the columns in `mask` are read
-/// and written (the last `n mod 16` columns; all 16 elsewhere).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn tile512<const R: usize, const V: usize>(
-    k: usize,
-    x: *const f32,
-    f: [*const f32; V],
-    fs: usize,
-    out: *mut f32,
-    n: usize,
-    mask: u16,
-) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); V]; R];
-    for p in 0..k {
-        let b: [__m512; V] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(mask, f[v].add(p * fs)));
-        for (i, acc) in acc.iter_mut().enumerate() {
-            let a = _mm512_set1_ps(*x.add(i * k + p));
-            for v in 0..V {
-                acc[v] = _mm512_fmadd_ps(a, b[v], acc[v]);
-            }
-        }
-    }
-    for (i, acc) in acc.iter().enumerate() {
-        for (v, &acc) in acc.iter().enumerate() {
-            _mm512_mask_storeu_ps(out.add(i * n + 16 * v), mask, acc);
-        }
-    }
-}
-
-/// [`tile`] for `r` (1 to 6) rows, the row count made a constant.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn tile_of_rows<const V: usize>(
-    r: usize,
-    k: usize,
-    x: *const f32,
-    f: *const f32,
-    fs: usize,
-    out: *mut f32,
-    n: usize,
-) {
-    match r {
-        6 => tile::<6, V>(k, x, f, fs, out, n),
-        5 => tile::<5, V>(k, x, f, fs, out, n),
-        4 => tile::<4, V>(k, x, f, fs, out, n),
-        3 => tile::<3, V>(k, x, f, fs, out, n),
-        2 => tile::<2, V>(k, x, f, fs, out, n),
-        _ => tile::<1, V>(k, x, f, fs, out, n),
-    }
-}
-
-/// `R` rows × `8V` columns of `out = x · f`: `x` rows `k` apart, `f` rows `fs` apart, `out`
-/// rows `n` apart.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn tile<const R: usize, const V: usize>(
-    k: usize,
-    x: *const f32,
-    f: *const f32,
-    fs: usize,
-    out: *mut f32,
-    n: usize,
-) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); V]; R];
-    for p in 0..k {
-        let b: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(f.add(p * fs + 8 * v)));
-        for (i, acc) in acc.iter_mut().enumerate() {
-            let a = _mm256_broadcast_ss(&*x.add(i * k + p));
-            for v in 0..V {
-                acc[v] = _mm256_fmadd_ps(a, b[v], acc[v]);
-            }
-        }
-    }
-    for (i, acc) in acc.iter().enumerate() {
-        for (v, &acc) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.add(i * n + 8 * v), acc);
-        }
-    }
-}
-
 /// `out = M·v` per item for batched `M` (m×k) and `v` (k): with AVX2 and FMA and rows of
 /// whole vectors (`k` a multiple of 8), eight rows at a time, their eight partial-sum vectors
 /// reduced together by a tree of horizontal adds; otherwise a [`dot`] per row.
@@ -1284,7 +1078,7 @@ fn matvec(isa: Isa, count: usize, m: usize, k: usize, a: &[f32], v: &[f32], out:
     {
         if k.is_multiple_of(8) && matches!(isa, Isa::Avx512 | Isa::Avx2) {
             // SAFETY: both have AVX2 and FMA; the assert above bounds every access.
-            unsafe { matvec_fma(count, m, k, a, v, out) };
+            unsafe { super::avx2::matvec(count, m, k, a, v, out) };
             return;
         }
     }
@@ -1295,87 +1089,6 @@ fn matvec(isa: Isa, count: usize, m: usize, k: usize, a: &[f32], v: &[f32], out:
             *o = dot(row, v);
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn matvec_fma(count: usize, m: usize, k: usize, a: &[f32], v: &[f32], out: &mut [f32]) {
-    // Rows of one or two vectors (W3's 8×8) with the row loop unrolled: the loop's own
-    // bookkeeping cost as much as its arithmetic.
-    match k {
-        8 => matvec_fma_rows::<8>(count, m, k, a, v, out),
-        16 => matvec_fma_rows::<16>(count, m, k, a, v, out),
-        _ => matvec_fma_rows::<0>(count, m, k, a, v, out),
-    }
-}
-
-/// [`matvec_fma`] for rows of `K` elements, or of `k` when `K` is 0.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn matvec_fma_rows<const K: usize>(
-    count: usize,
-    m: usize,
-    k: usize,
-    a: &[f32],
-    v: &[f32],
-    out: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let k = if K > 0 { K } else { k };
-    for t in 0..count {
-        // The matrix eight items ahead: the matrices stream from memory, one pass each.
-        if t + 8 < count {
-            let ahead = a.as_ptr().add((t + 8) * m * k);
-            for e in (0..m * k).step_by(16) {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.add(e).cast());
-            }
-        }
-        let (a, v, o) = (
-            a.as_ptr().add(t * m * k),
-            v.as_ptr().add(t * k),
-            out.as_mut_ptr().add(t * m),
-        );
-        let partial = |r: usize| {
-            let mut acc = _mm256_setzero_ps();
-            for c in (0..k).step_by(8) {
-                acc = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(a.add(r * k + c)),
-                    _mm256_loadu_ps(v.add(c)),
-                    acc,
-                );
-            }
-            acc
-        };
-        let mut r0 = 0;
-        while r0 + 8 <= m {
-            let sums: [__m256; 8] = std::array::from_fn(|r| partial(r0 + r));
-            _mm256_storeu_ps(o.add(r0), sum_lanes8(sums));
-            r0 += 8;
-        }
-        for r in r0..m {
-            let one = sum_lanes8([partial(r); 8]);
-            *o.add(r) = _mm256_cvtss_f32(one);
-        }
-    }
-}
-
-/// Lane `r` of the result is the sum of `a[r]`'s eight lanes, as
-/// `((a0+a1)+(a2+a3)) + ((a4+a5)+(a6+a7))`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn sum_lanes8(a: [std::arch::x86_64::__m256; 8]) -> std::arch::x86_64::__m256 {
-    use std::arch::x86_64::*;
-    // hadd(x, y) = [x0+x1, x2+x3, y0+y1, y2+y3 | x4+x5, x6+x7, y4+y5, y6+y7].
-    let s01 = _mm256_hadd_ps(a[0], a[1]);
-    let s23 = _mm256_hadd_ps(a[2], a[3]);
-    let s45 = _mm256_hadd_ps(a[4], a[5]);
-    let s67 = _mm256_hadd_ps(a[6], a[7]);
-    // [a0 0..3, a1 0..3, a2 0..3, a3 0..3 | a0 4..7, a1 4..7, a2 4..7, a3 4..7], and a4..a7.
-    let s0123 = _mm256_hadd_ps(s01, s23);
-    let s4567 = _mm256_hadd_ps(s45, s67);
-    let low = _mm256_permute2f128_ps::<0x20>(s0123, s4567);
-    let high = _mm256_permute2f128_ps::<0x31>(s0123, s4567);
-    _mm256_add_ps(low, high)
 }
 
 /// `out = Σ_p w[p] · (row p of rows)`, rows of `out.len()` elements, summed in row order

@@ -323,14 +323,14 @@ impl Builtin {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Callee {
     Builtin(Builtin),
-    /// `mg_pow(x, y)`: [`super::pow::function`].
+    /// `mg_pow(x, y)` (`pow.rs`).
     Pow,
-    /// The LU building block for N×N matrices ([`super::lu`]).
+    /// The LU building block for N×N matrices (`lu.rs`).
     Lu(usize),
     Det(usize),
     LogDet(usize),
     Inv(usize),
-    /// The GEMM's helpers ([`super::gemm`]).
+    /// The GEMM's helpers (`gemm.rs`).
     StageA,
     StageB,
     Store,
