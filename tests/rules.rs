@@ -56,7 +56,7 @@ rule_tests! {
     rule_sum => "sum",
     rule_norm1 => "norm1",
     rule_norm2 => "norm2",
-    rule_trace => "trace",
+    rule_trace => "tr",
     rule_det => "det",
     rule_logdet => "logdet",
     rule_inv => "inv",

@@ -14,12 +14,10 @@
 
 use crate::diagnostic::{Diagnostic, Span};
 
-/// The functions of the language, by their source names.
-pub const FUNCTIONS: &[&str] = &[
-    "sin", "cos", "tan", "arcsin", "arccos", "arctan", "exp", "log", "tanh", "abs", "sign", "relu",
-    "sqrt", "sum", "norm1", "norm2", "tr", "det", "logdet", "inv", "diag", "vector", "matrix",
-    "eye",
-];
+/// Whether `name` is a function of the language ([`crate::expr::Function`], the one table).
+pub fn is_function(name: &str) -> bool {
+    crate::expr::Function::from_name(name).is_some()
+}
 
 /// Words that declare a variable's kind.
 pub const KINDS: &[&str] = &["scalar", "vector", "matrix", "symmetric", "spd"];
@@ -37,7 +35,7 @@ pub fn check_variable_name(name: &str) -> Result<(), String> {
             name.escape_debug()
         ));
     }
-    if FUNCTIONS.contains(&name) || KINDS.contains(&name) {
+    if is_function(name) || KINDS.contains(&name) {
         return Err(format!(
             "`{name}` is a word of the language, not a free name"
         ));

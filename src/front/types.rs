@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 use crate::diagnostic::{Diagnostic, Span};
-use crate::expr::{Dim, DimInfo, Func, Graph, Id, Shape, Var};
+use crate::expr::{Dim, DimInfo, Function, Graph, Id, Shape, Var};
 use crate::parse::{parse_program, Ast, AstKind, BinOp, DimSpec, ProgramAst};
 
 /// A type-checked program: the graph, its root, and where each variable was introduced.
@@ -55,7 +55,7 @@ pub fn check_program(source: &str) -> Result<Program, Diagnostic> {
     for name in names {
         let lowercase = name.starts_with(|c: char| c.is_ascii_lowercase());
         let reserved = name == "eye"
-            || crate::parse::FUNCTIONS.contains(&name.as_str())
+            || crate::parse::is_function(&name)
             || crate::parse::KINDS.contains(&name.as_str());
         if lowercase
             && !reserved
@@ -493,7 +493,7 @@ impl Checker {
         for def in &ast.defs {
             let name = def.name.as_str();
             let clash = if name == "eye"
-                || crate::parse::FUNCTIONS.contains(&name)
+                || crate::parse::is_function(name)
                 || crate::parse::KINDS.contains(&name)
             {
                 Some("a word of the language")
@@ -520,7 +520,7 @@ impl Checker {
 
     fn declare(&mut self, ast: &ProgramAst) -> Result<(), Diagnostic> {
         for decl in &ast.decls {
-            if crate::parse::FUNCTIONS.contains(&decl.name.as_str()) {
+            if crate::parse::is_function(&decl.name) {
                 return Err(Diagnostic::new(
                     format!(
                         "`{}` is a function name and cannot be a variable",
@@ -695,7 +695,7 @@ impl Checker {
             let d = self.fresh_dim();
             return Ok(Ty { rows: d, cols: d });
         }
-        if crate::parse::FUNCTIONS.contains(&name) {
+        if crate::parse::is_function(name) {
             return Err(Diagnostic::new(
                 format!("`{name}` is a function: write {name}(...)"),
                 span,
@@ -753,8 +753,15 @@ impl Checker {
                 Ok(())
             }
         };
-        match name {
-            "vector" | "matrix" => {
+        let Some(function) = Function::from_name(name) else {
+            let known = Function::names().join(", ");
+            return Err(
+                Diagnostic::new(format!("unknown function `{name}`"), name_span)
+                    .with_help(format!("the functions are {known}")),
+            );
+        };
+        match function {
+            Function::Vector | Function::Matrix => {
                 want(1)?;
                 if constant_value(&args[0]).is_none() {
                     return Err(Diagnostic::new(
@@ -763,28 +770,28 @@ impl Checker {
                     ));
                 }
                 let rows = self.fresh_dim();
-                let cols = if name == "vector" {
+                let cols = if function == Function::Vector {
                     self.new_slot(Slot::One)
                 } else {
                     self.fresh_dim()
                 };
                 Ok(Ty { rows, cols })
             }
-            "eye" => {
+            Function::Eye => {
                 want(0)?;
                 let d = self.fresh_dim();
                 Ok(Ty { rows: d, cols: d })
             }
-            _ if Func::from_name(name).is_some() => {
+            Function::Map(_) => {
                 want(1)?;
                 self.infer(&args[0])
             }
-            "sum" | "norm1" | "norm2" => {
+            Function::Sum | Function::Norm1 | Function::Norm2 => {
                 want(1)?;
                 self.infer(&args[0])?;
                 Ok(self.scalar_ty())
             }
-            "tr" | "det" | "logdet" | "inv" => {
+            Function::Trace | Function::Det | Function::LogDet | Function::Inv => {
                 want(1)?;
                 let t = self.infer(&args[0])?;
                 let shape = self.describe(t);
@@ -794,9 +801,13 @@ impl Checker {
                         args[0].span,
                     ));
                 }
-                Ok(if name == "inv" { t } else { self.scalar_ty() })
+                Ok(if function == Function::Inv {
+                    t
+                } else {
+                    self.scalar_ty()
+                })
             }
-            "diag" => {
+            Function::Diag => {
                 want(1)?;
                 let arg = self.infer(&args[0])?;
                 let out = self.unknown_ty();
@@ -809,13 +820,6 @@ impl Checker {
                     key(ast),
                 ));
                 Ok(out)
-            }
-            _ => {
-                let known = crate::parse::FUNCTIONS.join(", ");
-                Err(
-                    Diagnostic::new(format!("unknown function `{name}`"), name_span)
-                        .with_help(format!("the functions are {known}")),
-                )
             }
         }
     }
@@ -1216,31 +1220,34 @@ impl<'c> Lowering<'c> {
             }
             AstKind::Call { name, args, .. } => {
                 let shape = self.shape(self.ty(ast));
-                match name.as_str() {
-                    "vector" | "matrix" => {
+                let Some(function) = Function::from_name(name) else {
+                    return unreachable_function(name, ast.span);
+                };
+                match function {
+                    Function::Vector | Function::Matrix => {
                         let c = constant_value(&args[0]).unwrap_or(0.0);
                         self.graph.fill(c, shape)
                     }
-                    "eye" => self.graph.eye(shape.rows),
+                    Function::Eye => self.graph.eye(shape.rows),
                     _ => {
                         let a = self.lower(&args[0])?;
                         let g = &mut self.graph;
-                        match name.as_str() {
-                            "sum" => g.sum(a),
-                            "norm1" => g.push(crate::expr::Node::Norm1(a)),
-                            "norm2" => g.push(crate::expr::Node::Norm2(a)),
-                            "tr" => g.trace(a),
-                            "det" => g.det(a),
-                            "logdet" => g.push(crate::expr::Node::LogDet(a)),
-                            "inv" => g.inv(a),
-                            "diag" => match self.checker.resolved.get(&key(ast)) {
+                        match function {
+                            Function::Sum => g.sum(a),
+                            Function::Norm1 => g.push(crate::expr::Node::Norm1(a)),
+                            Function::Norm2 => g.push(crate::expr::Node::Norm2(a)),
+                            Function::Trace => g.trace(a),
+                            Function::Det => g.det(a),
+                            Function::LogDet => g.push(crate::expr::Node::LogDet(a)),
+                            Function::Inv => g.inv(a),
+                            Function::Diag => match self.checker.resolved.get(&key(ast)) {
                                 Some(Resolved::DiagOfMatrix) => g.diag_part(a),
                                 _ => g.diag(a),
                             },
-                            f => match Func::from_name(f) {
-                                Some(func) => g.map(func, a),
-                                None => unreachable_function(f, ast.span)?,
-                            },
+                            Function::Map(func) => g.map(func, a),
+                            Function::Vector | Function::Matrix | Function::Eye => {
+                                unreachable!("constructors are lowered above")
+                            }
                         }
                     }
                 }

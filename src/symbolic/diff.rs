@@ -399,7 +399,7 @@ pub static RULES: &[Rule] = &[
         example: ("x: vector; norm2(x)", "x", "x/norm2(x)"),
     },
     Rule {
-        name: "trace",
+        name: "tr",
         operation: "tr(A)",
         reverse: "A += G*I",
         forward: "tr(dA)",
@@ -448,30 +448,10 @@ pub static RULES: &[Rule] = &[
 
 /// The name of the rule that differentiates `node`.
 pub fn rule_name(node: &Node) -> Option<&'static str> {
-    Some(match node {
-        Node::Var(_) | Node::Const(_) | Node::Fill(..) | Node::Eye(_) => return None,
-        Node::Add(..) => "add",
-        Node::Neg(_) => "neg",
-        Node::MatMul(..) => "matmul",
-        Node::Scale(..) => "scale",
-        Node::Div(..) => "div",
-        Node::Hadamard(..) => "hadamard",
-        Node::ElemDiv(..) => "elemdiv",
-        Node::Pow(..) => "pow",
-        Node::ElemPow(..) => "elempow",
-        Node::MatPow(..) => "matpow",
-        Node::Transpose(_) => "transpose",
-        Node::Map(..) => "map",
-        Node::Sum(_) => "sum",
-        Node::Norm1(_) => "norm1",
-        Node::Norm2(_) => "norm2",
-        Node::Trace(_) => "trace",
-        Node::Det(_) => "det",
-        Node::LogDet(_) => "logdet",
-        Node::Inv(_) => "inv",
-        Node::Diag(_) => "diag",
-        Node::DiagPart(_) => "diagpart",
-    })
+    match node {
+        Node::Var(_) | Node::Const(_) | Node::Fill(..) | Node::Eye(_) => None,
+        _ => Some(node.op_name()),
+    }
 }
 
 /// The element-wise derivative `f'(x)`, in the shape of `x`.

@@ -178,6 +178,78 @@ impl Func {
     }
 }
 
+/// The language's named functions: the one table of their names, read by the parser (which
+/// words are functions), the type checker (their types), the lowering (their nodes), the
+/// printers and the derivative rules' names ([`Node::op_name`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Function {
+    /// An element-wise function ([`Func`]).
+    Map(Func),
+    Sum,
+    Norm1,
+    Norm2,
+    Trace,
+    Det,
+    LogDet,
+    Inv,
+    /// A vector's diagonal matrix, or a square matrix's diagonal.
+    Diag,
+    /// `vector(c)`, `matrix(c)`: every entry `c`.
+    Vector,
+    Matrix,
+    /// The identity matrix (also usable without parentheses).
+    Eye,
+}
+
+impl Function {
+    /// Every function that is not element-wise, in the order the help text lists them.
+    const OTHERS: [Function; 11] = [
+        Function::Sum,
+        Function::Norm1,
+        Function::Norm2,
+        Function::Trace,
+        Function::Det,
+        Function::LogDet,
+        Function::Inv,
+        Function::Diag,
+        Function::Vector,
+        Function::Matrix,
+        Function::Eye,
+    ];
+
+    /// Every function: the element-wise ones first.
+    pub fn all() -> impl Iterator<Item = Function> {
+        (Func::ALL.into_iter().map(Function::Map)).chain(Function::OTHERS)
+    }
+
+    /// The source name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Function::Map(f) => f.name(),
+            Function::Sum => "sum",
+            Function::Norm1 => "norm1",
+            Function::Norm2 => "norm2",
+            Function::Trace => "tr",
+            Function::Det => "det",
+            Function::LogDet => "logdet",
+            Function::Inv => "inv",
+            Function::Diag => "diag",
+            Function::Vector => "vector",
+            Function::Matrix => "matrix",
+            Function::Eye => "eye",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Function> {
+        Function::all().find(|f| f.name() == name)
+    }
+
+    /// Every source name, in table order.
+    pub fn names() -> Vec<&'static str> {
+        Function::all().map(Function::name).collect()
+    }
+}
+
 /// An `f64` that can be hashed and compared by its bits (`-0.0` is stored as `0.0`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Num(u64);
@@ -244,6 +316,39 @@ pub enum Node {
 }
 
 impl Node {
+    /// The operation's name: the one table that `--json`'s `op` fields and the derivative
+    /// rules' names ([`crate::diff::rule_name`]) read; a named function's is its source name.
+    pub fn op_name(&self) -> &'static str {
+        let function = match self {
+            Node::Var(_) => return "var",
+            Node::Const(_) => return "const",
+            Node::Fill(..) => return "fill",
+            Node::Eye(_) => return "eye",
+            Node::Add(..) => return "add",
+            Node::Neg(_) => return "neg",
+            Node::MatMul(..) => return "matmul",
+            Node::Scale(..) => return "scale",
+            Node::Div(..) => return "div",
+            Node::Hadamard(..) => return "hadamard",
+            Node::ElemDiv(..) => return "elemdiv",
+            Node::Pow(..) => return "pow",
+            Node::ElemPow(..) => return "elempow",
+            Node::MatPow(..) => return "matpow",
+            Node::Transpose(_) => return "transpose",
+            Node::Map(..) => return "map",
+            Node::DiagPart(_) => return "diagpart",
+            Node::Sum(_) => Function::Sum,
+            Node::Norm1(_) => Function::Norm1,
+            Node::Norm2(_) => Function::Norm2,
+            Node::Trace(_) => Function::Trace,
+            Node::Det(_) => Function::Det,
+            Node::LogDet(_) => Function::LogDet,
+            Node::Inv(_) => Function::Inv,
+            Node::Diag(_) => Function::Diag,
+        };
+        function.name()
+    }
+
     /// The node's arguments, in order.
     pub fn args(&self) -> Vec<Id> {
         match *self {
@@ -744,5 +849,42 @@ impl Graph {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::check_program;
+
+    #[test]
+    fn every_function_name_is_one_word_of_the_language_and_round_trips() {
+        let names = Function::names();
+        assert_eq!(names.len(), Func::ALL.len() + 11);
+        for f in Function::all() {
+            assert_eq!(Function::from_name(f.name()), Some(f));
+            assert_eq!(names.iter().filter(|&&n| n == f.name()).count(), 1);
+            assert!(crate::parse::is_function(f.name()));
+            // A function's name cannot name a variable.
+            assert!(crate::parse::check_variable_name(f.name()).is_err());
+        }
+        assert!(!crate::parse::is_function("foo"));
+    }
+
+    #[test]
+    fn a_function_nodes_operation_name_is_its_source_name() {
+        // Each function lowered from source has that name as its node's operation name.
+        for name in ["sum", "norm1", "norm2", "tr", "det", "logdet", "inv"] {
+            let p = check_program(&format!("X: matrix(3,3); {name}(X)")).unwrap();
+            let node = (0..p.graph.nodes.len())
+                .map(|i| p.graph.node(Id(i as u32)))
+                .find(|n| !matches!(n, Node::Var(_)))
+                .unwrap();
+            assert_eq!(node.op_name(), name, "{node:?}");
+        }
+        let p = check_program("x: vector(3); diag(x)").unwrap();
+        assert_eq!(p.graph.node(p.root).op_name(), "diag");
+        let p = check_program("x: vector(3); exp(x)").unwrap();
+        assert_eq!(p.graph.node(p.root).op_name(), "map");
     }
 }

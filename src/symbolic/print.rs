@@ -13,7 +13,7 @@ use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
-use crate::expr::{Dim, Func, Graph, Id, Node, Shape};
+use crate::expr::{Dim, Func, Function, Graph, Id, Node, Shape};
 use crate::symbolic::names::{self, Named};
 
 /// The output formats.
@@ -248,35 +248,16 @@ fn json_node(graph: &Graph, id: Id, refs: &HashSet<&str>) -> Value {
         .into_iter()
         .map(|a| json_node(graph, a, refs))
         .collect();
-    let mut obj = match graph.node(id) {
+    let node = graph.node(id);
+    let mut obj = match node {
         Node::Var(v) if refs.contains(graph.vars[v as usize].name.as_str()) => {
             json!({"op": "ref", "name": graph.vars[v as usize].name})
         }
         Node::Var(v) => json!({"op": "var", "name": graph.vars[v as usize].name}),
-        Node::Const(c) => json!({"op": "const", "value": c.get()}),
-        Node::Fill(c, _) => json!({"op": "fill", "value": c.get()}),
-        Node::Eye(_) => json!({"op": "eye"}),
-        Node::Add(..) => json!({"op": "add"}),
-        Node::Neg(_) => json!({"op": "neg"}),
-        Node::MatMul(..) => json!({"op": "matmul"}),
-        Node::Scale(..) => json!({"op": "scale"}),
-        Node::Div(..) => json!({"op": "div"}),
-        Node::Hadamard(..) => json!({"op": "hadamard"}),
-        Node::ElemDiv(..) => json!({"op": "elemdiv"}),
-        Node::Pow(..) => json!({"op": "pow"}),
-        Node::ElemPow(..) => json!({"op": "elempow"}),
+        Node::Const(c) | Node::Fill(c, _) => json!({"op": node.op_name(), "value": c.get()}),
         Node::MatPow(_, k) => json!({"op": "matpow", "power": k}),
-        Node::Transpose(_) => json!({"op": "transpose"}),
         Node::Map(f, _) => json!({"op": "map", "func": f.name()}),
-        Node::Sum(_) => json!({"op": "sum"}),
-        Node::Norm1(_) => json!({"op": "norm1"}),
-        Node::Norm2(_) => json!({"op": "norm2"}),
-        Node::Trace(_) => json!({"op": "tr"}),
-        Node::Det(_) => json!({"op": "det"}),
-        Node::LogDet(_) => json!({"op": "logdet"}),
-        Node::Inv(_) => json!({"op": "inv"}),
-        Node::Diag(_) => json!({"op": "diag"}),
-        Node::DiagPart(_) => json!({"op": "diagpart"}),
+        _ => json!({"op": node.op_name()}),
     };
     obj["shape"] = shape;
     if !args.is_empty() {
@@ -546,16 +527,16 @@ impl<'g> Writer<'g> {
                 (format!("{}{mark}", self.map(f, inner)), Prec::Postfix)
             }
             Node::Map(f, a) => (self.map(f, a), Prec::Atom),
-            Node::Sum(a) => (self.call("sum", a), Prec::Atom),
-            Node::Trace(a) => (self.call("tr", a), Prec::Atom),
-            Node::Det(a) => (self.call("det", a), Prec::Atom),
-            Node::LogDet(a) => (self.call("logdet", a), Prec::Atom),
-            Node::Diag(a) | Node::DiagPart(a) => (self.call("diag", a), Prec::Atom),
+            Node::Sum(a) => (self.call(Function::Sum.name(), a), Prec::Atom),
+            Node::Trace(a) => (self.call(Function::Trace.name(), a), Prec::Atom),
+            Node::Det(a) => (self.call(Function::Det.name(), a), Prec::Atom),
+            Node::LogDet(a) => (self.call(Function::LogDet.name(), a), Prec::Atom),
+            Node::Diag(a) | Node::DiagPart(a) => (self.call(Function::Diag.name(), a), Prec::Atom),
             Node::Norm1(a) | Node::Norm2(a) => {
                 let one = matches!(g.node(id), Node::Norm1(_));
                 let arg = self.expr(a, false, false).0;
                 let s = match self.style {
-                    Style::Text => format!("{}({arg})", if one { "norm1" } else { "norm2" }),
+                    Style::Text => format!("{}({arg})", g.node(id).op_name()),
                     Style::Unicode => {
                         let sub = if one {
                             "₁"
