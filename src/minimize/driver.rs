@@ -309,6 +309,95 @@ struct Item {
     written: bool,
 }
 
+impl Item {
+    /// Item `id` before its first evaluation.
+    fn new(id: usize) -> Item {
+        Item {
+            id,
+            status: None,
+            phase: Phase::Start,
+            iterations: 0,
+            f: f64::NAN,
+            slope: 0.0,
+            step: 0.0,
+            step_lo: 0.0,
+            f_lo: 0.0,
+            slope_lo: 0.0,
+            step_hi: f64::NAN,
+            trials: 0,
+            scale: 1.0,
+            pairs: 0,
+            next_pair: 0,
+            gradient_norm: f64::NAN,
+            stalls: 0,
+            written: false,
+        }
+    }
+}
+
+/// The solve's answer, filled in as items finish: each item's point (in float64) and report,
+/// and the most iterations any finished item took.
+struct Answers {
+    points: Vec<f64>,
+    reports: Vec<ItemReport>,
+    iterations_max: u32,
+}
+
+impl Answers {
+    fn new(items: usize, n: usize) -> Answers {
+        let unfinished = ItemReport {
+            status: Status::NotFinite,
+            iterations: 0,
+            value: f64::NAN,
+            gradient_norm: f64::NAN,
+        };
+        Answers {
+            points: vec![0.0; items * n],
+            reports: vec![unfinished; items],
+            iterations_max: 0,
+        }
+    }
+
+    /// Writes out the stored items that finished since the last call (`points` and `state`
+    /// in slot order); returns how many stored items have finished in all.
+    fn collect<T: Precision>(
+        &mut self,
+        stored: &mut [Item],
+        points: &[T],
+        state: &[T],
+        layout: &Layout,
+        n: usize,
+    ) -> usize {
+        let mut finished = 0;
+        for (slot, item) in stored.iter_mut().enumerate() {
+            let Some(status) = item.status else { continue };
+            finished += 1;
+            if item.written {
+                continue;
+            }
+            item.written = true;
+            // An item that never had a finite start returns the start itself.
+            let point = if item.phase == Phase::Start {
+                &points[slot * n..(slot + 1) * n]
+            } else {
+                &state[slot * layout.stride + layout.x..][..n]
+            };
+            let to = &mut self.points[item.id * n..(item.id + 1) * n];
+            for (to, from) in to.iter_mut().zip(point) {
+                *to = from.to_f64();
+            }
+            self.reports[item.id] = ItemReport {
+                status,
+                iterations: item.iterations,
+                value: item.f,
+                gradient_norm: item.gradient_norm,
+            };
+            self.iterations_max = self.iterations_max.max(item.iterations);
+        }
+        finished
+    }
+}
+
 /// What every item shares: sizes, method, tolerances, bounds and the shared factor.
 struct Context<T> {
     method: Method,
@@ -427,28 +516,7 @@ pub(super) fn run<T: Precision>(
         let from = if start_batched { item * n } else { 0 };
         points[item * n..(item + 1) * n].copy_from_slice(&convert(&start[from..from + n]));
     }
-    let mut stored: Vec<Item> = (0..items)
-        .map(|id| Item {
-            id,
-            status: None,
-            phase: Phase::Start,
-            iterations: 0,
-            f: f64::NAN,
-            slope: 0.0,
-            step: 0.0,
-            step_lo: 0.0,
-            f_lo: 0.0,
-            slope_lo: 0.0,
-            step_hi: f64::NAN,
-            trials: 0,
-            scale: 1.0,
-            pairs: 0,
-            next_pair: 0,
-            gradient_norm: f64::NAN,
-            stalls: 0,
-            written: false,
-        })
-        .collect();
+    let mut stored: Vec<Item> = (0..items).map(Item::new).collect();
     // The start is kept feasible.
     points
         .par_chunks_mut(n)
@@ -458,48 +526,21 @@ pub(super) fn run<T: Precision>(
             project(point, lo, hi);
         });
 
-    let mut solution_points = vec![0.0f64; items * n];
-    let mut reports = vec![
-        ItemReport {
-            status: Status::NotFinite,
-            iterations: 0,
-            value: f64::NAN,
-            gradient_norm: f64::NAN,
-        };
-        items
-    ];
+    let mut answers = Answers::new(items, n);
     let mut round = 0u32;
-    let mut iterations_max = 0u32;
-    let scratch_len = n * n + 2 * n + memory;
     while !stored.is_empty() {
         round += 1;
         evaluator.evaluate(&points, stored.len());
         if let Some(side) = symmetric_side {
             symmetrize(evaluator.gradients_mut(), side);
         }
-        let (values, gradients, curvatures) = evaluator.results();
-        let context = &context;
-        let (lower_items_ref, upper_items_ref) = (&lower_items, &upper_items);
-        state
-            .par_chunks_mut(layout.stride)
-            .zip(stored.par_iter_mut())
-            .zip(points.par_chunks_mut(n))
-            .enumerate()
-            .for_each_init(
-                || vec![T::ZERO; scratch_len],
-                |scratch, (slot, ((row, item), trial))| {
-                    if item.status.is_some() {
-                        return;
-                    }
-                    let (lo, hi) = bounds_of(context, lower_items_ref, upper_items_ref, slot, n);
-                    let results = Results {
-                        f: values[slot].to_f64(),
-                        g: &gradients[slot * n..(slot + 1) * n],
-                        h: curvatures.map(|h| &h[slot * n * n..(slot + 1) * n * n]),
-                    };
-                    context.update(item, row, trial, &results, (lo, hi), &layout, scratch);
-                },
-            );
+        let per_item = PerItem {
+            state: &mut state,
+            stored: &mut stored,
+            points: &mut points,
+            bounds: (&lower_items, &upper_items),
+        };
+        update_all(&context, &layout, per_item, evaluator.results());
         if round == 1 {
             let not_finite_at_start = stored
                 .iter()
@@ -510,34 +551,7 @@ pub(super) fn run<T: Precision>(
         }
         // Finished items are written out; once they are an eighth of the stored ones, they
         // are removed from every per-item array.
-        let mut finished = 0;
-        for (slot, item) in stored.iter_mut().enumerate() {
-            let Some(status) = item.status else { continue };
-            finished += 1;
-            if item.written {
-                continue;
-            }
-            item.written = true;
-            // An item that never had a finite start returns the start itself.
-            let point = if item.phase == Phase::Start {
-                &points[slot * n..(slot + 1) * n]
-            } else {
-                &state[slot * layout.stride + layout.x..][..n]
-            };
-            for (to, from) in solution_points[item.id * n..(item.id + 1) * n]
-                .iter_mut()
-                .zip(point)
-            {
-                *to = from.to_f64();
-            }
-            reports[item.id] = ItemReport {
-                status,
-                iterations: item.iterations,
-                value: item.f,
-                gradient_norm: item.gradient_norm,
-            };
-            iterations_max = iterations_max.max(item.iterations);
-        }
+        let finished = answers.collect(&mut stored, &points, &state, &layout, n);
         if finished > 0 && finished * 8 >= stored.len() {
             let keep: Vec<usize> = (0..stored.len())
                 .filter(|&k| stored[k].status.is_none())
@@ -559,7 +573,7 @@ pub(super) fn run<T: Precision>(
             .map(|i| i.iterations)
             .max()
             .unwrap_or(0)
-            .max(iterations_max);
+            .max(answers.iterations_max);
         progress(Progress {
             round,
             active,
@@ -574,14 +588,55 @@ pub(super) fn run<T: Precision>(
         method,
         items,
         item_shape,
-        points: solution_points,
-        reports,
+        points: answers.points,
+        reports: answers.reports,
         rounds: round,
         shared_hessian,
         solve_seconds: clock.elapsed().as_secs_f64(),
         notes,
         transfers: None,
     })
+}
+
+/// The stored items' per-item arrays, in slot order: their state rows, scalars, trial points
+/// and per-item bounds.
+struct PerItem<'a, T> {
+    state: &'a mut [T],
+    stored: &'a mut [Item],
+    points: &'a mut [T],
+    bounds: (&'a Option<Vec<T>>, &'a Option<Vec<T>>),
+}
+
+/// One round's updates, in parallel: every active stored item's next trial point from its
+/// objective, gradient and curvature at the last one (`results`, in slot order).
+fn update_all<T: Precision>(
+    context: &Context<T>,
+    layout: &Layout,
+    items: PerItem<T>,
+    (values, gradients, curvatures): (&[T], &[T], Option<&[T]>),
+) {
+    let n = context.n;
+    let scratch_len = n * n + 2 * n + context.memory;
+    let (lower_items, upper_items) = items.bounds;
+    (items.state.par_chunks_mut(layout.stride))
+        .zip(items.stored.par_iter_mut())
+        .zip(items.points.par_chunks_mut(n))
+        .enumerate()
+        .for_each_init(
+            || vec![T::ZERO; scratch_len],
+            |scratch, (slot, ((row, item), trial))| {
+                if item.status.is_some() {
+                    return;
+                }
+                let (lo, hi) = bounds_of(context, lower_items, upper_items, slot, n);
+                let results = Results {
+                    f: values[slot].to_f64(),
+                    g: &gradients[slot * n..(slot + 1) * n],
+                    h: curvatures.map(|h| &h[slot * n * n..(slot + 1) * n * n]),
+                };
+                context.update(item, row, trial, &results, (lo, hi), layout, scratch);
+            },
+        );
 }
 
 /// Refuses a start outside the objective's domain: an item whose inputs are all finite but
