@@ -378,27 +378,7 @@ impl<'g> Writer<'g> {
         let text = self.style == Style::Text;
         match g.node(id) {
             Node::Var(v) => (self.name(&g.vars[v as usize].name), Prec::Atom),
-            Node::Const(c) => {
-                let v = c.get();
-                match fraction(v) {
-                    // `2/3` reads back as the same float64; it binds as a quotient. Numbers
-                    // with few decimals stay decimals (`0.5`, `1.25`).
-                    Some((p, q)) if q > 1 && number(v).len() > 6 => match self.style {
-                        Style::Latex => {
-                            let sign = if p < 0 { "-" } else { "" };
-                            let frac = format!("{sign}\\frac{{{}}}{{{q}}}", p.abs());
-                            (frac, if p < 0 { Prec::Unary } else { Prec::Atom })
-                        }
-                        // Juxtaposed, `2/3x` would read as 2/(3x).
-                        Style::Unicode => (format!("({p}/{q})"), Prec::Atom),
-                        Style::Text => (format!("{p}/{q}"), Prec::Product),
-                    },
-                    _ => {
-                        let p = if v < 0.0 { Prec::Unary } else { Prec::Atom };
-                        (number(v), p)
-                    }
-                }
-            }
+            Node::Const(c) => self.constant(c.get()),
             Node::Fill(c, shape) => self.fill(c.get(), shape),
             Node::Eye(_) => (if text { "eye".into() } else { "I".into() }, Prec::Atom),
             Node::Add(a, b) => {
@@ -419,22 +399,7 @@ impl<'g> Writer<'g> {
                 };
                 (format!("{minus}{inner}"), Prec::Unary)
             }
-            Node::MatMul(a, b) | Node::Scale(a, b) => {
-                // `0.5./sqrt(x)`, not `0.5*(1./sqrt(x))`.
-                if let Some((c, over)) = self.number_over(id) {
-                    return (format!("{c}./{}", self.strict_right(over)), Prec::Product);
-                }
-                let in_prefix = matches!(g.node(id), Node::Scale(..)) && !g.shape(b).is_scalar();
-                let prefix_flag = scalar_prefix || in_prefix;
-                let left = self.product_operand(a, true, prefix_flag && g.shape(a).is_scalar());
-                let right = self.product_operand(b, false, scalar_prefix && g.shape(b).is_scalar());
-                if scalar_prefix && matches!(g.node(id), Node::MatMul(..)) {
-                    // A 1×1 product among scalar factors: keep it visibly one factor.
-                    let joined = self.join_product(&left, &right);
-                    return (self.paren(joined), Prec::Atom);
-                }
-                (self.join_product(&left, &right), Prec::Product)
-            }
+            Node::MatMul(a, b) | Node::Scale(a, b) => self.product(id, a, b, scalar_prefix),
             Node::Div(a, b) => {
                 if self.style == Style::Latex {
                     let num = self.expr(a, false, false).0;
@@ -508,22 +473,13 @@ impl<'g> Writer<'g> {
             }
             Node::Transpose(a) => {
                 let base = self.operand(a, Prec::Postfix, false);
-                let mark = match self.style {
-                    Style::Text => "'",
-                    Style::Unicode => "ᵀ",
-                    Style::Latex => "^\\top",
-                };
-                (format!("{base}{mark}"), Prec::Postfix)
+                (format!("{base}{}", self.transpose_mark()), Prec::Postfix)
             }
             Node::Inv(a) => self.inverse(a),
             // `sin(x)'`, as people write it, for `sin(x')` (the same for element-wise maps).
             Node::Map(f, a) if matches!(g.node(a), Node::Transpose(_)) => {
                 let inner = g.node(a).args()[0];
-                let mark = match self.style {
-                    Style::Text => "'",
-                    Style::Unicode => "ᵀ",
-                    Style::Latex => "^\\top",
-                };
+                let mark = self.transpose_mark();
                 (format!("{}{mark}", self.map(f, inner)), Prec::Postfix)
             }
             Node::Map(f, a) => (self.map(f, a), Prec::Atom),
@@ -532,34 +488,74 @@ impl<'g> Writer<'g> {
             Node::Det(a) => (self.call(Function::Det.name(), a), Prec::Atom),
             Node::LogDet(a) => (self.call(Function::LogDet.name(), a), Prec::Atom),
             Node::Diag(a) | Node::DiagPart(a) => (self.call(Function::Diag.name(), a), Prec::Atom),
-            Node::Norm1(a) | Node::Norm2(a) => {
-                let one = matches!(g.node(id), Node::Norm1(_));
-                let arg = self.expr(a, false, false).0;
-                let s = match self.style {
-                    Style::Text => format!("{}({arg})", g.node(id).op_name()),
-                    Style::Unicode => {
-                        let sub = if one {
-                            "₁"
-                        } else if g.shape(a).is_column() || g.shape(a).is_row() {
-                            "₂"
-                        } else {
-                            "_F"
-                        };
-                        format!("‖{arg}‖{sub}")
-                    }
-                    Style::Latex => {
-                        let sub = if one {
-                            "1"
-                        } else if g.shape(a).is_column() || g.shape(a).is_row() {
-                            "2"
-                        } else {
-                            "F"
-                        };
-                        format!("\\left\\|{arg}\\right\\|_{sub}")
-                    }
-                };
-                (s, Prec::Atom)
+            Node::Norm1(a) | Node::Norm2(a) => (self.norm(id, a), Prec::Atom),
+        }
+    }
+
+    /// A number: a short fraction where it reads back as the same float64 (`2/3`, binding as
+    /// a quotient), else its decimal digits (`0.5`, `1.25`).
+    fn constant(&self, v: f64) -> (String, Prec) {
+        match fraction(v) {
+            Some((p, q)) if q > 1 && number(v).len() > 6 => match self.style {
+                Style::Latex => {
+                    let sign = if p < 0 { "-" } else { "" };
+                    let frac = format!("{sign}\\frac{{{}}}{{{q}}}", p.abs());
+                    (frac, if p < 0 { Prec::Unary } else { Prec::Atom })
+                }
+                // Juxtaposed, `2/3x` would read as 2/(3x).
+                Style::Unicode => (format!("({p}/{q})"), Prec::Atom),
+                Style::Text => (format!("{p}/{q}"), Prec::Product),
+            },
+            _ => {
+                let p = if v < 0.0 { Prec::Unary } else { Prec::Atom };
+                (number(v), p)
             }
+        }
+    }
+
+    /// `a*b` (a matrix product or a scale), or `c./x` for a number over a value.
+    fn product(&self, id: Id, a: Id, b: Id, scalar_prefix: bool) -> (String, Prec) {
+        let g = self.g;
+        // `0.5./sqrt(x)`, not `0.5*(1./sqrt(x))`.
+        if let Some((c, over)) = self.number_over(id) {
+            return (format!("{c}./{}", self.strict_right(over)), Prec::Product);
+        }
+        let in_prefix = matches!(g.node(id), Node::Scale(..)) && !g.shape(b).is_scalar();
+        let prefix_flag = scalar_prefix || in_prefix;
+        let left = self.product_operand(a, true, prefix_flag && g.shape(a).is_scalar());
+        let right = self.product_operand(b, false, scalar_prefix && g.shape(b).is_scalar());
+        if scalar_prefix && matches!(g.node(id), Node::MatMul(..)) {
+            // A 1×1 product among scalar factors: keep it visibly one factor.
+            let joined = self.join_product(&left, &right);
+            return (self.paren(joined), Prec::Atom);
+        }
+        (self.join_product(&left, &right), Prec::Product)
+    }
+
+    /// The transpose's mark in this style.
+    fn transpose_mark(&self) -> &'static str {
+        match self.style {
+            Style::Text => "'",
+            Style::Unicode => "ᵀ",
+            Style::Latex => "^\\top",
+        }
+    }
+
+    /// `norm1(a)`, `norm2(a)`; `‖a‖₁`, `‖a‖₂` (a vector), `‖a‖_F` (a matrix).
+    fn norm(&self, id: Id, a: Id) -> String {
+        let g = self.g;
+        let one = matches!(g.node(id), Node::Norm1(_));
+        let vector = g.shape(a).is_column() || g.shape(a).is_row();
+        let arg = self.expr(a, false, false).0;
+        let (sub, latex_sub) = match (one, vector) {
+            (true, _) => ("₁", "1"),
+            (false, true) => ("₂", "2"),
+            (false, false) => ("_F", "F"),
+        };
+        match self.style {
+            Style::Text => format!("{}({arg})", g.node(id).op_name()),
+            Style::Unicode => format!("‖{arg}‖{sub}"),
+            Style::Latex => format!("\\left\\|{arg}\\right\\|_{latex_sub}"),
         }
     }
 
