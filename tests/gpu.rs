@@ -18,6 +18,7 @@ use matgrad::expr::Node;
 use matgrad::gpu::{run_gpu, GpuContext, GpuError, GpuOptions};
 use matgrad::plan::Plan;
 use matgrad::verify::dimension_sizes;
+use matgrad::wgsl::Budget;
 use matgrad::workloads::{prepare, WORKLOADS};
 
 /// GPU tests run one at a time: a software adapter on a 2-core machine gains nothing from
@@ -489,32 +490,51 @@ fn element_wise_steps_fused_into_products_match_the_reference() {
 /// The LU building block at every size around the switch from the unrolled form (constant
 /// indices, pivots by `select`) to the looped one: log-determinants and inverses of normal
 /// matrices, which need row exchanges, against the reference; an exactly singular item (a
-/// zero row) gives -Inf and an all-NaN inverse on the GPU and spoils no other item.
+/// zero row) gives -Inf and an all-NaN inverse on the GPU and spoils no other item. Both
+/// forms run on every adapter: the adapter's own budget, then the hardware budget (which a
+/// software adapter would not choose: its unrolled blocks up to 8×8 run there too).
 #[test]
 fn lu_building_blocks_match_the_reference_at_every_size() {
     let _serial = serial();
     let Some(ctx) = context(GpuOptions::default()) else {
         return;
     };
+    let Some(hardware) = context(GpuOptions {
+        kernel_budget: Some(Budget::HARDWARE),
+        ..GpuOptions::default()
+    }) else {
+        return;
+    };
+    for (ctx, sizes) in [
+        (&ctx, 1..=10),
+        (&hardware, 1..=Budget::HARDWARE.unrolled_lu_max),
+    ] {
+        lu_blocks_match_the_reference(ctx, sizes);
+    }
+}
+
+fn lu_blocks_match_the_reference(ctx: &GpuContext, sizes: std::ops::RangeInclusive<usize>) {
+    let budget = ctx.kernel_budget();
     let batch = 40;
-    for n in 1..=10 {
+    for n in sizes {
         let (d, plan) = plan_of(&format!("X: matrix({n},{n}); logdet(X)"), "X", "X", true);
         let mut values = inputs(&d, &plan, batch, n as u64);
         let x = values.iter_mut().find(|b| b.batch.is_some()).unwrap();
         x.data[3 * n * n..3 * n * n + n].fill(0.0);
-        let err = gpu_error(&ctx, &plan, &values, batch, &format!("n = {n}"));
-        assert!(err < F32_TOLERANCE, "n = {n}: gpu error {err:.2e}");
+        let what = format!("n = {n}, {budget:?}");
+        let err = gpu_error(ctx, &plan, &values, batch, &what);
+        assert!(err < F32_TOLERANCE, "{what}: gpu error {err:.2e}");
 
         let values32: Vec<Batch<f32>> = values.iter().map(to_f32).collect();
         let refs: Vec<&Batch<f32>> = values32.iter().collect();
-        let out = run_gpu(&ctx, &plan, &refs, batch).unwrap();
+        let out = run_gpu(ctx, &plan, &refs, batch).unwrap();
         let (inverse, logdet) = (&out[0], &out[1]);
-        assert!(inverse.item(3).iter().all(|v| v.is_nan()), "n = {n}");
-        assert_eq!(logdet.item(3)[0], f32::NEG_INFINITY, "n = {n}");
+        assert!(inverse.item(3).iter().all(|v| v.is_nan()), "{what}");
+        assert_eq!(logdet.item(3)[0], f32::NEG_INFINITY, "{what}");
         let finite = (0..batch)
             .filter(|&i| inverse.item(i).iter().all(|v| v.is_finite()))
             .count();
-        assert_eq!(finite, batch - 1, "n = {n}");
+        assert_eq!(finite, batch - 1, "{what}");
     }
 }
 

@@ -47,6 +47,9 @@ pub struct GpuOptions {
     /// At most this many workgroups per dispatch dimension, below the adapter's limit
     /// (tests use it to force the two-dimensional fold of the dispatch).
     pub max_workgroups_per_dimension: Option<u32>,
+    /// The kernels' budget instead of the adapter's (tests run the hardware budget's
+    /// unrolled building blocks on the software adapter).
+    pub kernel_budget: Option<Budget>,
 }
 
 /// Why the GPU could not run.
@@ -173,6 +176,8 @@ pub struct ContextInner {
     adapter: AdapterSummary,
     pub(crate) limits: wgpu::Limits,
     max_chunk_items: Option<usize>,
+    /// [`GpuOptions::kernel_budget`].
+    kernel_budget: Option<Budget>,
     /// Workgroups per dispatch dimension.
     pub(crate) workgroups_per_dimension: u32,
     /// Whether the device times kernels with timestamp queries.
@@ -305,6 +310,7 @@ impl GpuContext {
             adapter: info,
             limits,
             max_chunk_items: options.max_chunk_items,
+            kernel_budget: options.kernel_budget,
             workgroups_per_dimension,
             timestamps,
             layout,
@@ -328,11 +334,13 @@ impl GpuContext {
         &self.adapter
     }
 
-    /// What this device's kernels may hold in private arrays and unrolled code: the software
-    /// budget on a CPU adapter (llvmpipe's compile time grows steeply with both), else the
-    /// hardware one.
+    /// What this device's kernels may hold in private arrays and unrolled code: the options'
+    /// budget if they set one, else the software budget on a CPU adapter (llvmpipe's compile
+    /// time grows steeply with both), else the hardware one.
     pub fn kernel_budget(&self) -> Budget {
-        if self.adapter.device_type == format!("{:?}", wgpu::DeviceType::Cpu) {
+        if let Some(budget) = self.kernel_budget {
+            budget
+        } else if self.adapter.device_type == format!("{:?}", wgpu::DeviceType::Cpu) {
             Budget::SOFTWARE
         } else {
             Budget::HARDWARE

@@ -533,7 +533,6 @@ pub enum Stmt {
         body: Vec<Stmt>,
     },
     If(Expr, Vec<Stmt>),
-    IfElse(Expr, Vec<Stmt>, Vec<Stmt>),
     Return(Option<Expr>),
     /// `if c { return; }`
     ReturnIf(Expr),
@@ -564,7 +563,6 @@ impl Stmt {
             | Stmt::Loop { body, .. }
             | Stmt::If(_, body)
             | Stmt::Block(body) => body.iter().collect(),
-            Stmt::IfElse(_, a, b) => a.iter().chain(b).collect(),
             _ => Vec::new(),
         }
     }
@@ -577,8 +575,7 @@ impl Stmt {
             | Stmt::ReturnIf(x)
             | Stmt::Call(x)
             | Stmt::Return(Some(x))
-            | Stmt::If(x, _)
-            | Stmt::IfElse(x, ..) => vec![x],
+            | Stmt::If(x, _) => vec![x],
             Stmt::Assign(t, x) => vec![t, x],
             Stmt::Loop { from, to, .. } => vec![from, to],
             _ => Vec::new(),
@@ -700,13 +697,6 @@ impl Stmt {
             Stmt::If(c, body) => {
                 writeln!(out, "{pad}if {c} {{")?;
                 block(out, body, budget)?;
-                writeln!(out, "{pad}}}")
-            }
-            Stmt::IfElse(c, then, otherwise) => {
-                writeln!(out, "{pad}if {c} {{")?;
-                block(out, then, budget)?;
-                writeln!(out, "{pad}}} else {{")?;
-                block(out, otherwise, budget)?;
                 writeln!(out, "{pad}}}")
             }
             Stmt::Return(None) => writeln!(out, "{pad}return;"),
