@@ -359,8 +359,8 @@ pub fn generate(plan: &Plan) -> Result<Kernel, GenerateError> {
 pub fn generate_within(plan: &Plan, budget: Budget) -> Result<Kernel, GenerateError> {
     check_sizes(plan)?;
     let layout = BufferLayout::new(plan);
-    let schedule = Stages::new(plan);
-    let placement = Placement::new(plan, &layout, &schedule, budget);
+    let dispatches = Stages::new(plan);
+    let placement = Placement::new(plan, &layout, &dispatches, budget);
     let steps = plan.steps();
     // A fresh generator for each per-item stage (its own loop counters and building blocks).
     let generator = || Generator {
@@ -375,11 +375,18 @@ pub fn generate_within(plan: &Plan, budget: Budget) -> Result<Kernel, GenerateEr
         loops: 0,
     };
     let mut stages = Vec::new();
-    for group in &schedule.stages {
-        if schedule.is_gemm[group[0]] {
+    for group in &dispatches.stages {
+        if dispatches.is_gemm[group[0]] {
             let i = group[0];
             let gen = generator();
-            stages.push(gemm_stage(steps, i, &schedule, &layout, &placement, &gen)?);
+            stages.push(gemm_stage(
+                steps,
+                i,
+                &dispatches,
+                &layout,
+                &placement,
+                &gen,
+            )?);
             continue;
         }
         let mut gen = generator();
@@ -554,7 +561,7 @@ struct Placement {
 impl Placement {
     /// A value read in another stage, by a GEMM, or stored by one lives in a buffer; an output
     /// lives in `out` when it is there once; the rest in function memory, within `budget`.
-    fn new(plan: &Plan, layout: &BufferLayout, schedule: &Stages, budget: Budget) -> Placement {
+    fn new(plan: &Plan, layout: &BufferLayout, stages: &Stages, budget: Budget) -> Placement {
         let steps = plan.steps();
         let Stages {
             common,
@@ -562,7 +569,7 @@ impl Placement {
             epilogue,
             stage_of,
             ..
-        } = schedule;
+        } = stages;
         let schedule::Schedule {
             computed,
             users,
@@ -571,7 +578,7 @@ impl Placement {
         } = common;
         let mut global = vec![false; steps.len()];
         for i in (0..steps.len()).filter(|&i| is_gemm[i]) {
-            global[schedule.stored(i)] = true;
+            global[stages.stored(i)] = true;
         }
         for j in (0..steps.len()).filter(|&j| computed[j]) {
             for &a in &steps[j].args {
@@ -668,7 +675,7 @@ impl Placement {
 fn gemm_stage(
     steps: &[Step],
     i: usize,
-    schedule: &Stages,
+    stages: &Stages,
     layout: &BufferLayout,
     placement: &Placement,
     gen: &Generator,
@@ -680,8 +687,8 @@ fn gemm_stage(
         (steps[i].args[1], steps[i].args[0])
     };
     let (b_buffer, b_base) = placement.buffer_of(steps, layout, b);
-    let (c_buffer, c_base) = placement.buffer_of(steps, layout, schedule.stored(i));
-    let epilogue = &schedule.epilogue[i];
+    let (c_buffer, c_base) = placement.buffer_of(steps, layout, stages.stored(i));
+    let epilogue = &stages.epilogue[i];
     // The item and entry `e` of the product's value for the entry (i, j) of C in slice z (see
     // `GemmStep::params`): with the shared factor on the left, C has n columns per item,
     // column j is column j / chunk of item j mod chunk; on the right, slice z holds row z of
