@@ -65,11 +65,12 @@ fn u32_params(names: [&'static str; 4]) -> Vec<(Ident, Ty)> {
 }
 
 /// The shader for tiles of `(rows, cols)` reading B from `b_buffer` and writing C to
-/// `c_buffer`.
+/// `c_buffer`, with `blocks`, the generated functions the epilogue calls.
 pub fn shader(
     (rows, cols): (usize, usize),
     b_buffer: Binding,
     c_buffer: Binding,
+    blocks: Vec<Function>,
     store: Store,
 ) -> Module {
     let (per_row, per_col) = (rows / 16, cols / 16);
@@ -148,13 +149,7 @@ pub fn shader(
         let z = Expr::field(BuiltinInput::WorkgroupId.expr(), Field::ZComponent);
         call(Callee::Store, vec![i, j, z, w("c0"), Expr::id(acc(r, c))])
     }));
-    let mut functions = Vec::new();
-    if Stmt::Let(Ident::word("e"), store.epilogue.clone())
-        .callees()
-        .contains(&Callee::Pow)
-    {
-        functions.push(super::pow::function());
-    }
+    let mut functions = blocks;
     functions.extend([
         stage(Operand::A, rows, Binding::Hoisted),
         stage(Operand::B, cols, b_buffer),
@@ -186,22 +181,18 @@ enum Operand {
 }
 
 fn stage(operand: Operand, width: usize, buffer: Binding) -> Function {
-    // (function, tile, first row or column, base, loaded value, position in the tile, the
-    // index of e's quotient, the divisor, the matrix's rows and columns, its strides)
-    let (name, tile, start, base, value, at, quotient, divisor) = match operand {
-        Operand::A => (Callee::StageA, "tile_a", "row0", "a0", "va", "i", "i", 16),
-        Operand::B => (
-            Callee::StageB,
-            "tile_b",
-            "col0",
-            "b0",
-            "vb",
-            "j",
-            "p",
-            width,
-        ),
+    // The function, its tile, the tile's first row (A) or column (B) and the operand's base
+    // offset (its parameters besides `e` and `k0`), the loaded value's name; `e`'s quotient
+    // and remainder by `divisor`, and which of them is the entry's place along the tile's
+    // width; the entry's row and column in the matrix, its limits and its strides.
+    let (name, tile, start, base, value) = match operand {
+        Operand::A => (Callee::StageA, "tile_a", "row0", "a0", "va"),
+        Operand::B => (Callee::StageB, "tile_b", "col0", "b0", "vb"),
     };
-    let remainder = if quotient == "i" { "p" } else { "j" };
+    let ((quotient, remainder, divisor), at) = match operand {
+        Operand::A => (("i", "p", 16), "i"),
+        Operand::B => (("p", "j", width), "j"),
+    };
     let (row, col, limits, strides) = match operand {
         Operand::A => (
             add(w(start), w(at)),
@@ -295,7 +286,8 @@ mod tests {
                 tile.0 >= m.min(64) && tile.0 * tile.1 == 4096,
                 "{m}: {tile:?}"
             );
-            let source = shader(tile, Binding::Batched, Binding::Out, store()).to_string();
+            let source =
+                shader(tile, Binding::Batched, Binding::Out, Vec::new(), store()).to_string();
             crate::wgsl::validate(&source).unwrap_or_else(|e| panic!("{m}: {e}"));
             // 16 accumulators per invocation × 256 invocations: the whole tile.
             assert_eq!(source.matches("store(((row0 + ty)").count(), 16, "{source}");

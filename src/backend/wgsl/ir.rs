@@ -171,7 +171,7 @@ impl Ident {
     }
     /// A helper of step `i`; `what` is one of the generator's fixed words.
     pub fn scratch(i: usize, what: &'static str) -> Ident {
-        Ident(format!("{what}{i}"))
+        Ident::numbered(what, i)
     }
     /// A loop variable.
     pub fn loop_var(n: usize) -> Ident {
@@ -464,13 +464,19 @@ impl Expr {
         }
     }
 
-    /// Every generated function the expression calls.
-    fn callees(&self, out: &mut Vec<Callee>) {
+    /// Every function the expression calls, once per call.
+    pub fn callees(&self) -> Vec<Callee> {
+        let mut out = Vec::new();
+        self.collect_callees(&mut out);
+        out
+    }
+
+    fn collect_callees(&self, out: &mut Vec<Callee>) {
         if let Expr::Call(c, _) = self {
             out.push(*c);
         }
         for e in self.children() {
-            e.callees(out);
+            e.collect_callees(out);
         }
     }
 }
@@ -632,7 +638,7 @@ impl Stmt {
 
     fn collect_callees(&self, out: &mut Vec<Callee>) {
         for e in self.exprs() {
-            e.callees(out);
+            e.collect_callees(out);
         }
         for s in self.inner() {
             s.collect_callees(out);
