@@ -39,15 +39,30 @@ mod elementwise;
 mod powers;
 mod products;
 mod reductions;
+pub mod rules;
 mod sums;
 mod transposes;
 
 use elementwise::*;
 use reductions::Reduction;
+use rules::*;
+pub use rules::{Family, Rule, FAMILIES};
 use sums::*;
 
 /// Simplifies `root`; returns the simplified node (in the same graph).
 pub fn simplify(graph: &mut Graph, root: Id) -> Id {
+    simplify_once(graph, root)
+}
+
+/// [`simplify`], with the names of the rules of [`FAMILIES`] it applied, in the order of
+/// their first application.
+pub fn simplify_traced(graph: &mut Graph, root: Id) -> (Id, Vec<&'static str>) {
+    rules::start_trace();
+    let node = simplify_once(graph, root);
+    (node, rules::end_trace())
+}
+
+fn simplify_once(graph: &mut Graph, root: Id) -> Id {
     UNDERFLOW.with(|u| u.set(None));
     let mut s = Simplifier {
         g: graph,
@@ -285,7 +300,11 @@ impl<'g> Simplifier<'g> {
         if transcendental && !folds(v) {
             return None;
         }
-        v.is_finite().then_some(v)
+        let value = v.is_finite().then_some(v);
+        if value.is_some() {
+            apply(&CONSTANTS_FOLD);
+        }
+        value
     }
 
     fn constant(&self, c: f64) -> Poly {
@@ -320,7 +339,10 @@ impl<'g> Simplifier<'g> {
                 scale_poly(&mut p, c.get());
                 p
             }
-            Node::Eye(_) => Poly::single(shape, Term::unit()),
+            Node::Eye(_) => {
+                apply(&IDENTITY_IS_THE_UNIT);
+                Poly::single(shape, Term::unit())
+            }
             Node::Add(a, b) => self.sum(id, a, b, shape),
             Node::Neg(a) => {
                 let mut p = self.poly(a);
@@ -377,6 +399,7 @@ impl<'g> Simplifier<'g> {
             Node::Sum(a) => {
                 let pa = self.poly(a);
                 if pa.shape.is_scalar() {
+                    apply(&REDUCTION_OF_A_SCALAR);
                     return pa;
                 }
                 self.linear_scalar(pa, Reduction::Sum)
@@ -384,6 +407,7 @@ impl<'g> Simplifier<'g> {
             Node::Trace(a) => {
                 let pa = self.poly(a);
                 if pa.shape.is_scalar() {
+                    apply(&REDUCTION_OF_A_SCALAR);
                     return pa;
                 }
                 self.linear_scalar(pa, Reduction::Trace)
@@ -391,6 +415,7 @@ impl<'g> Simplifier<'g> {
             Node::Norm1(a) | Node::Norm2(a) => {
                 let pa = self.poly(a);
                 if pa.shape.is_scalar() {
+                    apply(&REDUCTION_OF_A_SCALAR);
                     return self.map(Func::Abs, pa);
                 }
                 let norm1 = matches!(self.g.node(id), Node::Norm1(_));
@@ -407,7 +432,10 @@ impl<'g> Simplifier<'g> {
                 let pa = self.poly(a);
                 // diag(vector(1)) = eye
                 self.pull_out(pa, shape, |g, v| match g.node(v) {
-                    Node::Fill(c, s) if c.get() == 1.0 => g.eye(s.rows),
+                    Node::Fill(c, s) if c.get() == 1.0 => {
+                        apply(&DIAGONAL_MATRIX_OF_ONES);
+                        g.eye(s.rows)
+                    }
                     _ => g.diag(v),
                 })
             }
@@ -446,6 +474,7 @@ fn folds(v: f64) -> bool {
 fn push_factor(chain: &mut Vec<Factor>, f: Factor) {
     if let Some(last) = chain.last_mut() {
         if last.base == f.base {
+            apply(&MATRIX_POWERS_MERGE);
             last.power += f.power;
             if last.power == 0 {
                 chain.pop();
@@ -461,7 +490,10 @@ fn merge_scalars(a: &[(Id, Num)], b: &[(Id, Num)]) -> Vec<(Id, Num)> {
     let mut out: Vec<(Id, Num)> = a.to_vec();
     for &(s, e) in b {
         match out.iter_mut().find(|(t, _)| *t == s) {
-            Some(entry) => entry.1 = Num::new(entry.1.get() + e.get()),
+            Some(entry) => {
+                apply(&SCALAR_POWERS_MERGE);
+                entry.1 = Num::new(entry.1.get() + e.get());
+            }
             None => out.push((s, e)),
         }
     }

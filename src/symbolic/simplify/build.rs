@@ -61,6 +61,7 @@ impl Simplifier<'_> {
             if groups.is_empty() {
                 continue;
             }
+            apply(&TERMS_SHARING_AN_END_GROUPED);
             let mut grouped = vec![false; p.terms.len()];
             let mut terms = Vec::new();
             for (_, members) in groups {
@@ -104,6 +105,9 @@ impl Simplifier<'_> {
             let unit_node = self.build_term(&unit, p.shape);
             let key = (t.coef < 0.0, self.key(unit_node));
             keyed.push((key, node, t.coef < 0.0));
+        }
+        if !keyed.is_sorted_by(|a, b| a.0 <= b.0) {
+            apply(&TERMS_IN_PRINTED_ORDER);
         }
         keyed.sort_by(|a, b| a.0.cmp(&b.0));
         let mut acc: Option<Id> = None;

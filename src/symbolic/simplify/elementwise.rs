@@ -10,6 +10,7 @@ impl Simplifier<'_> {
         }
         let shape = a.shape;
         if a.terms.is_empty() || b.terms.is_empty() {
+            apply(&ZERO_ANNIHILATES);
             return Poly::zero(shape);
         }
         if let Some(p) = self.distribute_hadamard_where_it_cancels(&a, &b, shape) {
@@ -19,6 +20,9 @@ impl Simplifier<'_> {
         let tb = self.as_term(b);
         let coef = product(ta.coef, tb.coef);
         let scalars = merge_scalars(&ta.scalars, &tb.scalars);
+        if coef != 1.0 || !scalars.is_empty() {
+            apply(&ELEMENT_WISE_COEFFICIENTS_OUT);
+        }
         let na = self.build_chain(&ta.chain, shape);
         let nb = self.build_chain(&tb.chain, shape);
         let node = self.elementwise_monomial(&[(na, 1.0), (nb, 1.0)], shape);
@@ -54,6 +58,7 @@ impl Simplifier<'_> {
         if !sum.terms.iter().any(|t| cancels(self, t)) {
             return None;
         }
+        apply(&ELEMENT_WISE_PRODUCT_DISTRIBUTES_WHERE_IT_CANCELS);
         Some(self.each_term(sum, shape, |me, t| me.hadamard(one.clone(), t)))
     }
 
@@ -174,6 +179,7 @@ impl Simplifier<'_> {
             let denominator = self.build(&denominator);
             factors[i] = (denominator, -p);
             factors[j].1 += p;
+            apply(&LOGISTIC_WITHOUT_OVERFLOW);
             changed = true;
         }
         if changed {
@@ -221,6 +227,9 @@ impl Simplifier<'_> {
             .map(|&(s, e)| (s, Num::new(-e.get())))
             .collect();
         let scalars = merge_scalars(&ta.scalars, &inverted);
+        if coef != 1.0 || !scalars.is_empty() {
+            apply(&ELEMENT_WISE_COEFFICIENTS_OUT);
+        }
         let na = self.build_chain(&ta.chain, shape);
         let nb = self.build_chain(&tb.chain, shape);
         let node = self.elementwise_monomial(&[(na, 1.0), (nb, -1.0)], shape);
@@ -241,19 +250,25 @@ impl Simplifier<'_> {
             };
         }
         if let Some(c) = b.constant().filter(|_| b.shape.is_scalar()) {
+            // 0.^c = 0 for c > 0 (`vector(0).^2` is the zero vector).
+            if c == 1.0 || c == 0.0 || (c > 0.0 && a.terms.is_empty()) {
+                apply(&ELEMENT_WISE_POWER_BY_ONE_OR_ZERO);
+            }
             if c == 1.0 {
                 return a;
             }
             if c == 0.0 {
                 return self.ones(shape);
             }
-            // 0.^c = 0 for c > 0 (`vector(0).^2` is the zero vector).
             if c > 0.0 && a.terms.is_empty() {
                 return Poly::zero(shape);
             }
             if c.fract() == 0.0 && a.terms.len() == 1 {
                 // (k*s*A).^c = k^c * s^c * A.^c for an integer c.
                 let t = self.as_term(a);
+                if t.coef != 1.0 || !t.scalars.is_empty() {
+                    apply(&ELEMENT_WISE_POWER_OF_A_TERM);
+                }
                 let na = self.build_chain(&t.chain, shape);
                 let nc = self.g.constant(c);
                 let node = if self.is_ones(na) {
@@ -290,6 +305,7 @@ impl Simplifier<'_> {
             }
             // `exp(0)` is 1, but `log(2)` stays `log(2)`.
             if folds(v) {
+                apply(&FUNCTION_OF_A_CONSTANT);
                 return self.constant(v);
             }
             let arg = self.g.constant(c);
@@ -309,6 +325,7 @@ impl Simplifier<'_> {
             _ => None,
         };
         if let Some(c) = fill_value {
+            apply(&FUNCTION_OF_A_CONSTANT);
             let mut ones = self.ones(p.shape);
             let v = f.apply(c);
             if folds(v) {
@@ -332,7 +349,10 @@ pub(super) fn merge_powers(mut factors: Vec<(Id, f64)>) -> Vec<(Id, f64)> {
     let mut merged: Vec<(Id, f64)> = Vec::new();
     for (id, exponent) in factors {
         match merged.last_mut() {
-            Some(last) if last.0 == id => last.1 = exact_add(last.1, exponent),
+            Some(last) if last.0 == id => {
+                apply(&ELEMENT_WISE_POWERS_ADD);
+                last.1 = exact_add(last.1, exponent);
+            }
             _ => merged.push((id, exponent)),
         }
     }

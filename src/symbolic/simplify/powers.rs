@@ -6,6 +6,9 @@ use super::*;
 impl Simplifier<'_> {
     /// A scalar raised to a constant.
     pub(super) fn pow_scalar(&mut self, p: Poly, c: f64) -> Poly {
+        if c == 1.0 || c == 0.0 {
+            apply(&SCALAR_POWER_FOLDS);
+        }
         if c == 1.0 {
             return p;
         }
@@ -16,6 +19,7 @@ impl Simplifier<'_> {
             // `4^0.5` is 2, but `4.5^1.5` stays as written, not as its digits.
             let value = v.powf(c);
             if folds(value) {
+                apply(&SCALAR_POWER_FOLDS);
                 return self.constant(value);
             }
             let (base, exponent) = (self.g.constant(v), self.g.constant(c));
@@ -24,7 +28,11 @@ impl Simplifier<'_> {
         }
         let integer = c.fract() == 0.0;
         if let [t] = p.terms.as_slice() {
+            let product = t.coef != 1.0 || t.scalars.len() > 1;
             if integer {
+                if product {
+                    apply(&POWER_OF_A_SCALAR_PRODUCT);
+                }
                 return Poly::single(
                     Shape::SCALAR,
                     Term {
@@ -39,6 +47,9 @@ impl Simplifier<'_> {
                 );
             }
             if t.coef > 0.0 && t.scalars.len() == 1 && t.scalars[0].1.get() == 1.0 {
+                if product {
+                    apply(&POWER_OF_A_SCALAR_PRODUCT);
+                }
                 return Poly::single(
                     Shape::SCALAR,
                     Term {
@@ -72,6 +83,7 @@ impl Simplifier<'_> {
             let inverse = self.invert(p);
             return self.pow_int(inverse, -k);
         }
+        apply(&MATRIX_POWER_IS_A_PRODUCT);
         let mut out = Poly::single(p.shape, Term::unit());
         for _ in 0..k {
             out = self.mul(out, p.clone());
@@ -95,6 +107,9 @@ impl Simplifier<'_> {
         }
         let t = self.as_term(p);
         let all_square = t.chain.iter().all(|f| self.shape(f.base).is_square());
+        if (all_square && t.chain.len() > 1) || t.coef != 1.0 || !t.scalars.is_empty() {
+            apply(&INVERSE_OF_A_PRODUCT);
+        }
         let chain = if all_square {
             let mut out = Vec::new();
             for f in t.chain.iter().rev() {

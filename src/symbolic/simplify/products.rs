@@ -13,12 +13,14 @@ impl Simplifier<'_> {
             Shape::new(a.shape.rows, b.shape.cols)
         };
         if a.terms.is_empty() || b.terms.is_empty() {
+            apply(&ZERO_ANNIHILATES);
             return Poly::zero(shape);
         }
         if a.shape.is_scalar() || b.shape.is_scalar() {
             let (s, m) = if a.shape.is_scalar() { (a, b) } else { (b, a) };
             let (coef, scalars) = self.as_scalar_factor(s);
             if m.terms.len() > MAX_DISTRIBUTED_TERMS && !scalars.is_empty() {
+                apply(&SCALAR_TIMES_A_LONG_SUM);
                 // A long sum stays one factor: distributed, products of such factors over
                 // sums of them multiply the terms at every level (exponential in the depth).
                 let t = if m.shape.is_scalar() {
@@ -37,6 +39,9 @@ impl Simplifier<'_> {
                     chain: t.chain,
                 };
                 return Poly::single(shape, term);
+            }
+            if m.terms.len() > 1 {
+                apply(&SCALAR_DISTRIBUTES);
             }
             let terms = m
                 .terms
@@ -124,6 +129,7 @@ impl Simplifier<'_> {
         if !sum.terms.iter().any(|t| merges(self, t)) {
             return None;
         }
+        apply(&DIAGONAL_DISTRIBUTES_WHERE_IT_MEETS_ONES);
         Some(self.each_term(sum, shape, |me, t| {
             if single_left {
                 me.mul(one.clone(), t)
@@ -169,6 +175,7 @@ impl Simplifier<'_> {
                     let mut others = Vec::new();
                     self.elementwise_factors(f.base, 1.0, &mut others);
                     if factors_cancel(&parts, &others) {
+                        apply(&INNER_PRODUCT_CANCELS_A_QUOTIENT);
                         parts.push((f.base, 1.0));
                         let rest = self.elementwise_monomial(&parts, column);
                         let ones = self.g.fill(1.0, column.transposed());
@@ -215,6 +222,7 @@ impl Simplifier<'_> {
             // than become a sum that products cannot distribute over.
             if let Some([t]) = vector.as_ref().map(|pu| pu.terms.as_slice()) {
                 if t.coef == 1.0 && t.scalars.is_empty() {
+                    apply(&DIAGONAL_TIMES_ONES);
                     chain.pop();
                     for &factor in &t.chain.clone() {
                         self.push_factor_merging_diagonals(chain, factor);
@@ -225,6 +233,7 @@ impl Simplifier<'_> {
         }
         if let (Some(last), Node::Diag(v)) = (last, self.g.node(f.base)) {
             if let (Node::Diag(u), 1, 1) = (self.g.node(last.base), last.power, f.power) {
+                apply(&DIAGONALS_MERGE);
                 let (pu, pv) = (self.poly(u), self.poly(v));
                 let product = self.hadamard(pu, pv);
                 let inner = self.build(&product);
@@ -257,6 +266,9 @@ impl Simplifier<'_> {
             if i == 0 && j + 1 == term.chain.len() && !shape.is_scalar() {
                 break;
             }
+            if i > 0 || j + 1 < term.chain.len() {
+                apply(&INNER_PRODUCT_IS_A_SCALAR);
+            }
             let inner: Vec<Factor> = term.chain.drain(i..=j).collect();
             let atom = self.scalar_chain_atom(inner);
             match self.fold_constant(atom) {
@@ -285,7 +297,11 @@ impl Simplifier<'_> {
         match transposed {
             Some(t) => {
                 let flipped = self.build_chain(&t, shape);
-                self.better(direct, flipped)
+                let best = self.better(direct, flipped);
+                if best != direct {
+                    apply(&SCALAR_ORIENTATION);
+                }
+                best
             }
             None => direct,
         }
@@ -308,7 +324,10 @@ impl Simplifier<'_> {
         let sum = self.reduce_chain(rest, rest_shape, Reduction::Sum);
         match sum.terms.as_slice() {
             [t] if t.coef == 1.0 && t.chain.is_empty() => match t.scalars.as_slice() {
-                [(atom, e)] if e.get() == 1.0 => Some(*atom),
+                [(atom, e)] if e.get() == 1.0 => {
+                    apply(&ONES_INNER_PRODUCT_IS_A_SUM);
+                    Some(*atom)
+                }
                 _ => None,
             },
             _ => None,

@@ -8,6 +8,7 @@ impl Simplifier<'_> {
     pub(super) fn determinant(&mut self, a: Id, is_log: bool) -> Poly {
         let pa = self.poly(a);
         if pa.shape.is_scalar() {
+            apply(&REDUCTION_OF_A_SCALAR);
             return if is_log { self.map(Func::Log, pa) } else { pa };
         }
         // det(A^k) = det(A)^k: exact, and far better conditioned in float32 than
@@ -15,6 +16,7 @@ impl Simplifier<'_> {
         if let (false, [t]) = (is_log, pa.terms.as_slice()) {
             if let ([f], 1.0, true) = (t.chain.as_slice(), t.coef, t.scalars.is_empty()) {
                 if f.power != 1 {
+                    apply(&DETERMINANT_OF_A_POWER);
                     let (base, power) = (f.base, f.power);
                     let det_base = self.g.det(base);
                     let p = self.atom(det_base);
@@ -40,6 +42,7 @@ impl Simplifier<'_> {
         if let [t] = pa.terms.as_slice() {
             if let [f] = t.chain.as_slice() {
                 if let (Node::Diag(v), 1) = (self.g.node(f.base), f.power) {
+                    apply(&DIAGONAL_OF_A_DIAGONAL_MATRIX);
                     let mut pv = self.poly(v);
                     times(&mut pv, t.coef, &t.scalars);
                     return pv;
@@ -51,6 +54,7 @@ impl Simplifier<'_> {
             let split =
                 (1..t.chain.len()).find(|&k| self.shape(t.chain[k - 1].base).cols == Dim::One);
             if let Some(k) = split {
+                apply(&DIAGONAL_OF_RANK_ONE);
                 let (n, one) = (shape.rows, Dim::One);
                 let unit = |chain: &[Factor], shape| {
                     let term = Term {
@@ -130,12 +134,17 @@ impl Simplifier<'_> {
         if transposed {
             factor = self.transpose(factor);
         }
+        apply(&DIAGONAL_OF_A_PRODUCT_WITH_ONES);
         let ones = self.ones(Shape::new(k, Dim::One));
         Some(self.mul(factor, ones))
     }
 
     /// `sum` or `tr` of a poly: linear, so term by term.
     pub(super) fn linear_scalar(&mut self, p: Poly, reduction: Reduction) -> Poly {
+        let scaled = |t: &Term| t.coef != 1.0 || !t.scalars.is_empty();
+        if p.terms.len() > 1 || p.terms.iter().any(scaled) {
+            apply(&REDUCTIONS_ARE_LINEAR);
+        }
         let mut out = Poly::zero(Shape::SCALAR);
         for term in p.terms {
             let reduced = self.reduce_chain(&term.chain, p.shape, reduction);
@@ -186,8 +195,8 @@ impl Simplifier<'_> {
             }
             candidates.extend(rotations);
         }
-        let mut best: Option<((bool, usize, Key), Poly)> = None;
-        for c in candidates {
+        let mut best: Option<((bool, usize, Key), Poly, usize)> = None;
+        for (index, c) in candidates.into_iter().enumerate() {
             let first_is_row = c
                 .first()
                 .is_some_and(|f| self.shape(f.base).rows == Dim::One);
@@ -208,13 +217,24 @@ impl Simplifier<'_> {
                 (node, false)
             };
             let key = (!is_scalar, self.count_transposes(node), self.key(node));
-            if best.as_ref().is_none_or(|(k, _)| key < *k) {
+            if best.as_ref().is_none_or(|(k, _, _)| key < *k) {
                 let poly = self.atom(node);
-                best = Some((key, poly));
+                best = Some((key, poly, index));
             }
         }
-        best.map(|(_, p)| p)
-            .unwrap_or_else(|| Poly::zero(Shape::SCALAR))
+        // The first candidate is the chain as it came; any other is turned or rotated.
+        match best {
+            Some((_, p, index)) => {
+                if index > 0 {
+                    apply(match reduction {
+                        Reduction::Trace => &TRACE_ROTATION,
+                        Reduction::Sum => &ORIENTATION_WHERE_TRANSPOSES_DO_NOT_COUNT,
+                    });
+                }
+                p
+            }
+            None => Poly::zero(Shape::SCALAR),
+        }
     }
 
     pub(super) fn norm(&mut self, p: Poly, norm1: bool) -> Poly {
@@ -224,6 +244,9 @@ impl Simplifier<'_> {
         let mut coef = 1.0;
         let mut inner = p;
         if let [t] = inner.terms.as_mut_slice() {
+            if t.coef.abs() != 1.0 {
+                apply(&LINEAR_FUNCTIONS_PULL_OUT_SCALARS);
+            }
             coef = t.coef.abs();
             t.coef = t.coef.signum();
         }
@@ -250,6 +273,9 @@ impl Simplifier<'_> {
             return Poly::zero(shape);
         }
         let t = self.as_term(p.clone());
+        if t.coef != 1.0 || !t.scalars.is_empty() {
+            apply(&LINEAR_FUNCTIONS_PULL_OUT_SCALARS);
+        }
         let unit = Poly::single(
             p.shape,
             Term {

@@ -83,6 +83,7 @@ impl Simplifier<'_> {
         kept.extend(spelled);
         let flat = collect(kept);
         if flat.len() < terms.len() - lone + spelled_out {
+            apply(&SUM_SPELLED_OUT_TO_COLLECT);
             flat
         } else {
             terms
@@ -168,6 +169,7 @@ impl Simplifier<'_> {
         scale_poly(&mut negated, -1.0);
         let other = self.build_inner_sum(&negated);
         if self.g.is_written(other) {
+            apply(&NEGATED_SUM_KEEPS_ITS_ORIENTATION);
             (-1.0, other)
         } else {
             (1.0, sum)
@@ -208,6 +210,7 @@ impl Simplifier<'_> {
         if coef == 1.0 && scalars.is_empty() && prefix_len == 0 && suffix_len == 0 {
             return None;
         }
+        apply(&COMMON_FACTOR_PULLED_OUT);
         let first = &p.terms[0].chain;
         let prefix: Vec<Factor> = first[..prefix_len].to_vec();
         let suffix: Vec<Factor> = first[first.len() - suffix_len..].to_vec();
@@ -257,6 +260,7 @@ pub(super) fn collect(terms: Vec<Term>) -> Vec<Term> {
     for t in terms {
         match at.entry((t.scalars.clone(), t.chain.clone())) {
             Entry::Occupied(e) => {
+                apply(&LIKE_TERMS_COLLECT);
                 let o = &mut out[*e.get()];
                 o.coef = exact_add(o.coef, t.coef);
             }
@@ -279,7 +283,10 @@ pub(super) fn exact_add(a: f64, b: f64) -> f64 {
         (Some((pa, qa)), Some((pb, qb))) if (qa, qb) != (1, 1) => {
             let numerator = pa.checked_mul(qb).zip(pb.checked_mul(qa));
             match numerator.and_then(|(x, y)| x.checked_add(y)) {
-                Some(n) if n.unsigned_abs() < 1 << 53 => n as f64 / (qa * qb) as f64,
+                Some(n) if n.unsigned_abs() < 1 << 53 => {
+                    apply(&EXACT_FRACTIONS);
+                    n as f64 / (qa * qb) as f64
+                }
                 _ => a + b,
             }
         }

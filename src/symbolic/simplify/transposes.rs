@@ -16,6 +16,7 @@ impl Simplifier<'_> {
         let sum = self.build(&p);
         let pushed = self.transpose_terms(p);
         if !matches!(self.g.node(sum), Node::Add(..)) {
+            apply(&TRANSPOSE_OF_A_SUM);
             return pushed;
         }
         let pushed_node = self.build(&pushed);
@@ -23,6 +24,7 @@ impl Simplifier<'_> {
         if self.better(pushed_node, wrapped) == wrapped {
             self.atom(wrapped)
         } else {
+            apply(&TRANSPOSE_OF_A_SUM);
             pushed
         }
     }
@@ -43,6 +45,9 @@ impl Simplifier<'_> {
             if term.chain.is_empty() {
                 acc = self.mul(acc, Poly::single(shape, Term::unit()));
             }
+            if term.chain.len() > 1 {
+                apply(&TRANSPOSE_OF_A_PRODUCT);
+            }
             for f in term.chain.iter().rev() {
                 let tf = self.transpose_factor(*f);
                 acc = self.mul(acc, tf);
@@ -60,19 +65,31 @@ impl Simplifier<'_> {
     pub(super) fn transpose_base(&mut self, base: Id) -> Poly {
         let shape = self.shape(base).transposed();
         match self.g.node(base) {
-            Node::Var(v) if self.g.vars[v as usize].symmetric => self.atom(base),
-            Node::Transpose(x) => self.poly(x),
+            Node::Var(v) if self.g.vars[v as usize].symmetric => {
+                apply(&TRANSPOSE_OF_A_SYMMETRIC_MATRIX);
+                self.atom(base)
+            }
+            Node::Transpose(x) => {
+                apply(&TRANSPOSE_OF_A_TRANSPOSE);
+                self.poly(x)
+            }
             Node::Fill(c, _) => {
+                apply(&TRANSPOSE_OF_ONES);
                 let f = self.g.fill(c.get(), shape);
                 self.atom(f)
             }
-            Node::Diag(_) | Node::Eye(_) => self.atom(base),
+            Node::Diag(_) | Node::Eye(_) => {
+                apply(&TRANSPOSE_OF_A_DIAGONAL);
+                self.atom(base)
+            }
             Node::Map(func, x) => {
+                apply(&TRANSPOSE_OF_ELEMENT_WISE);
                 let px = self.poly(x);
                 let tx = self.transpose(px);
                 self.map(func, tx)
             }
             Node::Hadamard(a, b) | Node::ElemDiv(a, b) | Node::ElemPow(a, b) => {
+                apply(&TRANSPOSE_OF_ELEMENT_WISE);
                 let (pa, pb) = (self.poly(a), self.poly(b));
                 let ta = self.transpose(pa);
                 let tb = self.transpose(pb);
@@ -111,6 +128,7 @@ impl Simplifier<'_> {
         if self.better(direct, flipped) == direct {
             p
         } else {
+            apply(&ORIENTATION_WHERE_TRANSPOSES_DO_NOT_COUNT);
             tp
         }
     }
@@ -119,7 +137,11 @@ impl Simplifier<'_> {
         let direct = self.build(&p);
         let tp = self.transpose(p);
         let flipped = self.build(&tp);
-        self.better(direct, flipped)
+        let best = self.better(direct, flipped);
+        if best != direct {
+            apply(&ORIENTATION_WHERE_TRANSPOSES_DO_NOT_COUNT);
+        }
+        best
     }
 
     /// Of two equal nodes, the one with fewer transposes, then the first by [`Key`].
