@@ -118,8 +118,8 @@ fn main() {
     let mut out = String::new();
     for set in &sets {
         println!("{}", set.summary());
-        for (label, text) in &set.texts {
-            let _ = writeln!(out, "{label}\n    {text}");
+        for (index, (label, text)) in set.texts.iter().enumerate() {
+            let _ = writeln!(out, "{} {index}: {label}\n    {text}", set.name);
         }
     }
     if let Some(path) = dump {

@@ -675,6 +675,15 @@ mod tests {
     }
 
     #[test]
+    fn norms_drop_the_sign_and_rows_of_ones_count_as_transposes() {
+        // norm(-u) = norm(u): the two terms are one.
+        check("u: vector; norm1(-u) + norm1(u)", "2*norm1(u)");
+        check("u: vector; norm2(-2*u)", "2*norm2(u)");
+        // A row of ones prints with a transpose, so sum(vector(1)) is not turned into one.
+        check("x: vector(3); sum(vector(1))*x", "sum(vector(1))*x");
+    }
+
+    #[test]
     fn trace_rotations() {
         check("x: vector; a: vector; tr(x*a')", "a'*x");
         check("A: matrix(n,n); B: matrix(n,n); tr(B*A) - tr(A*B)", "0");

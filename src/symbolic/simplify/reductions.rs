@@ -244,11 +244,12 @@ impl Simplifier<'_> {
         let mut coef = 1.0;
         let mut inner = p;
         if let [t] = inner.terms.as_mut_slice() {
-            if t.coef.abs() != 1.0 {
+            if t.coef != 1.0 {
                 apply(&LINEAR_FUNCTIONS_PULL_OUT_SCALARS);
             }
+            // Every norm is absolutely homogeneous: norm(k*A) = |k|*norm(A), -1 included.
             coef = t.coef.abs();
-            t.coef = t.coef.signum();
+            t.coef = 1.0;
         }
         let inner = self.orient_single(inner);
         let arg = self.build(&inner);

@@ -472,7 +472,7 @@ pub static LINEAR_FUNCTIONS_PULL_OUT_SCALARS: Rule = Rule {
     name: "linear-functions-pull-out-scalars",
     identity: "diag(a*A) = a*diag(A) for a scalar a; norm(k*A) = |k|*norm(A) for a number k",
     example: (
-        "u: vector; s: scalar; diag(2*s*u) + norm2(3*u)*eye",
+        "u: vector; s: scalar; diag(2*s*u) + norm2(-3*u)*eye",
         "3*norm2(u)*eye + 2*s*diag(u)",
     ),
 };

@@ -158,11 +158,17 @@ impl Simplifier<'_> {
         }
     }
 
+    /// The transposes `id` prints with: its transpose nodes, and its rows of ones (a row
+    /// prints as the transposed column, `vector(1)'`).
     pub(super) fn count_transposes(&self, id: Id) -> usize {
         self.g
             .topo_order(id)
             .into_iter()
-            .filter(|&n| matches!(self.g.node(n), Node::Transpose(_)))
+            .filter(|&n| match self.g.node(n) {
+                Node::Transpose(_) => true,
+                Node::Fill(_, shape) => shape.is_row(),
+                _ => false,
+            })
             .count()
     }
 
