@@ -28,9 +28,11 @@ impl Simplifier<'_> {
         }
         let integer = c.fract() == 0.0;
         if let [t] = p.terms.as_slice() {
-            let product = t.coef != 1.0 || t.scalars.len() > 1;
-            if integer {
-                if product {
+            // (k*a*b)^c = k^c*a^c*b^c for an integer c; (k*a)^p = k^p*a^p for k > 0.
+            let positive_single =
+                t.coef > 0.0 && t.scalars.len() == 1 && t.scalars[0].1.get() == 1.0;
+            if integer || positive_single {
+                if t.coef != 1.0 || t.scalars.len() > 1 {
                     apply(&POWER_OF_A_SCALAR_PRODUCT);
                 }
                 return Poly::single(
@@ -42,19 +44,6 @@ impl Simplifier<'_> {
                             .iter()
                             .map(|&(s, e)| (s, Num::new(e.get() * c)))
                             .collect(),
-                        chain: vec![],
-                    },
-                );
-            }
-            if t.coef > 0.0 && t.scalars.len() == 1 && t.scalars[0].1.get() == 1.0 {
-                if product {
-                    apply(&POWER_OF_A_SCALAR_PRODUCT);
-                }
-                return Poly::single(
-                    Shape::SCALAR,
-                    Term {
-                        coef: t.coef.powf(c),
-                        scalars: vec![(t.scalars[0].0, Num::new(c))],
                         chain: vec![],
                     },
                 );

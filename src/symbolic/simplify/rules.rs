@@ -404,7 +404,7 @@ pub static MATRIX_POWER_IS_A_PRODUCT: Rule = Rule {
 
 pub static INVERSE_OF_A_PRODUCT: Rule = Rule {
     name: "inverse-of-a-product",
-    identity: "inv(k*s*A*B) = inv(B)*inv(A)/(k*s) for square A and B; inv(A)' = inv(A')",
+    identity: "inv(k*s*A*B) = inv(B)*inv(A)/(k*s) for square A and B",
     example: (
         "A: matrix(n,n); B: matrix(n,n); s: scalar; inv(s*A*B)*A",
         "inv(B)/s",
