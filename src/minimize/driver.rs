@@ -406,7 +406,7 @@ struct Context<T> {
     gtol: f64,
     ftol: f64,
     max_iter: u32,
-    /// Shared bounds (or `None`); per-item bounds live in [`Stored`].
+    /// Shared bounds (or `None`); per-item bounds live in [`PerItem`].
     lower: Option<Vec<T>>,
     upper: Option<Vec<T>>,
     bounded: bool,
@@ -416,6 +416,33 @@ struct Context<T> {
     shared_matrix: Option<Vec<T>>,
     /// The side of a variable declared `spd(n)`, whose points must stay positive definite.
     spd_side: Option<usize>,
+}
+
+impl<T> Context<T> {
+    /// The context of a solve with shared bounds `lower` and `upper` (`bounded` says only
+    /// whether there are shared ones); the shared curvature is set once it is evaluated.
+    fn new(
+        method: Method,
+        n: usize,
+        options: &super::Options,
+        (lower, upper): (Option<Vec<T>>, Option<Vec<T>>),
+        spd_side: Option<usize>,
+    ) -> Context<T> {
+        Context {
+            method,
+            n,
+            memory: method.history(options.memory),
+            gtol: options.gtol,
+            ftol: options.ftol,
+            max_iter: options.max_iter,
+            bounded: lower.is_some() || upper.is_some(),
+            lower,
+            upper,
+            shared_factor: None,
+            shared_matrix: None,
+            spd_side,
+        }
+    }
 }
 
 /// Offsets in an item's row of the state array (the GPU's state lanes start with the same).
@@ -476,24 +503,9 @@ pub(super) fn run<T: Precision>(
     };
     let (lower_shared, mut lower_items) = split(lower);
     let (upper_shared, mut upper_items) = split(upper);
-    let bounded = lower_shared.is_some()
-        || lower_items.is_some()
-        || upper_shared.is_some()
-        || upper_items.is_some();
-    let mut context = Context {
-        method,
-        n,
-        memory,
-        gtol: options.gtol,
-        ftol: options.ftol,
-        max_iter: options.max_iter,
-        lower: lower_shared,
-        upper: upper_shared,
-        bounded,
-        shared_factor: None,
-        shared_matrix: None,
-        spd_side,
-    };
+    let per_item_bounds = lower_items.is_some() || upper_items.is_some();
+    let mut context = Context::new(method, n, options, (lower_shared, upper_shared), spd_side);
+    context.bounded |= per_item_bounds;
     let shared_hessian = shared_curvature.is_some();
     // The inputs in the device's precision, every per-item buffer: the binding, before the
     // clock starts.
@@ -517,14 +529,7 @@ pub(super) fn run<T: Precision>(
         points[item * n..(item + 1) * n].copy_from_slice(&convert(&start[from..from + n]));
     }
     let mut stored: Vec<Item> = (0..items).map(Item::new).collect();
-    // The start is kept feasible.
-    points
-        .par_chunks_mut(n)
-        .enumerate()
-        .for_each(|(slot, point)| {
-            let (lo, hi) = bounds_of(&context, &lower_items, &upper_items, slot, n);
-            project(point, lo, hi);
-        });
+    project_all(&mut points, &context, (&lower_items, &upper_items));
 
     let mut answers = Answers::new(items, n);
     let mut round = 0u32;
@@ -557,13 +562,13 @@ pub(super) fn run<T: Precision>(
                 .filter(|&k| stored[k].status.is_none())
                 .collect();
             retain_rows(&mut state, layout.stride, &keep);
-            retain_rows(&mut points, n, &keep);
             retain_rows(&mut stored, 1, &keep);
-            if let Some(l) = &mut lower_items {
-                retain_rows(l, n, &keep);
-            }
-            if let Some(u) = &mut upper_items {
-                retain_rows(u, n, &keep);
+            for rows in [
+                Some(&mut points),
+                lower_items.as_mut(),
+                upper_items.as_mut(),
+            ] {
+                rows.into_iter().for_each(|r| retain_rows(r, n, &keep));
             }
             evaluator.retain(&keep);
         }
@@ -596,6 +601,22 @@ pub(super) fn run<T: Precision>(
         notes,
         transfers: None,
     })
+}
+
+/// Projects every stored item's point into its bounds: the start is kept feasible.
+fn project_all<T: Float>(
+    points: &mut [T],
+    context: &Context<T>,
+    (lower_items, upper_items): (&Option<Vec<T>>, &Option<Vec<T>>),
+) {
+    let n = context.n;
+    points
+        .par_chunks_mut(n)
+        .enumerate()
+        .for_each(|(slot, point)| {
+            let (lo, hi) = bounds_of(context, lower_items, upper_items, slot, n);
+            project(point, lo, hi);
+        });
 }
 
 /// The stored items' per-item arrays, in slot order: their state rows, scalars, trial points
@@ -984,79 +1005,17 @@ impl<T: Float> Context<T> {
         for e in 0..n {
             dir[e] = if free(e) { g[e] } else { T::ZERO };
         }
-        let held_scale = |e: usize, curvature: Option<&[T]>| -> T {
-            match curvature.map(|h| h[e * n + e].to_f64()) {
-                Some(h) if h > 0.0 && h.is_finite() => T::from_f64(1.0 / h),
-                _ => T::ONE,
-            }
-        };
         match self.method {
             Method::Newton | Method::GaussNewton => {
                 let factor = &mut rest[..n * n];
-                let solved = match &self.shared_factor {
-                    Some(shared) if !any_active => {
-                        cholesky_solve(shared, n, dir);
-                        true
-                    }
-                    _ => match curvature.or(self.shared_matrix.as_deref()) {
-                        Some(h) => {
-                            for e in (0..n).filter(|&e| !free(e)) {
-                                dir[e] = g[e] * held_scale(e, Some(h));
-                            }
-                            factor.copy_from_slice(h);
-                            if any_active {
-                                reduce(factor, active, n);
-                            }
-                            let reduced = factor.to_vec();
-                            let ok = factor_damped(factor, &reduced, n);
-                            if ok {
-                                cholesky_solve(factor, n, dir);
-                            }
-                            ok
-                        }
-                        None => false,
-                    },
-                };
-                if !solved {
+                if !self.newton_direction(dir, g, active, any_active, curvature, factor) {
                     // No positive definite model: the gradient's direction (below).
                     dir.iter_mut().for_each(|v| *v = T::NAN);
                 }
             }
             Method::Lbfgs => {
                 let alpha = &mut rest[..self.memory];
-                let m = self.memory;
-                let s = |k: usize| &row[layout.s + k * n..layout.s + (k + 1) * n];
-                let y = |k: usize| &row[layout.y + k * n..layout.y + (k + 1) * n];
-                let rho = |k: usize| row[layout.rho + k].to_f64();
-                // The two-loop recursion, newest pair first.
-                for (j, alpha_j) in alpha.iter_mut().enumerate().take(item.pairs) {
-                    let k = (item.next_pair + m - 1 - j) % m;
-                    let a = T::from_f64(rho(k) * dot(s(k), dir));
-                    *alpha_j = a;
-                    for (v, &yk) in dir.iter_mut().zip(y(k)) {
-                        *v = *v - a * yk;
-                    }
-                }
-                if item.pairs > 0 {
-                    let gamma = T::from_f64(item.scale);
-                    dir.iter_mut().for_each(|v| *v = *v * gamma);
-                }
-                for j in (0..item.pairs).rev() {
-                    let k = (item.next_pair + m - 1 - j) % m;
-                    let b = rho(k) * dot(y(k), dir);
-                    let step = T::from_f64(alpha[j].to_f64() - b);
-                    for (v, &sk) in dir.iter_mut().zip(s(k)) {
-                        *v = *v + step * sk;
-                    }
-                }
-                let gamma = if item.pairs > 0 {
-                    T::from_f64(item.scale)
-                } else {
-                    T::ONE
-                };
-                for e in (0..n).filter(|&e| !free(e)) {
-                    dir[e] = g[e] * gamma;
-                }
+                self.lbfgs_direction(item, row, layout, dir, active, alpha);
                 if item.pairs == 0 {
                     first_step = 1.0 / infinity_norm.max(1.0);
                 }
@@ -1098,6 +1057,96 @@ impl<T: Float> Context<T> {
         item.slope_lo = slope;
         item.step_hi = f64::NAN;
         item.trials = 0;
+    }
+
+    /// The Newton (or Gauss–Newton) direction, in place of the free gradient in `dir`: the
+    /// shared factor's solve when no bound holds a variable, else the damped Cholesky
+    /// factorization of the curvature reduced to the free variables (in `factor`). A variable
+    /// a bound holds moves by its gradient component over its diagonal curvature. `false` when
+    /// there is no positive definite model.
+    fn newton_direction(
+        &self,
+        dir: &mut [T],
+        g: &[T],
+        active: &[T],
+        any_active: bool,
+        curvature: Option<&[T]>,
+        factor: &mut [T],
+    ) -> bool {
+        let n = self.n;
+        if let (Some(shared), false) = (&self.shared_factor, any_active) {
+            cholesky_solve(shared, n, dir);
+            return true;
+        }
+        let Some(h) = curvature.or(self.shared_matrix.as_deref()) else {
+            return false;
+        };
+        for e in (0..n).filter(|&e| active[e] != T::ZERO) {
+            let diagonal = h[e * n + e].to_f64();
+            let scale = if diagonal > 0.0 && diagonal.is_finite() {
+                T::from_f64(1.0 / diagonal)
+            } else {
+                T::ONE
+            };
+            dir[e] = g[e] * scale;
+        }
+        factor.copy_from_slice(h);
+        if any_active {
+            reduce(factor, active, n);
+        }
+        let reduced = factor.to_vec();
+        let ok = factor_damped(factor, &reduced, n);
+        if ok {
+            cholesky_solve(factor, n, dir);
+        }
+        ok
+    }
+
+    /// The L-BFGS direction, in place of the free gradient in `dir`: the two-loop recursion
+    /// over the item's stored pairs, newest first, scaled by `item.scale` once there are
+    /// pairs (`alpha` holds the first loop's coefficients). A variable a bound holds moves by
+    /// its gradient component, scaled alike.
+    fn lbfgs_direction(
+        &self,
+        item: &Item,
+        row: &[T],
+        layout: &Layout,
+        dir: &mut [T],
+        active: &[T],
+        alpha: &mut [T],
+    ) {
+        let (n, m) = (self.n, self.memory);
+        let g = &row[layout.g..layout.g + n];
+        let s = |k: usize| &row[layout.s + k * n..layout.s + (k + 1) * n];
+        let y = |k: usize| &row[layout.y + k * n..layout.y + (k + 1) * n];
+        let rho = |k: usize| row[layout.rho + k].to_f64();
+        for (j, alpha_j) in alpha.iter_mut().enumerate().take(item.pairs) {
+            let k = (item.next_pair + m - 1 - j) % m;
+            let a = T::from_f64(rho(k) * dot(s(k), dir));
+            *alpha_j = a;
+            for (v, &yk) in dir.iter_mut().zip(y(k)) {
+                *v = *v - a * yk;
+            }
+        }
+        let gamma = if item.pairs > 0 {
+            T::from_f64(item.scale)
+        } else {
+            T::ONE
+        };
+        if item.pairs > 0 {
+            dir.iter_mut().for_each(|v| *v = *v * gamma);
+        }
+        for j in (0..item.pairs).rev() {
+            let k = (item.next_pair + m - 1 - j) % m;
+            let b = rho(k) * dot(y(k), dir);
+            let step = T::from_f64(alpha[j].to_f64() - b);
+            for (v, &sk) in dir.iter_mut().zip(s(k)) {
+                *v = *v + step * sk;
+            }
+        }
+        for e in (0..n).filter(|&e| active[e] != T::ZERO) {
+            dir[e] = g[e] * gamma;
+        }
     }
 
     /// For a variable declared `spd(n)`, whether the point is positive definite (its

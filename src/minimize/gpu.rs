@@ -626,14 +626,7 @@ fn make_block(
         ctx.queue
             .write_buffer(plan.input(), 0, bytemuck::cast_slice(&lanes));
     }
-    let zeroed = |label: &str, floats: usize, usage: U| {
-        device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: (4 * floats).max(4) as u64,
-            usage,
-            mapped_at_creation: false,
-        })
-    };
+    let zeroed = |label: &str, floats: usize, usage: U| zeroed_buffer(device, label, floats, usage);
     let filled = |label: &str, contents: &[u32], usage: U| {
         device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
@@ -686,19 +679,7 @@ fn make_block(
         count * widest,
         U::STORAGE | U::COPY_SRC,
     );
-    let bind = |pipeline: &wgpu::ComputePipeline, entries: &[(u32, &wgpu::Buffer)]| {
-        let entries: Vec<wgpu::BindGroupEntry> = (entries.iter())
-            .map(|&(binding, buffer)| wgpu::BindGroupEntry {
-                binding,
-                resource: buffer.as_entire_binding(),
-            })
-            .collect();
-        device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("matgrad minimize"),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        })
-    };
+    let bind = |pipeline, entries: &[(u32, &wgpu::Buffer)]| bind_group(device, pipeline, entries);
     let update = bind(
         &kernels.update,
         &[
@@ -716,25 +697,7 @@ fn make_block(
         &kernels.select,
         &[(0, &params), (5, &item_fields), (8, &counter), (9, &keep)],
     );
-    let gathered = (gathered.into_iter())
-        .map(|(len, buffer)| {
-            let params = zeroed(
-                "matgrad minimize gather params",
-                4,
-                U::UNIFORM | U::COPY_DST,
-            );
-            let group = bind(
-                &kernels.gather,
-                &[(10, &params), (11, &buffer), (12, &spare), (13, &keep)],
-            );
-            Gathered {
-                len,
-                buffer,
-                params,
-                group,
-            }
-        })
-        .collect();
+    let gathered = gather_groups(device, &kernels.gather, gathered, &spare, &keep);
     let block = Block {
         first: data.first,
         items: count,
@@ -753,6 +716,73 @@ fn make_block(
     };
     let sent = write_params(ctx, &block, config);
     Ok((block, uploaded + sent))
+}
+
+/// A buffer of `floats` zeroed 32-bit words (at least one).
+fn zeroed_buffer(
+    device: &wgpu::Device,
+    label: &str,
+    floats: usize,
+    usage: wgpu::BufferUsages,
+) -> wgpu::Buffer {
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: (4 * floats).max(4) as u64,
+        usage,
+        mapped_at_creation: false,
+    })
+}
+
+/// The bind group of `pipeline`'s group 0 with each binding's whole buffer.
+fn bind_group(
+    device: &wgpu::Device,
+    pipeline: &wgpu::ComputePipeline,
+    entries: &[(u32, &wgpu::Buffer)],
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = (entries.iter())
+        .map(|&(binding, buffer)| wgpu::BindGroupEntry {
+            binding,
+            resource: buffer.as_entire_binding(),
+        })
+        .collect();
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("matgrad minimize"),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    })
+}
+
+/// For each per-item buffer that compaction gathers (with its floats per item), its own
+/// parameter block and its bind group of the `gather` kernel over `spare` and `keep`.
+fn gather_groups(
+    device: &wgpu::Device,
+    gather: &wgpu::ComputePipeline,
+    buffers: Vec<(usize, wgpu::Buffer)>,
+    spare: &wgpu::Buffer,
+    keep: &wgpu::Buffer,
+) -> Vec<Gathered> {
+    use wgpu::BufferUsages as U;
+    (buffers.into_iter())
+        .map(|(len, buffer)| {
+            let params = zeroed_buffer(
+                device,
+                "matgrad minimize gather params",
+                4,
+                U::UNIFORM | U::COPY_DST,
+            );
+            let group = bind_group(
+                device,
+                gather,
+                &[(10, &params), (11, &buffer), (12, spare), (13, keep)],
+            );
+            Gathered {
+                len,
+                buffer,
+                params,
+                group,
+            }
+        })
+        .collect()
 }
 
 /// Records one dispatch of `pipeline` with `group` over `x`×`y` workgroups, in its own pass.
