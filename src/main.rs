@@ -105,56 +105,7 @@ enum Command {
     Bench(BenchCommand),
     /// Minimize a scalar objective for every item of a batch: one independent problem per
     /// item, with closed-form Newton steps, L-BFGS, Gauss-Newton or gradient descent.
-    Minimize {
-        /// The program: optional declarations, then the scalar objective.
-        #[arg(allow_hyphen_values = true)]
-        program: String,
-        /// The variable to optimize; the others are data, shared or batched as for `eval`.
-        #[arg(long)]
-        wrt: String,
-        /// The data, and optionally the start (an array named like the variable; default 0).
-        #[arg(long, value_name = "FILE.npz")]
-        inputs: PathBuf,
-        /// The solutions, shape (B, *variable shape).
-        #[arg(long, value_name = "FILE.npy")]
-        out: PathBuf,
-        /// auto, newton, lbfgs, gauss-newton or gd.
-        #[arg(long, default_value = "auto")]
-        method: String,
-        /// A lower bound: a number, or the name of an array in the inputs.
-        #[arg(long, value_name = "L", allow_hyphen_values = true)]
-        lower: Option<String>,
-        /// An upper bound: a number, or the name of an array in the inputs.
-        #[arg(long, value_name = "U", allow_hyphen_values = true)]
-        upper: Option<String>,
-        /// Converged when the projected gradient's infinity norm is at most gtol*max(1,|f|).
-        #[arg(long, default_value_t = 1e-5)]
-        gtol: f64,
-        /// Converged when a step decreases f by at most ftol*max(1,|f|) (default: four units
-        /// of the device's rounding).
-        #[arg(long)]
-        ftol: Option<f64>,
-        #[arg(long, default_value_t = 200)]
-        max_iter: u32,
-        /// L-BFGS history length.
-        #[arg(long, default_value_t = 10)]
-        memory: usize,
-        /// auto (the CPU path), cpu (float32), gpu (float32, every item's state on the
-        /// device) or reference (float64).
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// With --device gpu: a part of the adapter's name, or its number, as `matgrad
-        /// devices` lists them.
-        #[arg(long, value_name = "NAME")]
-        adapter: Option<String>,
-        /// Per-item status (0 converged, 1 max-iter, 2 line search failed, 3 not finite),
-        /// iterations, final objective and projected-gradient norm, as an .npz.
-        #[arg(long, value_name = "FILE.npz")]
-        report: Option<PathBuf>,
-        /// Print the summary as one JSON object on standard output.
-        #[arg(long)]
-        json: bool,
-    },
+    Minimize(MinimizeArgs),
     /// Decide every seed identity by computation.
     Catalog {
         /// One JSON object per variant, as a JSON array.
@@ -164,6 +115,60 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+}
+
+/// What `matgrad minimize` is given.
+#[derive(clap::Args)]
+struct MinimizeArgs {
+    /// The program: optional declarations, then the scalar objective.
+    #[arg(allow_hyphen_values = true)]
+    program: String,
+    /// The variable to optimize; the others are data, shared or batched as for `eval`.
+    #[arg(long)]
+    wrt: String,
+    /// The data, and optionally the start (an array named like the variable; default 0).
+    #[arg(long, value_name = "FILE.npz")]
+    inputs: PathBuf,
+    /// The solutions, shape (B, *variable shape).
+    #[arg(long, value_name = "FILE.npy")]
+    out: PathBuf,
+    /// auto, newton, lbfgs, gauss-newton or gd.
+    #[arg(long, default_value = "auto")]
+    method: String,
+    /// A lower bound: a number, or the name of an array in the inputs.
+    #[arg(long, value_name = "L", allow_hyphen_values = true)]
+    lower: Option<String>,
+    /// An upper bound: a number, or the name of an array in the inputs.
+    #[arg(long, value_name = "U", allow_hyphen_values = true)]
+    upper: Option<String>,
+    /// Converged when the projected gradient's infinity norm is at most gtol*max(1,|f|).
+    #[arg(long, default_value_t = 1e-5)]
+    gtol: f64,
+    /// Converged when a step decreases f by at most ftol*max(1,|f|) (default: four units
+    /// of the device's rounding).
+    #[arg(long)]
+    ftol: Option<f64>,
+    /// The most iterations per item; an item that reaches it ends as max-iter.
+    #[arg(long, default_value_t = 200)]
+    max_iter: u32,
+    /// L-BFGS history length.
+    #[arg(long, default_value_t = 10)]
+    memory: usize,
+    /// auto (the CPU path), cpu (float32), gpu (float32, every item's state on the
+    /// device) or reference (float64).
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// With --device gpu: a part of the adapter's name, or its number, as `matgrad
+    /// devices` lists them.
+    #[arg(long, value_name = "NAME")]
+    adapter: Option<String>,
+    /// Per-item status (0 converged, 1 max-iter, 2 line search failed, 3 not finite),
+    /// iterations, final objective and projected-gradient norm, as an .npz.
+    #[arg(long, value_name = "FILE.npz")]
+    report: Option<PathBuf>,
+    /// Print the summary as one JSON object on standard output.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -433,42 +438,7 @@ fn run(cli: Cli) -> u8 {
         Command::Eval(args) => cli::eval::eval(args),
         Command::Check(args) => cli::check::check(args),
         Command::Catalog { json, seed } => cli::catalog::catalog(json, seed),
-        Command::Minimize {
-            program,
-            wrt,
-            inputs,
-            out,
-            method,
-            lower,
-            upper,
-            gtol,
-            ftol,
-            max_iter,
-            memory,
-            device,
-            adapter,
-            report: report_path,
-            json,
-        } => cli::minimize::run_minimize(
-            cli::minimize::MinimizeArgs {
-                program,
-                wrt,
-                inputs,
-                out,
-                method,
-                lower,
-                upper,
-                gtol,
-                ftol,
-                max_iter,
-                memory,
-                device,
-                adapter,
-                report: report_path,
-                json,
-            },
-            report,
-        ),
+        Command::Minimize(args) => cli::minimize::run_minimize(args, report),
         Command::Devices {
             json,
             measure: true,

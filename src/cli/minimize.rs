@@ -7,8 +7,6 @@
 //! output path that would overwrite the inputs, or the other output, is refused before
 //! anything is computed.
 
-use std::path::PathBuf;
-
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -19,24 +17,7 @@ use matgrad::minimize::{
 use matgrad::npy::{read_npz, stage_npy, stage_npz, Column};
 use matgrad::types::check_program;
 
-/// What `matgrad minimize` was given.
-pub struct MinimizeArgs {
-    pub program: String,
-    pub wrt: String,
-    pub inputs: PathBuf,
-    pub out: PathBuf,
-    pub method: String,
-    pub lower: Option<String>,
-    pub upper: Option<String>,
-    pub gtol: f64,
-    pub ftol: Option<f64>,
-    pub max_iter: u32,
-    pub memory: usize,
-    pub device: String,
-    pub adapter: Option<String>,
-    pub report: Option<PathBuf>,
-    pub json: bool,
-}
+use crate::MinimizeArgs;
 
 pub fn run_minimize(args: MinimizeArgs, report_diagnostic: impl Fn(&Diagnostic, &str) -> u8) -> u8 {
     match solve_and_write(&args, &report_diagnostic) {

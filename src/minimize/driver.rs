@@ -67,72 +67,32 @@ fn symmetrize<T: Float>(gradients: &mut [T], side: usize) {
     });
 }
 
-/// The CPU path: float32, the plan's inputs in buffers reused for every round.
-struct CpuEvaluator {
+/// The plan over the stored items: the CPU path in float32, or the float64 reference
+/// ([`Precision::run_plan`]); the plan's inputs in buffers reused for every round.
+struct PlanEvaluator<T> {
     plan: Plan,
-    inputs: Vec<Batch<f32>>,
+    inputs: Vec<Batch<T>>,
     var_input: usize,
-    outputs: Vec<Batch<f32>>,
+    outputs: Vec<Batch<T>>,
 }
 
-impl Evaluator<f32> for CpuEvaluator {
-    fn evaluate(&mut self, points: &[f32], count: usize) {
+impl<T: Precision> Evaluator<T> for PlanEvaluator<T> {
+    fn evaluate(&mut self, points: &[T], count: usize) {
         let var = &mut self.inputs[self.var_input];
         var.data.clear();
         var.data
             .extend_from_slice(&points[..count * var.rows * var.cols]);
         var.batch = Some(count);
-        for out in &mut self.outputs {
-            out.data.truncate(count * out.rows * out.cols);
-            out.batch = Some(count);
-        }
-        let refs: Vec<&Batch<f32>> = self.inputs.iter().collect();
-        run_cpu_into(&self.plan, &refs, count, &mut self.outputs);
+        let refs: Vec<&Batch<T>> = self.inputs.iter().collect();
+        T::run_plan(&self.plan, &refs, count, &mut self.outputs);
     }
 
-    fn results(&self) -> (&[f32], &[f32], Option<&[f32]>) {
+    fn results(&self) -> (&[T], &[T], Option<&[T]>) {
         let o = &self.outputs;
         (&o[0].data, &o[1].data, o.get(2).map(|b| &b.data[..]))
     }
 
-    fn gradients_mut(&mut self) -> &mut [f32] {
-        &mut self.outputs[1].data
-    }
-
-    fn retain(&mut self, keep: &[usize]) {
-        for (k, input) in self.inputs.iter_mut().enumerate() {
-            if k != self.var_input {
-                retain_items(input, keep);
-            }
-        }
-    }
-}
-
-/// The float64 reference executor.
-struct ReferenceEvaluator {
-    plan: Plan,
-    inputs: Vec<Batch<f64>>,
-    var_input: usize,
-    outputs: Vec<Batch<f64>>,
-}
-
-impl Evaluator<f64> for ReferenceEvaluator {
-    fn evaluate(&mut self, points: &[f64], count: usize) {
-        let var = &mut self.inputs[self.var_input];
-        var.data.clear();
-        var.data
-            .extend_from_slice(&points[..count * var.rows * var.cols]);
-        var.batch = Some(count);
-        let refs: Vec<&Batch<f64>> = self.inputs.iter().collect();
-        self.outputs = run_reference(&self.plan, &refs, count);
-    }
-
-    fn results(&self) -> (&[f64], &[f64], Option<&[f64]>) {
-        let o = &self.outputs;
-        (&o[0].data, &o[1].data, o.get(2).map(|b| &b.data[..]))
-    }
-
-    fn gradients_mut(&mut self) -> &mut [f64] {
+    fn gradients_mut(&mut self) -> &mut [T] {
         &mut self.outputs[1].data
     }
 
@@ -167,12 +127,26 @@ fn retain_rows<T: Copy>(data: &mut Vec<T>, len: usize, keep: &[usize]) {
 
 /// The numbers for [`run`]'s two precisions.
 pub(super) trait Precision: Float {
+    /// Evaluates `plan` for `count` items into `outputs` (reused where the executor can).
+    fn run_plan(plan: &Plan, inputs: &[&Batch<Self>], count: usize, outputs: &mut Vec<Batch<Self>>);
+
+    /// The plan's evaluator, with the bound data in this precision and room for `items`
+    /// points.
     fn evaluator(
         plan: &Plan,
         data: &[Option<Batch<f64>>],
         var: u32,
         items: usize,
-    ) -> Box<dyn Evaluator<Self>>;
+    ) -> Box<dyn Evaluator<Self>> {
+        let (inputs, var_input) = plan_inputs(plan, data, var, items, Self::from_f64, Self::ZERO);
+        Box::new(PlanEvaluator {
+            plan: plan.clone(),
+            inputs,
+            var_input,
+            outputs: Vec::new(),
+        })
+    }
+
     /// The shared curvature matrix, evaluated once.
     fn evaluate_shared(plan: &Plan, data: &[Option<Batch<f64>>]) -> Vec<Self>;
 }
@@ -215,19 +189,15 @@ pub(super) fn plan_inputs<T: Copy>(
 }
 
 impl Precision for f32 {
-    fn evaluator(
-        plan: &Plan,
-        data: &[Option<Batch<f64>>],
-        var: u32,
-        items: usize,
-    ) -> Box<dyn Evaluator<f32>> {
-        let (inputs, var_input) = plan_inputs(plan, data, var, items, |v| v as f32, 0.0);
-        Box::new(CpuEvaluator {
-            plan: plan.clone(),
-            inputs,
-            var_input,
-            outputs: output_buffers(plan, items),
-        })
+    fn run_plan(plan: &Plan, inputs: &[&Batch<f32>], count: usize, outputs: &mut Vec<Batch<f32>>) {
+        if outputs.is_empty() {
+            *outputs = output_buffers(plan, count);
+        }
+        for out in outputs.iter_mut() {
+            out.data.truncate(count * out.rows * out.cols);
+            out.batch = Some(count);
+        }
+        run_cpu_into(plan, inputs, count, outputs);
     }
 
     fn evaluate_shared(plan: &Plan, data: &[Option<Batch<f64>>]) -> Vec<f32> {
@@ -240,19 +210,8 @@ impl Precision for f32 {
 }
 
 impl Precision for f64 {
-    fn evaluator(
-        plan: &Plan,
-        data: &[Option<Batch<f64>>],
-        var: u32,
-        items: usize,
-    ) -> Box<dyn Evaluator<f64>> {
-        let (inputs, var_input) = plan_inputs(plan, data, var, items, |v| v, 0.0);
-        Box::new(ReferenceEvaluator {
-            plan: plan.clone(),
-            inputs,
-            var_input,
-            outputs: Vec::new(),
-        })
+    fn run_plan(plan: &Plan, inputs: &[&Batch<f64>], count: usize, outputs: &mut Vec<Batch<f64>>) {
+        *outputs = run_reference(plan, inputs, count);
     }
 
     fn evaluate_shared(plan: &Plan, data: &[Option<Batch<f64>>]) -> Vec<f64> {
