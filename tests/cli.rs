@@ -176,6 +176,11 @@ fn explain_shows_the_chosen_order_and_what_is_hoisted() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("derivative: (C+C')*X*a*a'"), "{out}");
+    // The rules that shaped it: (X*a)' = a'*X', and C'*X*a*a' + C*X*a*a' = (C+C')*X*a*a'.
+    let rules = out.lines().find_map(|l| l.strip_prefix("simplified by: "));
+    let rules: Vec<&str> = rules.expect(&out).split(", ").collect();
+    assert!(rules.contains(&"transpose-of-a-product"), "{out}");
+    assert!(rules.contains(&"common-factor-pulled-out"), "{out}");
     // C+C' once per batch; X*a (not (C+C')*X) per item: 2*16*16 operations.
     let once = &out[out.find("once per batch:").unwrap()..out.find("per item:").unwrap()];
     assert!(once.contains("t0 + t1") || once.contains("+"), "{out}");

@@ -3,8 +3,9 @@
 //! output), the simplification must apply that rule, and the simplified expression must keep
 //! the program's value at random points.
 
+use matgrad::diff::{differentiate, Layout, Request};
 use matgrad::eval::evaluate;
-use matgrad::simplify::{rules::rule, simplify_traced, FAMILIES};
+use matgrad::simplify::{rules::rule, rules_applied, simplify, simplify_traced, FAMILIES};
 use matgrad::types::check_program;
 use matgrad::verify::{dimension_sizes, random_point, relative_error, TOLERANCE};
 
@@ -41,6 +42,33 @@ fn check_rule(name: &str) {
         );
     }
     assert!(compared >= 3, "rule {name}: only {compared} finite points");
+}
+
+/// A derivation reports the rules that shaped its printed form, each a rule of the tables;
+/// a trace around other traces counts what they saw.
+#[test]
+fn a_derivation_reports_the_rules_that_shaped_it() {
+    let program = check_program("A: matrix; x: vector; b: vector; (A*x+b)'*(A*x+b)").unwrap();
+    let d = differentiate(program, "x", &Request::Derivative, Layout::Gradient).unwrap();
+    assert_eq!(d.text(), "2*A'*(A*x+b)");
+    // (A*x+b)'*A*... + A'*(A*x+b): transposed, collected into 2*..., the 2 and A' pulled out.
+    for name in ["like-terms-collect", "common-factor-pulled-out"] {
+        assert!(d.simplified_by.contains(&name), "{:?}", d.simplified_by);
+    }
+    for name in &d.simplified_by {
+        assert!(rule(name).is_some(), "{name} is not in the tables");
+    }
+    let mut p = check_program("x: vector; x + x").unwrap();
+    let (inner, outer) = rules_applied(|| {
+        let root = p.root;
+        let (_, inner) = simplify_traced(&mut p.graph, root);
+        let once = p.graph.transpose(root);
+        let twice = p.graph.transpose(once);
+        simplify(&mut p.graph, twice);
+        inner
+    });
+    assert_eq!(inner, ["like-terms-collect"]);
+    assert_eq!(outer, ["like-terms-collect", "transpose-of-a-transpose"]);
 }
 
 macro_rules! rule_tests {

@@ -76,6 +76,9 @@ pub struct Derivative {
     pub wrt: u32,
     pub kind: Kind,
     pub layout: Layout,
+    /// The simplifier's rules ([`crate::simplify::FAMILIES`]) that shaped the printed form,
+    /// in the order of their first application.
+    pub simplified_by: Vec<&'static str>,
 }
 
 impl Derivative {
@@ -133,6 +136,18 @@ fn letter_kinds_help(g: &Graph, typed_by_letter: &[bool], source: &str) -> Optio
 
 /// Differentiates a checked program by the variable named `wrt`.
 pub fn differentiate(
+    program: Program,
+    wrt: &str,
+    request: &Request,
+    layout: Layout,
+) -> Result<Derivative, Diagnostic> {
+    let (derived, simplified_by) =
+        crate::simplify::rules_applied(|| derive(program, wrt, request, layout));
+    derived.map(|d| Derivative { simplified_by, ..d })
+}
+
+/// [`differentiate`], but for the rules it applied.
+fn derive(
     mut program: Program,
     wrt: &str,
     request: &Request,
@@ -253,6 +268,7 @@ pub fn differentiate(
         wrt: var,
         kind,
         layout,
+        simplified_by: Vec::new(),
     })
 }
 

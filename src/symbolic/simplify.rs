@@ -46,7 +46,7 @@ mod transposes;
 use elementwise::*;
 use reductions::Reduction;
 use rules::*;
-pub use rules::{Family, Rule, FAMILIES};
+pub use rules::{rules_applied, Family, Rule, FAMILIES};
 use sums::*;
 
 /// Simplifies `root`; returns the simplified node (in the same graph).
@@ -57,9 +57,7 @@ pub fn simplify(graph: &mut Graph, root: Id) -> Id {
 /// [`simplify`], with the names of the rules of [`FAMILIES`] it applied, in the order of
 /// their first application.
 pub fn simplify_traced(graph: &mut Graph, root: Id) -> (Id, Vec<&'static str>) {
-    rules::start_trace();
-    let node = simplify_once(graph, root);
-    (node, rules::end_trace())
+    rules::rules_applied(|| simplify_once(graph, root))
 }
 
 fn simplify_once(graph: &mut Graph, root: Id) -> Id {

@@ -22,6 +22,11 @@ pub fn explain(d: &Derivative, plan: &Plan, kernel: Option<&Kernel>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "derivative: {}", d.text());
     let _ = writeln!(out, "shape: {}", g.describe_shape(d.shape()));
+    let rules = match d.simplified_by.as_slice() {
+        [] => "none".to_string(),
+        names => names.join(", "),
+    };
+    let _ = writeln!(out, "simplified by: {rules}");
     out.push_str(&plan_text(plan, kernel));
     out
 }

@@ -497,28 +497,29 @@ pub static DETERMINANT_OF_A_POWER: Rule = Rule {
 };
 
 thread_local! {
-    /// The names of the rules applied since [`start_trace`], in the order of their first
-    /// application; `None` when nothing traces.
-    static TRACE: RefCell<Option<Vec<&'static str>>> = const { RefCell::new(None) };
+    /// The rules applied since the innermost [`rules_applied`] began, in the order of their
+    /// first application; `None` when nothing traces.
+    static TRACE: RefCell<Option<Vec<&'static Rule>>> = const { RefCell::new(None) };
 }
 
 /// Marks the place where `rule` rewrites.
 pub(super) fn apply(rule: &'static Rule) {
     TRACE.with(|t| {
-        if let Some(names) = t.borrow_mut().as_mut() {
-            if !names.contains(&rule.name) {
-                names.push(rule.name);
+        if let Some(applied) = t.borrow_mut().as_mut() {
+            if !applied.iter().any(|r| std::ptr::eq(*r, rule)) {
+                applied.push(rule);
             }
         }
     });
 }
 
-/// Starts recording the rules applied on this thread.
-pub(super) fn start_trace() {
-    TRACE.with(|t| *t.borrow_mut() = Some(Vec::new()));
-}
-
-/// Stops recording; the rules applied since [`start_trace`].
-pub(super) fn end_trace() -> Vec<&'static str> {
-    TRACE.with(|t| t.borrow_mut().take()).unwrap_or_default()
+/// Runs `f`; returns its result and the names of the rules that the simplifications inside
+/// it applied, in the order of their first application. Calls nest: an outer call also
+/// counts what an inner one saw.
+pub fn rules_applied<R>(f: impl FnOnce() -> R) -> (R, Vec<&'static str>) {
+    let outer = TRACE.with(|t| t.replace(Some(Vec::new())));
+    let result = f();
+    let inner = TRACE.with(|t| t.replace(outer)).unwrap_or_default();
+    inner.iter().for_each(|rule| apply(rule));
+    (result, inner.iter().map(|r| r.name).collect())
 }
