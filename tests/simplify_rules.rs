@@ -89,6 +89,10 @@ macro_rules! rule_tests {
             names.sort();
             names.dedup();
             assert_eq!(names.len(), count, "rule names are unique");
+            // The README's code map states the count.
+            let readme = include_str!("../README.md");
+            let stated = format!("{count} named rules in {} families", FAMILIES.len());
+            assert!(readme.contains(&stated), "README.md should say \"{stated}\"");
         }
     };
 }
