@@ -18,6 +18,13 @@
 //! a product, the terms that share a last factor are merged; and a sum that comes back
 //! negated keeps the orientation the program wrote (`-(x-a)*(x-a)'`, not `(a-x)*(x-a)'`).
 //!
+//! Every rewrite is a named rule of [`rules::FAMILIES`], with its identity and an example
+//! tested by name; the code marks where each applies. The code is one file per family:
+//! `transposes`, `products` (and chains), `sums` (and collection), `elementwise`, `powers`
+//! (and inverses), `reductions` (traces, determinants, sums, norms, diagonals); `build` turns
+//! a normal form back into nodes. This file holds the normal form's types and the dispatch
+//! by node (`Simplifier::compute_poly`).
+//!
 //! Invariants: value and shape are preserved (a property test checks this on random
 //! programs); the pass visits each node once and no rule applies to its own output, so time
 //! and size are bounded by a polynomial in the input's size: a scalar factor is distributed
@@ -51,16 +58,6 @@ use sums::*;
 
 /// Simplifies `root`; returns the simplified node (in the same graph).
 pub fn simplify(graph: &mut Graph, root: Id) -> Id {
-    simplify_once(graph, root)
-}
-
-/// [`simplify`], with the names of the rules of [`FAMILIES`] it applied, in the order of
-/// their first application.
-pub fn simplify_traced(graph: &mut Graph, root: Id) -> (Id, Vec<&'static str>) {
-    rules::rules_applied(|| simplify_once(graph, root))
-}
-
-fn simplify_once(graph: &mut Graph, root: Id) -> Id {
     UNDERFLOW.with(|u| u.set(None));
     let mut s = Simplifier {
         g: graph,
@@ -75,6 +72,12 @@ fn simplify_once(graph: &mut Graph, root: Id) -> Id {
         graph.underflow.get_or_insert(factors);
     }
     node
+}
+
+/// [`simplify`], with the names of the rules of [`FAMILIES`] it applied, in the order of
+/// their first application.
+pub fn simplify_traced(graph: &mut Graph, root: Id) -> (Id, Vec<&'static str>) {
+    rules_applied(|| simplify(graph, root))
 }
 
 thread_local! {
