@@ -378,13 +378,14 @@ struct Context<T> {
 }
 
 impl<T> Context<T> {
-    /// The context of a solve with shared bounds `lower` and `upper` (`bounded` says only
-    /// whether there are shared ones); the shared curvature is set once it is evaluated.
+    /// The context of a solve with shared bounds `lower` and `upper`, and per-item ones when
+    /// `per_item_bounds`; the shared curvature is set once it is evaluated.
     fn new(
         method: Method,
         n: usize,
         options: &super::Options,
         (lower, upper): (Option<Vec<T>>, Option<Vec<T>>),
+        per_item_bounds: bool,
         spd_side: Option<usize>,
     ) -> Context<T> {
         Context {
@@ -394,13 +395,25 @@ impl<T> Context<T> {
             gtol: options.gtol,
             ftol: options.ftol,
             max_iter: options.max_iter,
-            bounded: lower.is_some() || upper.is_some(),
+            bounded: per_item_bounds || lower.is_some() || upper.is_some(),
             lower,
             upper,
             shared_factor: None,
             shared_matrix: None,
             spd_side,
         }
+    }
+
+    /// The floats of scratch an item's update needs: the active set and the direction, then
+    /// the curvature's factor and the matrix it is damped from (Newton, Gauss–Newton) or the
+    /// L-BFGS coefficients. (`inside_cone`'s copy of an spd point, `n` floats, fits too.)
+    fn scratch_len(&self) -> usize {
+        let n = self.n;
+        2 * n
+            + match self.method {
+                Method::Newton | Method::GaussNewton => 2 * n * n,
+                _ => self.memory,
+            }
     }
 }
 
@@ -452,8 +465,6 @@ pub(super) fn run<T: Precision>(
         notes,
         ..
     } = prepared;
-    let memory = method.history(options.memory);
-    let layout = Layout::new(n, memory);
     let convert = |v: &[f64]| -> Vec<T> { v.iter().map(|&x| T::from_f64(x)).collect() };
     let split = |b: Option<(Vec<f64>, bool)>| match b {
         None => (None, None),
@@ -463,8 +474,9 @@ pub(super) fn run<T: Precision>(
     let (lower_shared, mut lower_items) = split(lower);
     let (upper_shared, mut upper_items) = split(upper);
     let per_item_bounds = lower_items.is_some() || upper_items.is_some();
-    let mut context = Context::new(method, n, options, (lower_shared, upper_shared), spd_side);
-    context.bounded |= per_item_bounds;
+    let shared_bounds = (lower_shared, upper_shared);
+    let mut context = Context::new(method, n, options, shared_bounds, per_item_bounds, spd_side);
+    let layout = Layout::new(n, context.memory);
     let shared_hessian = shared_curvature.is_some();
     // The inputs in the device's precision, every per-item buffer: the binding, before the
     // clock starts.
@@ -596,7 +608,7 @@ fn update_all<T: Precision>(
     (values, gradients, curvatures): (&[T], &[T], Option<&[T]>),
 ) {
     let n = context.n;
-    let scratch_len = n * n + 2 * n + context.memory;
+    let scratch_len = context.scratch_len();
     let (lower_items, upper_items) = items.bounds;
     (items.state.par_chunks_mut(layout.stride))
         .zip(items.stored.par_iter_mut())
@@ -966,8 +978,8 @@ impl<T: Float> Context<T> {
         }
         match self.method {
             Method::Newton | Method::GaussNewton => {
-                let factor = &mut rest[..n * n];
-                if !self.newton_direction(dir, g, active, any_active, curvature, factor) {
+                let work = &mut rest[..2 * n * n];
+                if !self.newton_direction(dir, g, active, any_active, curvature, work) {
                     // No positive definite model: the gradient's direction (below).
                     dir.iter_mut().for_each(|v| *v = T::NAN);
                 }
@@ -1020,9 +1032,10 @@ impl<T: Float> Context<T> {
 
     /// The Newton (or Gauss–Newton) direction, in place of the free gradient in `dir`: the
     /// shared factor's solve when no bound holds a variable, else the damped Cholesky
-    /// factorization of the curvature reduced to the free variables (in `factor`). A variable
-    /// a bound holds moves by its gradient component over its diagonal curvature. `false` when
-    /// there is no positive definite model.
+    /// factorization of the curvature reduced to the free variables (in `work`'s first n²
+    /// floats, damped from its copy in the next n²). A variable a bound holds moves by its
+    /// gradient component over its diagonal curvature. `false` when there is no positive
+    /// definite model.
     fn newton_direction(
         &self,
         dir: &mut [T],
@@ -1030,9 +1043,10 @@ impl<T: Float> Context<T> {
         active: &[T],
         any_active: bool,
         curvature: Option<&[T]>,
-        factor: &mut [T],
+        work: &mut [T],
     ) -> bool {
         let n = self.n;
+        let (factor, matrix) = work.split_at_mut(n * n);
         if let (Some(shared), false) = (&self.shared_factor, any_active) {
             cholesky_solve(shared, n, dir);
             return true;
@@ -1053,8 +1067,8 @@ impl<T: Float> Context<T> {
         if any_active {
             reduce(factor, active, n);
         }
-        let reduced = factor.to_vec();
-        let ok = factor_damped(factor, &reduced, n);
+        matrix.copy_from_slice(factor);
+        let ok = factor_damped(factor, matrix, n);
         if ok {
             cholesky_solve(factor, n, dir);
         }
