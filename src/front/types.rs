@@ -54,9 +54,8 @@ pub fn check_program(source: &str) -> Result<Program, Diagnostic> {
     let mut candidates: Vec<String> = Vec::new();
     for name in names {
         let lowercase = name.starts_with(|c: char| c.is_ascii_lowercase());
-        let reserved = name == "eye"
-            || crate::parse::is_function(&name)
-            || crate::parse::KINDS.contains(&name.as_str());
+        let reserved =
+            crate::parse::is_function(&name) || crate::parse::KINDS.contains(&name.as_str());
         if lowercase
             && !reserved
             && !declared.contains(&name.as_str())
@@ -492,10 +491,7 @@ impl Checker {
         self.def_names = ast.defs.iter().map(|d| d.name.clone()).collect();
         for def in &ast.defs {
             let name = def.name.as_str();
-            let clash = if name == "eye"
-                || crate::parse::is_function(name)
-                || crate::parse::KINDS.contains(&name)
-            {
+            let clash = if crate::parse::is_function(name) || crate::parse::KINDS.contains(&name) {
                 Some("a word of the language")
             } else if self.var_index.contains_key(name) {
                 Some("a declared variable")
